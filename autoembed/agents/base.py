@@ -1,0 +1,54 @@
+"""The one small interface every agent implements, and what the runner hands it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from autoembed.sandbox.base import Sandbox
+from autoembed.trace import TraceWriter
+
+
+@dataclass
+class TrialContext:
+    workdir: Path  # host path of the seeded workdir
+    sandbox: Sandbox  # started; tools and CLI processes run inside it
+    deadline: float  # epoch seconds
+    prompt: str  # instructions.md as seeded
+    model: str | None  # agent-specific model name ("claude-sonnet-4-5", "anthropic:claude-sonnet-4-5", ...)
+    trace: TraceWriter  # normalized events -> trace.jsonl
+    raw_log: Path  # the agent's raw output (stream-json etc.)
+    run_dir: Path  # traces/<run-id>/ (host side; never inside the sandbox)
+    env: dict[str, str] = field(default_factory=dict)  # secrets for this agent only (API keys, tokens)
+    progress: Callable[[str], None] = print
+    reprompt_margin_s: float = 300.0  # re-prompt a CLI that stops early while more than this remains
+
+
+@dataclass
+class AgentOutcome:
+    exit_reason: str  # "finished" | "deadline" | "crashed"
+    detail: str = ""  # traceback or message for crashed
+    turns: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Agent(abc.ABC):
+    name: str = "abstract"
+    needs_network: bool = False  # CLI agents need their API endpoint inside the sandbox
+
+    def required_env(self) -> list[str]:
+        """Environment variables (secrets) this agent needs passed in; others never reach it."""
+        return []
+
+    def readonly_mounts(self) -> list[Path]:
+        """Host paths the sandbox must expose read-only for this agent (e.g. a CLI's node install)."""
+        return []
+
+    @abc.abstractmethod
+    def run(self, ctx: TrialContext) -> AgentOutcome:
+        """Act until done or the deadline; never raise for agent failures, return crashed instead."""
+
+    def versions(self) -> dict[str, str]:
+        return {}

@@ -1,0 +1,39 @@
+"""The `autoembed` command. Each verb lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module exposing add_parser(subparsers) that sets func=callable(args) -> int
+VERBS = {
+    "seed": "autoembed.commands.seed",
+    "score": "autoembed.commands.score",
+    "reference": "autoembed.commands.reference",
+    "evaluate": "autoembed.commands.evaluate",
+    "run": "autoembed.commands.run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoembed", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for verb, module_name in VERBS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

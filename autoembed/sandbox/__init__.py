@@ -1,0 +1,1 @@
+"""Where an agent runs: bwrap, docker, none. See base.Sandbox for the interface."""

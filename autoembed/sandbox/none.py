@@ -1,0 +1,78 @@
+"""No sandbox: runs in place. Integrity is NOT structural here; it says so loudly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from autoembed.sandbox.base import ExecResult, Sandbox
+
+WARNING = ("WARNING: sandbox 'none' runs the agent in place with your user's rights: it can read the sealed "
+           "held-out data and anything else you can. Scores from such a trial are not structurally protected.")
+
+
+class NoSandbox(Sandbox):
+    kind = "none"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._procs: list[subprocess.Popen] = []
+
+    @property
+    def workdir_inside(self) -> str:
+        return str(self.config.workdir)
+
+    def start(self) -> None:
+        print(WARNING, file=sys.stderr)
+
+    def _env(self, env: dict[str, str] | None) -> dict[str, str]:
+        merged = dict(os.environ)
+        if not self.config.gpus:
+            merged["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            merged["CUDA_VISIBLE_DEVICES"] = ",".join(self.config.gpus)
+        merged.update(self.config.env)
+        merged.update(env or {})
+        return merged
+
+    def _cwd(self, cwd: str | None) -> str:
+        return os.path.join(self.workdir_inside, cwd) if cwd and not os.path.isabs(cwd) else (cwd or self.workdir_inside)
+
+    def exec(self, command, *, timeout=None, env=None, cwd=None) -> ExecResult:
+        argv = ["bash", "-lc", command] if isinstance(command, str) else list(command)
+        limit = max(0.0, self.seconds_left())
+        timeout = limit if timeout is None else min(timeout, limit)
+        start = time.time()
+        proc = subprocess.Popen(argv, cwd=self._cwd(cwd), env=self._env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+        self._procs.append(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            return ExecResult(proc.returncode, out, err, False, time.time() - start)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            return ExecResult(-9, out, err, True, time.time() - start)
+
+    def spawn(self, argv, *, stdout, stderr, env=None, cwd=None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, cwd=self._cwd(cwd), env=self._env(env), stdout=stdout, stderr=stderr,
+                                stdin=stdin, start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            _kill_group(proc)
+        self._procs.clear()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

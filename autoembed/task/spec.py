@@ -1,0 +1,58 @@
+"""tasks/<name>/task.toml, parsed into one frozen object."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoembed.paths import task_dir
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    root: Path
+    base_model: str  # "package:<module>" (an installed model package), a local path, or a hub id
+    base_model_sha256: str | None
+    hours: float
+    dev_dir: Path  # BEIR-style folders, one per dev task
+    dev_tasks: tuple[str, ...]
+    pool_path: Path  # jsonl.gz of {"query", "positive", "domain", "group"}
+    main_metric: str = "ndcg@10"
+    fast_queries: int = 300
+    fast_docs: int = 3000
+    max_seq_length: int = 256
+    instructions: Path | None = None
+    dockerfile: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
+    root = task_dir(name_or_path)
+    with open(root / "task.toml", "rb") as fh:
+        raw = tomllib.load(fh)
+    try:
+        model = raw["base_model"]
+        dev = raw["dev"]
+        pool = raw["pool"]
+    except KeyError as exc:
+        raise ValueError(f"{root / 'task.toml'}: missing section [{exc.args[0]}]") from None
+    ev = raw.get("eval", {})
+    return TaskSpec(
+        name=raw.get("name", root.name),
+        root=root,
+        base_model=model["id"],
+        base_model_sha256=model.get("sha256"),
+        hours=float(raw.get("budget", {}).get("hours", 2.0)),
+        dev_dir=(root / dev["data"]).resolve(),
+        dev_tasks=tuple(dev["tasks"]),
+        pool_path=(root / pool["path"]).resolve(),
+        main_metric=ev.get("main_metric", "ndcg@10"),
+        fast_queries=int(ev.get("fast_queries", 300)),
+        fast_docs=int(ev.get("fast_docs", 3000)),
+        max_seq_length=int(ev.get("max_seq_length", 256)),
+        instructions=(root / "instructions.md") if (root / "instructions.md").exists() else None,
+        dockerfile=(root / "environment" / "Dockerfile") if (root / "environment" / "Dockerfile").exists() else None,
+        extra={k: v for k, v in raw.items() if k not in {"name", "base_model", "dev", "pool", "eval", "budget"}},
+    )
