@@ -1,0 +1,31 @@
+"""Agent names on the command line -> Agent objects. Imports are lazy: a CLI agent's module only matters when used."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from autoembed.agents.base import Agent
+
+AGENTS = {
+    "recipe": "autoembed.agents.recipe:RecipeAgent",
+    "claude": "autoembed.agents.cli.claude:ClaudeCodeAgent",
+    "codex": "autoembed.agents.cli.codex:CodexAgent",
+    "gemini": "autoembed.agents.cli.gemini:GeminiAgent",
+}
+
+
+def make_agent(spec: str, model: str | None = None) -> Agent:
+    """'recipe' | 'claude' | 'codex' | 'gemini' | 'harness:<path to harness file>'"""
+    if spec.startswith("harness:"):
+        from autoembed.agents.harness import HarnessAgent
+
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_file():
+            raise ValueError(f"harness file {path} does not exist (expected e.g. harness:harnesses/baseline.py)")
+        return HarnessAgent(path, model=model)
+    if spec not in AGENTS:
+        raise ValueError(f"unknown agent {spec!r}: use one of {sorted(AGENTS)} or harness:<path>")
+    module_name, cls_name = AGENTS[spec].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(model=model) if model is not None else cls()

@@ -1,0 +1,29 @@
+"""`autoembed run AGENT`: one trial of an agent on the task, recorded under traces/<run-id>/."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run one trial: seed, sandboxed agent, sealed score, traces",
+                       description="Run AGENT (recipe | claude | codex | gemini | harness:<file>) on the task.")
+    p.add_argument("agent")
+    p.add_argument("--task", default="embed", help="task name under tasks/ or a task folder (default: embed)")
+    p.add_argument("--hours", type=float, default=None, help="wall-clock budget (default: the task's)")
+    p.add_argument("--sandbox", default="auto", choices=["auto", "docker", "bwrap", "none"],
+                   help="auto = docker where an engine answers, else bwrap; none must be asked for")
+    p.add_argument("--model", default=None, help="the agent's model (harness: provider:model, e.g. anthropic:claude-sonnet-4-5)")
+    p.add_argument("--gpus", default=None, help="GPU ids for the agent, e.g. 0 or 0,1 (default: none)")
+    p.add_argument("--out", default=None, help="run folder (default: traces/<run-id>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--fast", dest="fast", action="store_true", default=None, help="score on the fast subsets")
+    mode.add_argument("--full", dest="fast", action="store_false", help="score on the full sets (GPU)")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    from autoembed.run import run
+
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    result = run(args.agent, task=args.task, hours=args.hours, sandbox=args.sandbox, model=args.model, gpus=gpus,
+                 out=args.out, fast=args.fast)
+    return 0 if result.score is not None else 1

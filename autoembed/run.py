@@ -1,0 +1,255 @@
+"""One trial end to end: seed -> sandbox(agent) -> freeze final_model -> sealed score -> traces/<run-id>/.
+
+    import autoembed.run
+    result = autoembed.run.run("recipe", hours=0.05)
+    result.score["dev"]["mean"]["ndcg@10"]
+
+Everything a trial produces lives in its run folder; meta.json is written at the start and rewritten at
+every state change, so a trial that is interrupted or killed still leaves a record that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from autoembed import __version__
+from autoembed.agents.base import AgentOutcome, TrialContext
+from autoembed.agents.registry import make_agent
+from autoembed.paths import REPO_ROOT, traces_dir
+from autoembed.sandbox.base import SandboxConfig
+from autoembed.sandbox.factory import make_sandbox
+from autoembed.trace import TraceWriter, read_trace, render_markdown, total_usage
+
+PROGRESS_EVERY_S = 30.0
+SECRET_ENV = {  # which secrets each agent may receive; nothing else crosses into a sandbox
+    "claude": ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"],
+    "codex": ["OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL"],
+    "gemini": ["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"],
+}
+
+
+@dataclass
+class TrialResult:
+    run_id: str
+    run_dir: Path
+    meta: dict
+    score: dict | None = None
+
+    @property
+    def exit_reason(self) -> str:
+        return self.meta.get("exit_reason", "unknown")
+
+    def summary(self) -> str:
+        """A grep-able block (one key: value per line) for the end of a run."""
+        lines = ["---", f"run_id: {self.run_id}", f"agent: {self.meta.get('agent')}",
+                 f"exit_reason: {self.exit_reason}", f"sandbox: {self.meta.get('sandbox', {}).get('kind')}"]
+        if self.score:
+            lines.append(f"status: {self.score.get('status')}")
+            for split in ("dev", "heldout"):
+                ours = self.score.get(split, {}).get("mean", {}).get("ndcg@10")
+                base = self.score.get("base", {}).get(split, {}).get("mean", {}).get("ndcg@10")
+                if ours is not None:
+                    lines.append(f"{split}_ndcg@10: {ours:.4f}" + (f" (base {base:.4f})" if base is not None else ""))
+            if self.score.get("reasons"):
+                lines.append(f"reasons: {'; '.join(self.score['reasons'])}")
+        lines.append(f"run_dir: {self.run_dir}")
+        return "\n".join(lines)
+
+
+def new_run_id(agent: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() else "-" for c in agent.split(":")[0])
+    return f"{stamp}-{safe}-{secrets.token_hex(3)}"
+
+
+def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
+        gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
+        progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0) -> TrialResult:
+    """Run one trial and return its result; never raises for agent failures (they are recorded)."""
+    from autoembed.sealed.scorer import score_workdir
+    from autoembed.task.seed import seed_workdir
+    from autoembed.task.spec import load_spec
+
+    say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
+    spec = load_spec(task)
+    hours = spec.hours if hours is None else hours
+    if hours <= 0:
+        raise ValueError(f"--hours must be positive, got {hours}")
+    agent_obj = make_agent(agent, model)
+    run_id = new_run_id(agent)
+    run_dir = Path(out) if out else traces_dir() / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    workdir = run_dir / "workdir"
+    meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
+            "status": "seeding", "started": _now(), "versions": _versions(agent_obj)}
+    _write_json(run_dir / "meta.json", meta)
+
+    t0 = time.time()
+    manifest = seed_workdir(workdir, hours, task)
+    deadline = float(manifest["deadline"])
+    prompt = (workdir / "instructions.md").read_text()
+    (run_dir / "prompt.txt").write_text(prompt)
+    _write_json(run_dir / "seed_manifest.json", manifest)
+    meta.update(deadline=deadline, deadline_iso=_iso(deadline), seed_s=round(time.time() - t0, 3))
+
+    config = SandboxConfig(workdir=workdir, deadline=deadline, network=agent_obj.needs_network, gpus=gpus,
+                           readonly_extra=agent_obj.readonly_mounts())
+    box = make_sandbox(sandbox, config)
+    meta["sandbox"] = box.describe()
+    trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
+    ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,
+                       raw_log=run_dir / "agent.log", run_dir=run_dir, env=_secrets_for(agent), progress=say,
+                       reprompt_margin_s=reprompt_margin_s)
+
+    outcome = _run_agent(agent_obj, ctx, box, meta, run_dir, say)
+    meta.update(exit_reason=outcome.exit_reason, exit_detail=outcome.detail, turns=outcome.turns,
+                agent_ended=_now(), agent_seconds=round(time.time() - meta["agent_started_epoch"], 3))
+    meta["usage"] = vars(total_usage(read_trace(run_dir / "trace.jsonl")))
+    (run_dir / "trace.md").write_text(render_markdown(read_trace(run_dir / "trace.jsonl")))
+
+    _freeze(workdir, meta)
+    meta["status"] = "scoring"
+    _write_json(run_dir / "meta.json", meta)
+    say("scoring final_model with the sealed scorer")
+    t1 = time.time()
+    try:
+        score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json",
+                              device=_device_for(gpus))
+        meta["status"] = "scored"
+    except KeyboardInterrupt:
+        score = None
+        meta["status"] = "interrupted_while_scoring"
+    except Exception:  # a scorer failure is recorded, never silently turned into a score
+        score = None
+        meta["status"] = "score_failed"
+        meta["score_error"] = traceback.format_exc()
+    meta.update(score_seconds=round(time.time() - t1, 3), ended=_now())
+    _write_json(run_dir / "meta.json", meta)
+    result = TrialResult(run_id, run_dir, meta, score)
+    print(result.summary(), flush=True)
+    return result
+
+
+def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say) -> AgentOutcome:
+    """Start the sandbox, run the agent, always stop the sandbox; Ctrl-C/SIGTERM become 'interrupted'."""
+    stop_progress = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    meta["agent_started_epoch"] = time.time()
+    try:
+        box.start()
+        meta.update(status="running", agent_started=_now(), sandbox_start_s=round(time.time() - meta["agent_started_epoch"], 3))
+        _write_json(run_dir / "meta.json", meta)
+        threading.Thread(target=_report_progress, args=(ctx, stop_progress, say), daemon=True).start()
+        outcome = agent_obj.run(ctx)
+        if outcome.exit_reason != "crashed" and time.time() >= ctx.deadline:
+            outcome.exit_reason = "deadline"
+        return outcome
+    except KeyboardInterrupt:
+        say("interrupted: stopping the agent and recording the trial as interrupted")
+        return AgentOutcome("interrupted", "KeyboardInterrupt or SIGTERM")
+    except Exception:
+        return AgentOutcome("crashed", traceback.format_exc())
+    finally:
+        stop_progress.set()
+        box.stop()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _report_progress(ctx: TrialContext, stop: threading.Event, say) -> None:
+    evals_seen = 0
+    while not stop.wait(PROGRESS_EVERY_S):
+        left = ctx.deadline - time.time()
+        last = ctx.trace.last_event
+        what = f"last: {last.kind} {last.tool or ''}".strip() if last else "no events yet"
+        evals = _agent_evals(ctx.workdir)
+        line = f"{max(0, left) / 60:.1f} min left; {what}"
+        if len(evals) > evals_seen:
+            latest = evals[-1]
+            line += f"; dev eval #{len(evals)}: {latest.get('mean', {}).get('ndcg@10', '?')}"
+            evals_seen = len(evals)
+        say(line)
+
+
+def _agent_evals(workdir: Path) -> list[dict]:
+    """Dev evaluations the agent ran through task.py (it appends them to .evals.jsonl); for progress only."""
+    path = workdir / ".evals.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _freeze(workdir: Path, meta: dict) -> None:
+    """The agent is gone; record the final model's file hashes and make the workdir read-only."""
+    from autoembed.task.base_model import file_sha256
+
+    final = workdir / "final_model"
+    if final.is_dir() and not final.is_symlink():
+        meta["final_model"] = {"path": str(final), "files": {
+            str(p.relative_to(final)): file_sha256(p) for p in sorted(final.rglob("*")) if p.is_file() and not p.is_symlink()}}
+    else:
+        meta["final_model"] = None
+    subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=False)
+
+
+def _secrets_for(agent: str) -> dict[str, str]:
+    names = SECRET_ENV.get(agent.split(":")[0], [])
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
+
+
+def _device_for(gpus: list[str] | None) -> str | None:
+    return f"cuda:{gpus[0]}" if gpus else None
+
+
+def _versions(agent_obj) -> dict:
+    versions = {"autoembed": __version__, "python": platform.python_version(), "agent": agent_obj.versions()}
+    for name in ("torch", "sentence_transformers", "transformers"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            versions[name] = None
+    try:
+        versions["git_commit"] = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                                text=True, timeout=5).stdout.strip() or None
+    except Exception:
+        versions["git_commit"] = None
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
