@@ -14,7 +14,15 @@ class BaseModelError(RuntimeError):
 
 def resolve_base_model(model_id: str, sha256: str | None = None) -> Path | str:
     """'package:<module>' -> that installed package's model folder; a local path -> itself;
-    anything else is returned as a hub id (only usable where a hub is reachable)."""
+    anything else is returned as a hub id (only usable where a hub is reachable).
+
+    AUTOEMBED_BASE_MODEL_DIR (harness-side) points at another local copy of the same base model, e.g. one
+    restored from an fp16 copy on a GPU box without the package; it is not sha-checked, and says so."""
+    override = os.environ.get("AUTOEMBED_BASE_MODEL_DIR")
+    if override:
+        if not (Path(override) / "modules.json").is_file():
+            raise BaseModelError(f"AUTOEMBED_BASE_MODEL_DIR={override} is not a sentence-transformers model folder")
+        return Path(override)
     if model_id.startswith("package:"):
         module_name = model_id.split(":", 1)[1]
         try:
