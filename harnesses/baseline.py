@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # ===== EDITABLE: the meta-agent may change anything from here to the banner =====
 
-MODEL = "anthropic:claude-sonnet-4-5"
+MODEL = "anthropic:claude-sonnet-4-6"
 MAX_TURNS = 200
 MAX_TOKENS = 8192
 COMMAND_TIMEOUT_S = 1800  # per bash call; also capped by the deadline

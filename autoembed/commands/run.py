@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--hours", type=float, default=None, help="wall-clock budget (default: the task's)")
     p.add_argument("--sandbox", default="auto", choices=["auto", "docker", "bwrap", "none"],
                    help="auto = docker where an engine answers, else bwrap; none must be asked for")
-    p.add_argument("--model", default=None, help="the agent's model (harness: provider:model, e.g. anthropic:claude-sonnet-4-5)")
+    p.add_argument("--model", default=None, help="the agent's model (harness: provider:model, e.g. anthropic:claude-sonnet-4-6)")
     p.add_argument("--gpus", default=None, help="GPU ids for the agent, e.g. 0 or 0,1 (default: none)")
     p.add_argument("--out", default=None, help="run folder (default: traces/<run-id>)")
     mode = p.add_mutually_exclusive_group()

@@ -23,6 +23,7 @@ class Turn:
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     input_tokens: int = 11
     output_tokens: int = 7
+    cache_read_tokens: int = 0  # prompt tokens served from the provider's cache (reported on top of input_tokens)
 
 
 @dataclass
