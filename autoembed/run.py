@@ -107,7 +107,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
     config = SandboxConfig(workdir=workdir, deadline=deadline, network=agent_obj.needs_network, gpus=gpus,
                            readonly_extra=agent_obj.readonly_mounts())
-    box = make_sandbox(sandbox, config)
+    box = make_sandbox(sandbox, config, task=task, progress=say)
     meta["sandbox"] = box.describe()
     trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,

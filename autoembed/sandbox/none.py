@@ -42,7 +42,7 @@ class NoSandbox(Sandbox):
         return os.path.join(self.workdir_inside, cwd) if cwd and not os.path.isabs(cwd) else (cwd or self.workdir_inside)
 
     def exec(self, command, *, timeout=None, env=None, cwd=None) -> ExecResult:
-        argv = ["bash", "-lc", command] if isinstance(command, str) else list(command)
+        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
         limit = max(0.0, self.seconds_left())
         timeout = limit if timeout is None else min(timeout, limit)
         start = time.time()

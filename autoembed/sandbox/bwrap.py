@@ -1,0 +1,296 @@
+"""bubblewrap: one long-lived sandbox per trial, entered with nsenter for every command.
+
+start() runs `bwrap ... -- python -c REAPER`: a fresh mount, PID, network, IPC, UTS, cgroup and user
+namespace whose root holds only /usr and /etc (read-only), this Python's install and the autoembed
+package (read-only, sealed/ covered by an empty tmpfs), a private /tmp, and the workdir, writable, at
+/workdir. exec() and spawn() join those namespaces with nsenter and drop every capability with
+setpriv, so background jobs survive between calls exactly as in Docker, and killing the
+namespace's PID 1 at stop() or at the deadline kills everything the agent started, double-forked,
+setsid'd and nohup'd processes included.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from autoembed import paths
+from autoembed.sandbox import layout
+from autoembed.sandbox.base import ExecResult, Sandbox, SandboxError
+from autoembed.sandbox.hidden import hidden_paths, is_within
+from autoembed.sandbox.procs import REAPER, GroupPopen, communicate_or_kill, kill_pid, wait_gone
+
+WORKDIR_INSIDE = "/workdir"
+START_TIMEOUT_S = 20.0
+DROP_PRIVILEGES = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"]
+
+
+class BwrapSandbox(Sandbox):
+    kind = "bwrap"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._bwrap: subprocess.Popen | None = None
+        self._init_pid: int | None = None  # host PID of the sandbox's PID 1
+        self._procs: list[subprocess.Popen] = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._stderr = None
+
+    @property
+    def workdir_inside(self) -> str:
+        return WORKDIR_INSIDE
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Call from a thread that lives as long as the trial: bwrap dies with the thread that made it."""
+        if self._bwrap is not None:
+            raise SandboxError("this bwrap sandbox was already started; make a new one per trial")
+        problem = bwrap_problem()
+        if problem:
+            raise SandboxError(problem)
+        if self.seconds_left() <= 0:
+            raise SandboxError("the deadline has already passed: nothing to start")
+        workdir = Path(self.config.workdir).resolve()
+        if not workdir.is_dir():
+            raise SandboxError(f"workdir {workdir} does not exist: seed it before starting the sandbox")
+        layout.prepare_home(workdir)
+        info_r, info_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        self._stderr = tempfile.TemporaryFile()
+        argv = [shutil.which("bwrap"), *self.bwrap_args(workdir), "--info-fd", str(info_w), "--",
+                sys.executable, "-I", "-S", "-c", REAPER, repr(self.config.deadline), str(ready_w)]
+        try:
+            self._bwrap = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=self._stderr, pass_fds=(info_w, ready_w), env={"PATH": os.defpath})
+        finally:
+            os.close(info_w)
+            os.close(ready_w)
+        try:
+            info = json.loads(_read_until(info_r, lambda b: _complete_json(b), START_TIMEOUT_S) or b"{}")
+            ready = _read_until(ready_r, lambda b: b == b"ready", START_TIMEOUT_S)
+        finally:
+            os.close(info_r)
+            os.close(ready_r)
+        if "child-pid" not in info or ready != b"ready":
+            self._kill_all()
+            raise SandboxError(f"bwrap did not start: {self._bwrap_stderr() or 'no message'}")
+        self._init_pid = int(info["child-pid"])
+        self._timer = threading.Timer(max(0.0, self.seconds_left()), self._deadline_reached)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.cancel()
+        self._kill_all()
+
+    def _deadline_reached(self) -> None:
+        self.stop()
+
+    def _kill_all(self) -> None:
+        # PID 1 of the namespace first: the kernel then kills every process inside it.
+        if self._init_pid is not None:
+            kill_pid(self._init_pid)
+        if self._bwrap is not None:
+            if self._bwrap.poll() is None:
+                self._bwrap.kill()
+            self._bwrap.wait()
+        if self._init_pid is not None and not wait_gone(self._init_pid):
+            raise SandboxError(f"the sandbox's PID 1 ({self._init_pid}) survived SIGKILL")
+        for proc in self._procs:  # the nsenter launchers outside; their children are gone already
+            proc.kill()
+            proc.wait()
+        self._procs.clear()
+
+    # -- running things inside ------------------------------------------------------------------
+    def exec(self, command, *, timeout=None, env=None, cwd=None) -> ExecResult:
+        argv = ["bash", "-lc", command] if isinstance(command, str) else list(command)
+        limit = self.seconds_left()
+        timeout = limit if timeout is None else min(timeout, limit)
+        if timeout <= 0:
+            return ExecResult(-9, "", "the deadline has passed", True, 0.0)
+        start = time.time()
+        proc = self._popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, errors="replace")
+        out, err, timed_out = communicate_or_kill(proc, timeout)
+        # The deadline timer may kill it a moment before our own timeout fires: still a timeout.
+        timed_out = timed_out or (proc.returncode != 0 and self.seconds_left() <= 0.5)
+        return ExecResult(-9 if timed_out else proc.returncode, out, err, timed_out, time.time() - start)
+
+    def spawn(self, argv, *, stdout, stderr, env=None, cwd=None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        return self._popen(list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    def _popen(self, argv: list[str], *, env, cwd, **popen_kwargs) -> subprocess.Popen:
+        if self._init_pid is None or self._stopped:
+            raise SandboxError("the bwrap sandbox is not running (not started, stopped, or past its deadline)")
+        inside_cwd = self._inside_cwd(cwd)
+        launcher = [shutil.which("nsenter"), "--target", str(self._init_pid), "--all", "--root", "--wd",
+                    *DROP_PRIVILEGES, "env", "-C", inside_cwd, *argv]
+        proc = GroupPopen(launcher, env=self._env(env), start_new_session=True, **popen_kwargs)
+        self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+        return proc
+
+    def _inside_cwd(self, cwd: str | None) -> str:
+        if not cwd:
+            return WORKDIR_INSIDE
+        return cwd if os.path.isabs(cwd) else os.path.join(WORKDIR_INSIDE, cwd)
+
+    def _env(self, env: dict[str, str] | None) -> dict[str, str]:
+        visible = ",".join(self.config.gpus) if self.config.gpus else ""
+        merged = layout.clean_env(WORKDIR_INSIDE, visible, self.config.env)
+        merged.update(env or {})
+        return merged
+
+    # -- the sandbox's filesystem ---------------------------------------------------------------
+    def bwrap_args(self, workdir: Path) -> list[str]:
+        args = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", "--as-pid-1"]
+        if _supports("--disable-userns"):
+            # A user namespace of its own, and no further ones: nothing inside can gain capabilities.
+            args += ["--unshare-user", "--disable-userns"]
+        if self.config.network:
+            args.append("--share-net")
+        for root in layout.SYSTEM_ROOTS:
+            if os.path.isdir(root):
+                args += ["--ro-bind", root, root]
+        for name in layout.MERGED_USR:
+            if os.path.islink(name):
+                args += ["--symlink", os.readlink(name), name]
+            elif os.path.isdir(name):
+                args += ["--ro-bind", name, name]
+        args += self._mount_plan()
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", *self._gpu_args(),
+                 "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp", "--tmpfs", "/run",
+                 "--dir", "/var", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run",
+                 "--bind", str(workdir), WORKDIR_INSIDE]
+        for path in self._hiding_tmpfs():  # read-only too, once everything is mounted
+            args += ["--remount-ro", str(path)]
+        args += ["--remount-ro", "/", "--chdir", WORKDIR_INSIDE]
+        return args
+
+    def visible_trees(self) -> list[Path]:
+        return [*(Path(r) for r in layout.SYSTEM_ROOTS), *self._runtime_binds()]
+
+    def _runtime_binds(self) -> list[Path]:
+        # The autoembed package itself (an editable install points at the repo): `autoembed.task`
+        # imports inside, `autoembed.sealed` is an empty tmpfs.
+        binds = layout.runtime_paths(self.config.readonly_extra) + [paths.PACKAGE_DIR]
+        return [p for p in dict.fromkeys(binds) if p.exists()]
+
+    def _hidden_in_view(self) -> list[Path]:
+        """Hidden paths that lie inside a visible tree, so need covering."""
+        trees = self.visible_trees()
+        return [p for p in hidden_paths(self.config.hidden) if p.exists() and any(is_within(p, t) for t in trees)]
+
+    def _hiding_tmpfs(self) -> list[Path]:
+        return [p for p in self._hidden_in_view() if p.is_dir()]
+
+    def _mount_plan(self) -> list[str]:
+        """Runtime binds and hiding mounts, parents before children, so a hidden folder inside a
+        visible one is covered and a runtime folder inside a hidden one (Python under the home)
+        is shown again."""
+        plan = [(len(p.parts), 0, "bind", p) for p in self._runtime_binds()]
+        plan += [(len(p.parts), 1, "hide", p) for p in self._hidden_in_view()]
+        args: list[str] = []
+        for _, _, action, path in sorted(plan):
+            if action == "bind":
+                args += ["--ro-bind", str(path), str(path)]
+            elif path.is_dir():
+                args += ["--tmpfs", str(path)]
+            else:
+                args += ["--ro-bind", "/dev/null", str(path)]
+        return args
+
+    def _gpu_args(self) -> list[str]:
+        """Only the NVIDIA device nodes, never all of /dev: a bound /dev holds the raw disks, which
+        root inside could read past every hiding mount."""
+        if not self.config.gpus:
+            return []
+        args: list[str] = []
+        for node in sorted(glob.glob("/dev/nvidia*")):
+            args += ["--dev-bind", node, node]
+        return args
+
+    def describe(self) -> dict:
+        return {**super().describe(), "workdir_inside": WORKDIR_INSIDE, "bwrap": _bwrap_version(),
+                "visible": [str(p) for p in self.visible_trees()],
+                "hidden": [str(p) for p in hidden_paths(self.config.hidden)],
+                "limits": "memory and pid limits are not enforced by bwrap (use docker for them)"}
+
+    def _bwrap_stderr(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace").strip()
+
+
+def bwrap_problem() -> str | None:
+    """Why bwrap cannot sandbox here, or None if a probe sandbox runs."""
+    for tool in ("bwrap", "nsenter", "setpriv"):
+        if shutil.which(tool) is None:
+            package = "bubblewrap" if tool == "bwrap" else "util-linux"
+            return f"{tool} is not installed: apt-get install -y {package}"
+    probe = ["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/", "true"]
+    if _supports("--disable-userns"):
+        probe[1:1] = ["--unshare-user", "--disable-userns"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "a probe bwrap sandbox did not finish in 20 s"
+    if done.returncode != 0:
+        return (f"bwrap cannot create namespaces here ({done.stderr.strip() or done.returncode}); "
+                "unprivileged user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1)")
+    return None
+
+
+@functools.cache
+def _bwrap_help() -> str:
+    done = subprocess.run(["bwrap", "--help"], capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
+def _supports(flag: str) -> bool:
+    return flag in _bwrap_help()
+
+
+@functools.cache
+def _bwrap_version() -> str:
+    done = subprocess.run(["bwrap", "--version"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _read_until(fd: int, done, timeout: float) -> bytes:
+    data = b""
+    end = time.time() + timeout
+    while not done(data) and time.time() < end:
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.time()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _complete_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,319 @@
+"""Docker, through the `docker` Python SDK: one container per trial, killed and removed at the deadline.
+
+The image (image.py) is this machine's own software without the hidden paths, so nothing hidden is
+there to find; the container adds only the workdir (writable, at /workdir), a read-only root,
+private tmpfs for /tmp and /run, no capabilities, no-new-privileges, memory and pid limits, and no
+network unless the agent needs its API. PID 1 is the same reaper as in bwrap: it exits at the
+deadline, so the container dies on time even if the harness itself is gone.
+
+exec() goes through the SDK. spawn() must hand back a real subprocess.Popen (the CLI agents read
+its stdout line by line and wait on it), which the SDK cannot give, so it runs `docker exec -i`
+through subprocess; signalling that Popen also signals the processes it started inside.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from autoembed.sandbox import layout
+from autoembed.sandbox.base import ExecResult, Sandbox, SandboxError
+from autoembed.sandbox.hidden import default_hidden
+from autoembed.sandbox.image import docker_client
+from autoembed.sandbox.procs import REAPER
+
+WORKDIR_INSIDE = "/workdir"
+SPAWN_MARKER = "AUTOEMBED_SPAWN"
+SHM_SIZE = "2g"  # torch DataLoader workers share tensors through /dev/shm; Docker's default is 64 MB
+KILL_GRACE_S = 5.0
+
+
+class DockerSandbox(Sandbox):
+    kind = "docker"
+
+    def __init__(self, config, client=None):
+        super().__init__(config)
+        self._client = client
+        self._stream_client = None  # no read timeout: a command may print nothing for an hour
+        self._container = None
+        self._procs: list[subprocess.Popen] = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._gpu_mode = "none"
+
+    @property
+    def workdir_inside(self) -> str:
+        return WORKDIR_INSIDE
+
+    @property
+    def user(self) -> str:
+        # The host user's ids, so files the agent leaves in the workdir are the user's to delete.
+        return f"{os.getuid()}:{os.getgid()}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._container is not None:
+            raise SandboxError("this docker sandbox was already started; make a new one per trial")
+        if not self.config.image:
+            raise SandboxError("no image: build one with `python -m autoembed.sandbox.image` and set "
+                               "SandboxConfig.image, or use make_sandbox('docker', config)")
+        if self.seconds_left() <= 0:
+            raise SandboxError("the deadline has already passed: nothing to start")
+        workdir = Path(self.config.workdir).resolve()
+        if not workdir.is_dir():
+            raise SandboxError(f"workdir {workdir} does not exist: seed it before starting the sandbox")
+        import docker
+
+        self._client = self._client or docker_client()
+        self._stream_client = docker_client(timeout=None)
+        layout.prepare_home(workdir)
+        try:
+            self._container = self._client.containers.run(**self.container_kwargs(workdir))
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"docker could not start a container from {self.config.image}: {exc}") from exc
+        self._timer = threading.Timer(max(0.0, self.seconds_left()), self.stop)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def container_kwargs(self, workdir: Path) -> dict:
+        import docker
+
+        volumes = {str(workdir): {"bind": WORKDIR_INSIDE, "mode": "rw"}}
+        for path in map(Path, self.config.readonly_extra):  # what an agent asked for beyond the image
+            if path.exists():
+                volumes[str(path.resolve())] = {"bind": str(path.resolve()), "mode": "ro"}
+        tmpfs = {"/tmp": "rw,exec,mode=1777", "/var/tmp": "rw,exec,mode=1777", "/run": "rw,mode=755"}
+        mounts = []
+        for path in self._extra_hidden():  # the defaults are not in the image at all
+            if path.is_dir():
+                tmpfs[str(path)] = "ro,mode=755"
+            elif path.exists():
+                mounts.append(docker.types.Mount(str(path), "/dev/null", type="bind", read_only=True))
+        kwargs = dict(
+            image=self.config.image,
+            command=[sys.executable, "-I", "-S", "-c", REAPER, repr(self.config.deadline)],
+            name=f"autoembed-{uuid.uuid4().hex[:12]}",
+            labels={"autoembed.sandbox": "1"},
+            detach=True,
+            auto_remove=True,
+            user=self.user,
+            working_dir=WORKDIR_INSIDE,
+            environment=self._base_env(),
+            volumes=volumes,
+            mounts=mounts,
+            read_only=True,
+            tmpfs=tmpfs,
+            shm_size=SHM_SIZE,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            # "none": no interface but loopback. A CLI agent needs its API, and "host" (not a bridge)
+            # lets it reach an API server or proxy on the host's 127.0.0.1, the tests' fake LLM included.
+            network_mode="host" if self.config.network else "none",
+            pids_limit=self.config.pids_limit,
+        )
+        if self.config.memory_gb:
+            kwargs["mem_limit"] = f"{int(self.config.memory_gb * 1024)}m"
+            kwargs["memswap_limit"] = kwargs["mem_limit"]
+        kwargs.update(self._gpu_kwargs())
+        return kwargs
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.cancel()
+        if self._container is not None:
+            _remove_container(self._client, self._container.id)
+        for proc in self._procs:  # the `docker exec` clients end with their container
+            try:
+                proc.wait(timeout=KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                subprocess.Popen.kill(proc)
+                proc.wait()
+        self._procs.clear()
+
+    # -- running things inside ------------------------------------------------------------------
+    def exec(self, command, *, timeout=None, env=None, cwd=None) -> ExecResult:
+        argv = ["bash", "-lc", command] if isinstance(command, str) else list(command)
+        limit = self.seconds_left()
+        timeout = limit if timeout is None else min(timeout, limit)
+        if timeout <= 0:
+            return ExecResult(-9, "", "the deadline has passed", True, 0.0)
+        self._require_running()
+        api = self._stream_client.api
+        # `timeout` makes its own process group and kills all of it, like killpg in the other sandboxes.
+        wrapped = ["timeout", "--signal=KILL", f"{timeout:.3f}", *argv]
+        start = time.time()
+        exec_id = api.exec_create(self._container.id, wrapped, environment=env or {}, workdir=self._inside_cwd(cwd),
+                                  user=self.user)["Id"]
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def read() -> None:
+            try:
+                for chunk_out, chunk_err in api.exec_start(exec_id, stream=True, demux=True):
+                    out.append(chunk_out or b"")
+                    err.append(chunk_err or b"")
+            except Exception as exc:  # the container went away mid-stream (deadline, stop)
+                err.append(f"\n[stream ended: {exc}]".encode())
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout + KILL_GRACE_S)
+        info = self._exec_info(exec_id)
+        if reader.is_alive() and info.get("Pid"):  # a background child holds the pipes: kill the group
+            _killpg(info["Pid"])
+            reader.join(KILL_GRACE_S)
+            info = self._exec_info(exec_id)
+        code = info.get("ExitCode")
+        elapsed = time.time() - start
+        # 137: `timeout` killed it; past the deadline: the container went away under it.
+        timed_out = (code in (None, 137, -9) and elapsed >= timeout - 0.05) or (code != 0 and self.seconds_left() <= 0.5)
+        decode = lambda parts: b"".join(parts).decode("utf-8", "replace")  # noqa: E731
+        return ExecResult(-9 if timed_out or code is None else code, decode(out), decode(err), timed_out, elapsed)
+
+    def spawn(self, argv, *, stdout, stderr, env=None, cwd=None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        self._require_running()
+        docker_cli = shutil.which("docker")
+        if docker_cli is None:
+            raise SandboxError("spawn needs the docker command line client: apt-get install -y docker.io")
+        marker = uuid.uuid4().hex
+        extra = {**(env or {}), SPAWN_MARKER: marker}
+        names = [arg for key in extra for arg in ("-e", key)]  # values travel in the client's env, not argv
+        command = [docker_cli, "exec", "-i", "--user", self.user, "--workdir", self._inside_cwd(cwd), *names,
+                   self._container.id, *argv]
+        proc = DockerExecPopen(command, env={**os.environ, **extra}, stdin=stdin, stdout=stdout, stderr=stderr,
+                               start_new_session=True)
+        proc.marker = marker
+        self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+        return proc
+
+    def _require_running(self) -> None:
+        if self._container is None or self._stopped:
+            raise SandboxError("the docker sandbox is not running (not started, stopped, or past its deadline)")
+
+    def _exec_info(self, exec_id: str) -> dict:
+        for _ in range(40):
+            info = self._stream_client.api.exec_inspect(exec_id)
+            if not info.get("Running"):
+                return info
+            time.sleep(0.05)
+        return info
+
+    def _inside_cwd(self, cwd: str | None) -> str:
+        if not cwd:
+            return WORKDIR_INSIDE
+        return cwd if os.path.isabs(cwd) else os.path.join(WORKDIR_INSIDE, cwd)
+
+    def _base_env(self) -> dict[str, str]:
+        gpus = self.config.gpus or []
+        visible = ",".join(str(i) for i in range(len(gpus))) if self._uses_device_requests() else ",".join(gpus)
+        return layout.clean_env(WORKDIR_INSIDE, visible, self.config.env)
+
+    def _extra_hidden(self) -> list[Path]:
+        defaults = {str(p) for p in default_hidden()}
+        return [Path(os.path.abspath(p)) for p in self.config.hidden if str(os.path.abspath(p)) not in defaults]
+
+    # -- GPUs -----------------------------------------------------------------------------------
+    def _uses_device_requests(self) -> bool:
+        if not self.config.gpus:
+            return False
+        hooks = ("nvidia-container-runtime-hook", "nvidia-container-cli", "nvidia-container-runtime")
+        return any(shutil.which(h) for h in hooks)
+
+    def _gpu_kwargs(self) -> dict:
+        if not self.config.gpus:
+            return {}
+        import docker
+
+        if self._uses_device_requests():
+            self._gpu_mode = "device_requests"
+            return {"device_requests": [docker.types.DeviceRequest(device_ids=list(self.config.gpus),
+                                                                   capabilities=[["gpu"]])]}
+        # No NVIDIA container toolkit: the image is this machine's own filesystem, so the driver's
+        # user-space libraries are in it already and only the device nodes are missing. All GPUs'
+        # nodes are passed; CUDA_VISIBLE_DEVICES selects (as in bwrap).
+        self._gpu_mode = "device nodes"
+        nodes = [n for n in sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/nvidia-caps/*"))
+                 if stat.S_ISCHR(os.stat(n).st_mode)]
+        return {"devices": [f"{n}:{n}:rwm" for n in nodes]}
+
+    def describe(self) -> dict:
+        info = {**super().describe(), "workdir_inside": WORKDIR_INSIDE, "image": self.config.image,
+                "user": self.user, "memory_gb": self.config.memory_gb, "pids_limit": self.config.pids_limit,
+                "gpu_mode": self._gpu_mode}
+        try:
+            client = self._client or docker_client()
+            info["image_id"] = client.images.get(self.config.image).id
+            info["engine"] = client.version().get("Version")
+        except Exception as exc:  # describing must never break a trial record
+            info["engine_error"] = str(exc)
+        return info
+
+
+class DockerExecPopen(subprocess.Popen):
+    """`docker exec` client whose signals also reach what it started inside (found by a marker in
+    their environment): killing the client alone leaves the process in the container running."""
+
+    marker = ""
+
+    def send_signal(self, sig: int) -> None:
+        for pid in pids_with_marker(self.marker):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        super().send_signal(sig)
+
+
+def pids_with_marker(marker: str) -> list[int]:
+    needle = f"{SPAWN_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _remove_container(client, container_id: str) -> None:
+    import docker
+
+    try:
+        client.api.remove_container(container_id, force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if "already in progress" not in str(exc):
+            raise
+    end = time.time() + 30
+    while time.time() < end:  # auto_remove may still be finishing; wait until it is really gone
+        try:
+            client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return
+        time.sleep(0.05)
+    raise SandboxError(f"container {container_id[:12]} was not removed within 30 s")

@@ -1,0 +1,87 @@
+"""Process plumbing the sandboxes share: the in-sandbox init, process-group Popen, pipe draining."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+# PID 1 inside a sandbox: reaps orphans (a double-forked process lands here) and exits at the
+# deadline, which makes the kernel kill everything else in the PID namespace. It survives the
+# agent's `kill -9 -1`: PID 1 gets no signal it has no handler for from inside its namespace.
+REAPER = """
+import os, signal, sys, time
+deadline = float(sys.argv[1])
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+if len(sys.argv) > 2:
+    os.write(int(sys.argv[2]), b"ready")
+    os.close(int(sys.argv[2]))
+while True:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    left = deadline - time.time()
+    if left <= 0:
+        sys.exit(0)
+    signal.sigtimedwait([signal.SIGCHLD], min(left, 60.0))
+"""
+
+
+class GroupPopen(subprocess.Popen):
+    """A Popen started in its own session whose signals reach its whole process group: killing the
+    launcher (nsenter) alone would leave the command it started inside the sandbox running."""
+
+    def send_signal(self, sig: int) -> None:
+        self.poll()
+        if self.returncode is None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
+    """Wait up to timeout; on expiry kill the process group. Returns (stdout, stderr, timed_out).
+
+    A background process that keeps the pipe open must not hold the caller past the timeout, so
+    after the kill the pipes get a short grace and are then abandoned.
+    """
+    try:
+        out, err = proc.communicate(timeout=max(timeout, 0.001))
+        return out or "", err or "", False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    try:
+        out, err = proc.communicate(timeout=3)
+    except subprocess.TimeoutExpired:
+        out, err = "", "[output lost: a background process kept the pipes open]"
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
+        proc.wait()
+    return out or "", err or "", True
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once /proc/<pid> no longer exists (or is a zombie nobody will reap)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
