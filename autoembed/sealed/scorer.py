@@ -1,0 +1,247 @@
+"""The sealed scorer: score a finished workdir's final_model on dev and held-out, and audit it.
+
+    result = score_workdir("runs/w1")       # writes runs/w1/score.json
+
+It runs from the harness's own evaluator and data (never the workdir's task.py or data). A flagged
+or broken submission is scored as the base model, with the reasons recorded. Base-model scores are
+computed once and cached harness-side, keyed by the base weights, the data, the evaluator's code,
+the mode and the device type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from autoembed import paths
+from autoembed.sealed import heldout as heldout_data
+from autoembed.sealed import submission
+from autoembed.sealed.audits import contamination, lineage, tampering
+from autoembed.task import evaluate as evaluator
+from autoembed.task.base_model import file_sha256, offline_env, resolve_base_model
+from autoembed.task.data import load_retrieval_task
+from autoembed.task.seed import load_manifest
+from autoembed.task.spec import TaskSpec, load_spec
+
+EVALUATOR_FILES = ("evaluate.py", "metrics.py", "encode.py", "data.py")
+
+
+class ScorerError(RuntimeError):
+    """The harness itself cannot score (its data or base model is missing or altered): not the agent's fault."""
+
+
+def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed", fast: bool | None = None,
+                  manifest: dict | str | os.PathLike | None = None, device: str | None = None,
+                  out: str | os.PathLike | None = None, heldout_root: Path | None = None, bootstrap: int = 1000,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Score and audit workdir; write score.json (default workdir/score.json) and return it.
+
+    task: a task name, folder or TaskSpec (its fast_queries/fast_docs size the fast mode).
+    fast: the documented subsets (default without a GPU) or the full sets (default with one).
+    manifest: the seed manifest (a dict or a path; default: the one `autoembed seed` stored for workdir).
+    heldout_root: the held-out task folders (default autoembed/sealed/data/heldout)."""
+    started = time.perf_counter()
+    say = progress or (lambda line: None)
+    offline_env()
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise ScorerError(f"no workdir at {workdir}")
+    spec = task if isinstance(task, TaskSpec) else load_spec(task)
+    heldout_root = Path(heldout_root) if heldout_root else heldout_data.HELDOUT_DIR
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fast = (not device.startswith("cuda")) if fast is None else fast
+    manifest = _manifest(workdir, manifest)
+    data_check = _check_harness_data(spec, heldout_root)
+    base_path = Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
+    base = submission.load_submission(base_path, device)
+    base_dim = int(base.encode(["probe"], convert_to_numpy=True).shape[1])
+    base_bytes = submission.folder_bytes(base_path)
+
+    say("audit: submission")
+    sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device)
+    findings = list(sub_report["findings"])
+
+    say("audit: tampering")
+    tamper = tampering.check_tampering(workdir, manifest, spec, str(base_path))
+    if tamper["flagged"]:
+        findings.append({"code": "tampering", "status": "flagged", "message": "; ".join(tamper["reasons"])})
+
+    lineage_report = None
+    if model is not None:
+        say("audit: lineage")
+        try:
+            lineage_report = lineage.check_lineage(model, base)
+        except Exception as exc:  # noqa: BLE001 - never a crash on a strange submission
+            lineage_report = {"flagged": True, "reasons": [f"the lineage check failed: {type(exc).__name__}: {exc}"]}
+        if lineage_report["flagged"]:
+            findings.append({"code": "lineage", "status": "flagged", "message": "; ".join(lineage_report["reasons"])})
+
+    say("audit: contamination (13-gram overlap)")
+    dev_full = {name: load_retrieval_task(spec.dev_dir / name, name) for name in spec.dev_tasks}
+    heldout_full = heldout_data.load_heldout_tasks(root=heldout_root)
+    key = contamination.data_key([spec.dev_dir, heldout_root], [spec.pool_path])
+    dev_index, heldout_index = contamination.eval_indexes(dev_full, heldout_full, spec.pool_path,
+                                                          paths.home() / "contamination", key)
+    expected, _, _ = tampering.seeded_hashes(manifest, spec, str(base_path), workdir)
+    skip = tampering.seeded_unchanged(workdir, expected) | contamination.unchanged_model_files(workdir, base_path)
+    overlap = contamination.ngram_audit(workdir, skip, dev_index, heldout_index)
+    if overlap["flagged"]:
+        findings.append({"code": "contamination", "status": "flagged", "message": "; ".join(overlap["reasons"])})
+
+    dev_tasks = _sized(dev_full, spec, fast)
+    heldout_tasks = _sized(heldout_full, spec, fast)
+    eval_kw = dict(device=device, bootstrap=bootstrap, max_seq_length=spec.max_seq_length, progress=say,
+                   return_per_query=True)
+    say("evaluate: base model (cached after the first time)")
+    base_scores = _base_scores(base, base_path, spec, dev_tasks, heldout_tasks, fast, data_check, eval_kw)
+
+    submitted = None
+    gap = None
+    if model is not None:
+        say("evaluate: final_model")
+        try:
+            submitted = {"dev": evaluator.evaluate_model(model, dev_tasks, **eval_kw),
+                         "heldout": evaluator.evaluate_model(model, heldout_tasks, **eval_kw)}
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be evaluated is broken, never a crash
+            findings.append({"code": "evaluation_failed", "status": "broken",
+                             "message": f"evaluating final_model failed: {type(exc).__name__}: {str(exc)[:300]}"})
+        else:
+            gap = contamination.gap_audit(submitted["dev"]["per_query"], base_scores["dev"]["per_query"],
+                                          submitted["heldout"]["per_query"], base_scores["heldout"]["per_query"],
+                                          heldout_data.SHARED_DOMAINS)
+            if gap["flagged"]:
+                findings.append({"code": "contamination_gap", "status": "flagged", "message": "; ".join(gap["reasons"])})
+
+    statuses = {f["status"] for f in findings}
+    status = "broken" if "broken" in statuses else "flagged" if "flagged" in statuses else "ok"
+    counted = submitted if status == "ok" else base_scores
+    result = {
+        "status": status,
+        "reasons": [f"{f['code']}: {f['message']}" for f in findings],
+        "scored_as": "final_model" if status == "ok" else "base_model",
+        "dev": _public(counted["dev"]),
+        "heldout": _public(counted["heldout"]),
+        "base": {"dev": _public(base_scores["dev"]), "heldout": _public(base_scores["heldout"])},
+        "submitted": None if submitted is None or status == "ok" else
+        {"dev": _public(submitted["dev"]), "heldout": _public(submitted["heldout"])},
+        "audits": {
+            "submission": sub_report,
+            "contamination": {"ngrams": overlap, "in_domain_gap": gap},
+            "lineage": lineage_report,
+            "tampering": tamper,
+        },
+        "mode": "fast" if fast else "full",
+        "sizes": {"fast_queries": spec.fast_queries, "fast_docs": spec.fast_docs} if fast else None,
+        "versions": _versions(base_path, data_check),
+        "workdir": str(workdir.resolve()),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    out_path = Path(out) if out else workdir / "score.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, out_path)
+    return result
+
+
+def _manifest(workdir: Path, manifest) -> dict | None:
+    if isinstance(manifest, dict):
+        return manifest
+    if manifest is not None:
+        return json.loads(Path(manifest).read_text())
+    return load_manifest(workdir)
+
+
+def _check_harness_data(spec: TaskSpec, heldout_root: Path) -> dict:
+    """The harness's own data must match its manifests (where there is one) before anything is scored."""
+    out = {}
+    for name, folder in (("dev_and_pool", spec.dev_dir.parent), ("heldout", heldout_root.parent)):
+        check = heldout_data.verify_manifest(folder)
+        if check["manifest_sha256"] is not None and not check["ok"]:
+            raise ScorerError(f"the harness's {name} data at {folder} does not match its MANIFEST.json "
+                              f"(changed: {check['mismatched']}, missing: {check['missing']}); restore it from git")
+        out[name] = check["manifest_sha256"]
+    return out
+
+
+def _sized(tasks: dict, spec: TaskSpec, fast: bool) -> dict:
+    return {n: t.subset(spec.fast_queries, spec.fast_docs) for n, t in tasks.items()} if fast else tasks
+
+
+def _base_scores(base, base_path: Path, spec: TaskSpec, dev_tasks: dict, heldout_tasks: dict, fast: bool,
+                 data_check: dict, eval_kw: dict) -> dict:
+    key_parts = {
+        "base_weights": _weights_sha(base_path),
+        "tasks": {split: {n: _task_fingerprint(t) for n, t in tasks.items()}
+                  for split, tasks in (("dev", dev_tasks), ("heldout", heldout_tasks))},
+        "mode": "fast" if fast else "full",
+        "sizes": [spec.fast_queries, spec.fast_docs] if fast else None,
+        "max_seq_length": spec.max_seq_length,
+        "device_type": str(eval_kw["device"]).split(":")[0],
+        "bootstrap": eval_kw["bootstrap"],
+        "evaluator": _evaluator_sha(),
+        "manifests": data_check,
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
+    path = paths.home() / "base_scores" / f"{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass
+    scores = {"dev": evaluator.evaluate_model(base, dev_tasks, **eval_kw),
+              "heldout": evaluator.evaluate_model(base, heldout_tasks, **eval_kw)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(scores, default=_json_default))
+    os.replace(tmp, path)
+    return scores
+
+
+def _task_fingerprint(task) -> str:
+    digest = hashlib.sha256()
+    for part in (sorted(task.queries.items()), sorted(task.corpus.items()), sorted((q, sorted(r.items())) for q, r in task.qrels.items())):
+        digest.update(json.dumps(part).encode())
+    return digest.hexdigest()[:24]
+
+
+def _weights_sha(model_path: Path) -> str:
+    files = sorted(Path(model_path).rglob("*.safetensors"))
+    return hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+
+
+def _evaluator_sha() -> str:
+    folder = Path(evaluator.__file__).parent
+    return hashlib.sha256("".join(file_sha256(folder / f) for f in EVALUATOR_FILES if (folder / f).is_file()).encode()).hexdigest()[:24]
+
+
+def _public(result: dict) -> dict:
+    """An evaluate_model result without per-query arrays and timing internals."""
+    return {k: v for k, v in result.items() if k not in ("per_query", "timing")}
+
+
+def _versions(base_path: Path, data_check: dict) -> dict:
+    out = {"base_model": str(base_path), "base_weights_sha256": _weights_sha(base_path),
+           "evaluator_sha256": _evaluator_sha(), "data_manifests": data_check}
+    for dist in ("autoembed", "torch", "sentence-transformers", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _json_default(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,174 @@
+"""The sealed scorer end to end on a tiny task: every bad submission gets its status and reason (never
+a crash, never a silent score), a flagged or broken one is scored as the base model, a clean one as
+itself, and score.json says so."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoembed.sealed.scorer import score_workdir
+from autoembed.task.seed import seed_workdir
+from tests.sealed_fixtures import base_path, copy_model, edit_weights, harness_home, tiny  # noqa: F401
+
+
+@pytest.fixture
+def seeded(tmp_path, tiny, base_path):
+    return Path(seed_workdir(tmp_path / "w", 1.0, tiny.spec, base_model=str(base_path))["workdir"])
+
+
+def _score(workdir, tiny, **kw):
+    return score_workdir(workdir, task=tiny.spec, fast=True, device="cpu", heldout_root=tiny.heldout_root,
+                         bootstrap=200, **kw)
+
+
+def _codes(result):
+    return [reason.split(":", 1)[0] for reason in result["reasons"]]
+
+
+def test_clean_submission_scores_as_itself(seeded, tiny, base_path, tmp_path, capsys, monkeypatch):
+    """Through the `autoembed score` command; the agent's own task.evaluate agrees with the scorer's dev."""
+    import importlib.util
+
+    from autoembed.cli import main
+    from autoembed.sealed import heldout
+
+    copy_model(base_path, seeded / "final_model")
+    monkeypatch.setattr(heldout, "HELDOUT_DIR", tiny.heldout_root)
+    out = tmp_path / "elsewhere" / "score.json"
+    assert main(["score", str(seeded), "--task", str(tiny.spec.root), "--fast", "--device", "cpu",
+                 "--bootstrap", "200", "--out", str(out)]) == 0
+    assert "status: ok" in capsys.readouterr().out
+    assert not (seeded / "score.json").exists()
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok", result["reasons"]
+    assert result["scored_as"] == "final_model" and result["mode"] == "fast"
+    # the base model submitted as final_model scores what the base scores
+    for split in ("dev", "heldout"):
+        assert result[split]["mean"]["ndcg@10"] == pytest.approx(result["base"][split]["mean"]["ndcg@10"], abs=1e-6)
+        assert set(result[split]["tasks"]) == set(getattr(tiny, split))
+        assert all(row["n_queries"] == tiny.spec.fast_queries for row in result[split]["tasks"].values())
+    assert "per_query" not in json.dumps(result)
+    assert result["audits"]["lineage"]["min_matrix_cosine"] == pytest.approx(1.0)
+    assert result["audits"]["tampering"]["source"] == "manifest"
+    assert result["versions"]["base_weights_sha256"]
+
+    spec = importlib.util.spec_from_file_location("seeded_task", seeded / "task.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    agent = module.evaluate(module.BASE_MODEL, fast=True, verbose=False)
+    for name, row in agent["tasks"].items():
+        assert row["ndcg@10"] == pytest.approx(result["dev"]["tasks"][name]["ndcg@10"], abs=1e-6)
+
+
+def test_missing_final_model(seeded, tiny):
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["missing_final_model"]
+    assert result["scored_as"] == "base_model"
+    assert result["dev"] == result["base"]["dev"] and result["heldout"] == result["base"]["heldout"]
+
+
+def test_garbage_files(seeded, tiny):
+    final = seeded / "final_model"
+    final.mkdir()
+    (final / "modules.json").write_text("[{not json")
+    (final / "model.safetensors").write_bytes(os.urandom(4096))
+    (final / "config.json").write_text("{}")
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and "not_loadable" in _codes(result)
+
+
+def test_wrong_embedding_dim(seeded, tiny, base_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    model = SentenceTransformer(str(base_path), device="cpu")
+    model.append(models.Dense(384, 128))
+    model.save(str(seeded / "final_model"))
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and "wrong_embedding_dim" in _codes(result)
+    assert result["audits"]["submission"]["embedding_dim"] == 128
+    assert result["scored_as"] == "base_model"
+
+
+def test_nan_weights(seeded, tiny, base_path):
+    final = copy_model(base_path, seeded / "final_model")
+    edit_weights(final, lambda k, v: torch.full_like(v, float("nan")) if k.endswith("layer.3.output.dense.weight") else v)
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["nan_weights"]
+    assert "layer.3.output.dense.weight" in result["reasons"][0]
+
+
+def test_symlink_outside_workdir(seeded, tiny, base_path):
+    copy_model(base_path, seeded / "final_model")
+    (seeded / "notes.txt").symlink_to("/etc/passwd")
+    result = _score(seeded, tiny)
+    assert result["status"] == "flagged" and _codes(result) == ["symlink_outside_workdir"]
+    assert result["scored_as"] == "base_model"
+    assert result["submitted"]["dev"]["mean"]["ndcg@10"] == pytest.approx(result["base"]["dev"]["mean"]["ndcg@10"], abs=1e-6)
+    assert "root:" not in json.dumps(result)  # the link was never read
+
+
+def test_symlinked_weights_leaving_the_workdir(seeded, tiny, base_path):
+    final = seeded / "final_model"
+    final.mkdir()
+    for item in base_path.iterdir():
+        (final / item.name).symlink_to(item)
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and "final_model_symlink" in _codes(result)
+
+
+def test_huge_file(seeded, tiny, base_path):
+    final = copy_model(base_path, seeded / "final_model")
+    with open(final / "checkpoint.safetensors", "wb") as fh:  # sparse: 3 GB apparent, no disk
+        fh.truncate(3 * 2**30)
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["too_large"]
+    assert result["audits"]["submission"]["bytes"] > 3 * 2**30
+
+
+def test_pickle_weights(seeded, tiny, base_path):
+    final = copy_model(base_path, seeded / "final_model")
+    torch.save({"x": torch.zeros(2)}, final / "pytorch_model.bin")
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["pickle_weights"]
+
+
+def test_custom_module_is_never_imported(seeded, tiny, base_path):
+    final = copy_model(base_path, seeded / "final_model")
+    modules = json.loads((final / "modules.json").read_text())
+    modules[1]["type"] = "os.system"
+    (final / "modules.json").write_text(json.dumps(modules))
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and "unsafe_module" in _codes(result)
+
+
+def test_flags_add_up(seeded, tiny, base_path):
+    """Contamination, lineage and tampering together: all recorded, scored as the base model."""
+    from tests.sealed_fixtures import reinitialized
+
+    final = copy_model(base_path, seeded / "final_model")
+    edit_weights(final, reinitialized)
+    with open(seeded / "task.py", "a") as fh:
+        fh.write("\n# tweak\n")
+    name = sorted(tiny.heldout)[0]
+    (seeded / "leak.txt").write_text("\n".join(tiny.heldout[name].corpus.values()))
+    result = _score(seeded, tiny)
+    assert result["status"] == "flagged"
+    assert {"lineage", "tampering", "contamination"} <= set(_codes(result))
+    assert result["scored_as"] == "base_model" and result["dev"] == result["base"]["dev"]
+    leak_row = result["audits"]["contamination"]["ngrams"]["files_with_hits"][0]
+    assert leak_row["path"] == "leak.txt" and leak_row["heldout_items_hit"] > 10
+    assert tiny.heldout[name].corpus[next(iter(tiny.heldout[name].corpus))][:60] not in json.dumps(result)
+
+
+def test_special_file_is_never_opened(seeded, tiny, base_path):
+    final = copy_model(base_path, seeded / "final_model")
+    (final / "config.json").unlink()
+    os.mkfifo(final / "config.json")  # reading it would block the scorer forever
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["not_loadable"]
+    assert "special files" in result["reasons"][0]
