@@ -20,8 +20,8 @@ class TaskSpec:
     dev_tasks: tuple[str, ...]
     pool_path: Path  # jsonl.gz of {"query", "positive", "domain", "group"}
     main_metric: str = "ndcg@10"
-    fast_queries: int = 300
-    fast_docs: int = 3000
+    fast_queries: int = 200
+    fast_docs: int = 1000
     max_seq_length: int = 256
     instructions: Path | None = None
     dockerfile: Path | None = None
@@ -49,8 +49,8 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         dev_tasks=tuple(dev["tasks"]),
         pool_path=(root / pool["path"]).resolve(),
         main_metric=ev.get("main_metric", "ndcg@10"),
-        fast_queries=int(ev.get("fast_queries", 300)),
-        fast_docs=int(ev.get("fast_docs", 3000)),
+        fast_queries=int(ev.get("fast_queries", 200)),
+        fast_docs=int(ev.get("fast_docs", 1000)),
         max_seq_length=int(ev.get("max_seq_length", 256)),
         instructions=(root / "instructions.md") if (root / "instructions.md").exists() else None,
         dockerfile=(root / "environment" / "Dockerfile") if (root / "environment" / "Dockerfile").exists() else None,
