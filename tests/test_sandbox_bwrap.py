@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,23 +22,6 @@ pytestmark = [
 ]
 
 EXTRA_HIDDEN = Path("/usr/share/zoneinfo")  # an ordinary visible folder, hidden through SandboxConfig.hidden
-
-
-@pytest.fixture(scope="module")
-def sealed_canary():
-    path = paths.SEALED_DIR / f"_escape_test_canary_{uuid.uuid4().hex[:8]}.txt"
-    path.write_text(attacks.SEALED_CANARY)
-    yield path
-    path.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def trace_file():
-    run_dir = paths.traces_dir() / f"_escape_test_{uuid.uuid4().hex[:8]}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "trace.jsonl").write_text('{"kind": "assistant", "text": "an earlier trial"}\n')
-    yield run_dir / "trace.jsonl"
-    shutil.rmtree(run_dir)
 
 
 def make(workdir: Path, seconds: float = 900, **kwargs) -> BwrapSandbox:

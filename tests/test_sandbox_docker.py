@@ -6,9 +6,7 @@ tests), and rebuilt in seconds on top of the cached base when the autoembed pack
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -31,23 +29,6 @@ def image():
     from autoembed.sandbox.image import ensure_task_image
 
     return ensure_task_image(paths.DEFAULT_TASK)
-
-
-@pytest.fixture(scope="module")
-def sealed_canary():
-    path = paths.SEALED_DIR / f"_escape_test_canary_{uuid.uuid4().hex[:8]}.txt"
-    path.write_text(attacks.SEALED_CANARY)
-    yield path
-    path.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def trace_file():
-    run_dir = paths.traces_dir() / f"_escape_test_{uuid.uuid4().hex[:8]}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "trace.jsonl").write_text('{"kind": "assistant", "text": "an earlier trial"}\n')
-    yield run_dir / "trace.jsonl"
-    shutil.rmtree(run_dir)
 
 
 def make(image: str, workdir: Path, seconds: float = 900, **kwargs):

@@ -73,6 +73,12 @@ class Sandbox(abc.ABC):
     def seconds_left(self) -> float:
         return self.config.deadline - time.time()
 
+    def exec_plan(self, command: str | list[str], timeout: float | None) -> tuple[list[str], float]:
+        """argv for a command (a string runs with bash -lc) and its timeout capped by the deadline (<= 0: passed)."""
+        argv = ["bash", "-lc", command] if isinstance(command, str) else list(command)
+        limit = self.seconds_left()
+        return argv, (limit if timeout is None else min(timeout, limit))
+
     def describe(self) -> dict:
         """What the trial record says about where the agent ran."""
         return {"kind": self.kind, "network": self.config.network, "gpus": self.config.gpus}

@@ -120,9 +120,7 @@ class BwrapSandbox(Sandbox):
 
     # -- running things inside ------------------------------------------------------------------
     def exec(self, command, *, timeout=None, env=None, cwd=None) -> ExecResult:
-        argv = ["bash", "-lc", command] if isinstance(command, str) else list(command)
-        limit = self.seconds_left()
-        timeout = limit if timeout is None else min(timeout, limit)
+        argv, timeout = self.exec_plan(command, timeout)
         if timeout <= 0:
             return ExecResult(-9, "", "the deadline has passed", True, 0.0)
         start = time.time()
