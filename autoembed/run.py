@@ -97,17 +97,22 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
             "status": "seeding", "started": _now(), "versions": _versions(agent_obj)}
     _write_json(run_dir / "meta.json", meta)
 
+    # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
+    # a package change) must not eat the agent's budget. It gets the seeded deadline before it starts.
+    config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600, network=agent_obj.needs_network,
+                           gpus=gpus, readonly_extra=agent_obj.readonly_mounts())
+    t0 = time.time()
+    box = make_sandbox(sandbox, config, task=task, progress=say)
+    meta["sandbox_prepare_s"] = round(time.time() - t0, 3)
+
     t0 = time.time()
     manifest = seed_workdir(workdir, hours, task)
     deadline = float(manifest["deadline"])
+    box.config.deadline = deadline
     prompt = (workdir / "instructions.md").read_text()
     (run_dir / "prompt.txt").write_text(prompt)
     _write_json(run_dir / "seed_manifest.json", manifest)
     meta.update(deadline=deadline, deadline_iso=_iso(deadline), seed_s=round(time.time() - t0, 3))
-
-    config = SandboxConfig(workdir=workdir, deadline=deadline, network=agent_obj.needs_network, gpus=gpus,
-                           readonly_extra=agent_obj.readonly_mounts())
-    box = make_sandbox(sandbox, config, task=task, progress=say)
     meta["sandbox"] = box.describe()
     trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,

@@ -1,0 +1,264 @@
+"""Whole trials (autoembed.run / `autoembed run`) on a tiny copy of the task, in bwrap: the record a trial leaves
+in traces/<run-id>/, a scripted harness that trains a little inside the sandbox, an interrupted trial, a crashed
+agent, and bad arguments.
+
+The tiny task (tests/tiny_task.py) keeps the real task.toml, instructions and base model but cuts the dev tasks to
+3 queries x 10 documents, the fast-mode sizes (which size the held-out sets the scorer evaluates) to the same,
+max_seq_length to 32 and the pool to 64 pairs, so the sealed scorer runs in seconds on a CPU. The harness-side home
+(seed manifests, the base model's cached scores) is shared by the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoembed.agents.harness import BANNER
+from autoembed.paths import REPO_ROOT
+from autoembed.sandbox.bwrap import bwrap_problem
+from autoembed.trace import read_trace
+from tests.tiny_task import shared_tiny_task
+
+pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}")
+
+BASELINE = REPO_ROOT / "harnesses" / "baseline.py"
+META_KEYS = {"run_id", "agent", "model", "task", "hours", "deadline", "started", "ended", "agent_started",
+             "agent_ended", "exit_reason", "exit_detail", "versions", "sandbox", "status", "final_model", "usage"}
+
+# A tiny training run the scripted harness writes and runs inside the sandbox: two MNRL steps on 16 pool pairs.
+TINY_TRAIN = """\
+import torch, task
+from sentence_transformers import SentenceTransformer
+
+torch.manual_seed(0)
+model = SentenceTransformer(task.BASE_MODEL, device="cpu")
+model.max_seq_length = 32
+pairs = task.load_pool(limit=16)
+opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+model.train()
+
+def embed(texts):
+    features = model.tokenize(texts)
+    return torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
+
+for step in range(2):
+    batch = pairs[step * 8:(step + 1) * 8]
+    q, p = embed([r["query"] for r in batch]), embed([r["positive"] for r in batch])
+    loss = torch.nn.functional.cross_entropy(20 * q @ p.T, torch.arange(len(batch)))
+    loss.backward(); opt.step(); opt.zero_grad()
+    print(f"step {step} loss {loss.item():.4f}")
+model.save("final_model")
+print("saved final_model")
+"""
+
+
+@pytest.fixture
+def task_dir(tmp_path_factory, monkeypatch) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AUTOEMBED_TRACES", str(base / "unused_traces"))
+    return shared_tiny_task(base)
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoembed.cli", "run", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT, env=env or os.environ.copy())
+
+
+def script_file(tmp_path: Path, items: list[dict]) -> str:
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(items))
+    return f"scripted:{path}"
+
+
+def harness_with(tmp_path: Path, editable_tail: str) -> Path:
+    """baseline.py with code appended to its editable part (the fixed adapter stays byte-identical)."""
+    editable, adapter = BASELINE.read_text().split(BANNER, 1)
+    path = tmp_path / "harness.py"
+    path.write_text(editable + editable_tail + "\n\n" + BANNER + adapter)
+    return path
+
+
+def load_meta(run_dir: Path) -> dict:
+    return json.loads((run_dir / "meta.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
+    traces = tmp_path / "traces"
+    env = {**os.environ, "AUTOEMBED_TRACES": str(traces)}
+    done = cli("recipe", "--task", str(task_dir), "--hours", "0.015", "--sandbox", "bwrap", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    [run_dir] = list(traces.iterdir())
+    assert run_dir.name.split("-")[2] == "recipe"  # <date>-<time>-recipe-<hex>
+    meta = load_meta(run_dir)
+    assert META_KEYS <= set(meta), META_KEYS - set(meta)
+    assert meta["run_id"] == run_dir.name and meta["agent"] == "recipe" and meta["task"] == "embed"
+    assert meta["hours"] == 0.015 and meta["exit_reason"] == "finished", meta["exit_detail"]
+    assert meta["status"] == "scored" and meta["sandbox"]["kind"] == "bwrap" and meta["sandbox"]["network"] is False
+    assert meta["versions"]["autoembed"] and meta["versions"]["torch"] and meta["versions"]["agent"]["recipe_train"]
+    assert meta["started"] <= meta["agent_started"] <= meta["agent_ended"] <= meta["ended"]
+    assert meta["agent_seconds"] < 0.015 * 3600 + 10, "the agent outlived its budget"
+
+    workdir = run_dir / "workdir"
+    assert (run_dir / "prompt.txt").read_text() == (workdir / "instructions.md").read_text()
+    assert "0.015 hours" in (run_dir / "prompt.txt").read_text()
+    events = read_trace(run_dir / "trace.jsonl")
+    commands = [e.args["command"] for e in events if e.kind == "tool_call" and e.tool == "bash"]
+    assert any("train.py" in c and "--out final_model" in c for c in commands), commands
+    log = (run_dir / "agent.log").read_text()
+    assert "saved /workdir/final_model" in log and "\nsteps: " in log  # train.py's output and its summary block
+    assert "train.py" in (run_dir / "trace.md").read_text()
+
+    files = meta["final_model"]["files"]
+    assert "model.safetensors" in files and "modules.json" in files
+    assert (workdir / "final_model" / "model.safetensors").is_file()
+    score = json.loads((run_dir / "score.json").read_text())
+    assert score["scored_as"] == "final_model" and score["status"] == "ok", score["reasons"]
+    assert score["mode"] == "fast" and score["sizes"] == {"fast_queries": 3, "fast_docs": 10}
+    for split in ("dev", "heldout"):
+        assert 0.0 <= score[split]["mean"]["ndcg@10"] <= 1.0 and 0.0 <= score["base"][split]["mean"]["ndcg@10"] <= 1.0
+    assert set(score["dev"]["tasks"]) == {"debian", "pycode", "wordnet"}
+    assert f"run_id: {run_dir.name}" in done.stdout and "exit_reason: finished" in done.stdout
+
+
+def test_scripted_harness_trains_in_the_sandbox_then_crashes_and_its_model_is_scored(task_dir, tmp_path):
+    """The baseline harness driven by the scripted provider: a tiny real training run inside bwrap, then the model
+    asks for a tool the harness does not offer, the provider raises and the harness crashes. The trial must say
+    crashed, with the reason, and still score the final_model/ the agent left."""
+    from autoembed.run import run
+
+    model = script_file(tmp_path, [
+        {"text": "Time check.", "tool_calls": [{"name": "bash", "arguments": {"command": "bash timer.sh"}}]},
+        {"tool_calls": [{"name": "write_file", "arguments": {"path": "train_tiny.py", "content": TINY_TRAIN}}]},
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "python train_tiny.py && ls final_model"}}]},
+        {"tool_calls": [{"name": "launch_rockets", "arguments": {}}]},
+    ])
+    result = run(f"harness:{BASELINE}", task=str(task_dir), hours=0.05, sandbox="bwrap", model=model,
+                 out=tmp_path / "run", progress=lambda line: None)
+
+    meta = load_meta(tmp_path / "run")
+    assert meta["exit_reason"] == "crashed", meta["exit_detail"]
+    assert "tool 'launch_rockets' is not offered" in meta["exit_detail"] and "Traceback" in meta["exit_detail"]
+    assert meta["model"] == model and meta["versions"]["agent"]["harness_sha256"]
+    events = read_trace(tmp_path / "run" / "trace.jsonl")
+    calls = [e for e in events if e.kind == "tool_call"]
+    results = {e.call_id: e for e in events if e.kind == "tool_result"}
+    assert [c.tool for c in calls] == ["bash", "write_file", "bash"]
+    assert "left" in results[calls[0].call_id].text.lower()  # timer.sh ran inside
+    training = results[calls[2].call_id].text
+    assert "exit 0" in training and "step 1 loss" in training and "model.safetensors" in training
+    assert any(e.kind == "error" and "launch_rockets" in e.text for e in events)
+    assert "python train_tiny.py" in (tmp_path / "run" / "trace.md").read_text()
+    assert meta["usage"]["output_tokens"] > 0
+
+    assert "model.safetensors" in meta["final_model"]["files"]
+    assert meta["status"] == "scored" and result.score["scored_as"] == "final_model", result.score["reasons"]
+    assert result.score["status"] == "ok"
+    lineage = result.score["audits"]["lineage"]
+    assert 0.5 < lineage["min_matrix_cosine"] < 1.0, "final_model should be a (slightly) trained base model"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_trial_leaves_a_readable_record(sig, task_dir, tmp_path):
+    marker = f"sleep {97 + sig}.5"  # a command line no other process has, to look for strays
+    model = script_file(tmp_path, [{"tool_calls": [{"name": "bash", "arguments": {"command": marker}}]},
+                                   {"text": "never reached in time"}])
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "autoembed.cli", "run", f"harness:{BASELINE}", "--model", model, "--task",
+            str(task_dir), "--hours", "0.05", "--sandbox", "bwrap", "--out", str(run_dir)]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not _running(marker):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.3)
+        assert _running(marker), "the agent's command never started"
+        assert load_meta(run_dir)["status"] == "running"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    meta = load_meta(run_dir)
+    assert meta["exit_reason"] == "interrupted", meta
+    assert meta["agent_seconds"] < 60 and meta["ended"]
+    assert not _running(marker), "the agent's command outlived the interrupted trial"
+    assert (run_dir / "trace.md").is_file() and meta["status"] in ("scored", "interrupted_while_scoring")
+    assert "exit_reason: interrupted" in out
+
+
+def _running(cmdline: str) -> bool:
+    want = cmdline.split()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if [a.decode(errors="replace") for a in args if a] == want:
+                return True
+    return False
+
+
+def test_crashed_harness_without_final_model_is_scored_as_the_base_model(task_dir, tmp_path):
+    from autoembed.run import run
+
+    harness = harness_with(tmp_path, "def run_task(env, llm, tools):\n    raise ValueError('gave up at once')\n")
+    result = run(f"harness:{harness}", task=str(task_dir), hours=0.05, sandbox="bwrap",
+                 model=script_file(tmp_path, []), out=tmp_path / "run", progress=lambda line: None)
+    assert result.meta["exit_reason"] == "crashed" and "ValueError: gave up at once" in result.meta["exit_detail"]
+    assert result.meta["final_model"] is None
+    assert result.score["scored_as"] == "base_model" and result.score["status"] == "broken"
+    assert any("final_model" in r for r in result.score["reasons"])
+    assert result.score["dev"] == result.score["base"]["dev"]
+
+
+# -- bad arguments ----------------------------------------------------------------------------------------------
+BAD = {
+    "agent": (["nosuch", "--hours", "0.01"], "unknown agent 'nosuch'"),
+    "harness-file": (["harness:no/such/harness.py", "--hours", "0.01"], "harness file no/such/harness.py does not exist"),
+    "hours-zero": (["recipe", "--hours", "0"], "--hours must be positive"),
+    "hours-text": (["recipe", "--hours", "two"], "argument --hours: invalid float value: 'two'"),
+}
+
+
+def cli_in_process(args: list[str], capsys) -> tuple[int | None, str]:
+    """`autoembed run ARGS` through autoembed.cli.main: (exit code, or None if an exception escaped; the message)."""
+    from autoembed.cli import main
+
+    try:
+        code = main(["run", *args])
+    except SystemExit as exc:
+        code = exc.code
+    except (ValueError, FileNotFoundError) as exc:  # escapes as a traceback on the command line
+        return None, str(exc)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_arguments_fail_with_a_clear_message_and_no_trial(case, task_dir, tmp_path, monkeypatch, capsys):
+    args, message = BAD[case]
+    traces = tmp_path / "traces"
+    monkeypatch.setenv("AUTOEMBED_TRACES", str(traces))
+    code, text = cli_in_process([*args, "--task", str(task_dir), "--sandbox", "bwrap"], capsys)
+    assert code != 0
+    assert message in text, text
+    assert not traces.exists() or not any(traces.iterdir()), "a bad argument must not leave a trial folder"
+
+
+@pytest.mark.xfail(strict=True, reason="autoembed/commands/run.py lets run()'s ValueError escape as a traceback "
+                                       "instead of an argparse-style error line (reported to the lead)")
+def test_bad_agent_name_is_an_error_line_not_a_traceback(task_dir, capsys):
+    code, text = cli_in_process(["nosuch", "--task", str(task_dir), "--sandbox", "bwrap"], capsys)
+    assert code == 2 and "unknown agent 'nosuch'" in text
