@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -185,3 +186,16 @@ def test_auto_falls_back_to_bwrap_without_docker(tmp_path, monkeypatch):
 def test_start_rejects_a_missing_workdir(tmp_path):
     with pytest.raises(SandboxError, match="does not exist"):
         make(tmp_path / "missing").start()
+
+
+def test_sigterm_reaches_the_command_and_its_real_exit_status_comes_back(sandbox):
+    """A 'save and stop' SIGTERM must not kill the launcher first: the caller would see -15 while the
+    command inside is still saving (the recipe agent then thought train.py had died without a model)."""
+    code = ("import signal, sys, time\n"
+            "def on_term(*_):\n    print('saving', flush=True); time.sleep(1); print('saved', flush=True); sys.exit(3)\n"
+            "signal.signal(signal.SIGTERM, on_term)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    proc = sandbox.spawn(["python3", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout.readline().strip() == b"ready"
+    proc.terminate()
+    assert proc.wait(timeout=30) == 3
+    assert proc.stdout.read().split() == [b"saving", b"saved"]

@@ -268,12 +268,15 @@ class DockerExecPopen(subprocess.Popen):
     marker = ""
 
     def send_signal(self, sig: int) -> None:
-        for pid in pids_with_marker(self.marker):
+        inside = pids_with_marker(self.marker)
+        for pid in inside:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        super().send_signal(sig)
+        # a catchable signal spares the client, which then reports the command's real exit status
+        if sig == signal.SIGKILL or not inside:
+            super().send_signal(sig)
 
 
 def pids_with_marker(marker: str) -> list[int]:

@@ -33,15 +33,43 @@ while True:
 
 class GroupPopen(subprocess.Popen):
     """A Popen started in its own session whose signals reach its whole process group: killing the
-    launcher (nsenter) alone would leave the command it started inside the sandbox running."""
+    launcher (nsenter) alone would leave the command it started inside the sandbox running.
+
+    A catchable signal (SIGTERM: "save and stop") goes to the group but not to the launcher, which
+    would die of it at once and report -15 while the command inside is still saving; the launcher
+    stays to report the command's real exit status."""
 
     def send_signal(self, sig: int) -> None:
         self.poll()
-        if self.returncode is None:
+        if self.returncode is not None:
+            return
+        inside = [pid for pid in group_members(self.pid) if pid != self.pid]
+        if sig == signal.SIGKILL or not inside:
             try:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
                 pass
+            return
+        for pid in inside:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group pgid (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
 
 
 def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
