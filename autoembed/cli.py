@@ -32,7 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:  # bad input: one line that names the problem, not a traceback
+        print(f"autoembed {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from autoembed.agents.harness import HarnessError
+    from autoembed.llm.base import LLMError
+    from autoembed.sandbox.base import SandboxError
+    from autoembed.task.base_model import BaseModelError
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, SandboxError, BaseModelError, LLMError, HarnessError)
+
+
+USER_ERRORS = _user_errors()
 
 
 if __name__ == "__main__":

@@ -78,7 +78,19 @@ def new_run_id(agent: str) -> str:
 def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
         progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0) -> TrialResult:
-    """Run one trial and return its result; never raises for agent failures (they are recorded)."""
+    """Run one trial and return its result; never raises for agent failures (they are recorded).
+    SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    try:
+        return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
+                    progress=progress, reprompt_margin_s=reprompt_margin_s)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s) -> TrialResult:
     from autoembed.sealed.scorer import score_workdir
     from autoembed.task.seed import seed_workdir
     from autoembed.task.spec import load_spec
@@ -137,6 +149,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
     except KeyboardInterrupt:
         score = None
         meta["status"] = "interrupted_while_scoring"
+        say("interrupted while scoring: the trial is recorded without a score")
     except Exception:  # a scorer failure is recorded, never silently turned into a score
         score = None
         meta["status"] = "score_failed"
@@ -151,9 +164,6 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say) -> AgentOutcome:
     """Start the sandbox, run the agent, always stop the sandbox; Ctrl-C/SIGTERM become 'interrupted'."""
     stop_progress = threading.Event()
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
     meta["agent_started_epoch"] = time.time()
     try:
         box.start()
@@ -172,8 +182,6 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
     finally:
         stop_progress.set()
         box.stop()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupt(signum, frame):

@@ -122,3 +122,28 @@ def test_scripted_loop_runs_tools_in_the_sandbox_and_traces_them(tmp_path):
     assert "minutes left" in results[0].text and "trained" in results[1].text
     assert results[2].is_error and "outside" in results[2].text
     assert events[-1].kind == "usage" or any(e.kind == "assistant" and e.text == "All done." for e in events)
+
+
+def test_raw_log_holds_every_response_and_tool_output(tmp_path):
+    script = [{"tool_calls": [{"name": "bash", "arguments": {"command": "echo raw-proof"}}]}, {"text": "done"}]
+    ctx = _ctx(tmp_path)
+    HarnessAgent(BASELINE, model=_script(tmp_path, script)).run(ctx)
+    lines = [json.loads(line) for line in ctx.raw_log.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["response", "tool_result", "response"]
+    assert "raw-proof" in lines[1]["output"] and lines[2]["text"] == "done"
+
+
+def test_overrunning_harness_makes_no_calls_after_the_deadline(tmp_path, monkeypatch):
+    """A loop that swallows every Exception still stops: the stop signal is a BaseException."""
+    import autoembed.agents.harness as harness_mod
+
+    monkeypatch.setattr(harness_mod, "GRACE_S", 0.2)
+    path = _harness_with(tmp_path, "def run_task(env, llm, tools):\n    while True:\n        try:\n"
+                                   "            env.bash('true')\n        except Exception:\n            pass\n")
+    ctx = _ctx(tmp_path, seconds=1.5)
+    outcome = HarnessAgent(path, model=_script(tmp_path, [])).run(ctx)
+    assert outcome.exit_reason == "deadline"
+    time.sleep(1.0)
+    calls_then = len(ctx.sandbox._procs)
+    time.sleep(1.0)
+    assert len(ctx.sandbox._procs) == calls_then

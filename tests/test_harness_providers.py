@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import autoembed.agents.harness as harness_mod
 from autoembed.llm import retry
-from autoembed.llm.registry import get_llm
 from autoembed.sandbox.bwrap import bwrap_problem
 from autoembed.trace import read_trace
 from tests.fakellm import FakeLLM, Fault, Turn
@@ -35,7 +33,7 @@ COMMAND = f"python3 -c \"open('final_note.txt','w').write('ok'); print('{MARK}')
 PROVIDERS = {
     "anthropic": ("anthropic:claude-sonnet-4-6", {"ANTHROPIC_BASE_URL": "{url}", "ANTHROPIC_API_KEY": "sk-ant-test"}),
     "openai": ("openai:gpt-4o", {"OPENAI_BASE_URL": "{url}/v1", "OPENAI_API_KEY": "sk-test"}),
-    "openai-responses": ("openai:gpt-4o", {"OPENAI_BASE_URL": "{url}/v1", "OPENAI_API_KEY": "sk-test"}),
+    "openai-responses": ("openai-responses:gpt-4o", {"OPENAI_BASE_URL": "{url}/v1", "OPENAI_API_KEY": "sk-test"}),
     "google": ("google:gemini-2.5-flash", {"GOOGLE_GEMINI_BASE_URL": "{url}", "GEMINI_API_KEY": "test-key"}),
 }
 KEY_VARS = ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_BASE_URL", "OPENAI_API_KEY",
@@ -59,10 +57,6 @@ def point_at(fake: FakeLLM, provider: str, monkeypatch) -> str:
     model, env = PROVIDERS[provider]
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(url=fake.url))
-    if provider == "openai-responses":
-        # HarnessEnv.llm() calls get_llm(model) with no options, and neither the model string nor an environment
-        # variable selects the Responses API; pass api="responses" where the harness asks for its LLM.
-        monkeypatch.setattr(harness_mod, "get_llm", lambda m, **kw: get_llm(m, api="responses", **kw))
     return model
 
 

@@ -257,8 +257,6 @@ def test_bad_arguments_fail_with_a_clear_message_and_no_trial(case, task_dir, tm
     assert not traces.exists() or not any(traces.iterdir()), "a bad argument must not leave a trial folder"
 
 
-@pytest.mark.xfail(strict=True, reason="autoembed/commands/run.py lets run()'s ValueError escape as a traceback "
-                                       "instead of an argparse-style error line (reported to the lead)")
 def test_bad_agent_name_is_an_error_line_not_a_traceback(task_dir, capsys):
     code, text = cli_in_process(["nosuch", "--task", str(task_dir), "--sandbox", "bwrap"], capsys)
     assert code == 2 and "unknown agent 'nosuch'" in text

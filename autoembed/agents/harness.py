@@ -35,6 +35,11 @@ class HarnessError(RuntimeError):
     pass
 
 
+class HarnessStopped(BaseException):
+    """Raised inside the harness thread once the trial is over (deadline, Ctrl-C): a BaseException, so
+    the editable code's `except Exception` cannot swallow it and keep making paid model calls."""
+
+
 @dataclass
 class Tool:
     """A tool the harness offers the model: its spec and the function that runs it (returns text)."""
@@ -84,7 +89,18 @@ class HarnessEnv:
         self.workdir = ctx.sandbox.workdir_inside
         self.deadline = ctx.deadline
         self.prompt = ctx.prompt
+        self.stopped = threading.Event()
         self._outputs = 0
+
+    def _check_running(self) -> None:
+        if self.stopped.is_set():
+            raise HarnessStopped("the trial is over")
+
+    def _raw(self, record: dict) -> None:
+        """The agent's raw log (agent.log): every model response and tool output, one JSON line each."""
+        record = {"ts": time.time(), **record}
+        with open(self.ctx.raw_log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
 
     # -- time ---------------------------------------------------------------------------------
     def seconds_left(self) -> float:
@@ -96,7 +112,11 @@ class HarnessEnv:
 
     def complete(self, llm: LLM, messages: list[Message], *, system: str | None, tools: list[Tool],
                  max_tokens: int = 4096) -> Response:
+        self._check_running()
         response = llm.complete(messages, system=system, tools=[t.spec for t in tools], max_tokens=max_tokens)
+        self._check_running()
+        self._raw({"type": "response", "model": response.model, "text": response.text, "stop_reason": response.stop_reason,
+                   "tool_calls": [vars(c) for c in response.tool_calls], "usage": vars(response.usage)})
         if response.text:
             self.ctx.trace.emit(Event("assistant", text=response.text))
         for call in response.tool_calls:
@@ -113,6 +133,7 @@ class HarnessEnv:
             output, error = tool.fn(**call.arguments), False
         except Exception as exc:  # a tool failure is the model's to see, not a crash
             output, error = f"error: {type(exc).__name__}: {exc}", True
+        self._raw({"type": "tool_result", "tool": call.name, "call_id": call.id, "is_error": error, "output": output})
         self.ctx.trace.emit(Event("tool_result", tool=call.name, call_id=call.id, text=output, is_error=error))
         if call.name == "bash":
             self.ctx.progress(f"harness bash: {str(call.arguments.get('command'))[:120]}")
@@ -120,6 +141,7 @@ class HarnessEnv:
 
     # -- tools' primitives (inside the sandbox / the workdir) ------------------------------------
     def bash(self, command: str, timeout: float = 600.0, limit: int = 10_000) -> str:
+        self._check_running()
         result = self.ctx.sandbox.exec(command, timeout=timeout, cwd=self.workdir)
         text = result.stdout + (("\n[stderr]\n" + result.stderr) if result.stderr.strip() else "")
         status = "timed out" if result.timed_out else f"exit {result.returncode}"
@@ -181,12 +203,17 @@ class HarnessAgent(Agent):
         def target():
             try:
                 box["result"] = self.module.harness_main(env)
+            except HarnessStopped:
+                box["stopped"] = True
             except BaseException:
                 box["error"] = traceback.format_exc()
 
         thread = threading.Thread(target=target, name="harness", daemon=True)
         thread.start()
-        thread.join(max(0.0, ctx.deadline - time.time()) + GRACE_S)
+        try:
+            thread.join(max(0.0, ctx.deadline - time.time()) + GRACE_S)
+        finally:  # deadline or Ctrl-C: the harness makes no further model or tool call
+            env.stopped.set()
         if thread.is_alive():  # hung or overran: record where it was; the sandbox stop ends its tools
             frame = sys._current_frames().get(thread.ident)
             stack = "".join(traceback.format_stack(frame)) if frame else ""

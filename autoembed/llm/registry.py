@@ -8,10 +8,12 @@ from autoembed.llm.base import LLM, LLMError
 
 PROVIDERS = {
     "anthropic": "autoembed.llm.anthropic_llm:AnthropicLLM",
-    "openai": "autoembed.llm.openai_llm:OpenAILLM",
+    "openai": "autoembed.llm.openai_llm:OpenAILLM",  # Chat Completions; also any OpenAI-compatible server
+    "openai-responses": "autoembed.llm.openai_llm:OpenAILLM",  # the Responses API
     "google": "autoembed.llm.google_llm:GoogleLLM",
     "scripted": "autoembed.llm.scripted:ScriptedLLM",
 }
+PROVIDER_OPTIONS = {"openai-responses": {"api": "responses"}}
 
 
 def parse_model(model: str) -> tuple[str, str]:
@@ -27,4 +29,4 @@ def get_llm(model: str, **kwargs) -> LLM:
     provider, name = parse_model(model)
     module_name, cls_name = PROVIDERS[provider].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(name, **kwargs)
+    return cls(name, **{**PROVIDER_OPTIONS.get(provider, {}), **kwargs})

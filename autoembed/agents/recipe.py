@@ -1,0 +1,264 @@
+"""The recipe agent: no LLM, no network. It writes the reference training script (recipe_train.py) into
+the workdir as train.py and runs it inside the sandbox with a budget that ends before the deadline, so
+final_model/ is saved in time. It is the offline default and the floor every LLM agent must beat.
+
+Every command it runs and its result go to the trace as tool_call / tool_result events, the script's
+output to the raw log, and its progress lines to ctx.progress about once a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from autoembed.agents.base import Agent, AgentOutcome, TrialContext
+from autoembed.trace import Event
+
+TRAIN_SCRIPT = Path(__file__).with_name("recipe_train.py")
+POOL_CANDIDATES = ("data/pool/pairs.jsonl.gz", "pool/pairs.jsonl.gz", "pairs.jsonl.gz")
+RESULT_CHARS = 6000  # tail of a command's output kept in its tool_result event
+PROGRESS_EVERY_S = 60.0
+TERM_GRACE_S = 8.0  # SIGTERM this long before the deadline if the script is still running (it saves on SIGTERM)
+
+# Runs inside the sandbox, in the workdir: what the script will see (python, torch, GPU) and the base
+# model as the seeded task.py names it, resolved to a folder.
+PROBE = r"""
+import importlib, json, os, sys
+info = {"python": sys.executable, "python_version": sys.version.split()[0]}
+try:
+    import torch
+    info.update(torch=torch.__version__, cuda=torch.cuda.is_available())
+    if info["cuda"]:
+        info["gpu"] = torch.cuda.get_device_name(0)
+except Exception as exc:
+    info["torch_error"] = repr(exc)
+sys.path.insert(0, os.getcwd())
+sys.dont_write_bytecode = True  # leave no __pycache__ in the workdir
+try:
+    import task
+    base = str(task.BASE_MODEL)
+    if base.startswith("package:"):
+        base = str(importlib.import_module(base.split(":", 1)[1]).get_model_path())
+    info["base_model"] = base
+except Exception as exc:
+    info["task_error"] = repr(exc)
+print("PROBE " + json.dumps(info))
+"""
+
+
+class RecipeAgent(Agent):
+    name = "recipe"
+    needs_network = False
+
+    def __init__(self, model: str | None = None, *, batch_size: int | None = None, max_steps: int | None = None,
+                 lr: float | None = None, seed: int = 0, min_margin_s: float = 15.0, max_margin_s: float = 120.0):
+        self.model = model  # unused: the recipe needs no LLM; kept so `--model` is accepted and recorded
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+        self.lr = lr
+        self.seed = seed
+        self.min_margin_s = min_margin_s
+        self.max_margin_s = max_margin_s
+
+    def versions(self) -> dict[str, str]:
+        return {"recipe_train": _script_digest()}
+
+    def margin_s(self, seconds_left: float) -> float:
+        """Time kept back from the deadline: process start, the script's exit and a kill grace."""
+        return min(self.max_margin_s, self.min_margin_s + 0.02 * max(seconds_left, 0.0))
+
+    def run(self, ctx: TrialContext) -> AgentOutcome:
+        try:
+            return self._run(ctx)
+        except Exception as exc:  # an agent never raises for its own failures
+            import traceback
+
+            ctx.trace.emit(Event(kind="error", text=traceback.format_exc()))
+            return AgentOutcome("crashed", f"{type(exc).__name__}: {exc}")
+
+    def _run(self, ctx: TrialContext) -> AgentOutcome:
+        box = ctx.sandbox
+        ctx.trace.emit(Event(kind="assistant", text=(
+            "Reference recipe (no LLM): write train.py (MultipleNegativesRankingLoss with in-batch negatives, "
+            "no two pairs of one group per batch), find the base model and the training pool, and train within "
+            "the time left, saving final_model/ before the deadline.")))
+
+        script = TRAIN_SCRIPT.read_text(encoding="utf-8")
+
+        def write_script() -> tuple[int, str]:
+            (ctx.workdir / "train.py").write_text(script, encoding="utf-8")
+            return 0, f"wrote train.py ({len(script.splitlines())} lines)"
+
+        self._tool(ctx, "write_file", {"path": "train.py", "bytes": len(script.encode())}, write_script)
+
+        python = sys.executable if box.kind in ("none", "bwrap") else "python3"
+        probe = self._exec(ctx, [python, "-c", PROBE], timeout=min(300.0, max(box.seconds_left() / 4, 30.0)))
+        info = _parse_probe(probe[1])
+        base = info.get("base_model") or _host_base_model()
+        pool = _find_pool(ctx.workdir)
+        if pool is None:
+            return self._give_up(ctx, f"no training pool in {ctx.workdir} (looked for {', '.join(POOL_CANDIDATES)})")
+        if not base:
+            return self._give_up(ctx, f"could not find the base model: {info.get('task_error', 'task.py has no BASE_MODEL')}")
+
+        left = box.seconds_left()
+        minutes = (left - self.margin_s(left)) / 60.0
+        if minutes < 0.25:
+            return self._give_up(ctx, f"only {left:.0f} s left: not enough to train and save", reason="deadline")
+        argv = [python, "train.py", "--pool", pool, "--base", str(base), "--out", "final_model",
+                "--minutes", f"{minutes:.2f}", "--seed", str(self.seed)]
+        for flag, value in (("--batch-size", self.batch_size), ("--max-steps", self.max_steps), ("--lr", self.lr)):
+            if value is not None:
+                argv += [flag, str(value)]
+        ctx.progress(f"recipe: training for {minutes:.1f} min on {'GPU ' + info.get('gpu', '') if info.get('cuda') else 'CPU'}")
+        returncode, output = self._train(ctx, argv)
+
+        summary = _parse_summary(output)
+        final = ctx.workdir / "final_model"
+        saved = (final / "modules.json").is_file() or (final / "config.json").is_file()
+        extra = {"probe": info, "minutes": round(minutes, 3), "summary": summary, "returncode": returncode}
+        ctx.trace.emit(Event(kind="assistant", text=(
+            f"train.py exited with {returncode}; final_model {'saved' if saved else 'MISSING'}; "
+            f"{summary.get('steps', '?')} steps, last loss {summary.get('last_loss', '?')}.")))
+        if not saved:
+            return AgentOutcome("crashed", f"train.py exited with {returncode} and left no final_model/", 1, extra)
+        if returncode != 0:
+            return AgentOutcome("crashed", f"train.py exited with {returncode} (final_model/ was saved)", 1, extra)
+        return AgentOutcome("finished", "", 1, extra)
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    def _tool(self, ctx: TrialContext, tool: str, args: dict, action) -> tuple[int, str]:
+        call_id = uuid.uuid4().hex[:12]
+        ctx.trace.emit(Event(kind="tool_call", tool=tool, call_id=call_id, args=args))
+        returncode, output = action()
+        ctx.trace.emit(Event(kind="tool_result", tool=tool, call_id=call_id, text=_tail(output),
+                             is_error=returncode != 0))
+        return returncode, output
+
+    def _exec(self, ctx: TrialContext, argv: list[str], timeout: float) -> tuple[int, str]:
+        def action():
+            result = ctx.sandbox.exec(argv, timeout=timeout, env={"HF_HUB_OFFLINE": "1"})
+            output = result.stdout + (("\n" + result.stderr) if result.stderr.strip() else "")
+            if result.timed_out:
+                output += f"\n[timed out after {result.duration_s:.0f} s]"
+            return result.returncode, output
+
+        return self._tool(ctx, "bash", {"command": _display(argv)}, action)
+
+    def _train(self, ctx: TrialContext, argv: list[str]) -> tuple[int, str]:
+        """Run train.py with its output streamed to the raw log; SIGTERM it shortly before the deadline."""
+
+        def action():
+            ctx.raw_log.parent.mkdir(parents=True, exist_ok=True)
+            start = ctx.raw_log.stat().st_size if ctx.raw_log.exists() else 0
+            with open(ctx.raw_log, "ab") as log:
+                proc = ctx.sandbox.spawn(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         env={"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+                returncode = self._wait(ctx, proc, start)
+            with open(ctx.raw_log, "rb") as fh:
+                fh.seek(start)
+                output = fh.read().decode("utf-8", errors="replace")
+            return returncode, output
+
+        return self._tool(ctx, "bash", {"command": _display(argv)}, action)
+
+    def _wait(self, ctx: TrialContext, proc: subprocess.Popen, log_start: int) -> int:
+        last_progress, offset, termed = time.time(), log_start, False
+        while proc.poll() is None:
+            now = time.time()
+            if not termed and now >= ctx.deadline - TERM_GRACE_S:
+                proc.terminate()
+                termed = True
+                ctx.progress("recipe: deadline near, asked train.py to save and stop")
+            if now >= ctx.deadline:
+                proc.kill()
+                break
+            if now - last_progress >= PROGRESS_EVERY_S:
+                offset, line = _last_step_line(ctx.raw_log, offset)
+                if line:
+                    ctx.progress(f"recipe: {line}")
+                last_progress = now
+            time.sleep(0.5)
+        return proc.wait()
+
+    def _give_up(self, ctx: TrialContext, why: str, reason: str = "crashed") -> AgentOutcome:
+        ctx.trace.emit(Event(kind="error", text=why))
+        ctx.progress(f"recipe: {why}")
+        return AgentOutcome(reason, why)
+
+
+def _display(argv: list[str]) -> str:
+    if len(argv) >= 3 and argv[1] == "-c":  # the probe: show it readably rather than as one quoted blob
+        return f"{argv[0]} -c <<'PY'\n{argv[2].strip()}\nPY"
+    return shlex.join(argv)
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= RESULT_CHARS else f"[… {len(text) - RESULT_CHARS} chars cut]\n" + text[-RESULT_CHARS:]
+
+
+def _parse_probe(output: str) -> dict:
+    for line in output.splitlines():
+        if line.startswith("PROBE "):
+            try:
+                return json.loads(line[len("PROBE "):])
+            except json.JSONDecodeError:
+                break
+    return {}
+
+
+def _parse_summary(output: str) -> dict:
+    """The key: value block train.py prints after its last '---' line."""
+    block = output.rsplit("\n---\n", 1)
+    if len(block) < 2:
+        return {}
+    summary = {}
+    for line in block[1].splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key.isidentifier():
+            summary[key] = value.strip()
+    return summary
+
+
+def _last_step_line(path: Path, offset: int) -> tuple[int, str | None]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            raw = fh.read()
+    except OSError:
+        return offset, None
+    steps = [line.split("] ", 1)[-1] for line in raw.decode("utf-8", errors="replace").splitlines() if "] step " in line]
+    return offset + len(raw), (steps[-1] if steps else None)
+
+
+def _find_pool(workdir: Path) -> str | None:
+    for candidate in POOL_CANDIDATES:
+        if (workdir / candidate).is_file():
+            return candidate
+    found = sorted(p for p in workdir.rglob("pairs.jsonl*") if p.is_file())
+    return str(found[0].relative_to(workdir)) if found else None
+
+
+def _host_base_model() -> str | None:
+    """Fallback when task.py cannot be asked: the default task's base model as the host resolves it
+    (the same path inside the none and bwrap sandboxes)."""
+    try:
+        from autoembed.task.base_model import resolve_base_model
+        from autoembed.task.spec import load_spec
+
+        spec = load_spec()
+        return str(resolve_base_model(spec.base_model, spec.base_model_sha256))
+    except Exception:
+        return None
+
+
+def _script_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256(TRAIN_SCRIPT.read_bytes()).hexdigest()[:12]
