@@ -143,7 +143,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     say("scoring final_model with the sealed scorer")
     t1 = time.time()
     try:
-        score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json",
+        score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json", progress=say,
                               device=_device_for(gpus))
         meta["status"] = "scored"
     except KeyboardInterrupt:
