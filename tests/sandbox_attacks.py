@@ -181,6 +181,9 @@ def _ancestors_of_runtime_paths() -> list[Path]:
     return [a for p in runtime_paths() for a in (p, *p.parents)]
 
 
+PRIVATE_SCRATCH = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/dev/shm"))  # fresh tmpfs in every sandbox
+
+
 def check_cannot_write_outside(sandbox) -> None:
     name = f"escape-{uuid.uuid4().hex[:8]}"
     from autoembed.sandbox.layout import python_prefixes
@@ -193,7 +196,12 @@ def check_cannot_write_outside(sandbox) -> None:
         result = sandbox.exec(f"mkdir -p {shlex.quote(str(target))} 2>/dev/null; echo x > {shlex.quote(str(path))}",
                               timeout=30)
         assert not path.exists(), f"a write inside the sandbox reached the host at {path}"
-        if target in (paths.REPO_ROOT, paths.PACKAGE_DIR, paths.SEALED_DIR, *python_prefixes()):
+        # the repo root is not mounted: inside, its path is either absent under the read-only root or, for a
+        # checkout under /tmp (a CI clone), part of the sandbox's private scratch, where a write reaches nothing
+        must_fail = [paths.PACKAGE_DIR, paths.SEALED_DIR, *python_prefixes()]
+        if not any(paths.REPO_ROOT.is_relative_to(scratch) for scratch in PRIVATE_SCRATCH):
+            must_fail.append(paths.REPO_ROOT)
+        if target in must_fail:
             assert result.returncode != 0, f"writing {path} inside succeeded: {result}"
     # A file the agent was given may be overwritten by it only in the workdir, never at its source.
     existing = paths.PACKAGE_DIR / "paths.py"

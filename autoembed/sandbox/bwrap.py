@@ -171,11 +171,13 @@ class BwrapSandbox(Sandbox):
                 args += ["--symlink", os.readlink(name), name]
             elif os.path.isdir(name):
                 args += ["--ro-bind", name, name]
-        args += self._mount_plan()
+        # The private /tmp and /run come before the runtime paths: a checkout or Python that lives under /tmp
+        # (a fresh CI clone) is then mounted on top of the new tmpfs instead of being covered by it.
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", *self._gpu_args(),
                  "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp", "--tmpfs", "/run",
-                 "--dir", "/var", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run",
-                 "--bind", str(workdir), WORKDIR_INSIDE]
+                 "--dir", "/var", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run"]
+        args += self._mount_plan()
+        args += ["--bind", str(workdir), WORKDIR_INSIDE]
         for path in self._hiding_tmpfs():  # read-only too, once everything is mounted
             args += ["--remount-ro", str(path)]
         args += ["--remount-ro", "/", "--chdir", WORKDIR_INSIDE]
