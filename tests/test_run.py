@@ -260,3 +260,20 @@ def test_bad_arguments_fail_with_a_clear_message_and_no_trial(case, task_dir, tm
 def test_bad_agent_name_is_an_error_line_not_a_traceback(task_dir, capsys):
     code, text = cli_in_process(["nosuch", "--task", str(task_dir), "--sandbox", "bwrap"], capsys)
     assert code == 2 and "unknown agent 'nosuch'" in text
+
+
+def test_scripted_demo_harness_trial_trains_and_finishes(task_dir, tmp_path):
+    """The README's keyless demo: the baseline harness on the scripted provider writes and runs a tiny
+    training script inside bwrap, saves final_model/, finishes, and the sealed scorer scores that model."""
+    from autoembed.run import run
+
+    demo = REPO_ROOT / "harnesses" / "demo_script.json"
+    result = run(f"harness:{BASELINE}", task=str(task_dir), hours=0.05, sandbox="bwrap", model=f"scripted:{demo}",
+                 out=tmp_path / "run", progress=lambda line: None)
+    assert result.exit_reason == "finished", result.meta.get("exit_detail")
+    events = read_trace(result.run_dir / "trace.jsonl")
+    assert [e.tool for e in events if e.kind == "tool_call"] == ["read_file", "timer", "write_file", "bash", "bash"]
+    outputs = [e.text for e in events if e.kind == "tool_result"]
+    assert "saved final_model" in outputs[3] and "exit 0" in outputs[3]
+    assert result.meta["final_model"] and result.score["status"] == "ok"
+    assert result.score["scored_as"] == "final_model"

@@ -152,6 +152,9 @@ class BwrapSandbox(Sandbox):
     def _env(self, env: dict[str, str] | None) -> dict[str, str]:
         visible = ",".join(self.config.gpus) if self.config.gpus else ""
         merged = layout.clean_env(WORKDIR_INSIDE, visible, self.config.env)
+        # autoembed.task importable inside from the very checkout whose autoembed/ is mounted, whatever the
+        # host's install points at (an editable install of another clone lives in a path hidden here)
+        merged.setdefault("PYTHONPATH", str(paths.PACKAGE_DIR.parent))
         merged.update(env or {})
         return merged
 
