@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoembed.commands.options import add_task_and_mode
+
 import json
 import sys
 
@@ -10,11 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model folder on the dev proxy (nDCG@10 and friends)",
                        description="Score MODEL (a folder saved by SentenceTransformer.save) on the task's dev tasks.")
     p.add_argument("model", help="path to a sentence-transformers model folder")
-    p.add_argument("--task", default="embed", help="task name under tasks/ or a task folder (default: embed)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--fast", dest="fast", action="store_true", default=None,
-                      help="the documented subset of each task (default without a GPU)")
-    mode.add_argument("--full", dest="fast", action="store_false", help="the full dev tasks (default with a GPU)")
+    add_task_and_mode(p, "dev tasks")
     p.add_argument("--tasks", default=None, help="comma-separated dev tasks to score (default: all)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the CIs (default: 1000)")

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from autoembed.commands.options import add_task_and_mode
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run one trial: seed, sandboxed agent, sealed score, traces",
                        description="Run AGENT (recipe | claude | codex | gemini | harness:<file>) on the task.")
     p.add_argument("agent")
-    p.add_argument("--task", default="embed", help="task name under tasks/ or a task folder (default: embed)")
+    add_task_and_mode(p, "sets")
     p.add_argument("--hours", type=float, default=None, help="wall-clock budget (default: the task's)")
     p.add_argument("--sandbox", default="auto", choices=["auto", "docker", "bwrap", "none"],
                    help="auto = docker where an engine answers, else bwrap; none must be asked for")
-    p.add_argument("--model", default=None, help="the agent's model (harness: provider:model, e.g. anthropic:claude-sonnet-4-6)")
+    p.add_argument("--model", default=None,
+                   help="the agent's model (harness: provider:model, e.g. anthropic:claude-sonnet-4-6)")
     p.add_argument("--gpus", default=None, help="GPU ids for the agent, e.g. 0 or 0,1 (default: none)")
     p.add_argument("--out", default=None, help="run folder (default: traces/<run-id>)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--fast", dest="fast", action="store_true", default=None, help="score on the fast subsets")
-    mode.add_argument("--full", dest="fast", action="store_false", help="score on the full sets (GPU)")
     p.set_defaults(func=_main)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoembed.commands.options import add_task_and_mode
+
 import json
 import sys
 
@@ -12,11 +14,7 @@ def add_parser(sub) -> None:
                                    "harness's own evaluator, audit it (submission, contamination, lineage, "
                                    "tampering) and write score.json.")
     p.add_argument("workdir")
-    p.add_argument("--task", default="embed", help="task name under tasks/ or a task folder (default: embed)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--fast", dest="fast", action="store_true", default=None,
-                      help="the documented subsets (default without a GPU)")
-    mode.add_argument("--full", dest="fast", action="store_false", help="the full sets (default with a GPU)")
+    add_task_and_mode(p, "sets")
     p.add_argument("--out", default=None, help="where to write score.json (default: WORKDIR/score.json)")
     p.add_argument("--manifest", default=None, help="the seed manifest (default: the one `autoembed seed` stored)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")

@@ -1,0 +1,313 @@
+"""The reference recipe: its training script (same-group sampler, training, saving, SIGTERM) and the
+recipe agent end to end in the `none` sandbox."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from autoembed.agents import recipe_train
+from autoembed.paths import REPO_ROOT
+
+TRAIN_SCRIPT = Path(recipe_train.__file__)
+REAL_POOL = REPO_ROOT / "tasks" / "embed" / "data" / "pool" / "pairs.jsonl.gz"
+WORDS = ("apt kernel python file network socket parse string list dict json http server client image audio "
+         "video font archive compress encrypt key shell terminal editor mail calendar clock database index").split()
+
+
+def base_model_path() -> Path:
+    from autoembed.task.base_model import resolve_base_model
+    from autoembed.task.spec import load_spec
+
+    spec = load_spec("embed")
+    return Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
+
+
+def write_pool(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """A tiny pool: a slice of the real one when it exists, else made-up pairs in 30 groups."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if REAL_POOL.is_file():
+        with gzip.open(REAL_POOL, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                rows.append(json.loads(line))
+                if len(rows) >= n:
+                    break
+    else:
+        rng = random.Random(seed)
+        for i in range(n):
+            a, b, c = rng.sample(WORDS, 3)
+            rows.append({"query": f"{a} {b} tool", "positive": f"This package provides {a} and {b} support with {c} ({i}).",
+                         "domain": "debian", "group": f"g{i % 30}"})
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def offline_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_sampler_never_puts_two_pairs_of_one_group_in_a_batch(seed):
+    rng = random.Random(seed)
+    batch_size = rng.choice([2, 3, 8, 16, 32])
+    n_groups = rng.randint(batch_size, 400)
+    # heavy-tailed group sizes, as in the real pool (a few source packages / modules with many pairs)
+    sizes = [max(1, int(rng.paretovariate(1.2))) for _ in range(n_groups)]
+    groups = [f"g{g}" for g, size in enumerate(sizes) for _ in range(size)]
+    rng.shuffle(groups)
+
+    batches = recipe_train.group_disjoint_batches(groups, batch_size, random.Random(seed + 1))
+
+    used = [i for b in batches for i in b]
+    assert len(used) == len(set(used)), "an item was used twice in one epoch"
+    for b in batches:
+        assert len(b) == batch_size
+        assert len({groups[i] for i in b}) == batch_size, f"two pairs of one group in a batch: {[groups[i] for i in b]}"
+    if max(Counter(groups).values()) == 1:  # no constraint bites: every full batch is made
+        assert len(batches) == len(groups) // batch_size
+
+
+def test_sampler_fills_almost_every_batch_when_groups_are_small():
+    groups = [f"g{i // 3}" for i in range(3000)]  # 1000 groups of 3
+    batches = recipe_train.group_disjoint_batches(groups, 64, random.Random(0))
+    assert len(batches) >= 3000 // 64 - 1
+
+
+def test_sampler_epochs_differ_and_pool_too_small_is_a_clear_error():
+    groups = [f"g{i}" for i in range(64)]
+    stream = recipe_train.batch_stream(groups, 8, seed=0)
+    first = [next(stream)[1] for _ in range(8)]
+    second = [next(stream)[1] for _ in range(8)]
+    assert sorted(i for b in first for i in b) == list(range(64)) == sorted(i for b in second for i in b)
+    assert first != second
+    with pytest.raises(SystemExit, match="distinct groups"):
+        next(recipe_train.batch_stream(["a", "a", "b"], 4, seed=0))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    assert recipe_train.lr_factor(0.0) < 0.05
+    assert recipe_train.lr_factor(0.05) == pytest.approx(0.5)
+    assert recipe_train.lr_factor(0.1) == pytest.approx(1.0)
+    assert recipe_train.lr_factor(0.55) == pytest.approx(0.5)
+    assert recipe_train.lr_factor(1.0) == 0.0
+
+
+def test_load_pairs_reads_groups_per_domain_and_rejects_bad_rows(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"query": "q1", "positive": "p1", "domain": "debian", "group": "x"},
+        {"query": "q2", "positive": "p2", "domain": "pycode", "group": "x"},
+        {"query": " ", "positive": "p3", "domain": "pycode", "group": "y"},
+        {"query": "q4", "positive": "p4"},
+    ]) + "\n")
+    queries, positives, groups = recipe_train.load_pairs(str(path))
+    assert queries == ["q1", "q2", "q4"] and positives == ["p1", "p2", "p4"]
+    assert groups[0] != groups[1] and len(set(groups)) == 3  # same group name in two domains is two groups
+    path.write_text(json.dumps({"query": "q", "pos": "p"}) + "\n")
+    with pytest.raises(SystemExit, match="'query' and 'positive'"):
+        recipe_train.load_pairs(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training script, for real (CPU, tiny)
+# ---------------------------------------------------------------------------------------------
+
+
+def _assert_trained(model_dir: Path) -> None:
+    """Loadable, same embedding size and max_seq_length as the base, and different weights."""
+    import torch
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    base = base_model_path()
+    assert (model_dir / "modules.json").is_file(), f"no model saved at {model_dir}"
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    base_model = SentenceTransformer(str(base), device="cpu")
+    assert model.get_embedding_dimension() == base_model.get_embedding_dimension() == 384
+    assert model.max_seq_length == base_model.max_seq_length  # training truncation is not saved
+    emb = model.encode(["a small test sentence"], convert_to_tensor=True)
+    assert emb.shape == (1, 384) and torch.isfinite(emb).all()
+    trained, original = load_file(model_dir / "model.safetensors"), load_file(base / "model.safetensors")
+    # transformers 5 no longer saves the position_ids buffer the packaged base model still has
+    assert set(trained) <= set(original) and set(original) - set(trained) <= {"embeddings.position_ids"}
+    assert all(trained[k].shape == original[k].shape for k in trained)
+    changed = [k for k in trained if not torch.equal(trained[k].float(), original[k].float())]
+    assert len(changed) > len(trained) // 2, f"only {len(changed)} of {len(trained)} tensors changed"
+
+
+def test_train_script_runs_a_few_steps_and_saves_a_trained_model(tmp_path):
+    pool = write_pool(tmp_path / "pool.jsonl.gz")
+    out = tmp_path / "final_model"
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--pool", str(pool), "--base", str(base_model_path()), "--out", str(out),
+         "--minutes", "3", "--batch-size", "8", "--max-steps", "5", "--max-seq-length", "64", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=offline_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step 1 |" in proc.stdout and "pairs/s" in proc.stdout and "min left" in proc.stdout
+    assert "steps: 5" in proc.stdout and "stop_reason: max_steps" in proc.stdout
+    assert not list(tmp_path.glob("final_model.tmp-*")), "the temporary save folder was left behind"
+    _assert_trained(out)
+
+
+def test_train_script_saves_what_it_has_on_sigterm(tmp_path):
+    pool = write_pool(tmp_path / "pool.jsonl.gz")
+    out = tmp_path / "final_model"
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), "--pool", str(pool), "--base", str(base_model_path()), "--out", str(out),
+         "--minutes", "10", "--batch-size", "4", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env(), cwd=tmp_path)
+    lines = []
+    try:
+        deadline = time.time() + 240
+        for line in proc.stdout:
+            lines.append(line)
+            if "step 1 |" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+            assert time.time() < deadline, "no training step within 4 minutes"
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert f"stop_reason: signal {int(signal.SIGTERM)}" in output
+    _assert_trained(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe agent, end to end in the `none` sandbox
+# ---------------------------------------------------------------------------------------------
+
+
+def seeded_workdir(workdir: Path, hours: float) -> None:
+    try:
+        from autoembed.task.seed import seed_workdir
+    except ImportError:
+        seed_workdir = None
+    if seed_workdir is not None and REAL_POOL.is_file():
+        seed_workdir(workdir, hours, "embed")
+    else:
+        write_pool(workdir / "data" / "pool" / "pairs.jsonl.gz", n=400)
+        (workdir / "task.py").write_text(f"BASE_MODEL = {str(base_model_path())!r}\n")
+
+
+def test_recipe_agent_trains_and_saves_before_the_deadline(tmp_path, monkeypatch):
+    from autoembed.agents.base import TrialContext
+    from autoembed.agents.recipe import RecipeAgent
+    from autoembed.sandbox.base import SandboxConfig
+    from autoembed.sandbox.none import NoSandbox
+    from autoembed.trace import TraceWriter, read_trace
+
+    monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path / "home"))  # the seed manifest goes there
+    workdir, run_dir = tmp_path / "workdir", tmp_path / "run"
+    budget_s = 90.0
+    seeded_workdir(workdir, budget_s / 3600)
+    deadline = time.time() + budget_s
+    box = NoSandbox(SandboxConfig(workdir=workdir, deadline=deadline))
+    lines: list[str] = []
+    ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt="", model=None,
+                       trace=TraceWriter(run_dir / "trace.jsonl", source="recipe"), raw_log=run_dir / "agent.log",
+                       run_dir=run_dir, progress=lines.append)
+    agent = RecipeAgent(batch_size=8)
+    with box:
+        outcome = agent.run(ctx)
+    finished_at = time.time()
+
+    events = read_trace(run_dir / "trace.jsonl")
+    assert outcome.exit_reason == "finished", (outcome.detail, [e.text for e in events if e.kind in ("error", "tool_result")])
+    assert finished_at < deadline, f"the agent ran {finished_at - deadline:.1f} s past its deadline"
+    assert (workdir / "train.py").read_text() == TRAIN_SCRIPT.read_text()
+    _assert_trained(workdir / "final_model")
+    assert int(outcome.extra["summary"]["steps"]) >= 1
+    assert outcome.extra["summary"]["stop_reason"] == "budget"
+
+    calls = [e for e in events if e.kind == "tool_call"]
+    results = {e.call_id: e for e in events if e.kind == "tool_result"}
+    assert [c.tool for c in calls] == ["write_file", "bash", "bash"]  # write train.py, probe, train
+    assert all(c.call_id in results and not results[c.call_id].is_error for c in calls)
+    assert "train.py" in calls[-1].args["command"] and "--minutes" in calls[-1].args["command"]
+    assert "saved" in results[calls[-1].call_id].text
+    assert all(e.source == "recipe" for e in events)
+    assert "step 1 |" in (run_dir / "agent.log").read_text()
+    assert any("training for" in line for line in lines)
+
+
+def test_recipe_agent_reports_a_missing_pool_as_crashed(tmp_path):
+    from autoembed.agents.base import TrialContext
+    from autoembed.agents.recipe import RecipeAgent
+    from autoembed.sandbox.base import SandboxConfig
+    from autoembed.sandbox.none import NoSandbox
+    from autoembed.trace import TraceWriter, read_trace
+
+    workdir, run_dir = tmp_path / "workdir", tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "task.py").write_text(f"BASE_MODEL = {str(base_model_path())!r}\n")
+    deadline = time.time() + 120
+    box = NoSandbox(SandboxConfig(workdir=workdir, deadline=deadline))
+    ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt="", model=None,
+                       trace=TraceWriter(run_dir / "trace.jsonl", source="recipe"), raw_log=run_dir / "agent.log",
+                       run_dir=run_dir, progress=lambda line: None)
+    with box:
+        outcome = RecipeAgent().run(ctx)
+    assert outcome.exit_reason == "crashed" and "no training pool" in outcome.detail
+    assert any(e.kind == "error" and "no training pool" in e.text for e in read_trace(run_dir / "trace.jsonl"))
+
+
+def test_recipe_agent_keeps_a_margin_before_the_deadline():
+    from autoembed.agents.recipe import RecipeAgent
+
+    agent = RecipeAgent()
+    assert agent.margin_s(60) == pytest.approx(16.2)
+    assert agent.margin_s(3600) == pytest.approx(87.0)
+    assert agent.margin_s(8 * 3600) == 120.0  # capped: a long run loses at most two minutes
+    assert agent.margin_s(-5) == 15.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A real gain (slow): ~100 steps at batch 32 on pool pairs raise dev nDCG@10 on a fast subset
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_recipe_raises_dev_ndcg_on_cpu(tmp_path, request):
+    """~30 minutes on 2 shared cores: runs only when asked for with `-m slow`."""
+    from autoembed.task.evaluate import evaluate_model, load_dev_tasks
+    from autoembed.task.spec import load_spec
+
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("trains 100 steps on CPU (~30 min): run with -m slow")
+
+    spec = load_spec("embed")
+    if not spec.pool_path.is_file():
+        pytest.skip("the task data is not built")
+    tasks = {name: t.subset(100, 1000) for name, t in load_dev_tasks(spec, fast=False).items()}
+    out = tmp_path / "trained"
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--pool", str(spec.pool_path), "--base", str(base_model_path()),
+         "--out", str(out), "--minutes", "20", "--batch-size", "32", "--max-steps", "100", "--device", "cpu"],
+        capture_output=True, text=True, timeout=1500, env=offline_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before = evaluate_model(str(base_model_path()), tasks, device="cpu", bootstrap=0, cache_dir=tmp_path / "tok")
+    after = evaluate_model(str(out), tasks, device="cpu", bootstrap=0, cache_dir=tmp_path / "tok")
+    print("before", {n: round(r["ndcg@10"], 4) for n, r in before["tasks"].items()}, round(before["mean"]["ndcg@10"], 4))
+    print("after ", {n: round(r["ndcg@10"], 4) for n, r in after["tasks"].items()}, round(after["mean"]["ndcg@10"], 4))
+    assert after["mean"]["ndcg@10"] > before["mean"]["ndcg@10"] + 0.01
