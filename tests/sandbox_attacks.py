@@ -198,9 +198,9 @@ def check_cannot_write_outside(sandbox) -> None:
         assert not path.exists(), f"a write inside the sandbox reached the host at {path}"
         # the repo root is not mounted: inside, its path is either absent under the read-only root or, for a
         # checkout under /tmp (a CI clone), part of the sandbox's private scratch, where a write reaches nothing
-        must_fail = [paths.PACKAGE_DIR, paths.SEALED_DIR, *python_prefixes()]
-        if not any(paths.REPO_ROOT.is_relative_to(scratch) for scratch in PRIVATE_SCRATCH):
-            must_fail.append(paths.REPO_ROOT)
+        # (docker has no copy of the checkout at its host path at all: under /tmp it is the same scratch)
+        must_fail = [p for p in (paths.REPO_ROOT, paths.PACKAGE_DIR, paths.SEALED_DIR, *python_prefixes())
+                     if not any(p.is_relative_to(scratch) for scratch in PRIVATE_SCRATCH)]
         if target in must_fail:
             assert result.returncode != 0, f"writing {path} inside succeeded: {result}"
     # A file the agent was given may be overwritten by it only in the workdir, never at its source.
