@@ -13,7 +13,7 @@ import json
 import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.fakellm.server import FakeLLM, Turn, route, send_json
+from tests.fakellm.server import FakeLLM, Turn, route, send_json, send_sse_frames
 
 _ids = itertools.count(1)
 
@@ -24,16 +24,6 @@ def _next_id(prefix: str) -> str:
 
 def _cached(turn: Turn) -> int:
     return turn.cache_read_tokens
-
-
-def _write_sse(handler: BaseHTTPRequestHandler, frames: list[str]) -> None:
-    payload = "".join(frames).encode()
-    handler.send_response(200)
-    handler.send_header("Content-Type", "text/event-stream")
-    handler.send_header("Content-Length", str(len(payload)))
-    handler.end_headers()
-    handler.wfile.write(payload)
-    handler.close_connection = True
 
 
 # -- Chat Completions --------------------------------------------------------------------------
@@ -90,7 +80,7 @@ def chat_completions(fake: FakeLLM, handler: BaseHTTPRequestHandler, match, body
     if (body.get("stream_options") or {}).get("include_usage"):
         frames.append(chunk({}, usage=_chat_usage(turn), choices=False))
     frames.append("data: [DONE]\n\n")
-    _write_sse(handler, frames)
+    send_sse_frames(handler, frames)
 
 
 # -- Responses -------------------------------------------------------------------------------------
@@ -158,4 +148,4 @@ def responses(fake: FakeLLM, handler: BaseHTTPRequestHandler, match, body: dict)
                  arguments=item["arguments"])
         emit("response.output_item.done", output_index=index, item=item)
     emit("response.completed", response=_response_object(rid, body, "completed", output, usage))
-    _write_sse(handler, frames)
+    send_sse_frames(handler, frames)

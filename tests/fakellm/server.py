@@ -172,7 +172,12 @@ def send_sse(handler: BaseHTTPRequestHandler, events: list[tuple[str | None, dic
     for name, data in events:
         prefix = f"event: {name}\n" if name else ""
         chunks.append(f"{prefix}data: {json.dumps(data)}\n\n")
-    payload = "".join(chunks).encode()
+    send_sse_frames(handler, chunks)
+
+
+def send_sse_frames(handler: BaseHTTPRequestHandler, frames: list[str]) -> None:
+    """Already formatted server-sent event frames, then close."""
+    payload = "".join(frames).encode()
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
     handler.send_header("Content-Length", str(len(payload)))
