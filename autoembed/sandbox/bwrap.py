@@ -155,6 +155,9 @@ class BwrapSandbox(Sandbox):
         # autoembed.task importable inside from the very checkout whose autoembed/ is mounted, whatever the
         # host's install points at (an editable install of another clone lives in a path hidden here)
         merged.setdefault("PYTHONPATH", str(paths.PACKAGE_DIR.parent))
+        if self.config.gpus and os.environ.get("LD_LIBRARY_PATH"):
+            # where a GPU host keeps its driver's libcuda outside ld.so's cache (/usr/local/nvidia/lib64)
+            merged.setdefault("LD_LIBRARY_PATH", os.environ["LD_LIBRARY_PATH"])
         merged.update(env or {})
         return merged
 
