@@ -43,9 +43,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autoembed.agents.harness import HarnessError
     from autoembed.llm.base import LLMError
     from autoembed.sandbox.base import SandboxError
+    from autoembed.sealed.errors import ScorerError
     from autoembed.task.base_model import BaseModelError
 
-    return (ValueError, FileNotFoundError, NotADirectoryError, SandboxError, BaseModelError, LLMError, HarnessError)
+    return (ValueError, FileNotFoundError, NotADirectoryError, SandboxError, BaseModelError, LLMError, HarnessError,
+            ScorerError)
 
 
 USER_ERRORS = _user_errors()

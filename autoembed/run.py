@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -91,7 +92,6 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s) -> TrialResult:
-    from autoembed.sealed.scorer import score_workdir
     from autoembed.task.seed import seed_workdir
     from autoembed.task.spec import load_spec
 
@@ -116,6 +116,15 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     t0 = time.time()
     box = make_sandbox(sandbox, config, task=task, progress=say)
     meta["sandbox_prepare_s"] = round(time.time() - t0, 3)
+
+    t0 = time.time()
+    try:
+        meta["scorer_prepared_now"] = _prepare_scorer_once(spec, fast, gpus, say)
+    except Exception:  # the harness cannot score here: say so before an agent spends its budget
+        meta.update(status="scorer_prepare_failed", error=traceback.format_exc(), ended=_now())
+        _write_json(run_dir / "meta.json", meta)
+        raise
+    meta["scorer_prepare_s"] = round(time.time() - t0, 3)
 
     t0 = time.time()
     manifest = seed_workdir(workdir, hours, task)
@@ -143,6 +152,8 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     say("scoring final_model with the sealed scorer")
     t1 = time.time()
     try:
+        from autoembed.sealed.scorer import score_workdir  # loaded already by _preload_scorer, unless it failed
+
         score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json", progress=say,
                               device=_device_for(gpus))
         meta["status"] = "scored"
@@ -170,6 +181,7 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
         meta.update(status="running", agent_started=_now(), sandbox_start_s=round(time.time() - meta["agent_started_epoch"], 3))
         _write_json(run_dir / "meta.json", meta)
         threading.Thread(target=_report_progress, args=(ctx, stop_progress, say), daemon=True).start()
+        threading.Thread(target=_preload_scorer, daemon=True).start()
         outcome = agent_obj.run(ctx)
         if outcome.exit_reason != "crashed" and time.time() >= ctx.deadline:
             outcome.exit_reason = "deadline"
@@ -182,6 +194,38 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
     finally:
         stop_progress.set()
         box.stop()
+
+
+def _prepare_scorer_once(spec, fast: bool | None, gpus: list[str] | None, say) -> bool:
+    """Fill the scorer's caches on this machine (n-gram indexes, base-model scores, token features) the first
+    time only, before the seed fixes the deadline, so the agent's budget and the wait for score.json both
+    stay free of that minute. True when it did the work now."""
+    from autoembed.sealed import heldout, scorer_cache
+
+    device_type = "cuda" if gpus else _default_device_type()
+    resolved_fast = (device_type != "cuda") if fast is None else fast
+    if scorer_cache.marker_path(spec, heldout.HELDOUT_DIR, resolved_fast, device_type).is_file():
+        return False
+    say("preparing the scorer on this machine: once per machine and data version, before the agent's clock starts")
+    from autoembed.sealed.scorer import prepare_scorer
+
+    prepare_scorer(spec, fast=fast, device=_device_for(gpus), progress=say)
+    return True
+
+
+def _default_device_type() -> str:
+    import torch  # only without --gpus: the scorer then takes a GPU where torch sees one
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _preload_scorer() -> None:
+    """Import the scorer (torch, sentence-transformers: seconds on a cold disk) while the agent works, so
+    neither the agent's first command nor score.json waits for it. Only imports: no GPU, no data."""
+    try:
+        import autoembed.sealed.scorer  # noqa: F401
+    except Exception:  # noqa: BLE001, S110 - the import is retried, and its error recorded, at scoring time
+        pass
 
 
 def _raise_interrupt(signum, frame):
@@ -241,17 +285,24 @@ def _device_for(gpus: list[str] | None) -> str | None:
 
 def _versions(agent_obj) -> dict:
     versions = {"autoembed": __version__, "python": platform.python_version(), "agent": agent_obj.versions()}
-    for name in ("torch", "sentence_transformers", "transformers"):
+    for name in ("torch", "sentence-transformers", "transformers"):  # read, not imported: seconds before the agent starts
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:
-            versions[name] = None
-    try:
-        versions["git_commit"] = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                                text=True, timeout=5).stdout.strip() or None
-    except Exception:
-        versions["git_commit"] = None
+            versions[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name.replace("-", "_")] = None
+    versions["git_commit"] = _git(["rev-parse", "HEAD"]) or None
+    # uncommitted changes to tracked files (a harness edited in place): the commit alone would not say what ran
+    dirty = _git(["status", "--porcelain", "--untracked-files=no"])
+    versions["git_dirty"] = None if dirty is None else bool(dirty)
     return versions
+
+
+def _git(args: list[str]) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _now() -> str:

