@@ -10,6 +10,7 @@ import sys
 VERBS = {
     "seed": "autoembed.commands.seed",
     "score": "autoembed.commands.score",
+    "prepare": "autoembed.commands.prepare",
     "reference": "autoembed.commands.reference",
     "evaluate": "autoembed.commands.evaluate",
     "run": "autoembed.commands.run",

@@ -238,6 +238,17 @@ def test_the_scorer_is_prepared_once_per_machine(task_dir, tmp_path, monkeypatch
     assert run_module._prepare_scorer_once(spec, True, None, lines.append) is False
 
 
+def test_prepare_command_leaves_nothing_for_the_first_trial(task_dir, tmp_path, monkeypatch, capsys):
+    from autoembed import run as run_module
+    from autoembed.cli import main
+    from autoembed.task.spec import load_spec
+
+    monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path / "home"))
+    assert main(["prepare", "--task", str(task_dir), "--fast", "--device", "cpu"]) == 0
+    assert "prepared: " in capsys.readouterr().out
+    assert run_module._prepare_scorer_once(load_spec(str(task_dir)), True, None, lambda line: None) is False
+
+
 def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir, tmp_path, monkeypatch, capsys):
     from autoembed.cli import main
     from autoembed.sealed import scorer
