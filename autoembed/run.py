@@ -120,6 +120,11 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     t0 = time.time()
     try:
         meta["scorer_prepared_now"] = _prepare_scorer_once(spec, fast, gpus, say)
+    except KeyboardInterrupt:
+        say("interrupted while preparing the scorer: no agent ran")
+        meta.update(status="interrupted_while_preparing", exit_reason="interrupted", ended=_now())
+        _write_json(run_dir / "meta.json", meta)
+        return TrialResult(run_id, run_dir, meta, None)
     except Exception:  # the harness cannot score here: say so before an agent spends its budget
         meta.update(status="scorer_prepare_failed", error=traceback.format_exc(), ended=_now())
         _write_json(run_dir / "meta.json", meta)

@@ -266,6 +266,22 @@ def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir,
     assert not (out / "workdir").exists(), "the agent's workdir was seeded although the trial could not be scored"
 
 
+def test_interrupted_while_preparing_the_scorer_is_recorded(task_dir, tmp_path, monkeypatch):
+    from autoembed.run import run
+    from autoembed.sealed import scorer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(scorer, "prepare_scorer", interrupted)
+    result = run("recipe", task=str(task_dir), hours=0.05, sandbox="bwrap", out=tmp_path / "run",
+                 progress=lambda line: None)
+    meta = load_meta(tmp_path / "run")
+    assert result.score is None and meta["status"] == "interrupted_while_preparing"
+    assert meta["exit_reason"] == "interrupted" and "exit_reason: interrupted" in result.summary()
+
+
 # -- bad arguments ----------------------------------------------------------------------------------------------
 BAD = {
     "agent": (["nosuch", "--hours", "0.01"], "unknown agent 'nosuch'"),
