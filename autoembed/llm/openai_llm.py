@@ -179,14 +179,17 @@ def parse_chat(raw, model: str) -> Response:
     calls = [ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
              for c in (choice.message.tool_calls or []) if getattr(c, "function", None) is not None]
     u = raw.usage
-    prompt = (u.prompt_tokens or 0) if u else 0
-    details = getattr(u, "prompt_tokens_details", None) if u else None
-    cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
-    usage = Usage(input_tokens=prompt - cached, output_tokens=(u.completion_tokens or 0) if u else 0,
-                  cache_read_tokens=cached)
-    usage.cost_usd = estimate_cost(model, usage)
+    usage = _usage(model, u and u.prompt_tokens, u and u.completion_tokens, getattr(u, "prompt_tokens_details", None))
     return Response(text=choice.message.content or None, tool_calls=calls, usage=usage,
                     stop_reason=choice.finish_reason, model=raw.model)
+
+
+def _usage(model: str, input_tokens: int | None, output_tokens: int | None, details) -> Usage:
+    """Both APIs count cached prompt tokens inside the input total; Usage keeps them apart."""
+    cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
+    usage = Usage(input_tokens=(input_tokens or 0) - cached, output_tokens=output_tokens or 0, cache_read_tokens=cached)
+    usage.cost_usd = estimate_cost(model, usage)
+    return usage
 
 
 # -- Responses -------------------------------------------------------------------------------------
@@ -218,12 +221,7 @@ def parse_responses(raw, model: str) -> Response:
         elif item.type == "function_call":
             calls.append(ToolCall(id=item.call_id, name=item.name, arguments=_arguments(item.arguments)))
     u = raw.usage
-    total_in = (u.input_tokens or 0) if u else 0
-    details = getattr(u, "input_tokens_details", None) if u else None
-    cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
-    usage = Usage(input_tokens=total_in - cached, output_tokens=(u.output_tokens or 0) if u else 0,
-                  cache_read_tokens=cached)
-    usage.cost_usd = estimate_cost(model, usage)
+    usage = _usage(model, u and u.input_tokens, u and u.output_tokens, getattr(u, "input_tokens_details", None))
     stop = "tool_calls" if calls else (raw.status or None)
     if raw.status == "incomplete" and raw.incomplete_details is not None:
         stop = f"incomplete:{raw.incomplete_details.reason}"
