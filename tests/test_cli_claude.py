@@ -17,6 +17,7 @@ import pytest
 from autoembed.agents.base import TrialContext
 from autoembed.agents.cli.claude import ClaudeCodeAgent
 from autoembed.sandbox.base import SandboxConfig
+from autoembed.sandbox.factory import make_sandbox
 from autoembed.sandbox.none import NoSandbox
 from autoembed.trace import TraceWriter, read_trace
 from tests.fakellm import Fault, FakeLLM, Turn
@@ -138,10 +139,6 @@ def make_box(kind: str, workdir: Path, deadline: float, agent: ClaudeCodeAgent):
     config = SandboxConfig(workdir=workdir, deadline=deadline, network=True, readonly_extra=agent.readonly_mounts())
     if kind == "none":
         return NoSandbox(config)
-    try:
-        from autoembed.sandbox.factory import make_sandbox
-    except ImportError:
-        pytest.skip("autoembed.sandbox.factory is not there yet: the bwrap case cannot run")
     if shutil.which("bwrap") is None:
         pytest.skip("bwrap not installed (apt-get install bubblewrap)")
     workdir.mkdir(parents=True, exist_ok=True)

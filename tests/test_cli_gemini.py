@@ -14,6 +14,7 @@ import pytest
 from autoembed.agents.base import TrialContext
 from autoembed.agents.cli.gemini import GeminiAgent
 from autoembed.sandbox.base import SandboxConfig, SandboxError
+from autoembed.sandbox.factory import make_sandbox
 from autoembed.sandbox.none import NoSandbox
 from autoembed.trace import TraceWriter, read_trace
 from tests.fakellm.server import FakeLLM, Turn
@@ -165,10 +166,6 @@ def start_sandbox(kind: str, workdir: Path, deadline: float):
         return box
     if shutil.which("bwrap") is None:
         pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
-    try:
-        from autoembed.sandbox.factory import make_sandbox
-    except ImportError:
-        pytest.skip("autoembed.sandbox.factory is not there yet: no bwrap sandbox to run in")
     try:
         box = make_sandbox(kind, config)
         box.start()
