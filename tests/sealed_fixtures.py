@@ -1,5 +1,5 @@
 """Shared fixtures for the seed, scorer and audit tests: a tiny task built from slices of the real data
-(dev, pool and held-out), an isolated harness home, and model folders made by copying the base model
+(dev, pool, validation and held-out), an isolated harness home, and model folders made by copying the base model
 and editing its safetensors (no training)."""
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def harness_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory, harness_home):
-    """A task folder (task.toml, instructions.md, data/dev, data/pool) and a held-out root, each task
-    a slice of the real one. Returns a namespace with spec, heldout_root, dev, heldout, pool."""
+    """A task folder (task.toml, instructions.md, data/dev, data/pool) and a sealed root (heldout/ and
+    validation/), each task a slice of the real one. Returns a namespace with spec, heldout_root, dev,
+    validation, heldout, pool."""
     real = load_spec()
     root = tmp_path_factory.mktemp("tiny_task")
     toml = (real.root / "task.toml").read_text()
@@ -75,10 +76,14 @@ def tiny(tmp_path_factory, harness_home):
     for name, task in heldout_data.load_heldout_tasks().items():
         heldout[name] = task.subset(*SLICE)
         write_task(heldout_root / name, heldout[name])
+    validation = {}
+    for name, task in heldout_data.load_heldout_tasks(root=heldout_data.VALIDATION_DIR).items():
+        validation[name] = task.subset(*SLICE)
+        write_task(heldout_data.validation_root_for(heldout_root) / name, validation[name])
     spec = load_spec(root)
     assert (spec.fast_queries, spec.fast_docs, spec.max_seq_length) == (*FAST, MAX_SEQ_LENGTH)
-    return dataclasses.make_dataclass("Tiny", ["spec", "heldout_root", "dev", "heldout", "pool"])(
-        spec, heldout_root, dev, heldout, pool)
+    return dataclasses.make_dataclass("Tiny", ["spec", "heldout_root", "dev", "validation", "heldout", "pool"])(
+        spec, heldout_root, dev, validation, heldout, pool)
 
 
 @pytest.fixture(scope="session")
