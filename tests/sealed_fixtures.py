@@ -120,3 +120,25 @@ def shuffled(name: str, tensor: torch.Tensor) -> torch.Tensor:
     flat = tensor.flatten()
     return flat[torch.randperm(flat.numel(), generator=gen)].reshape(tensor.shape)
 
+
+
+def mnrl_steps(model, pairs: list[tuple[str, str]], steps: int, batch_size: int, lr: float, seed: int = 0) -> None:
+    """A few real MultipleNegativesRankingLoss steps (in-batch negatives, scale 20) on CPU, in place."""
+    import random
+
+    rng = random.Random(seed)
+    model.max_seq_length = 64
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(pairs, min(batch_size, len(pairs)))
+        embs = []
+        for texts in ([q for q, _ in batch], [d for _, d in batch]):
+            features = model.tokenize(texts)
+            embs.append(model({k: v for k, v in features.items() if torch.is_tensor(v)})["sentence_embedding"])
+        q, d = (torch.nn.functional.normalize(e, dim=-1) for e in embs)
+        loss = torch.nn.functional.cross_entropy(20 * q @ d.T, torch.arange(len(batch)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
