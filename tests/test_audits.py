@@ -221,7 +221,8 @@ def test_contamination_scan_is_bounded_and_says_so(workdir, tiny, indexes, monke
     assert report["files_empty"] == 3000 and report["files_scanned"] == 0 and report["bounded"] is None
     monkeypatch.setattr(audit, "MAX_ENTRIES", 1000)
     _, text = _leak_text(tiny)
-    (wd / "zz_leak.txt").write_text(text)
+    (wd / "zz").mkdir()  # walked after many/ (a folder's own files come before its subfolders)
+    (wd / "zz" / "leak.txt").write_text(text)
     report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
     assert report["bounded"]["reason"] == "more than 1000 files"
     assert report["bounded"]["first_unread"].startswith("many" + os.sep)
