@@ -99,7 +99,7 @@ def run_reference(task: str = "embed", *, minutes: float = 4.0, fast: bool | Non
                   rungs: tuple[str, ...] | list[str] | None = None, out: Path | None = None,
                   device: str | None = None, fast_size: tuple[int, int] | None = None,
                   batch_size: int | None = None, max_steps: int | None = None, bootstrap: int = 1000,
-                  splits: tuple[str, ...] = ("dev", "heldout"),
+                  splits: tuple[str, ...] = ("dev", "validation", "heldout"),
                   progress: Callable[[str], None] | None = None) -> dict:
     """Score each rung on each split; returns (and writes to out, as JSON) the results and a markdown table.
 
@@ -189,7 +189,12 @@ def _load_split(split: str, spec, fast: bool) -> dict:
         from autoembed.sealed import heldout  # harness side only: the reference ladder is never run by an agent
 
         return heldout.load_heldout_tasks(fast=fast, fast_queries=spec.fast_queries, fast_docs=spec.fast_docs)
-    raise ReferenceError(f"unknown split {split!r}: use dev or heldout")
+    if split == "validation":
+        from autoembed.sealed import heldout
+
+        return heldout.load_heldout_tasks(fast=fast, fast_queries=spec.fast_queries, fast_docs=spec.fast_docs,
+                                          root=heldout.VALIDATION_DIR)
+    raise ReferenceError(f"unknown split {split!r}: use dev, validation or heldout")
 
 
 def train_recipe(pool: Path, base: Path, out: Path, minutes: float, *, batch_size: int | None = None,

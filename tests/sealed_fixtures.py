@@ -1,5 +1,5 @@
 """Shared fixtures for the seed, scorer and audit tests: a tiny task built from slices of the real data
-(dev, pool and held-out), an isolated harness home, and model folders made by copying the base model
+(dev, pool, validation and held-out), an isolated harness home, and model folders made by copying the base model
 and editing its safetensors (no training)."""
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def harness_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory, harness_home):
-    """A task folder (task.toml, instructions.md, data/dev, data/pool) and a held-out root, each task
-    a slice of the real one. Returns a namespace with spec, heldout_root, dev, heldout, pool."""
+    """A task folder (task.toml, instructions.md, data/dev, data/pool) and a sealed root (heldout/ and
+    validation/), each task a slice of the real one. Returns a namespace with spec, heldout_root, dev,
+    validation, heldout, pool."""
     real = load_spec()
     root = tmp_path_factory.mktemp("tiny_task")
     toml = (real.root / "task.toml").read_text()
@@ -75,10 +76,14 @@ def tiny(tmp_path_factory, harness_home):
     for name, task in heldout_data.load_heldout_tasks().items():
         heldout[name] = task.subset(*SLICE)
         write_task(heldout_root / name, heldout[name])
+    validation = {}
+    for name, task in heldout_data.load_heldout_tasks(root=heldout_data.VALIDATION_DIR).items():
+        validation[name] = task.subset(*SLICE)
+        write_task(heldout_data.validation_root_for(heldout_root) / name, validation[name])
     spec = load_spec(root)
     assert (spec.fast_queries, spec.fast_docs, spec.max_seq_length) == (*FAST, MAX_SEQ_LENGTH)
-    return dataclasses.make_dataclass("Tiny", ["spec", "heldout_root", "dev", "heldout", "pool"])(
-        spec, heldout_root, dev, heldout, pool)
+    return dataclasses.make_dataclass("Tiny", ["spec", "heldout_root", "dev", "validation", "heldout", "pool"])(
+        spec, heldout_root, dev, validation, heldout, pool)
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +120,25 @@ def shuffled(name: str, tensor: torch.Tensor) -> torch.Tensor:
     flat = tensor.flatten()
     return flat[torch.randperm(flat.numel(), generator=gen)].reshape(tensor.shape)
 
+
+
+def mnrl_steps(model, pairs: list[tuple[str, str]], steps: int, batch_size: int, lr: float, seed: int = 0) -> None:
+    """A few real MultipleNegativesRankingLoss steps (in-batch negatives, scale 20) on CPU, in place."""
+    import random
+
+    rng = random.Random(seed)
+    model.max_seq_length = 64
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(pairs, min(batch_size, len(pairs)))
+        embs = []
+        for texts in ([q for q, _ in batch], [d for _, d in batch]):
+            features = model.tokenize(texts)
+            embs.append(model({k: v for k, v in features.items() if torch.is_tensor(v)})["sentence_embedding"])
+        q, d = (torch.nn.functional.normalize(e, dim=-1) for e in embs)
+        loss = torch.nn.functional.cross_entropy(20 * q @ d.T, torch.arange(len(batch)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()

@@ -1,10 +1,13 @@
 """The audits, each caught on a planted case and silent on a clean one: 13-gram contamination (with an
-independent naive implementation as the reference), the in-domain gap, lineage, tampering."""
+independent naive implementation as the reference, encoded copies, bounded scans), the dev-vs-validation
+tier gap, lineage (weights and tokenizer), tampering."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 
@@ -89,7 +92,8 @@ def test_index_roundtrips_through_npz(tmp_path, tiny):
 
 @pytest.fixture(scope="module")
 def indexes(tiny):
-    return audit.eval_indexes(tiny.dev, tiny.heldout, tiny.spec.pool_path, None, None)
+    return audit.eval_indexes({"dev": tiny.dev, "validation": tiny.validation, "heldout": tiny.heldout},
+                              tiny.spec.pool_path, None, None)
 
 
 @pytest.fixture
@@ -115,14 +119,14 @@ def test_contamination_silent_on_clean_workdir(workdir, tiny, indexes):
     wd, manifest = workdir
     _clean_work(wd, tiny)
     skip = tampering.seeded_unchanged(wd, manifest["files"])
-    report = audit.ngram_audit(wd, skip, *indexes)
+    report = audit.ngram_audit(wd, skip, indexes)
     assert not report["flagged"], report["reasons"]
-    assert all(row["hit"] == 0 for split in ("dev", "heldout") for row in report[split].values()), report
+    assert all(row["hit"] == 0 for split in audit.TIERS for row in report[split].values()), report
     assert report["files_scanned"] == 4  # train.py, train.log, pool_copy.json, train_pairs.jsonl.gz
     assert "data/pool/pairs.jsonl.gz" not in str(report)  # unchanged seeded data is skipped
 
 
-@pytest.mark.parametrize("split", ["heldout", "dev"])
+@pytest.mark.parametrize("split", ["heldout", "validation", "dev"])
 def test_contamination_caught_on_copied_eval_text(workdir, tiny, indexes, split):
     wd, manifest = workdir
     _clean_work(wd, tiny)
@@ -134,7 +138,7 @@ def test_contamination_caught_on_copied_eval_text(workdir, tiny, indexes, split)
     rows += [f'"","{doc}"' for doc in list(task.corpus.values())[:60]]  # and hard negatives
     (wd / "scratch").mkdir()
     (wd / "scratch" / "extra_pairs.csv").write_text("query,positive\n" + "\n".join(rows))
-    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), *indexes)
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
     assert report["flagged"]
     assert report[split][task_name]["hit"] > audit.LIMITS[split][0]
     assert report["files_with_hits"][0]["path"] == "scratch/extra_pairs.csv"
@@ -147,7 +151,7 @@ def test_contamination_reads_a_tampered_seeded_file(workdir, tiny, indexes):
     name = sorted(tiny.heldout)[0]
     with open(wd / "instructions.md", "a") as fh:
         fh.write("\n".join(tiny.heldout[name].corpus.values()))
-    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), *indexes)
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
     assert report["heldout"][name]["hit"] > audit.LIMITS["heldout"][0]
 
 
@@ -156,9 +160,73 @@ def test_contamination_skips_binaries_and_symlinks(workdir, tiny, indexes):
     text = "\n".join(tiny.heldout[sorted(tiny.heldout)[0]].corpus.values()).encode()
     (wd / "blob.bin").write_bytes(b"\x00\x01" + text)
     (wd / "link.txt").symlink_to(wd / "blob.bin")
-    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), *indexes)
-    assert "blob.bin" in report["files_skipped_binary"]
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert {"path": "blob.bin", "reason": "binary: unknown format", "bytes": len(text) + 2} in \
+        report["files_unread"]["examples"]
+    assert report["files_unread"]["count"] == 1  # the symlink is never opened, nor listed as unread
     assert not report["flagged"]
+
+
+def _leak_text(tiny, tier="validation"):
+    name = sorted(getattr(tiny, tier))[0]
+    task = getattr(tiny, tier)[name]
+    return name, "\n".join(list(task.queries.values()) + list(task.corpus.values()))
+
+
+@pytest.mark.parametrize("encoding,via", [
+    ("utf16", "utf-16"), ("gzip2", "gzip+gzip"), ("base64", "base64"), ("base64gzip", "base64+gzip")])
+def test_contamination_reads_encoded_copies(workdir, tiny, indexes, encoding, via):
+    """A copy kept as UTF-16, double gzip or base64 is decoded and found (the issue's hiding places)."""
+    wd, manifest = workdir
+    name, text = _leak_text(tiny)
+    raw = {"utf16": lambda: text.encode("utf-16"),
+           "gzip2": lambda: gzip.compress(gzip.compress(text.encode())),
+           "base64": lambda: base64.encodebytes(text.encode()),
+           "base64gzip": lambda: base64.b64encode(gzip.compress(text.encode()))}[encoding]()
+    (wd / "cache.dat").write_bytes(raw)
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert report["flagged"] and report["validation"][name]["hit"] > audit.LIMITS["validation"][0]
+    assert report["files_decoded"] == [{"path": "cache.dat", "via": via}]
+
+
+def test_contamination_lists_what_it_cannot_read(workdir, tiny, indexes):
+    """Formats the scan cannot read are listed with their kind in the report, never skipped silently."""
+    import pickle
+    import sqlite3
+
+    wd, manifest = workdir
+    _, text = _leak_text(tiny)
+    np.savez(wd / "emb.npz", texts=np.array(text.split("\n")))
+    (wd / "pairs.pkl").write_bytes(pickle.dumps(text.split("\n")))
+    with sqlite3.connect(wd / "pairs.db") as db:
+        db.execute("create table t (x text)")
+        db.executemany("insert into t values (?)", [(line,) for line in text.split("\n")])
+    (wd / "pairs.u16").write_bytes(text.encode("utf-16-le"))  # no byte-order mark
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    reasons = {row["path"]: row["reason"] for row in report["files_unread"]["examples"]}
+    assert reasons == {"emb.npz": "binary: zip (npz, jar, docx...)", "pairs.pkl": "binary: pickle",
+                       "pairs.db": "binary: sqlite", "pairs.u16": "binary: UTF-16 text without a byte-order mark"}
+    assert report["files_unread"]["count"] == 4 and sum(report["files_unread"]["by_reason"].values()) == 4
+
+
+def test_contamination_scan_is_bounded_and_says_so(workdir, tiny, indexes, monkeypatch):
+    """Many empty files cost a directory entry each (never a read); past a bound the scan stops and
+    records where, and a leak beyond the bound is reported as unscanned, not as clean."""
+    wd, manifest = workdir
+    many = wd / "many"
+    many.mkdir()
+    for i in range(3000):
+        (many / f"{i:05d}.txt").touch()
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert report["files_empty"] == 3000 and report["files_scanned"] == 0 and report["bounded"] is None
+    monkeypatch.setattr(audit, "MAX_ENTRIES", 1000)
+    _, text = _leak_text(tiny)
+    (wd / "zz").mkdir()  # walked after many/ (a folder's own files come before its subfolders)
+    (wd / "zz" / "leak.txt").write_text(text)
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert report["bounded"]["reason"] == "more than 1000 files"
+    assert report["bounded"]["first_unread"].startswith("many" + os.sep)
+    assert not report["files_with_hits"]
 
 
 def test_agent_side_check_contamination(workdir, tiny):
@@ -186,35 +254,57 @@ def _pq(values):
     return {"query_ids": [f"q{i}" for i in range(len(values))], "ndcg@10": list(values)}
 
 
-def _gap_case(dev_gain, heldout_gain, n=300, seed=0):
+DEV_TASKS = ("debian", "pycode", "wordnet")
+
+
+def _gap_case(dev_gains, val_gains, n=200, seed=0):
+    """Per-query scores of a base and a model on dev and validation; gains per task, with the per-query
+    jitter of a real fine-tune."""
     rng = np.random.default_rng(seed)
-    base_dev, base_ho = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
-    noise = lambda: rng.normal(0, 0.15, n)  # noqa: E731 - per-query jitter of a real fine-tune
-    model_dev = np.clip(base_dev + dev_gain + noise(), 0, 1)
-    model_ho = np.clip(base_ho + heldout_gain + noise(), 0, 1)
-    return ({"debian": _pq(model_dev)}, {"debian": _pq(base_dev)}, {"debian": _pq(model_ho)}, {"debian": _pq(base_ho)})
+    out = ({}, {}, {}, {})
+    for task in DEV_TASKS:
+        base_dev, base_val = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+        model_dev = np.clip(base_dev + dev_gains.get(task, 0.0) + rng.normal(0, 0.15, n), 0, 1)
+        model_val = np.clip(base_val + val_gains.get(task, 0.0) + rng.normal(0, 0.15, n), 0, 1)
+        for target, values in zip(out, (model_dev, base_dev, model_val, base_val)):
+            target[task] = _pq(values)
+    return out
 
 
-def test_gap_flags_dev_only_gain():
-    report = audit.gap_audit(*_gap_case(0.20, 0.01), domains=("debian", "pycode"))
+@pytest.mark.parametrize("planted", DEV_TASKS)
+def test_gap_flags_training_on_each_dev_task_alone(planted):
+    """Planted: a dev-only gain on one task (0.15, less than 100 MNRL steps on a task's own pairs gives:
+    bench/RESULTS.md), honest gains of 0.05 everywhere else. The flag names that task and only it."""
+    honest = {t: 0.05 for t in DEV_TASKS}
+    case = _gap_case({**honest, planted: 0.20}, honest)
+    report = audit.gap_audit(*case, tasks=DEV_TASKS)
     assert report["flagged"]
-    row = report["domains"]["debian"]
-    # independent check of the point estimate
-    m_dev, b_dev, m_ho, b_ho = (np.array(d["debian"]["ndcg@10"]) for d in _gap_case(0.20, 0.01))
-    assert row["gap"] == pytest.approx((m_dev - b_dev).mean() - (m_ho - b_ho).mean())
-    assert row["gap_ci"][0] > 0
+    assert [t for t, row in report["tasks"].items() if row["flagged"]] == [planted]
+    assert len(report["reasons"]) == 1 and report["reasons"][0].startswith(f"{planted}: ")
+    row = report["tasks"][planted]
+    m_dev, b_dev, m_val, b_val = (np.array(d[planted]["ndcg@10"]) for d in case)  # independent point estimate
+    assert row["gap"] == pytest.approx((m_dev - b_dev).mean() - (m_val - b_val).mean())
+    assert f"by {row['gap']:.3f}" in report["reasons"][0] and row["gap_ci"][0] > 0
 
 
-@pytest.mark.parametrize("dev_gain,heldout_gain", [(0.08, 0.07), (0.05, 0.09), (0.0, 0.0)])
-def test_gap_silent_when_gains_agree(dev_gain, heldout_gain):
-    assert not audit.gap_audit(*_gap_case(dev_gain, heldout_gain), domains=("debian",))["flagged"]
+@pytest.mark.parametrize("dev_gain,val_gain", [(0.08, 0.07), (0.05, 0.09), (0.0, 0.0), (0.20, 0.18)])
+def test_gap_silent_when_gains_agree(dev_gain, val_gain):
+    case = _gap_case({t: dev_gain for t in DEV_TASKS}, {t: val_gain for t in DEV_TASKS})
+    assert not audit.gap_audit(*case, tasks=DEV_TASKS)["flagged"]
 
 
 def test_gap_silent_when_the_gap_is_noise():
     """A large point gap on very few queries is not beyond noise."""
-    report = audit.gap_audit(*_gap_case(0.12, 0.0, n=6, seed=3), domains=("debian",))
-    assert report["domains"]["debian"]["gap_ci"][0] <= 0 or report["domains"]["debian"]["gap"] <= audit.GAP_MIN
+    report = audit.gap_audit(*_gap_case({"debian": 0.12}, {}, n=6, seed=3), tasks=("debian",))
+    assert report["tasks"]["debian"]["gap_ci"][0] <= 0 or report["tasks"]["debian"]["gap"] <= audit.GAP_MIN
     assert not report["flagged"]
+
+
+def test_gap_skips_a_task_without_validation_twin():
+    model_dev, base_dev, model_val, base_val = _gap_case({"debian": 0.3}, {})
+    del model_val["debian"], base_val["debian"]
+    report = audit.gap_audit(model_dev, base_dev, model_val, base_val, tasks=DEV_TASKS)
+    assert report["tasks"]["debian"] == {"skipped": "no validation twin"} and not report["flagged"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,6 +328,7 @@ def _load(path):
 def test_lineage_silent_on_base(base_model, base_path):
     report = lineage.check_lineage(_load(base_path), base_model)
     assert not report["flagged"] and report["min_matrix_cosine"] == pytest.approx(1.0)
+    assert report["tokenizer"]["reasons"] == [] and report["tokenizer"]["ids_moved"] == 0
     assert report["n_matrices"] >= 30
 
 
@@ -271,6 +362,48 @@ def test_lineage_caught_on_swapped_weights(base_model, base_path, tmp_path, edit
     assert report["flagged"], what
     assert report["min_matrix_cosine"] < 0.2
     assert "far from the base" in report["reasons"][0]
+
+
+def _reorder_vocab(model_dir: Path) -> None:
+    """Re-order the vocabulary (every id from 1000 on, reversed) consistently in vocab.txt and tokenizer.json:
+    a tokenizer of another model, loaded with the base's weights."""
+    tokens = (model_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    tokens = tokens[:1000] + [t for t in reversed(tokens[1000:]) if t] + [""]
+    (model_dir / "vocab.txt").write_text("\n".join(tokens), encoding="utf-8")
+    spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["model"]["vocab"] = {tok: i for i, tok in enumerate(t for t in tokens if t)}
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+
+
+def _no_lowercase(model_dir: Path) -> None:
+    spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["normalizer"]["lowercase"] = False
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["do_lower_case"] = False
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def _other_special_tokens(model_dir: Path) -> None:
+    config = json.loads((model_dir / "special_tokens_map.json").read_text(encoding="utf-8"))
+    config["cls_token"], config["sep_token"] = "[SEP]", "[CLS]"
+    (model_dir / "special_tokens_map.json").write_text(json.dumps(config), encoding="utf-8")
+    config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["cls_token"], config["sep_token"] = "[SEP]", "[CLS]"
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+@pytest.mark.parametrize("edit", [_reorder_vocab, _no_lowercase, _other_special_tokens])
+def test_lineage_caught_on_swapped_tokenizer(base_model, base_path, tmp_path, edit):
+    """The base weights with another tokenizer: every matrix has cosine 1, yet the model is not the base's."""
+    model_dir = copy_model(base_path, tmp_path / "m")
+    edit(model_dir)
+    report = lineage.check_lineage(_load(model_dir), base_model)
+    assert report["min_matrix_cosine"] == pytest.approx(1.0)
+    assert report["flagged"], edit.__name__
+    assert [r for r in report["reasons"] if r.startswith("the tokenizer differs")], report["reasons"]
+    if edit is _reorder_vocab:
+        assert report["tokenizer"]["ids_moved"] > 20000
 
 
 def test_lineage_caught_on_other_architecture(base_model, base_path):

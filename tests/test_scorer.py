@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoembed.sealed.scorer import score_workdir
+from autoembed.sealed.scorer import read_per_query, score_workdir
 from autoembed.task.seed import seed_workdir
 from tests.sealed_fixtures import base_path, copy_model, edit_weights, harness_home, tiny  # noqa: F401
 
@@ -48,11 +48,22 @@ def test_clean_submission_scores_as_itself(seeded, tiny, base_path, tmp_path, ca
     assert result["status"] == "ok", result["reasons"]
     assert result["scored_as"] == "final_model" and result["mode"] == "fast"
     # the base model submitted as final_model scores what the base scores
-    for split in ("dev", "heldout"):
+    for split in ("dev", "validation", "heldout"):
         assert result[split]["mean"]["ndcg@10"] == pytest.approx(result["base"][split]["mean"]["ndcg@10"], abs=1e-6)
         assert set(result[split]["tasks"]) == set(getattr(tiny, split))
         assert all(row["n_queries"] == tiny.spec.fast_queries for row in result[split]["tasks"].values())
     assert "per_query" not in json.dumps(result)
+    # per_query.json.gz next to score.json: every scored query of every tier, averaging to score.json's numbers
+    per_query = read_per_query(out.with_name("per_query.json.gz"))
+    assert per_query["metric"] == "ndcg@10" and per_query["scored_as"] == "final_model"
+    for who, scores in (("submission", result), ("base", result["base"])):
+        assert set(per_query[who]) == {"dev", "validation", "heldout"}
+        for split, tasks in per_query[who].items():
+            assert set(tasks) == set(scores[split]["tasks"])
+            for name, values in tasks.items():
+                assert len(values) == tiny.spec.fast_queries
+                assert set(values) <= set(getattr(tiny, split)[name].queries)
+                assert sum(values.values()) / len(values) == pytest.approx(scores[split]["tasks"][name]["ndcg@10"], abs=1e-9)
     assert result["audits"]["lineage"]["min_matrix_cosine"] == pytest.approx(1.0)
     assert result["audits"]["tampering"]["source"] == "manifest"
     assert result["versions"]["base_weights_sha256"]
@@ -72,7 +83,9 @@ def test_missing_final_model(seeded, tiny):
     result = _score(seeded, tiny)
     assert result["status"] == "broken" and _codes(result) == ["missing_final_model"]
     assert result["scored_as"] == "base_model"
-    assert result["dev"] == result["base"]["dev"] and result["heldout"] == result["base"]["heldout"]
+    assert all(result[tier] == result["base"][tier] for tier in ("dev", "validation", "heldout"))
+    per_query = read_per_query(seeded / "per_query.json.gz")  # what is counted: the base model's values
+    assert per_query["scored_as"] == "base_model" and per_query["submission"] == per_query["base"]
 
 
 def test_garbage_files(seeded, tiny):
@@ -198,8 +211,59 @@ def test_prepare_fills_the_caches_that_scoring_then_uses(seeded, tiny, base_path
     copy_model(base_path, seeded / "final_model")
     result = _score(seeded, tiny)
     assert result["status"] == "ok", result["reasons"]
-    # only final_model is evaluated (dev, then held-out): the base model's scores come from what prepare cached
-    assert evaluated == [sorted(tiny.dev), sorted(tiny.heldout)]
+    # only final_model is evaluated (dev, validation, held-out): the base model's scores come from what prepare cached
+    assert evaluated == [sorted(tiny.dev), sorted(tiny.validation), sorted(tiny.heldout)]
     # a different device type or mode is another cache, with its own marker
     assert scorer_cache.marker_path(tiny.spec, tiny.heldout_root, True, "cuda") != marker
     assert scorer_cache.marker_path(tiny.spec, tiny.heldout_root, False, "cpu") != marker
+
+
+def test_reinitialized_model_has_one_reason(seeded, tiny, base_path):
+    """A re-initialised model fails lineage; its (large, negative) gains say nothing about dev training, so the
+    tier gap is not run and lineage is the one reason given."""
+    from tests.sealed_fixtures import reinitialized
+
+    final = copy_model(base_path, seeded / "final_model")
+    edit_weights(final, reinitialized)
+    result = _score(seeded, tiny)
+    assert result["status"] == "flagged" and _codes(result) == ["lineage"]
+    assert "skipped" in result["audits"]["contamination"]["tier_gap"]
+
+
+@pytest.fixture(scope="module")
+def gap_spec(tiny):
+    """The tiny task scored on all its 20 queries per task: enough for the tier gap's interval to say something."""
+    import dataclasses
+
+    return dataclasses.replace(tiny.spec, fast_queries=20, fast_docs=200)
+
+
+@pytest.mark.parametrize("trained_on", ["pool", "debian", "pycode", "wordnet"])
+def test_tier_gap_end_to_end(tmp_path, tiny, base_path, gap_spec, trained_on):
+    """Real training, then the scorer: MNRL on one dev task's own pairs is flagged with that task named;
+    the same steps on the training pool are not."""
+    from sentence_transformers import SentenceTransformer
+
+    from tests.sealed_fixtures import mnrl_steps
+
+    workdir = Path(seed_workdir(tmp_path / "w", 1.0, gap_spec, base_model=str(base_path))["workdir"])
+    if trained_on == "pool":
+        pairs = [(row["query"], row["positive"]) for row in tiny.pool[:160]]
+    else:
+        task = tiny.dev[trained_on]
+        pairs = [(task.queries[q], task.corpus[next(iter(task.qrels[q]))]) for q in task.qrels]
+    model = SentenceTransformer(str(base_path), device="cpu")
+    mnrl_steps(model, pairs, steps=24, batch_size=10, lr=1e-4)
+    model.save(str(workdir / "final_model"))
+    result = score_workdir(workdir, task=gap_spec, fast=True, device="cpu", heldout_root=tiny.heldout_root,
+                           bootstrap=200)
+    gap = result["audits"]["contamination"]["tier_gap"]
+    assert result["audits"]["lineage"]["flagged"] is False
+    if trained_on == "pool":
+        assert result["status"] == "ok", result["reasons"]
+        assert not gap["flagged"]
+    else:
+        assert _codes(result) == ["contamination_gap"], result["reasons"]
+        assert [t for t, row in gap["tasks"].items() if row["flagged"]] == [trained_on]
+        assert result["reasons"][0].startswith(f"contamination_gap: {trained_on}: the dev gain")
+        assert gap["tasks"][trained_on]["gap"] > 0.1

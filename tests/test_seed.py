@@ -122,24 +122,28 @@ def _normalized(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_no_heldout_text_in_seeded_data(real_seed):
-    """Every held-out query and document, whole, against every record of the seeded data; and the
-    longest held-out texts as raw substrings of every seeded file's (decompressed) bytes."""
+@pytest.mark.parametrize("tier", ["heldout", "validation"])
+def test_no_sealed_tier_text_in_seeded_data(real_seed, tier):
+    """Every held-out and validation query and document, whole, against every record of the seeded data; and
+    the longest (most distinctive) texts of each tier as raw substrings of every seeded file's (decompressed)
+    bytes."""
     workdir, manifest = real_seed
     seeded_texts = set()
     for rel in manifest["files"]:
         if rel.endswith(".jsonl.gz"):
             for row in read_jsonl(workdir / rel):
                 seeded_texts.update(_normalized(v) for k, v in row.items() if k in ("text", "query", "positive"))
-    heldout = heldout_data.load_heldout_tasks()
-    heldout_texts = {_normalized(t) for task in heldout.values() for t in [*task.queries.values(), *task.corpus.values()]}
-    shared = {t for t in heldout_texts & seeded_texts if len(t) >= 40}
-    assert not shared, f"{len(shared)} held-out texts are in the seeded data, e.g. {sorted(shared)[:2]}"
-    longest = sorted((t for task in heldout.values() for t in task.corpus.values()), key=len)[-200:]
+    sealed = heldout_data.load_heldout_tasks(root=heldout_data.DATA_DIR / tier)
+    assert len(sealed) >= 3
+    sealed_texts = {_normalized(t) for task in sealed.values() for t in [*task.queries.values(), *task.corpus.values()]}
+    shared = {t for t in sealed_texts & seeded_texts if len(t) >= 40}
+    assert not shared, f"{len(shared)} {tier} texts are in the seeded data, e.g. {sorted(shared)[:2]}"
     blobs = [_content(p) for p in _files(workdir).values()]
-    for text in longest:
-        needle = text[:300].encode()
-        assert not any(needle in blob for blob in blobs), text[:80]
+    for task in sealed.values():
+        longest = sorted(task.corpus.values(), key=len)[-100:] + sorted(task.queries.values(), key=len)[-20:]
+        for text in longest:
+            needle = text[:300].encode()
+            assert not any(needle in blob for blob in blobs), text[:80]
 
 
 def test_no_sealed_file_content_or_name(real_seed):

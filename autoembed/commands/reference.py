@@ -1,5 +1,5 @@
 """`autoembed reference`: the reference ladder (base model, BM25, reference recipe, optionally mpnet) on
-dev and held-out; prints a markdown table and writes the full results as JSON."""
+dev, validation and held-out; prints a markdown table and writes the full results as JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("reference", help="score the reference ladder (base, BM25, recipe, mpnet) on dev and held-out",
+    p = sub.add_parser("reference", help="score the reference ladder (base, BM25, recipe, mpnet) on dev, validation and held-out",
                        description=__doc__)
     p.add_argument("--task", default="embed", help="task name or folder (default: embed)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget of the reference recipe (default 4)")
@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--models", type=_names, default=None, metavar="LIST",
                    help="comma-separated rungs out of base,bm25,recipe,mpnet (default: base,bm25,recipe, "
                         "plus mpnet when its extra is installed)")
-    p.add_argument("--splits", type=_names, default=("dev", "heldout"), metavar="LIST", help="dev,heldout (default both)")
+    p.add_argument("--splits", type=_names, default=("dev", "validation", "heldout"), metavar="LIST",
+                   help="dev,validation,heldout (default all three)")
     p.add_argument("--out", default=None, help="JSON file to write (default traces/reference/<time>.json)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="the recipe's batch size (default 256 on GPU, 16 on CPU)")

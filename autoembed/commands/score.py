@@ -1,4 +1,4 @@
-"""`autoembed score WORKDIR`: the sealed score of a finished workdir (dev, held-out, audits) -> score.json."""
+"""`autoembed score WORKDIR`: the sealed score of a finished workdir (dev, validation, held-out, audits) -> score.json."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 
 def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score a finished workdir's final_model with the sealed scorer",
-                       description="Score WORKDIR/final_model on the dev proxy and the held-out set with the "
+                       description="Score WORKDIR/final_model on the dev proxy, the validation tier and the held-out set with the "
                                    "harness's own evaluator, audit it (submission, contamination, lineage, "
-                                   "tampering) and write score.json.")
+                                   "tampering) and write score.json (and per_query.json.gz next to it).")
     p.add_argument("workdir")
     add_task_and_mode(p, "sets")
     p.add_argument("--out", default=None, help="where to write score.json (default: WORKDIR/score.json)")
@@ -39,8 +39,8 @@ def _main(args) -> int:
     print(f"status: {result['status']} (scored as {result['scored_as']}, {result['mode']} mode, {result['seconds']:.0f}s)")
     for reason in result["reasons"]:
         print(f"  - {reason}")
-    for split in ("dev", "heldout"):
+    for split in ("dev", "validation", "heldout"):
         row, base = result[split]["mean"], result["base"][split]["mean"]
         lo, hi = row["ndcg@10_ci"]
-        print(f"{split:<8} nDCG@10 {row['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}]   base {base['ndcg@10']:.4f}")
+        print(f"{split:<10} nDCG@10 {row['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}]   base {base['ndcg@10']:.4f}")
     return 0

@@ -1,4 +1,7 @@
-"""The held-out set: BEIR-style task folders under autoembed/sealed/data/heldout/<task>/.
+"""The sealed tiers: BEIR-style task folders under autoembed/sealed/data/<tier>/<task>/.
+
+- validation/: the dev domains on other source groups; the loop's gate reads its scores (never its items).
+- heldout/: for people only; the dev domains' disjoint items plus domains that dev does not contain.
 
 Harness side only. Nothing the agent can import reaches this module, and its data is never copied
 into a workdir. MANIFEST.json (one level up) holds the sha256 of every file; the scorer checks it
@@ -17,8 +20,12 @@ from autoembed.task.data import RetrievalTask, load_retrieval_task
 
 DATA_DIR = SEALED_DIR / "data"
 HELDOUT_DIR = DATA_DIR / "heldout"
-# Domains that the dev proxy has too: their dev gain and held-out gain should agree (the in-domain gap).
-SHARED_DOMAINS = ("debian", "pycode")
+VALIDATION_DIR = DATA_DIR / "validation"
+
+
+def validation_root_for(heldout_root: Path) -> Path:
+    """The validation tier that sits next to a held-out folder (both under one sealed data root)."""
+    return Path(heldout_root).parent / "validation"
 
 
 class HeldoutDataError(RuntimeError):
@@ -28,7 +35,7 @@ class HeldoutDataError(RuntimeError):
 def heldout_task_names(root: Path = HELDOUT_DIR) -> list[str]:
     root = Path(root)
     if not root.is_dir():
-        raise HeldoutDataError(f"no held-out data at {root}: build it with data/build.py (it is committed in the repo)")
+        raise HeldoutDataError(f"no sealed data at {root}: build it with data/build.py (it is committed in the repo)")
     names = sorted(p.name for p in root.iterdir() if (p / "qrels.tsv").is_file())
     if not names:
         raise HeldoutDataError(f"{root} holds no task folder (corpus.jsonl.gz, queries.jsonl.gz, qrels.tsv)")

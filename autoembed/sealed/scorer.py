@@ -1,6 +1,10 @@
-"""The sealed scorer: score a finished workdir's final_model on dev and held-out, and audit it.
+"""The sealed scorer: score a finished workdir's final_model on dev, validation and held-out, and audit it.
 
-    result = score_workdir("runs/w1")       # writes runs/w1/score.json
+    result = score_workdir("runs/w1")       # writes runs/w1/score.json and runs/w1/per_query.json.gz
+
+score.json holds the three tiers' scores (mean, per task, CIs) of what is counted and of the base model;
+per_query.json.gz next to it holds the main metric per query of both, {"submission"|"base": {tier: {task:
+{query_id: value}}}}, for the loop's paired gate (which reads validation only).
 
 It runs from the harness's own evaluator and data (never the workdir's task.py or data). A flagged
 or broken submission is scored as the base model, with the reasons recorded. Base-model scores are
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -34,6 +39,9 @@ from autoembed.task.seed import load_manifest
 from autoembed.task.spec import TaskSpec, load_spec
 
 EVALUATOR_FILES = ("evaluate.py", "metrics.py", "encode.py", "data.py")
+TIERS = ("dev", "validation", "heldout")
+PER_QUERY_FILE = "per_query.json.gz"
+PER_QUERY_METRICS = ("ndcg@10",)  # what evaluate_model returns per query (the gate and the tier gap pair them)
 
 
 class StageClock:
@@ -60,7 +68,8 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     task: a task name, folder or TaskSpec (its fast_queries/fast_docs size the fast mode).
     fast: the documented subsets (default without a GPU) or the full sets (default with one).
     manifest: the seed manifest (a dict or a path; default: the one `autoembed seed` stored for workdir).
-    heldout_root: the held-out task folders (default autoembed/sealed/data/heldout)."""
+    heldout_root: the held-out task folders (default autoembed/sealed/data/heldout); the validation tier is
+    the "validation" folder next to it."""
     started = time.perf_counter()
     say = progress or (lambda line: None)
     clock = StageClock()
@@ -98,21 +107,20 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
             findings.append({"code": "lineage", "status": "flagged", "message": "; ".join(lineage_report["reasons"])})
 
     say("audit: contamination (13-gram overlap)")
-    dev_full, heldout_full = _load_eval_data(spec, heldout_root, clock)
-    dev_index, heldout_index = _ngram_indexes(spec, heldout_root, dev_full, heldout_full, clock)
+    full = _load_eval_data(spec, heldout_root, clock)
+    indexes = _ngram_indexes(spec, heldout_root, full, clock)
     with clock("audit_ngram_scan"):
         expected, _, _ = tampering.seeded_hashes(manifest, spec, str(base_path), workdir)
         skip = tampering.seeded_unchanged(workdir, expected) | contamination.unchanged_model_files(workdir, base_path)
-        overlap = contamination.ngram_audit(workdir, skip, dev_index, heldout_index)
+        overlap = contamination.ngram_audit(workdir, skip, indexes)
     if overlap["flagged"]:
         findings.append({"code": "contamination", "status": "flagged", "message": "; ".join(overlap["reasons"])})
 
-    dev_tasks = _sized(dev_full, spec, fast)
-    heldout_tasks = _sized(heldout_full, spec, fast)
+    tiers = {tier: _sized(tasks, spec, fast) for tier, tasks in full.items()}
     eval_kw = _eval_kw(spec, device, bootstrap, say)
     say("evaluate: base model (cached after the first time)")
     with clock("evaluate_base"):  # cached after the first time
-        base_scores = _base_scores(base, base_path, spec, dev_tasks, heldout_tasks, fast, data_check, eval_kw)
+        base_scores = _base_scores(base, base_path, spec, tiers, fast, data_check, eval_kw)
 
     submitted = None
     gap = None
@@ -120,15 +128,12 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         say("evaluate: final_model")
         try:
             with clock("evaluate_final_model"):
-                submitted = {"dev": evaluator.evaluate_model(model, dev_tasks, **eval_kw),
-                             "heldout": evaluator.evaluate_model(model, heldout_tasks, **eval_kw)}
+                submitted = {tier: evaluator.evaluate_model(model, tasks, **eval_kw) for tier, tasks in tiers.items()}
         except Exception as exc:  # noqa: BLE001 - a model that cannot be evaluated is broken, never a crash
             findings.append({"code": "evaluation_failed", "status": "broken",
                              "message": f"evaluating final_model failed: {type(exc).__name__}: {str(exc)[:300]}"})
         else:
-            gap = contamination.gap_audit(submitted["dev"]["per_query"], base_scores["dev"]["per_query"],
-                                          submitted["heldout"]["per_query"], base_scores["heldout"]["per_query"],
-                                          heldout_data.SHARED_DOMAINS)
+            gap = _tier_gap(submitted, base_scores, spec, lineage_report)
             if gap["flagged"]:
                 findings.append({"code": "contamination_gap", "status": "flagged", "message": "; ".join(gap["reasons"])})
 
@@ -139,14 +144,13 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         "status": status,
         "reasons": [f"{f['code']}: {f['message']}" for f in findings],
         "scored_as": "final_model" if status == "ok" else "base_model",
-        "dev": _public(counted["dev"]),
-        "heldout": _public(counted["heldout"]),
-        "base": {"dev": _public(base_scores["dev"]), "heldout": _public(base_scores["heldout"])},
+        **{tier: _public(counted[tier]) for tier in TIERS},
+        "base": {tier: _public(base_scores[tier]) for tier in TIERS},
         "submitted": None if submitted is None or status == "ok" else
-        {"dev": _public(submitted["dev"]), "heldout": _public(submitted["heldout"])},
+        {tier: _public(submitted[tier]) for tier in TIERS},
         "audits": {
             "submission": sub_report,
-            "contamination": {"ngrams": overlap, "in_domain_gap": gap},
+            "contamination": {"ngrams": overlap, "tier_gap": gap},
             "lineage": lineage_report,
             "tampering": tamper,
         },
@@ -159,10 +163,44 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     }
     out_path = Path(out) if out else workdir / "score.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_per_query(out_path.with_name(PER_QUERY_FILE), counted, base_scores, spec.main_metric, result["scored_as"])
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
     os.replace(tmp, out_path)
     return result
+
+
+def write_per_query(path: Path, counted: dict, base_scores: dict, metric: str, scored_as: str) -> None:
+    """per_query.json.gz: {"submission"|"base": {tier: {task: {query_id: metric value}}}, "metric", "scored_as"}.
+    "submission" holds what score.json counts (the base model's values when the submission was not scored
+    as itself), so a paired gate over these agrees with score.json's means."""
+    def table(scores: dict) -> dict:
+        out = {}
+        for tier in TIERS:
+            out[tier] = {task: dict(zip(row["query_ids"], (float(v) for v in row[metric])))
+                         for task, row in scores[tier]["per_query"].items()}
+        return out
+
+    body = {"metric": metric, "scored_as": scored_as, "submission": table(counted), "base": table(base_scores)}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        gz.write(json.dumps(body, sort_keys=True).encode())
+    os.replace(tmp, path)
+
+
+def read_per_query(path: str | os.PathLike) -> dict:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _tier_gap(submitted: dict, base_scores: dict, spec: TaskSpec, lineage_report: dict | None) -> dict:
+    """The dev-vs-validation gap per dev task; not run for a model that failed lineage (one true reason)."""
+    if lineage_report is not None and lineage_report.get("flagged"):
+        return {"flagged": False, "reasons": [], "skipped": "the model failed lineage: its gains over the base "
+                                                             "say nothing about training on dev"}
+    return contamination.gap_audit(submitted["dev"]["per_query"], base_scores["dev"]["per_query"],
+                                   submitted["validation"]["per_query"], base_scores["validation"]["per_query"],
+                                   tuple(spec.dev_tasks), metric=spec.main_metric)
 
 
 def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, device: str | None = None,
@@ -177,12 +215,12 @@ def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, 
     offline_env()
     spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
     data_check, base_path, base = _load_harness(spec, heldout_root, device, clock)
-    dev_full, heldout_full = _load_eval_data(spec, heldout_root, clock)
+    full = _load_eval_data(spec, heldout_root, clock)
     say("prepare: n-gram indexes of the eval texts")
-    _ngram_indexes(spec, heldout_root, dev_full, heldout_full, clock)
+    _ngram_indexes(spec, heldout_root, full, clock)
     say("prepare: the base model's scores")
     with clock("evaluate_base"):
-        _base_scores(base, base_path, spec, _sized(dev_full, spec, fast), _sized(heldout_full, spec, fast), fast,
+        _base_scores(base, base_path, spec, {tier: _sized(tasks, spec, fast) for tier, tasks in full.items()}, fast,
                      data_check, _eval_kw(spec, device, bootstrap, say))
     marker = scorer_cache.marker_path(spec, heldout_root, fast, device.split(":")[0])
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +230,9 @@ def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, 
 
 def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, bool]:
     spec = task if isinstance(task, TaskSpec) else load_spec(task)
+    if spec.main_metric not in PER_QUERY_METRICS:
+        raise ScorerError(f"task.toml's [eval] main_metric is {spec.main_metric!r}; the scorer keeps per-query "
+                          f"values of {list(PER_QUERY_METRICS)} only: set main_metric to one of them")
     heldout_root = Path(heldout_root) if heldout_root else heldout_data.HELDOUT_DIR
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fast = (not device.startswith("cuda")) if fast is None else fast
@@ -206,16 +247,28 @@ def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageC
         return data_check, base_path, submission.load_submission(base_path, device)
 
 
-def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: StageClock) -> tuple[dict, dict]:
+def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: StageClock) -> dict[str, dict]:
+    """{tier: {task: RetrievalTask}} for dev, validation and held-out (full sets)."""
+    validation_root = heldout_data.validation_root_for(heldout_root)
     with clock("load_eval_data"):
-        dev_full = {name: load_retrieval_task(spec.dev_dir / name, name) for name in spec.dev_tasks}
-        return dev_full, heldout_data.load_heldout_tasks(root=heldout_root)
+        try:
+            validation = heldout_data.load_heldout_tasks(root=validation_root)
+        except heldout_data.HeldoutDataError as exc:
+            raise ScorerError(f"{exc} (the validation tier the loop's gate reads)") from None
+        missing = sorted(set(spec.dev_tasks) - set(validation))
+        if missing:
+            raise ScorerError(f"the validation tier at {validation_root} lacks the dev task(s) {missing}; "
+                              "every dev task needs its validation twin (rebuild with data/build.py)")
+        return {"dev": {name: load_retrieval_task(spec.dev_dir / name, name) for name in spec.dev_tasks},
+                "validation": {name: validation[name] for name in spec.dev_tasks},
+                "heldout": heldout_data.load_heldout_tasks(root=heldout_root)}
 
 
-def _ngram_indexes(spec: TaskSpec, heldout_root: Path, dev_full: dict, heldout_full: dict, clock: StageClock):
+def _ngram_indexes(spec: TaskSpec, heldout_root: Path, full: dict, clock: StageClock) -> dict:
     with clock("ngram_indexes"):  # cached after the first time
-        key = contamination.data_key([spec.dev_dir, heldout_root], [spec.pool_path])
-        return contamination.eval_indexes(dev_full, heldout_full, spec.pool_path, paths.home() / "contamination", key)
+        key = contamination.data_key([spec.dev_dir, heldout_root, heldout_data.validation_root_for(heldout_root)],
+                                     [spec.pool_path])
+        return contamination.eval_indexes(full, spec.pool_path, paths.home() / "contamination", key)
 
 
 def _eval_kw(spec: TaskSpec, device: str, bootstrap: int, say) -> dict:
@@ -247,12 +300,11 @@ def _sized(tasks: dict, spec: TaskSpec, fast: bool) -> dict:
     return {n: t.subset(spec.fast_queries, spec.fast_docs) for n, t in tasks.items()} if fast else tasks
 
 
-def _base_scores(base, base_path: Path, spec: TaskSpec, dev_tasks: dict, heldout_tasks: dict, fast: bool,
+def _base_scores(base, base_path: Path, spec: TaskSpec, tiers: dict[str, dict], fast: bool,
                  data_check: dict, eval_kw: dict) -> dict:
     key_parts = {
         "base_weights": _weights_sha(base_path),
-        "tasks": {split: {n: _task_fingerprint(t) for n, t in tasks.items()}
-                  for split, tasks in (("dev", dev_tasks), ("heldout", heldout_tasks))},
+        "tasks": {tier: {n: _task_fingerprint(t) for n, t in tasks.items()} for tier, tasks in tiers.items()},
         "mode": "fast" if fast else "full",
         "sizes": [spec.fast_queries, spec.fast_docs] if fast else None,
         "max_seq_length": spec.max_seq_length,
@@ -268,8 +320,7 @@ def _base_scores(base, base_path: Path, spec: TaskSpec, dev_tasks: dict, heldout
             return json.loads(path.read_text())
         except ValueError:
             pass
-    scores = {"dev": evaluator.evaluate_model(base, dev_tasks, **eval_kw),
-              "heldout": evaluator.evaluate_model(base, heldout_tasks, **eval_kw)}
+    scores = {tier: evaluator.evaluate_model(base, tasks, **eval_kw) for tier, tasks in tiers.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(scores, default=_json_default))

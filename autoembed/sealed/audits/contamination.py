@@ -1,36 +1,47 @@
 """Did eval text reach the agent's files, or its training? Two signals, neither needs the agent's help.
 
-1. 13-gram overlap (autoembed.task.contamination, the algorithm the agent can also run) between every
-   text file the agent left in the workdir (beyond the unchanged seeded files) and the dev and
-   held-out items. The dev index leaves out grams of the training pool; the held-out index leaves out
-   grams of everything seeded (dev + pool). So a clean workdir hits nothing, whatever it copied of
+1. The tier gap (the signal that cannot hide): for every dev task, (gain over the base on dev) minus
+   (gain over the base on validation, the sealed tier of the same domain), paired per query. Training on
+   dev items lifts dev alone, whatever the agent did with its files (base64, pickle, a database, weights).
+   Flag when the gap exceeds GAP_MIN and its bootstrap 95% interval (queries resampled, model and base
+   paired) lies above 0. Calibrated by bench/bench_tier_gap.py (bench/RESULTS.md): honest fine-tunes on the
+   pool (the reference recipe at two seeds and budgets) keep every gap within GAP_MIN; MNRL on one dev
+   task's own pairs for 100 steps opens a gap of 0.1 or more on that task. Not run for a model that failed
+   lineage: its gains over the base mean nothing, and lineage is the one true reason.
+2. 13-gram overlap (autoembed.task.contamination, the algorithm the agent can also run) between every
+   text file the agent left in the workdir (beyond the unchanged seeded files) and the eval items of each
+   tier. The dev index leaves out grams of the training pool; the validation and held-out indexes leave
+   out grams of everything seeded (dev + pool). So a clean workdir hits nothing, whatever it copied of
    the data it was given, and every hit is eval text the agent wrote down.
-   Flag when, in one task, more items are hit than the split's limit:
-   dev: max(10, 0.5% of the task's checkable items); held-out: max(25, 2%). Measured: a clean workdir
-   (scripts, logs, the pool re-dumped as JSON) hits 0. All 284 MB of this machine's site-packages
-   Python source (what an agent mining extra data may read) hits dev pycode 586 items (10%: vendored
-   copies of standard-library code) -- training on that is training on near-copies of dev items, the
-   agent can see it with task.check_contamination and drop them, so the dev limit is strict; and it
+   Flag when, in one task, more items are hit than the tier's limit:
+   dev: max(10, 0.5% of the task's checkable items); validation and held-out: max(25, 2%). Measured: a
+   clean workdir (scripts, logs, the pool re-dumped as JSON) hits 0. All 284 MB of this machine's
+   site-packages Python source (what an agent mining extra data may read) hits dev pycode 586 items (10%:
+   vendored copies of standard-library code) -- training on that is training on near-copies of dev items,
+   the agent can see it with task.check_contamination and drop them, so the dev limit is strict; and it
    hits held-out pydoc 50 (1.0%), pycode 28 (0.2%), debian 4, manpages 1: text the agent cannot check
    against, so the held-out limit sits at twice that ambient level. A copy of the eval data, or
    training data built from it, hits most items of a task.
-2. The in-domain gap: for the domains in both dev and held-out, (gain over the base on dev) minus
-   (gain over the base on held-out). Training on dev items lifts dev alone. Flag when the gap exceeds
-   GAP_MIN and its bootstrap 95% interval (queries resampled, paired model/base) lies above 0.
-   GAP_MIN = 0.05: a legitimate fine-tune moves dev and held-out of one domain by similar amounts
-   (the reference recipe's gains are 0.06-0.11 nDCG@10 per domain), selecting checkpoints on dev
-   inflates the dev gain by about one standard error (~0.01), while memorizing dev pairs lifts dev by
-   0.15 or more.
+   Files it cannot read as text are listed with the reason (binary format by its magic bytes, UTF-16
+   without a mark); gzip (nested up to MAX_DECODE_DEPTH), UTF-16 with a byte-order mark and base64 text
+   are decoded and read. The scan is bounded (files, bytes, seconds); when a bound is hit the report says
+   which and lists what was left unread.
 
-The held-out index is cached harness-side only (autoembed.paths.home()/contamination/).
+The indexes are cached harness-side only (autoembed.paths.home()/contamination/).
 """
 
 from __future__ import annotations
 
-import gzip
+import base64
+import binascii
 import hashlib
 import itertools
 import os
+import re
+import stat
+import time
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -40,12 +51,19 @@ from autoembed.task import contamination as ngrams
 from autoembed.task.base_model import file_sha256
 from autoembed.task.data import RetrievalTask, load_pool
 
-LIMITS = {"dev": (10, 0.005), "heldout": (25, 0.02)}  # split -> (min items, fraction of checkable items)
+TIERS = ("dev", "validation", "heldout")
+LIMITS = {"dev": (10, 0.005), "validation": (25, 0.02), "heldout": (25, 0.02)}  # (min items, fraction of checkable)
 MAX_FILE_BYTES = 64 * 2**20  # read at most this much of one file (decompressed)
 MAX_TOTAL_BYTES = 512 * 2**20  # and of all files together
+MAX_FILES = 50_000  # non-empty files read
+MAX_ENTRIES = 2_000_000  # directory entries looked at
+MAX_SECONDS = 120.0  # wall clock of the whole scan
+BATCH_BYTES = 8 * 2**20  # texts are matched against the indexes in batches (numpy calls per batch, not per file)
+BATCH_FILES = 4096
+MAX_DECODE_DEPTH = 3  # gzip in gzip in base64 ...
+LISTED = 50  # paths listed per category in score.json (counts are always complete)
 GAP_MIN = 0.05
 GAP_BOOTSTRAP = 2000
-
 
 # --------------------------------------------------------------------------------------------
 # indexes
@@ -60,55 +78,182 @@ def data_key(folders: list[Path], files: list[Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-def eval_indexes(dev: Mapping[str, RetrievalTask], heldout: Mapping[str, RetrievalTask], pool_path: Path,
-                 cache_dir: Path | None, key: str | None) -> tuple[ngrams.NgramIndex, ngrams.NgramIndex]:
-    """(dev index minus pool grams, held-out index minus dev and pool grams), cached under cache_dir/key."""
+def eval_indexes(tiers: Mapping[str, Mapping[str, RetrievalTask]], pool_path: Path, cache_dir: Path | None,
+                 key: str | None) -> dict[str, ngrams.NgramIndex]:
+    """{tier: index} for the tiers given (dev, validation, heldout): dev minus pool grams; the sealed tiers
+    minus dev and pool grams (everything seeded). Cached under cache_dir/key."""
     hasher = ngrams.TokenHasher()
     cached = cache_dir is not None and key is not None
-    dev_index = ngrams.cached_index(
-        cache_dir / f"{key}-dev.npz" if cached else None,
-        lambda: ngrams.build_index(dev, ngrams.pool_texts(load_pool(pool_path)), hasher))
-    heldout_index = ngrams.cached_index(
-        cache_dir / f"{key}-heldout.npz" if cached else None,
-        lambda: ngrams.build_index(heldout, itertools.chain(ngrams.pool_texts(load_pool(pool_path)),
-                                                            ngrams.task_texts(dev)), hasher))
-    return dev_index, heldout_index
+    dev = tiers.get("dev", {})
+    out = {}
+    for tier, tasks in tiers.items():
+        def build(tasks=tasks, tier=tier):
+            allowed = ngrams.pool_texts(load_pool(pool_path))
+            if tier != "dev":
+                allowed = itertools.chain(allowed, ngrams.task_texts(dev))
+            return ngrams.build_index(tasks, allowed, hasher)
+
+        out[tier] = ngrams.cached_index(cache_dir / f"{key}-{tier}.npz" if cached else None, build)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # the agent's files
 # --------------------------------------------------------------------------------------------
 
+_MAGIC = (  # formats the scan cannot read as text, by their first bytes
+    (b"PK\x03\x04", "zip (npz, jar, docx...)"),
+    (b"\x93NUMPY", "numpy .npy"),
+    (b"SQLite format 3\x00", "sqlite"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x89HDF", "hdf5"),
+    (b"\x7fELF", "executable"),
+)
+_BASE64_LINE = re.compile(rb"^[A-Za-z0-9+/=_-]{40,}$")
 
-def agent_text_files(workdir: Path, skip: set[str], report: dict) -> Iterator[tuple[str, str]]:
-    """(relative path, text) of every text file in workdir except the skipped (unchanged seeded) ones,
-    final_model weights and binaries. Symlinks are never followed. gzip files are read decompressed.
-    report gets "scanned", "skipped_binary", "truncated", "unread_over_budget"."""
+
+class ScanReport:
+    """What the file walk saw: counts are complete, path lists are capped at LISTED."""
+
+    def __init__(self) -> None:
+        self.scanned = 0
+        self.empty = 0
+        self.bytes_read = 0
+        self.unread: Counter = Counter()
+        self.unread_examples: list[dict] = []
+        self.decoded: list[dict] = []
+        self.truncated: list[str] = []
+        self.bounded: dict | None = None
+
+    def not_read(self, rel: str, reason: str, size: int) -> None:
+        self.unread[reason] += 1
+        if len(self.unread_examples) < LISTED:
+            self.unread_examples.append({"path": rel, "reason": reason, "bytes": size})
+
+    def to_dict(self) -> dict:
+        return {"files_scanned": self.scanned, "files_empty": self.empty, "bytes_read": self.bytes_read,
+                "files_unread": {"count": sum(self.unread.values()), "by_reason": dict(self.unread),
+                                 "examples": self.unread_examples},
+                "files_decoded": self.decoded[:LISTED], "files_truncated": self.truncated[:LISTED],
+                "bounded": self.bounded,
+                "bounds": {"max_files": MAX_FILES, "max_entries": MAX_ENTRIES, "max_seconds": MAX_SECONDS,
+                           "max_total_bytes": MAX_TOTAL_BYTES, "max_file_bytes": MAX_FILE_BYTES}}
+
+
+def agent_text_files(workdir: Path, skip: set[str], report: ScanReport) -> Iterator[tuple[str, str]]:
+    """(relative path, text) of every file in workdir the scan can read as text, except the skipped (unchanged
+    seeded) ones and final_model weights. Symlinks and special files are never opened. What it cannot read,
+    and where a bound stopped it, goes into report."""
     workdir = Path(workdir)
+    started = time.monotonic()
     budget = MAX_TOTAL_BYTES
-    for key in ("scanned", "skipped_binary", "truncated", "unread_over_budget"):
-        report.setdefault(key, [])
+    entries = 0
     for root, dirs, files in os.walk(workdir):
         dirs.sort()
         for name in sorted(files):
-            path = Path(root) / name
-            rel = str(path.relative_to(workdir))
-            if rel in skip or path.is_symlink() or not path.is_file():
+            entries += 1
+            rel = os.path.relpath(os.path.join(root, name), workdir)
+            bound = _bound_hit(entries, report.scanned, budget, started)
+            if bound:
+                _stop(report, bound, rel)
+                return
+            if rel in skip or (rel.startswith("final_model" + os.sep) and name.endswith(".safetensors")):
                 continue
-            if rel.startswith("final_model/") and name.endswith(".safetensors"):
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                report.not_read(rel, "vanished", 0)
                 continue
-            if budget <= 0:
-                report["unread_over_budget"].append(rel)
+            if not stat.S_ISREG(st.st_mode):
+                continue  # symlinks (escaping ones are the submission audit's) and special files
+            if st.st_size == 0:
+                report.empty += 1
                 continue
-            data = _read_capped(path, min(MAX_FILE_BYTES, budget))
-            if data is None:
-                report["skipped_binary"].append(rel)
+            text, via, reason = _read_text(Path(root) / name, min(MAX_FILE_BYTES, budget))
+            if text is None:
+                report.not_read(rel, reason, st.st_size)
                 continue
-            budget -= len(data)
-            if len(data) >= min(MAX_FILE_BYTES, budget + len(data)):
-                report["truncated"].append(rel)
-            report["scanned"].append(rel)
-            yield rel, data.decode("utf-8", errors="replace")
+            report.scanned += 1
+            used = len(text.encode("utf-8", errors="replace")) if via else min(st.st_size, MAX_FILE_BYTES, budget)
+            budget -= used
+            report.bytes_read += used
+            if via:
+                report.decoded.append({"path": rel, "via": via})
+            if reason == "truncated":
+                report.truncated.append(rel)
+            yield rel, text
+
+
+def _bound_hit(entries: int, scanned: int, budget: int, started: float) -> str | None:
+    if entries > MAX_ENTRIES:
+        return f"more than {MAX_ENTRIES} files"
+    if scanned >= MAX_FILES:
+        return f"{MAX_FILES} files read"
+    if budget <= 0:
+        return f"{MAX_TOTAL_BYTES} bytes read"
+    if entries % 256 == 0 and time.monotonic() - started > MAX_SECONDS:
+        return f"{MAX_SECONDS:.0f} s spent"
+    return None
+
+
+def _stop(report: ScanReport, bound: str, first_unread: str) -> None:
+    report.bounded = {"reason": bound, "first_unread": first_unread,
+                      "note": "files from first_unread on (in sorted walk order) were not scanned"}
+
+
+def _read_text(path: Path, cap: int) -> tuple[str | None, str, str | None]:
+    """(text or None, how it was decoded ("" for plain text), reason: why unread, or "truncated")."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(cap + 1)
+    except OSError as exc:
+        return None, "", f"unreadable ({type(exc).__name__})"
+    truncated = len(data) > cap
+    text, via, reason = _decode(data[:cap], cap, 0)
+    if text is not None and truncated and reason is None:
+        reason = "truncated"
+    return text, "+".join(via), reason
+
+
+def _decode(data: bytes, cap: int, depth: int) -> tuple[str | None, list[str], str | None]:
+    if depth > MAX_DECODE_DEPTH:
+        return None, [], f"encoded more than {MAX_DECODE_DEPTH} layers deep"
+    if data[:2] == b"\x1f\x8b":
+        try:
+            inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, cap)
+        except zlib.error:
+            return None, [], "corrupt gzip"
+        text, via, reason = _decode(inner, cap, depth + 1)
+        return text, ["gzip", *via], reason
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16", errors="replace"), ["utf-16"], None
+    head = data[:8192]
+    if b"\x00" in head:
+        return None, [], _binary_kind(data)
+    if len(data) >= 64 and all(_BASE64_LINE.match(line) for line in head.split()[:50]):
+        try:
+            inner = base64.b64decode(b"".join(data.split()), altchars=b"-_" if b"-" in head or b"_" in head else None)
+        except (binascii.Error, ValueError):
+            inner = None
+        if inner:
+            text, via, reason = _decode(inner, cap, depth + 1)
+            return text, ["base64", *via], reason if text is not None else f"base64 of {reason}"
+    return data.decode("utf-8", errors="replace"), [], None
+
+
+def _binary_kind(data: bytes) -> str:
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return f"binary: {kind}"
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "binary: pickle"
+    if len(data) >= 8 and data[8:10] == b'{"':
+        return "binary: safetensors"
+    if data[1:200:2].count(0) > 0.9 * len(data[1:200:2]):
+        return "binary: UTF-16 text without a byte-order mark"
+    return "binary: unknown format"
 
 
 def unchanged_model_files(workdir: Path, base_path: Path) -> set[str]:
@@ -128,94 +273,102 @@ def unchanged_model_files(workdir: Path, base_path: Path) -> set[str]:
     return out
 
 
-def _read_capped(path: Path, cap: int) -> bytes | None:
-    """Up to cap bytes of the file's text (gunzipped if gzip), or None for a binary file."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as fh:
-                data = fh.read(cap)
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read(cap)
-    except (OSError, EOFError, gzip.BadGzipFile):
-        return None
-    return None if b"\x00" in data[:8192] else data
-
-
-def ngram_audit(workdir: Path, skip: set[str], dev_index: ngrams.NgramIndex,
-                heldout_index: ngrams.NgramIndex) -> dict:
-    """{"flagged", "reasons", "dev": {task: {"hit", "checkable", "total"}}, "heldout": {...}, "files": [...]}"""
-    files_report: dict = {}
-    hits = {"dev": set(), "heldout": set()}
-    per_file = []
+def ngram_audit(workdir: Path, skip: set[str], indexes: Mapping[str, ngrams.NgramIndex]) -> dict:
+    """{"flagged", "reasons", <tier>: {task: {"hit", "checkable", "total"}}, "files_with_hits": [...],
+    and what the file walk read, could not read and where it was bounded (ScanReport.to_dict)}."""
+    scan = ScanReport()
+    hits: dict[str, set[int]] = {tier: set() for tier in indexes}
+    per_file: list[dict] = []
     hasher = ngrams.TokenHasher()
-    for rel, text in agent_text_files(workdir, skip, files_report):
-        row = {"path": rel}
-        for split, index in (("dev", dev_index), ("heldout", heldout_index)):
-            grams, _ = index.grams_of([text], hasher)
-            items = index.items_hit(grams)
-            hits[split].update(int(i) for i in items)
-            row[f"{split}_items_hit"] = len(items)
-        if row["dev_items_hit"] or row["heldout_items_hit"]:
-            per_file.append(row)
-    report = {
-        "dev": dev_index.summarize(np.array(sorted(hits["dev"]), dtype=np.int64)),
-        "heldout": heldout_index.summarize(np.array(sorted(hits["heldout"]), dtype=np.int64)),
-        "files_with_hits": sorted(per_file, key=lambda r: -(r["dev_items_hit"] + r["heldout_items_hit"]))[:20],
-        "files_scanned": len(files_report["scanned"]),
-        "files_skipped_binary": files_report["skipped_binary"][:50],
-        "files_truncated": files_report["truncated"],
-        "files_unread_over_budget": files_report["unread_over_budget"][:50],
-        "limits": {split: {"min_items": n, "fraction": f} for split, (n, f) in LIMITS.items()},
-    }
+    batch: list[tuple[str, str]] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal batch_bytes
+        if batch:
+            per_file.extend(_match_batch(batch, indexes, hasher, hits))
+        batch.clear()
+        batch_bytes = 0
+
+    for rel, text in agent_text_files(workdir, skip, scan):
+        batch.append((rel, text))
+        batch_bytes += len(text)
+        if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+            flush()
+    flush()
+    report = {tier: index.summarize(np.array(sorted(hits[tier]), dtype=np.int64)) for tier, index in indexes.items()}
+    report["files_with_hits"] = sorted(per_file, key=lambda r: -sum(v for k, v in r.items() if k != "path"))[:20]
+    report.update(scan.to_dict())
+    report["limits"] = {tier: {"min_items": n, "fraction": f} for tier, (n, f) in LIMITS.items() if tier in indexes}
     reasons = []
-    for split in ("dev", "heldout"):
-        for task, row in report[split].items():
-            min_items, fraction = LIMITS[split]
+    for tier in indexes:
+        min_items, fraction = LIMITS[tier]
+        for task, row in report[tier].items():
             limit = max(min_items, fraction * row["checkable"])
             if row["hit"] > limit:
-                reasons.append(f"files in the workdir contain text of {row['hit']} {split} items of {task!r} "
+                reasons.append(f"files in the workdir contain text of {row['hit']} {tier} items of {task!r} "
                                f"(limit {limit:.0f}; see files_with_hits)")
     report["flagged"] = bool(reasons)
     report["reasons"] = reasons
     return report
 
 
-# --------------------------------------------------------------------------------------------
-# the in-domain gap
-# --------------------------------------------------------------------------------------------
-
-
-def gap_audit(model_dev: dict, base_dev: dict, model_heldout: dict, base_heldout: dict,
-              domains: tuple[str, ...], n_boot: int = GAP_BOOTSTRAP, seed: int = 0) -> dict:
-    """Per domain in both splits: dev gain, held-out gain, gap = dev gain - held-out gain, its 95% CI.
-    Arguments are evaluate_model's "per_query" dicts ({task: {"query_ids", "ndcg@10"}})."""
-    rng = np.random.default_rng(seed)
-    out: dict = {"domains": {}, "threshold": GAP_MIN}
-    reasons = []
-    for domain in domains:
-        if not all(domain in d for d in (model_dev, base_dev, model_heldout, base_heldout)):
+def _match_batch(batch: list[tuple[str, str]], indexes: Mapping[str, ngrams.NgramIndex],
+                 hasher: ngrams.TokenHasher, hits: dict[str, set[int]]) -> list[dict]:
+    """Match a batch of files against every index at once; returns the rows of files with a hit."""
+    rows: dict[int, dict] = {}
+    for tier, index in indexes.items():
+        grams, owners = index.grams_of([text for _, text in batch], hasher)
+        known = index.known(grams)
+        grams, owners = grams[known], owners[known]
+        if not len(grams):
             continue
-        dev_diff = _paired(model_dev[domain], base_dev[domain])
-        ho_diff = _paired(model_heldout[domain], base_heldout[domain])
-        gap = float(dev_diff.mean() - ho_diff.mean())
+        hits[tier].update(int(i) for i in index.items_hit(grams))
+        for owner in np.unique(owners):
+            row = rows.setdefault(int(owner), {"path": batch[int(owner)][0]})
+            row[f"{tier}_items_hit"] = int(len(index.items_hit(grams[owners == owner])))
+    for row in rows.values():
+        for tier in indexes:
+            row.setdefault(f"{tier}_items_hit", 0)
+    return list(rows.values())
+
+
+# --------------------------------------------------------------------------------------------
+# the tier gap
+# --------------------------------------------------------------------------------------------
+
+
+def gap_audit(model_dev: dict, base_dev: dict, model_val: dict, base_val: dict, tasks: tuple[str, ...],
+              metric: str = "ndcg@10", n_boot: int = GAP_BOOTSTRAP, seed: int = 0, gap_min: float = GAP_MIN) -> dict:
+    """Per dev task: dev gain, validation gain (same domain), gap = dev gain - validation gain, its 95% CI.
+    Arguments are evaluate_model's "per_query" dicts ({task: {"query_ids", metric}})."""
+    rng = np.random.default_rng(seed)
+    out: dict = {"tasks": {}, "threshold": gap_min, "metric": metric}
+    reasons = []
+    for task in tasks:
+        if not all(task in d for d in (model_dev, base_dev, model_val, base_val)):
+            out["tasks"][task] = {"skipped": "no validation twin"}
+            continue
+        dev_diff = _paired(model_dev[task], base_dev[task], metric)
+        val_diff = _paired(model_val[task], base_val[task], metric)
+        gap = float(dev_diff.mean() - val_diff.mean())
         reps = (dev_diff[rng.integers(0, len(dev_diff), (n_boot, len(dev_diff)))].mean(axis=1)
-                - ho_diff[rng.integers(0, len(ho_diff), (n_boot, len(ho_diff)))].mean(axis=1))
+                - val_diff[rng.integers(0, len(val_diff), (n_boot, len(val_diff)))].mean(axis=1))
         lo, hi = (float(x) for x in np.quantile(reps, [0.025, 0.975]))
-        flagged = gap > GAP_MIN and lo > 0
-        out["domains"][domain] = {"dev_gain": float(dev_diff.mean()), "heldout_gain": float(ho_diff.mean()),
-                                  "gap": gap, "gap_ci": [lo, hi], "flagged": flagged}
+        flagged = gap > gap_min and lo > 0
+        out["tasks"][task] = {"dev_gain": float(dev_diff.mean()), "validation_gain": float(val_diff.mean()),
+                              "gap": gap, "gap_ci": [lo, hi], "n_dev": len(dev_diff), "n_validation": len(val_diff),
+                              "flagged": flagged}
         if flagged:
-            reasons.append(f"{domain}: the dev gain exceeds the held-out gain by {gap:.3f} nDCG@10 "
-                           f"(95% CI [{lo:.3f}, {hi:.3f}]): a sign of training on dev items")
+            reasons.append(f"{task}: the dev gain ({dev_diff.mean():+.3f}) exceeds the validation gain "
+                           f"({val_diff.mean():+.3f}) by {gap:.3f} {metric} (95% CI [{lo:.3f}, {hi:.3f}], "
+                           f"threshold {gap_min}): a sign of training on dev {task} items")
     out["flagged"] = bool(reasons)
     out["reasons"] = reasons
     return out
 
 
-def _paired(model: dict, base: dict) -> np.ndarray:
+def _paired(model: dict, base: dict, metric: str) -> np.ndarray:
     if list(model["query_ids"]) != list(base["query_ids"]):
         raise ValueError("per-query scores of the model and the base are not aligned (different queries)")
-    return np.asarray(model["ndcg@10"], dtype=np.float64) - np.asarray(base["ndcg@10"], dtype=np.float64)
+    return np.asarray(model[metric], dtype=np.float64) - np.asarray(base[metric], dtype=np.float64)

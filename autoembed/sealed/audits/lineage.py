@@ -1,5 +1,8 @@
 """Is final_model a fine-tune of the base model? Same module stack, same parameter names and shapes,
-and every weight matrix still points the way the base's does (per-tensor cosine similarity).
+every weight matrix still points the way the base's does (per-tensor cosine similarity), and the same
+tokenizer: the same vocabulary (token -> id), special tokens and normalization, checked on the loaded
+tokenizers and on probe texts (a re-ordered vocabulary with the base weights reads every text as other
+tokens: the weights then belong to another model, whatever their cosine).
 
 Threshold, from measurement (MNRL, batch 256, bf16, H100; min over weight matrices of the cosine to
 the base): lr 5e-5, 1000 steps: 0.998; lr 2e-4, 1000 steps: 0.994; lr 1e-4 on the training pool,
@@ -15,6 +18,12 @@ import torch
 
 MIN_MATRIX_COSINE = 0.5
 IGNORED_MODULES = ("Normalize",)  # no parameters; cosine-similarity retrieval does not depend on it
+TOKENIZER_PROBES = (
+    "How do I list the files in a directory?",
+    "def parse_args(argv=None):\n    return ArgumentParser().parse_args(argv)",
+    "Ünïcödé façade — naïve café, 東京, emoji 🙂",
+    "UPPER lower MiXeD 12345 3.14 x_y-z/w",
+)
 
 
 def module_stack(model) -> list[str]:
@@ -56,6 +65,10 @@ def check_lineage(model, base) -> dict:
         "worst": sorted(cosines.items(), key=lambda kv: kv[1])[:5],
         "threshold": MIN_MATRIX_COSINE,
     }
+    tokenizer = compare_tokenizers(getattr(model, "tokenizer", None), getattr(base, "tokenizer", None))
+    report["tokenizer"] = tokenizer
+    if tokenizer["reasons"]:
+        reasons.append("the tokenizer differs from the base model's: " + "; ".join(tokenizer["reasons"]))
     far = {k: c for k, c in cosines.items() if not c >= MIN_MATRIX_COSINE}  # NaN counts as far
     if far:
         reasons.append(f"{len(far)} of {len(cosines)} weight matrices are far from the base model's "
@@ -64,3 +77,25 @@ def check_lineage(model, base) -> dict:
     report["flagged"] = bool(reasons)
     report["reasons"] = reasons
     return report
+
+
+def compare_tokenizers(tok, base_tok) -> dict:
+    """{"reasons": [...], "vocab_size", "base_vocab_size", "ids_moved", "probes_differ"}: what differs."""
+    if tok is None or base_tok is None:
+        return {"reasons": [] if tok is base_tok else ["one of the models has no tokenizer"]}
+    reasons = []
+    vocab, base_vocab = tok.get_vocab(), base_tok.get_vocab()
+    moved = sum(1 for token, i in base_vocab.items() if vocab.get(token) != i)
+    added = len(set(vocab) - set(base_vocab))
+    if moved or added:
+        reasons.append(f"{moved} of the base's {len(base_vocab)} tokens have another id or are gone, {added} added")
+    special = {k: str(v) for k, v in sorted(getattr(tok, "special_tokens_map", {}).items())}
+    base_special = {k: str(v) for k, v in sorted(getattr(base_tok, "special_tokens_map", {}).items())}
+    if special != base_special:
+        reasons.append(f"special tokens {special} differ from the base's {base_special}")
+    differ = [text for text in TOKENIZER_PROBES if tok(text)["input_ids"] != base_tok(text)["input_ids"]]
+    if differ:
+        reasons.append(f"{len(differ)} of {len(TOKENIZER_PROBES)} probe texts tokenize differently "
+                       f"(e.g. {differ[0][:40]!r})")
+    return {"reasons": reasons, "vocab_size": len(vocab), "base_vocab_size": len(base_vocab),
+            "ids_moved": moved, "tokens_added": added, "probes_differ": len(differ)}
