@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import gzip
 import json
 import os
 import time
@@ -162,7 +163,22 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
     os.replace(tmp, out_path)
+    _write_per_query(out_path.with_name("per_query.json.gz"), submitted if status == "ok" else None, base_scores)
     return result
+
+
+def _write_per_query(path: Path, submitted: dict | None, base_scores: dict) -> None:
+    """Contract 2: per-query main-metric values of the submission and of the base model, split -> task -> query
+    id -> value, harness-side next to score.json (the loop's gate reads them; never the agent)."""
+    def by_query(result: dict) -> dict:
+        return {task: dict(zip(pq["query_ids"], pq["ndcg@10"])) for task, pq in result["per_query"].items()}
+
+    data = {"submission": {split: by_query(r) for split, r in (submitted or {}).items()},
+            "base": {split: by_query(r) for split, r in base_scores.items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
 
 
 def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, device: str | None = None,
