@@ -95,7 +95,10 @@ class LoopConfig:
 
 
 class Loop:
-    def __init__(self, run_dir: Path, config: LoopConfig, meta_agent: MetaAgent | None = None, say=None):
+    def __init__(self, run_dir: Path, config: LoopConfig, meta_agent: MetaAgent | None = None, say=None, *,
+                 trial_runner=None, smoke=None):
+        """trial_runner(agent_spec, out, gpu, say) -> a result with run_dir, meta, score (default: autoembed.run.run);
+        smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check). Tests swap them."""
         self.run_dir = Path(run_dir)
         self.config = config
         self.target = TARGETS[config.target]
@@ -109,6 +112,8 @@ class Loop:
         self._per_query: dict[str, dict] = {}
         self._lock = threading.Lock()
         self.deadline = time.time() + config.hours * 3600
+        self.trial_runner = trial_runner or self._run_trial
+        self.smoke = smoke or self._smoke_check
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -141,7 +146,8 @@ class Loop:
     def _intend(self, record: dict) -> None:
         from autoembed.ledger import _append_jsonl
 
-        _append_jsonl(self.intents_path, {"time": _now(), **record})
+        with self._lock:
+            _append_jsonl(self.intents_path, {"time": _now(), "epoch": round(time.time(), 3), **record})
 
     def candidates(self) -> dict[int, dict]:
         return {r["id"]: r for r in self.intents() if r["op"] == "candidate"}
@@ -175,24 +181,27 @@ class Loop:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> int:
-        self._prepare()
+        if self.trial_runner == self._run_trial:
+            self._prepare()
         self.deadline = time.time() + self.config.hours * 3600  # the loop's budget starts once the machine is ready
         self._write_view()
         self.replay()
+        self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
         slots = self.config.gpus or [None]
         while True:
             stop = self._budget_stop()
-            if stop:
-                self.say(f"stopping: {stop}")
-                break
-            jobs = self.plan(slots)
+            jobs = [] if stop else self.plan(slots)
             if not jobs:
-                self.say("stopping: the meta-agent has nothing more to propose")
+                stop = stop or ("the meta-agent has nothing more to propose" if self._iterations_left()
+                                else f"reached --max-iterations {self.config.max_iterations}")
                 break
-            interrupted = self._run_jobs(jobs)
-            if interrupted:
-                self.say("stopping: interrupted")
-                return 130
+            if self._run_jobs(jobs):
+                stop = "interrupted"
+                break
+        self.say(f"stopping: {stop}")
+        self._intend({"op": "session", "event": "stop", "reason": stop})
+        if stop == "interrupted":
+            return 130
         self._write_view()
         self.say(f"done: best commit {self.best_commit()[:10]}; ledger {self.ledger.path}")
         return 0
@@ -323,22 +332,36 @@ class Loop:
                              reason=f"the same file as {label} ({same_as[:10]}); not run again",
                              extra={"duplicate_of": same_as, "gate_value": value})
             return None
+        if self._smoked_ok(number):
+            return Job("candidate", cand["commit"], number)
         result = self._smoke(number, source)
-        if not result.ok:
+        if result.ok:
+            self._intend({"op": "smoked", "id": number, "seconds": round(result.seconds, 2)})
+        else:
             self._append_row(Job("candidate", cand["commit"], number), "invalid", reason=result.error,
                              extra={"smoke_s": round(result.seconds, 2)})
             return None
         return Job("candidate", cand["commit"], number)
 
     def _smoke(self, number: int, source: str):
-        from autoembed.smoke import smoke_check
-
         workdir = self.run_dir / "smoke" / f"{number:04d}-{secrets.token_hex(2)}"
         try:
-            return smoke_check(self.target.name, source, self.target.adapter_sha256(), workdir,
-                               sandbox=self.config.sandbox, task=self.config.task)
+            return self.smoke(self.target.name, source, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _smoke_check(self, target: str, source: str, workdir: Path):
+        from autoembed.smoke import smoke_check
+
+        return smoke_check(target, source, self.target.adapter_sha256(), workdir, sandbox=self.config.sandbox,
+                           task=self.config.task)
+
+    def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say):
+        from autoembed.run import run
+
+        model = self.config.task_model if self.target.name == "harness" else None
+        return run(agent_spec, task=self.config.task, hours=self.config.trial_hours, sandbox=self.config.sandbox,
+                   model=model, gpus=[gpu] if gpu else None, out=out, fast=self.config.fast, progress=say)
 
     def _spot_check(self, number: int, source: str) -> str:
         result = self._smoke(number, source)
@@ -348,20 +371,41 @@ class Loop:
         for job in jobs:
             self._intend({"op": "trial", "trial_id": job.trial_id, "kind": job.kind, "commit": job.commit,
                           "candidate": job.candidate, "gpu": job.gpu})
-        if len(jobs) == 1:
+        if len(jobs) == 1 and not self._pipelined():
             results = [self._trial(jobs[0])]
         else:
             with ThreadPoolExecutor(len(jobs)) as pool:
-                results = list(pool.map(self._trial, jobs))
+                futures = [pool.submit(self._trial, job) for job in jobs]
+                if self._pipelined():
+                    self._prefetch(len(self.config.gpus))
+                results = [f.result() for f in futures]
         interrupted = False
         for job, (result, wall) in zip(jobs, results):
             self.record(job, result, wall)
             interrupted |= result is not None and result.meta.get("exit_reason") == "interrupted"
         return interrupted
 
-    def _trial(self, job: Job):
-        from autoembed.run import run
+    def _pipelined(self) -> bool:
+        """Propose and smoke-check the next candidates while GPU trials run: the search meta-agent needs no result
+        to propose (Optuna knows which trials are running), and the CPU is free. Never on CPU trials (the smoke
+        check would take CPU time from a trial with a fixed budget) nor for an LLM meta-agent, which reads the
+        last results before it proposes."""
+        return bool(self.config.gpus) and getattr(self.meta, "pipelined", False)
 
+    def _prefetch(self, count: int) -> None:
+        ready = sum(1 for n in self.candidates() if self.candidate_state(n) == "pending" and self._smoked_ok(n))
+        for _ in range(PROPOSALS_PER_SLOT * count):
+            if ready >= count or not self._iterations_left() or self._budget_stop():
+                return
+            number, cand = self._propose()
+            if number is None:
+                return
+            ready += self._checked_job(number, cand) is not None
+
+    def _smoked_ok(self, number: int) -> bool:
+        return any(r["op"] == "smoked" and r["id"] == number for r in self.intents())
+
+    def _trial(self, job: Job):
         source = self.repo.read(job.commit)
         files = self.run_dir / "files"
         files.mkdir(exist_ok=True)
@@ -369,15 +413,12 @@ class Loop:
         if not path.is_file():
             path.write_text(source)
             path.chmod(0o444)
-        model = self.config.task_model if self.target.name == "harness" else None
         started = time.time()
         label = f"{job.kind}{'' if job.candidate is None else ' ' + str(job.candidate)}"
         self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {'GPU ' + job.gpu if job.gpu else 'CPU'}")
         try:
-            result = run(self.target.agent_spec(path), task=self.config.task, hours=self.config.trial_hours,
-                         sandbox=self.config.sandbox, model=model, gpus=[job.gpu] if job.gpu else None,
-                         out=self.run_dir / "trials" / job.trial_id, fast=self.config.fast,
-                         progress=lambda msg: self.say(f"{job.trial_id}: {msg}"))
+            result = self.trial_runner(self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
+                                       lambda msg: self.say(f"{job.trial_id}: {msg}"))
         except Exception:  # a trial that cannot even start is a crash of this trial, not of the loop
             return _FailedResult(traceback.format_exc()), time.time() - started
         return result, time.time() - started
@@ -442,7 +483,8 @@ class Loop:
         first_row = cand is not None and not any(r.get("candidate") == job.candidate for r in self.ledger.rows())
         meta_usage = (cand or {}).get("meta_usage", {}) if first_row else {}
         row = {"row_id": job.trial_id or f"candidate-{job.candidate:04d}-{status}", "trial_id": job.trial_id or None,
-               "iteration": job.candidate or 0, "candidate": job.candidate, "kind": job.kind, "commit": job.commit,
+               "iteration": job.candidate if job.candidate is not None else len(self.candidates()),
+               "candidate": job.candidate, "kind": job.kind, "commit": job.commit,
                "parent": (cand or {}).get("parent"), "target": self.target.name, "meta": self.config.meta,
                "task_model": self.config.task_model if self.target.name == "harness" else None,
                "status": status, "reason": reason, "description": (cand or {}).get("description", job.kind),

@@ -243,7 +243,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 START = time.time()
-SAVE_RESERVE_S = 10.0  # stop training this long before the budget ends, to save (at most 5% of the budget)
+SAVE_RESERVE_S = 10.0  # stop training this long before the budget ends, to save (5% of a short budget, at least 3 s)
 OVERRUN_GRACE_S = 5.0  # past the training end, the adapter stops the editable part and saves what it has
 _stop_signal: list[int] = []
 
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     model = SentenceTransformer(args.base, device=device)
     base_seq_length = model.max_seq_length
     log(f"model {args.base} on {device}; budget {args.minutes:.2f} min")
-    train_end = budget_end - min(SAVE_RESERVE_S, 0.05 * args.minutes * 60)
+    train_end = budget_end - min(SAVE_RESERVE_S, max(3.0, 0.05 * args.minutes * 60))
     run = Run(args, model, device, train_end)
     signal.signal(signal.SIGALRM, _on_overrun)
     signal.setitimer(signal.ITIMER_REAL, max(0.01, train_end + OVERRUN_GRACE_S - time.time()))
@@ -394,4 +394,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # the model is saved: skip the interpreter's teardown (seconds with torch's threads near a deadline)

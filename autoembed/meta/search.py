@@ -21,6 +21,7 @@ STUDY = "loop"
 
 class SearchMetaAgent(MetaAgent):
     name = "search"
+    pipelined = True  # it may propose while trials run: Optuna knows which of its trials are still running
 
     def __init__(self, state_dir: Path, *, seed: int = 0, startup_trials: int = 5):
         Path(state_dir).mkdir(parents=True, exist_ok=True)
