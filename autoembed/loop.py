@@ -101,6 +101,10 @@ class Loop:
         smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check). Tests swap them."""
         self.run_dir = Path(run_dir)
         self.config = config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(config.__dict__, indent=2))
+        os.replace(tmp, self.run_dir / "config.json")
         self.target = TARGETS[config.target]
         self.say = say or (lambda msg: print(f"[loop] {msg}", file=sys.stderr, flush=True))
         self.ledger = Ledger(self.run_dir)
@@ -676,10 +680,6 @@ def _validate(config: LoopConfig) -> None:
 
 def main_from_args(args) -> int:
     run_dir, config = config_from_args(args)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(config.__dict__, indent=2))
-    os.replace(tmp, run_dir / "config.json")
     print(f"[loop] run folder: {run_dir}", file=sys.stderr, flush=True)
     try:
         code = Loop(run_dir, config).run()
