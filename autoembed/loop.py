@@ -42,6 +42,8 @@ from autoembed.paths import REPO_ROOT, traces_dir
 SCORED = ("keep", "discard", "inconclusive")  # statuses of rows whose trial was scored
 PROPOSALS_PER_SLOT = 5  # invalid or duplicate proposals tolerated per free slot before the batch runs without it
 DEFAULT_TASK_MODEL = "anthropic:claude-sonnet-4-6"
+META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
+PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,7 @@ class LoopConfig:
     baseline_runs: int = 2  # A/A runs of the baseline at the start: the first estimate of run-to-run noise
     remeasure_every: int = 6  # trials between re-measurements of the incumbent
     seed: int = 0
-    meta_base_url: str | None = None  # point the LLM meta-agent at a gateway
-    meta_token: str | None = None
+    meta_base_url: str | None = None  # point the LLM meta-agent at a gateway; its token comes from META_TOKEN_ENV
 
 
 class Loop:
@@ -592,7 +593,8 @@ def make_meta_agent(config: LoopConfig, run_dir: Path) -> MetaAgent:
         return SearchMetaAgent(Path(run_dir) / "meta", seed=config.seed)
     from autoembed.meta.llm_agent import LLMMetaAgent
 
-    return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=config.meta_base_url, token=config.meta_token)
+    return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=config.meta_base_url,
+                        token=os.environ.get(META_TOKEN_ENV) or None)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -620,6 +622,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trial-hours", type=float, default=None, help="each trial's budget (default 0.05 = 3 min)")
     p.add_argument("--target", choices=sorted(TARGETS), default=None, help="the file to improve (default recipe)")
     p.add_argument("--meta", default=None, help="search (default: Optuna TPE over the knobs) or provider:model")
+    p.add_argument("--meta-base-url", default=None,
+                   help=f"send the LLM meta-agent's requests here (a gateway); its token from ${META_TOKEN_ENV}")
     p.add_argument("--task-model", default=None, help=f"the harness's model (--target harness; default {DEFAULT_TASK_MODEL})")
     p.add_argument("--max-cost", type=float, default=None, help="stop after this many dollars (trials + meta-agent)")
     p.add_argument("--max-iterations", type=int, default=None, help="stop after this many candidates")
@@ -637,7 +641,7 @@ def config_from_args(args) -> tuple[Path, LoopConfig]:
     given = {"hours": args.hours, "trial_hours": args.trial_hours, "target": args.target, "meta": args.meta,
              "task_model": args.task_model, "max_cost": args.max_cost, "max_iterations": args.max_iterations,
              "sandbox": args.sandbox, "baseline_runs": args.baseline_runs, "seed": args.seed, "task": args.task,
-             "fast": args.fast}
+             "fast": args.fast, "meta_base_url": args.meta_base_url}
     if args.gpus is not None:
         given["gpus"] = [g.strip() for g in args.gpus.split(",") if g.strip()]
     given = {k: v for k, v in given.items() if v is not None}
@@ -654,6 +658,9 @@ def config_from_args(args) -> tuple[Path, LoopConfig]:
         config = LoopConfig(**{**saved, **given})
     else:
         config = LoopConfig(**given)
+        if "meta" not in given and any(os.environ.get(k) for k in PROVIDER_KEYS):
+            print("[loop] a provider key is set, but the meta-agent is the search (no LLM spends money unless asked): "
+                  "pass --meta provider:model for an LLM meta-agent", file=sys.stderr)
         if config.target == "harness" and not config.task_model:
             config.task_model = DEFAULT_TASK_MODEL
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -259,3 +259,53 @@ def test_bad_options_are_one_line_and_exit_2(capsys):
     assert "no trial fits" in capsys.readouterr().err
     assert main(["loop", "--meta", "nosuchprovider:x"]) == 2
     assert main(["report", "/nonexistent/run"]) == 2
+
+
+def test_meta_agent_llm_is_built_from_a_gateway_url_and_token(monkeypatch):
+    from autoembed.meta.llm_agent import make_llm
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    llm = make_llm("anthropic:claude-x", base_url="http://127.0.0.1:8765", token="trial-token-123")
+    assert str(llm.client.base_url).startswith("http://127.0.0.1:8765") and llm.client.api_key == "trial-token-123"
+    llm = make_llm("openai:gpt-x", base_url="http://127.0.0.1:8765/v1", token="trial-token-123")
+    assert str(llm.client.base_url).startswith("http://127.0.0.1:8765/v1") and llm.client.api_key == "trial-token-123"
+
+
+def test_report_writes_the_plot_and_a_summary_from_the_ledger(tmp_path):
+    from autoembed.report import report
+
+    loop_driver.make_loop(tmp_path / "run", 5).run()
+    lines = []
+    summary = report(tmp_path / "run", out=lines.append)
+    png = (tmp_path / "run" / "progress.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    rows = Ledger(tmp_path / "run").rows()
+    assert summary["trials"] == sum(1 for r in rows if r["trial_id"]) and summary["candidates"] == 5
+    assert summary["baseline"]["runs"] == 2 and summary["best"]["heldout"] is not None
+    text = (tmp_path / "run" / "summary.md").read_text()
+    assert "| baseline |" in text and "| best |" in text
+    assert lines[0].startswith("row_id\t") and len(lines[0].splitlines()) == len(rows) + 1
+
+
+@pytest.mark.slow
+def test_offline_loop_end_to_end_with_real_training(tmp_path):
+    """The issue's offline command, shrunk: the search meta-agent on the recipe, real (tiny) CPU training and
+    sealed scoring of every trial, then the report."""
+    from tests.tiny_task import shared_tiny_task
+
+    task = shared_tiny_task(tmp_path)
+    run_dir = tmp_path / "loop"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces")}
+    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.2", "--trial-hours", "0.012",
+                           "--task", str(task), "--sandbox", "none", "--baseline-runs", "1", "--max-iterations", "2",
+                           "--out", str(run_dir)], env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = check_consistent(run_dir, 2)
+    assert [r["kind"] for r in rows if r["trial_id"]][:1] == ["baseline"]
+    assert all(r["status"] != "crash" for r in rows), [r["reason"] for r in rows]
+    trials = [r for r in rows if r["trial_id"]]
+    assert len(trials) >= 2 and all(r["gate_value"] is not None for r in trials)
+    assert (run_dir / "progress.png").is_file() and (run_dir / "summary.md").is_file()
+    meta = json.loads((run_dir / "trials" / trials[-1]["trial_id"] / "meta.json").read_text())
+    assert meta["exit_reason"] == "finished" and meta["agent"].startswith("recipe:")
