@@ -193,16 +193,19 @@ class Loop:
         self.replay()
         self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
         slots = self.config.gpus or [None]
-        while True:
-            stop = self._budget_stop()
-            jobs = [] if stop else self.plan(slots)
-            if not jobs:
-                stop = stop or ("the meta-agent has nothing more to propose" if self._iterations_left()
-                                else f"reached --max-iterations {self.config.max_iterations}")
-                break
-            if self._run_jobs(jobs):
-                stop = "interrupted"
-                break
+        try:
+            while True:
+                stop = self._budget_stop()
+                jobs = [] if stop else self.plan(slots)
+                if not jobs:
+                    stop = stop or ("the meta-agent has nothing more to propose" if self._iterations_left()
+                                    else f"reached --max-iterations {self.config.max_iterations}")
+                    break
+                if self._run_jobs(jobs):
+                    stop = "interrupted"
+                    break
+        except KeyboardInterrupt:  # between trials (proposing, a smoke check): --resume continues from the records
+            stop = "interrupted"
         self.say(f"stopping: {stop}")
         self._intend({"op": "session", "event": "stop", "reason": stop})
         if stop == "interrupted":
@@ -254,7 +257,7 @@ class Loop:
         re-measurement, then new candidates."""
         jobs: list[Job] = []
         base = self.baseline_commit()
-        baseline_rows = [r for r in self.ledger.rows() if r["kind"] == "baseline"]
+        baseline_rows = [r for r in self.ledger.rows() if r["kind"] == "baseline" and not r.get("interrupted")]
         scored_baseline = [r for r in baseline_rows if r["status"] in SCORED]
         if len(scored_baseline) < self.config.baseline_runs:
             if len(baseline_rows) - len(scored_baseline) >= 2 * self.config.baseline_runs:
@@ -439,8 +442,9 @@ class Loop:
                   "wall_s": round(wall_s, 1) if wall_s is not None else None,
                   "gpu_s": round(wall_s, 1) if wall_s is not None and job.gpu else 0.0}
         problem = _trial_problem(result)
-        if problem:
-            self._append_row(job, "crash", reason=problem, extra=common)
+        if problem:  # an interrupted trial says nothing about its file: its candidate is tried again
+            interrupted = meta.get("exit_reason") == "interrupted" or meta.get("status") == "interrupted_while_preparing"
+            self._append_row(job, "crash", reason=problem, extra={**common, "interrupted": interrupted or None})
             return
         per_query = self._load_per_query(job.trial_id)
         split = "validation" if "validation" in per_query["submission"] else "dev"
@@ -452,7 +456,8 @@ class Loop:
             self._append_row(job, "keep", reason="A/A baseline run" if job.kind == "baseline" else "incumbent re-measured",
                              extra=scores, heldout=heldout)
             return
-        verdict = self._gate(job, split)
+        verdict, split = self._gate(job, split)
+        scores.update(gate_split=split, gate_value=gate.mean_score(per_query["submission"][split]))
         self._append_row(job, verdict.outcome, reason=verdict.reason, heldout=heldout,
                          extra={**scores, "diff": verdict.diff, "ci_low": verdict.ci_low, "ci_high": verdict.ci_high,
                                 "runs": verdict.runs_candidate, "incumbent_runs": verdict.runs_incumbent,
@@ -460,20 +465,22 @@ class Loop:
         if verdict.outcome == "keep":
             self.repo.set_best(job.commit)
 
-    def _gate(self, job: Job, split: str) -> gate.Verdict:
+    def _gate(self, job: Job, split: str) -> tuple[gate.Verdict, str]:
+        """The verdict, on validation when every run on both sides has it, else on dev (recorded in the row)."""
         incumbent = self.best_commit()
         cand_rows = self.scored_rows(job.commit) + [{"trial_id": job.trial_id}]
         inc_rows = self.scored_rows(incumbent)
-        groups = []
-        for commit in {r["commit"] for r in self.ledger.rows() if r["status"] in SCORED} - {job.commit}:
-            groups.append([r["gate_value"] for r in self.scored_rows(commit) if r.get("gate_split") == split])
-        groups.append([r["gate_value"] for r in self.scored_rows(job.commit)] + [
-            gate.mean_score(self._load_per_query(job.trial_id)["submission"][split])])
-        groups = [g for g in groups if g]
-        noise, _ = gate.run_sd(groups, self.gate_config.prior_run_sd, self.gate_config.prior_dof)
+        if any(split not in self._load_per_query(r["trial_id"])["submission"] for r in cand_rows + inc_rows):
+            split = "dev"
+        groups: dict[str, list[float]] = {}  # run-to-run noise: the mean scores of every commit's runs on this split
+        for row in [r for r in self.ledger.rows() if r["status"] in SCORED] + [{"commit": job.commit, **cand_rows[-1]}]:
+            runs = self._load_per_query(row["trial_id"])["submission"]
+            if split in runs:
+                groups.setdefault(row["commit"], []).append(gate.mean_score(runs[split]))
+        noise, _ = gate.run_sd(list(groups.values()), self.gate_config.prior_run_sd, self.gate_config.prior_dof)
         cand = [self._load_per_query(r["trial_id"])["submission"][split] for r in cand_rows]
         inc = [self._load_per_query(r["trial_id"])["submission"][split] for r in inc_rows]
-        return gate.decide(cand, inc, noise, self.gate_config)
+        return gate.decide(cand, inc, noise, self.gate_config), split
 
     def _load_per_query(self, trial_id: str) -> dict:
         if trial_id not in self._per_query:
@@ -503,7 +510,7 @@ class Loop:
         shown = f" {row['gate_split']} {row['gate_value']:.4f}" if row.get("gate_value") is not None and status != "duplicate" else ""
         diff = f" diff {row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" if row.get("diff") is not None else ""
         self.say(f"{row['row_id']}: {job.kind} {status}{shown}{diff}: {reason.splitlines()[0] if reason else ''}")
-        if cand is not None and status != "inconclusive" and not (status == "crash" and row.get("interrupted")):
+        if cand is not None and status != "inconclusive" and not row.get("interrupted"):
             self.meta.observe(self._feedback(cand, row))
         self._write_view()
 
