@@ -19,7 +19,7 @@ STATUSES = ("keep", "discard", "inconclusive", "invalid", "crash", "duplicate")
 VIEW_COLUMNS = ("iteration", "kind", "commit", "parent", "status", "gate_split", "validation", "dev", "diff", "ci_low",
                 "ci_high", "runs", "reason", "description")
 TSV_COLUMNS = ("row_id", "iteration", "kind", "commit", "parent", "target", "meta", "task_model", "status", "gate_split",
-               "validation", "dev", "diff", "ci_low", "ci_high", "runs", "incumbent_runs", "cost_usd", "tokens",
+               "validation", "dev", "diff", "ci_low", "ci_high", "runs", "incumbent_runs", "cost_usd", "tokens", "meta_tokens",
                "wall_s", "gpu_s", "gpu", "reason", "description")
 
 

@@ -206,6 +206,10 @@ class Loop:
                     break
         except KeyboardInterrupt:  # between trials (proposing, a smoke check): --resume continues from the records
             stop = "interrupted"
+        except LoopError as exc:
+            self.say(f"stopping: {exc}")
+            self._intend({"op": "session", "event": "stop", "reason": str(exc)})
+            raise
         self.say(f"stopping: {stop}")
         self._intend({"op": "session", "event": "stop", "reason": stop})
         if stop == "interrupted":
@@ -246,8 +250,10 @@ class Loop:
         return None
 
     def total_cost(self) -> float:
-        rows = sum(r.get("cost_usd") or 0.0 for r in self.ledger.rows())
-        return rows + (self.meta.usage.get("cost_usd") or 0.0)
+        """Dollars spent: every trial's task model, and the meta-agent's calls for every candidate it proposed."""
+        trials = sum(r.get("trial_cost_usd") or 0.0 for r in self.ledger.rows())
+        meta = sum((c.get("meta_usage") or {}).get("cost_usd") or 0.0 for c in self.candidates().values())
+        return trials + meta
 
     def _iterations_left(self) -> bool:
         return self.config.max_iterations is None or len(self.candidates()) < self.config.max_iterations
@@ -312,7 +318,10 @@ class Loop:
         ctx = ProposeContext(iteration=number, incumbent_source=incumbent, view_dir=self.view_dir,
                              spot_check=lambda source: self._spot_check(number, source))
         self._write_view()
-        proposal = self.meta.propose(ctx)
+        try:
+            proposal = self.meta.propose(ctx)
+        except Exception as exc:  # retries are the LLM client's; what reaches here (a spent cap, a bad key) ends the loop
+            raise LoopError(f"the meta-agent failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
         self.repo.checkout_best()  # an LLM meta-agent edits the working file; the candidate lives on its ref
         if proposal is None:
             return None, None
@@ -437,7 +446,7 @@ class Loop:
         meta = result.meta if result is not None else {}
         score = getattr(result, "score", None)
         usage = meta.get("usage") or {}
-        common = {"cost_usd": usage.get("cost_usd"),
+        common = {"trial_cost_usd": usage.get("cost_usd"),
                   "tokens": (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0),
                   "wall_s": round(wall_s, 1) if wall_s is not None else None,
                   "gpu_s": round(wall_s, 1) if wall_s is not None and job.gpu else 0.0}
@@ -502,7 +511,7 @@ class Loop:
                "status": status, "reason": reason, "description": (cand or {}).get("description", job.kind),
                "gpu": job.gpu, "time": _now(), "meta_tokens": (meta_usage.get("input_tokens") or 0) + (meta_usage.get("output_tokens") or 0),
                "meta_cost_usd": meta_usage.get("cost_usd"), **(extra or {})}
-        row["cost_usd"] = (row.get("cost_usd") or 0.0) + (row["meta_cost_usd"] or 0.0)
+        row["cost_usd"] = (row.get("trial_cost_usd") or 0.0) + (row["meta_cost_usd"] or 0.0)
         with self._lock:
             added = self.ledger.append(row, heldout=heldout)
         if not added:

@@ -309,3 +309,33 @@ def test_offline_loop_end_to_end_with_real_training(tmp_path):
     assert (run_dir / "progress.png").is_file() and (run_dir / "summary.md").is_file()
     meta = json.loads((run_dir / "trials" / trials[-1]["trial_id"] / "meta.json").read_text())
     assert meta["exit_reason"] == "finished" and meta["agent"].startswith("recipe:")
+
+
+class CostlyMeta(ScriptedMeta):
+    """Each proposal costs $1 of (pretend) LLM calls."""
+
+    def __init__(self, files):
+        super().__init__(files)
+        self.spent = 0.0
+
+    def propose(self, ctx):
+        self.spent += 1.0
+        return super().propose(ctx)
+
+    @property
+    def usage(self):
+        return {"input_tokens": 1000 * int(self.spent), "output_tokens": 0, "cost_usd": self.spent}
+
+
+def test_max_cost_stops_the_loop_and_costs_are_in_the_ledger(tmp_path):
+    files = [(editable.set_knobs(RECIPE, {"SCALE": float(s)}), f"scale {s}") for s in range(10, 20)]
+    meta = CostlyMeta(files)
+    loop = loop_driver.make_loop(tmp_path / "run", 10, meta_agent=meta)
+    loop.config.max_cost = 3.0
+    assert loop.run() == 0
+    rows = Ledger(tmp_path / "run").rows()
+    assert len(loop.candidates()) == 3 and loop.total_cost() == pytest.approx(3.0)
+    firsts = [r for r in rows if r["kind"] == "candidate"]
+    assert [r["meta_cost_usd"] for r in firsts] == [1.0, 1.0, 1.0] and all(r["meta_tokens"] == 1000 for r in firsts)
+    stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
+    assert stop["op"] == "session" and "max-cost" in stop["reason"]
