@@ -42,6 +42,7 @@ from autoembed.paths import REPO_ROOT, traces_dir
 SCORED = ("keep", "discard", "inconclusive")  # statuses of rows whose trial was scored
 PROPOSALS_PER_SLOT = 5  # invalid or duplicate proposals tolerated per free slot before the batch runs without it
 DEFAULT_TASK_MODEL = "anthropic:claude-sonnet-4-6"
+SPOT_SHARE = 0.25  # a spot check's short trial gets this share of a trial's budget
 META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
@@ -373,16 +374,52 @@ class Loop:
         return smoke_check(target, source, self.target.adapter_sha256(), workdir, sandbox=self.config.sandbox,
                            task=self.config.task)
 
-    def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say):
+    def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say, hours: float | None = None):
         from autoembed.run import run
 
         model = self.config.task_model if self.target.name == "harness" else None
-        return run(agent_spec, task=self.config.task, hours=self.config.trial_hours, sandbox=self.config.sandbox,
+        return run(agent_spec, task=self.config.task, hours=hours or self.config.trial_hours, sandbox=self.config.sandbox,
                    model=model, gpus=[gpu] if gpu else None, out=out, fast=self.config.fast, progress=say)
 
     def _spot_check(self, number: int, source: str) -> str:
+        """The smoke check, then a short trial (a quarter of a trial's budget) whose dev and validation scores,
+        trace and log the meta-agent may read (view/spot/); it is not gated and not a ledger row."""
         result = self._smoke(number, source)
-        return "passed the smoke check" if result.ok else f"failed the smoke check: {result.error}"
+        if not result.ok:
+            return f"failed the smoke check: {result.error}"
+        if time.time() + self.config.trial_hours * 3600 * (1 + SPOT_SHARE) > self.deadline:
+            return "passed the smoke check; no time left in the loop's budget for a short trial"
+        spot_id = f"spot-{number:04d}-{secrets.token_hex(2)}"
+        path = self._candidate_file(source)
+        self._intend({"op": "spot", "id": spot_id, "candidate": number})
+        started = time.time()
+        try:
+            trial = self.trial_runner(self.target.agent_spec(path), self.run_dir / "spot" / spot_id,
+                                      (self.config.gpus or [None])[0], lambda msg: self.say(f"{spot_id}: {msg}"),
+                                      hours=self.config.trial_hours * SPOT_SHARE)
+        except Exception:
+            trial = _FailedResult(traceback.format_exc())
+        problem = _trial_problem(trial)
+        row = {"trial_id": spot_id, "kind": "spot", "status": "crash" if problem else "scored", "reason": problem or "",
+               "wall_s": round(time.time() - started, 1)}
+        if not problem:
+            row.update(validation=_split_scores(trial.score, "validation"), dev=_split_scores(trial.score, "dev"))
+        _copy_trial_view(self.run_dir / "spot" / spot_id, self.view_dir / "spot" / spot_id, row)
+        if problem:
+            return f"passed the smoke check; the short trial failed: {problem} (see spot/{spot_id}/)"
+        scores = ", ".join(f"{split} {row[split]['mean']:.4f}" for split in ("validation", "dev") if row.get(split))
+        return (f"passed the smoke check; a short trial ({self.config.trial_hours * SPOT_SHARE * 60:.1f} min, a quarter "
+                f"of a real one, so expect lower scores) gave {scores}; trace and log in spot/{spot_id}/")
+
+    def _candidate_file(self, source: str) -> Path:
+        """The file a trial runs: content-addressed, read-only, outside the view."""
+        files = self.run_dir / "files"
+        files.mkdir(exist_ok=True)
+        path = files / f"{editable.file_hash(source)[:16]}-{self.target.filename}"
+        if not path.is_file():
+            path.write_text(source)
+            path.chmod(0o444)
+        return path
 
     def _run_jobs(self, jobs: list[Job]) -> bool:
         for job in jobs:
@@ -423,13 +460,7 @@ class Loop:
         return any(r["op"] == "smoked" and r["id"] == number for r in self.intents())
 
     def _trial(self, job: Job):
-        source = self.repo.read(job.commit)
-        files = self.run_dir / "files"
-        files.mkdir(exist_ok=True)
-        path = files / f"{job.commit[:12]}-{self.target.filename}"
-        if not path.is_file():
-            path.write_text(source)
-            path.chmod(0o444)
+        path = self._candidate_file(self.repo.read(job.commit))
         started = time.time()
         label = f"{job.kind}{'' if job.candidate is None else ' ' + str(job.candidate)}"
         self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {'GPU ' + job.gpu if job.gpu else 'CPU'}")

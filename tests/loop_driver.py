@@ -95,7 +95,7 @@ def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kil
                         gpus=gpus or [])
     counter = {"n": 0}
 
-    def trial(agent_spec, out, gpu, say_):
+    def trial(agent_spec, out, gpu, say_, hours=None):
         counter["n"] += 1
         due = kill_at in ("trial", "scored") and counter["n"] == kill_after + 2  # after the two baseline runs
         return fake_trial(agent_spec, out, gpu, say_, kill_at=kill_at if due else None)

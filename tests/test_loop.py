@@ -191,7 +191,7 @@ class RecordingLLM(ScriptedLLM):
         return super().complete(messages, system=system, tools=tools, max_tokens=max_tokens)
 
 
-def harness_trial(agent_spec, out, gpu, say):
+def harness_trial(agent_spec, out, gpu, say, hours=None):
     """A simulated harness trial: the file's MAX_TURNS and prompt decide its quality."""
     source = Path(agent_spec.split(":", 1)[1]).read_text()
     fake_recipe = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": "Evaluate before and after" in source,
@@ -225,7 +225,8 @@ def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldo
     texts = json.dumps(tool_results)
     assert "outside the view" in texts, "reading ../config.json was not refused"
     assert "changes the fixed adapter" in texts, "the adapter edit was not refused"
-    assert "passed the smoke check" in texts
+    assert "passed the smoke check; a short trial" in texts and "validation 0." in texts
+    assert list((run_dir / "view" / "spot").glob("spot-0001-*/summary.json")), "the spot check's trial is not in the view"
     assert "candidate 1: keep" in texts, "the second iteration was not told how the first went"
     assert (run_dir / "view" / "notes.md").read_text() == "tried fewer turns"
 

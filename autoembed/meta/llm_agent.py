@@ -122,7 +122,8 @@ class LLMMetaAgent(MetaAgent):
                   view.edit_target),
             _Tool("write_notes", "Replace notes.md, your memory across iterations.",
                   {**obj, "properties": {"text": {"type": "string"}}, "required": ["text"]}, view.write_notes),
-            _Tool("spot_check", "Smoke-check the target file as it is now (a short run; costs no trial).", obj, spot_check),
+            _Tool("spot_check", "Smoke-check the target file as it is now, then run it as a short trial (a quarter of "
+                  "a trial's budget; not gated): its validation and dev scores, trace and log (spot/).", obj, spot_check),
             _Tool("finish", "End this iteration: the target file as it is now becomes the candidate.",
                   {**obj, "properties": {"description": {"type": "string"}}, "required": ["description"]}, finish),
         ]
