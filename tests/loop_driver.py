@@ -46,6 +46,10 @@ def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = No
     out.mkdir(parents=True, exist_ok=False)
     meta = {"status": "running", "exit_reason": None}
     (out / "meta.json").write_text(json.dumps(meta))
+    if "CRASH_IN_TRIAL" in source:  # a file that passes the smoke check and dies in its trial
+        meta = {"status": "scored", "exit_reason": "crashed", "exit_detail": "Traceback ...\nCUDA out of memory"}
+        (out / "meta.json").write_text(json.dumps(meta))
+        return FakeResult(out, meta, None)
     if kill_at == "trial":
         os.kill(os.getpid(), signal.SIGKILL)
     seed = zlib.crc32(str(out).encode())

@@ -340,3 +340,16 @@ def test_max_cost_stops_the_loop_and_costs_are_in_the_ledger(tmp_path):
     assert [r["meta_cost_usd"] for r in firsts] == [1.0, 1.0, 1.0] and all(r["meta_tokens"] == 1000 for r in firsts)
     stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
     assert stop["op"] == "session" and "max-cost" in stop["reason"]
+
+
+def test_a_crashed_trial_is_recorded_with_its_reason_and_the_loop_goes_on(tmp_path):
+    crashing = RECIPE.replace("LOG_EVERY_S = 10.0", "LOG_EVERY_S = 10.0  # CRASH_IN_TRIAL")
+    better = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": True})
+    meta = ScriptedMeta([(crashing, "dies on the GPU"), (better, "symmetric loss")])
+    loop = loop_driver.make_loop(tmp_path / "run", 2, meta_agent=meta)
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 2)
+    crash = next(r for r in rows if r.get("candidate") == 1)
+    assert crash["status"] == "crash" and "CUDA out of memory" in crash["reason"] and not crash.get("interrupted")
+    assert next(r for r in rows if r.get("candidate") == 2)["status"] == "keep"
+    assert meta.told[0].status == "crash" and meta.told[0].value is None
