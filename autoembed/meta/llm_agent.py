@@ -23,6 +23,7 @@ from autoembed.paths import REPO_ROOT
 MAX_TURNS = 40
 READ_LIMIT = 20_000
 GREP_LIMIT = 200
+BRIEF_FEEDBACK = 10  # outcomes of its candidates told in an iteration's first message
 PROGRAM = REPO_ROOT / "program.md"
 
 
@@ -90,7 +91,9 @@ class LLMMetaAgent(MetaAgent):
                  "candidate: refs/candidates/*). Read ledger.tsv, notes.md and the trials' traces under trials/, "
                  "make ONE general change to the target file above the banner, and call finish with a one-line "
                  "description."]
-        for fb in self.pending:
+        if len(self.pending) > BRIEF_FEEDBACK:  # after a resume it hears about every decided candidate again
+            lines.append(f"- ({len(self.pending) - BRIEF_FEEDBACK} earlier outcomes: see ledger.tsv)")
+        for fb in self.pending[-BRIEF_FEEDBACK:]:
             score = "" if fb.value is None else f" (score {fb.value:.4f})"
             lines.append(f"- candidate {fb.iteration}: {fb.status}{score}: {fb.message}")
         return "\n".join(lines)
