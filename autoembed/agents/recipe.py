@@ -1,6 +1,7 @@
-"""The recipe agent: no LLM, no network. It writes the reference training script (recipe_train.py) into
-the workdir as train.py and runs it inside the sandbox with a budget that ends before the deadline, so
-final_model/ is saved in time. It is the offline default and the floor every LLM agent must beat.
+"""The recipe agent: no LLM, no network. It writes a training recipe (harnesses/recipe.py, or the file given
+as `recipe:<path>`) into the workdir as train.py and runs it inside the sandbox with a budget that ends
+before the deadline, so final_model/ is saved in time. It is the offline default and the floor every LLM
+agent must beat. The host never imports the recipe: it checks the hash of its fixed adapter and runs it.
 
 Every command it runs and its result go to the trace as tool_call / tool_result events, the script's
 output to the raw log, and its progress lines to ctx.progress about once a minute.
@@ -16,10 +17,14 @@ import time
 import uuid
 from pathlib import Path
 
+from autoembed import editable
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
+from autoembed.paths import REPO_ROOT
 from autoembed.trace import Event
 
-TRAIN_SCRIPT = Path(__file__).with_name("recipe_train.py")
+TRAIN_SCRIPT = REPO_ROOT / "harnesses" / "recipe.py"
+# sha256 of everything below the banner in harnesses/recipe.py; change both together, on purpose
+FIXED_ADAPTER_SHA256 = "52a85964a48f6051278f35dc77551de824a8449a7f1c796504597be5785d3556"
 POOL_CANDIDATES = ("data/pool/pairs.jsonl.gz", "pool/pairs.jsonl.gz", "pairs.jsonl.gz")
 RESULT_CHARS = 6000  # tail of a command's output kept in its tool_result event
 PROGRESS_EVERY_S = 60.0
@@ -55,9 +60,12 @@ class RecipeAgent(Agent):
     name = "recipe"
     needs_network = False
 
-    def __init__(self, model: str | None = None, *, batch_size: int | None = None, max_steps: int | None = None,
+    def __init__(self, model: str | None = None, *, path: str | Path | None = None, batch_size: int | None = None, max_steps: int | None = None,
                  lr: float | None = None, seed: int = 0, min_margin_s: float = 15.0, max_margin_s: float = 120.0):
         self.model = model  # unused: the recipe needs no LLM; kept so `--model` is accepted and recorded
+        self.path = Path(path) if path is not None else TRAIN_SCRIPT
+        self.script = self.path.read_text(encoding="utf-8")  # read once: what is checked is what runs
+        editable.check_adapter(self.script, FIXED_ADAPTER_SHA256, str(self.path))
         self.batch_size = batch_size
         self.max_steps = max_steps
         self.lr = lr
@@ -66,7 +74,7 @@ class RecipeAgent(Agent):
         self.max_margin_s = max_margin_s
 
     def versions(self) -> dict[str, str]:
-        return {"recipe_train": _script_digest()}
+        return {"recipe": str(self.path), "recipe_sha256": editable.file_hash(self.script)}
 
     def margin_s(self, seconds_left: float) -> float:
         """Time kept back from the deadline: process start, the script's exit and a kill grace."""
@@ -88,7 +96,7 @@ class RecipeAgent(Agent):
             "no two pairs of one group per batch), find the base model and the training pool, and train within "
             "the time left, saving final_model/ before the deadline.")))
 
-        script = TRAIN_SCRIPT.read_text(encoding="utf-8")
+        script = self.script
 
         def write_script() -> tuple[int, str]:
             (ctx.workdir / "train.py").write_text(script, encoding="utf-8")
@@ -256,9 +264,3 @@ def _host_base_model() -> str | None:
         return str(resolve_base_model(spec.base_model, spec.base_model_sha256))
     except Exception:
         return None
-
-
-def _script_digest() -> str:
-    import hashlib
-
-    return hashlib.sha256(TRAIN_SCRIPT.read_bytes()).hexdigest()[:12]

@@ -16,7 +16,7 @@ AGENTS = {
 
 
 def make_agent(spec: str, model: str | None = None) -> Agent:
-    """'recipe' | 'claude' | 'codex' | 'gemini' | 'harness:<path to harness file>'"""
+    """'recipe' | 'recipe:<path to a recipe file>' | 'claude' | 'codex' | 'gemini' | 'harness:<path to harness file>'"""
     if spec.startswith("harness:"):
         from autoembed.agents.harness import HarnessAgent
 
@@ -24,6 +24,13 @@ def make_agent(spec: str, model: str | None = None) -> Agent:
         if not path.is_file():
             raise ValueError(f"harness file {path} does not exist (expected e.g. harness:harnesses/baseline.py)")
         return HarnessAgent(path, model=model)
+    if spec.startswith("recipe:"):
+        from autoembed.agents.recipe import RecipeAgent
+
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_file():
+            raise ValueError(f"recipe file {path} does not exist (expected e.g. recipe:harnesses/recipe.py)")
+        return RecipeAgent(model=model, path=path)
     if spec not in AGENTS:
         raise ValueError(f"unknown agent {spec!r}: use one of {sorted(AGENTS)} or harness:<path>")
     module_name, cls_name = AGENTS[spec].split(":")

@@ -1,0 +1,756 @@
+"""The meta-loop: a meta-agent improves one editable file; code, not a prompt, keeps or reverts each edit.
+
+    python -m autoembed.loop --hours 24                       # search meta-agent on the recipe (no key needed)
+    python -m autoembed.loop --hours 24 --target harness --meta anthropic:claude-opus-4-5 \\
+        --task-model anthropic:claude-sonnet-4-5 --trial-hours 0.5 --gpus 0
+    python -m autoembed.loop --resume traces/loops/<run-id>
+
+Each iteration: propose -> commit (a ref per candidate) -> smoke check (invalid: no trial) -> duplicate check
+-> trial(s) through autoembed.run.run -> gate -> one ledger row per trial; the branch head is the best commit.
+The run folder traces/loops/<run-id>/ holds everything: config.json, the write-ahead intents.jsonl, the
+ledger, the target's git repository and the meta-agent's view (view/), the trials (trials/<trial-id>/).
+
+Resume after a kill at any point: intents are written before each step takes effect (a candidate's commit,
+a trial's start) and ledger rows carry unique ids, so replaying a step is idempotent. A trial that had
+finished when the loop died is recorded from its folder; one that had not is recorded as a crash and its
+candidate is tried again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from autoembed import editable, gate
+from autoembed.ledger import Ledger
+from autoembed.meta.base import Feedback, MetaAgent, ProposeContext
+from autoembed.meta.repo import TargetRepo
+from autoembed.paths import REPO_ROOT, traces_dir
+
+SCORED = ("keep", "discard", "inconclusive")  # statuses of rows whose trial was scored
+PROPOSALS_PER_SLOT = 5  # invalid or duplicate proposals tolerated per free slot before the batch runs without it
+DEFAULT_TASK_MODEL = "anthropic:claude-sonnet-4-6"
+SPOT_SHARE = 0.25  # a spot check's short trial gets this share of a trial's budget
+META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
+PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    baseline: Path
+    filename: str
+
+    def adapter_sha256(self) -> str:
+        if self.name == "recipe":
+            from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
+        else:
+            from autoembed.agents.harness import FIXED_ADAPTER_SHA256
+        return FIXED_ADAPTER_SHA256
+
+    def agent_spec(self, path: Path) -> str:
+        return f"{self.name}:{path}"
+
+
+TARGETS = {"recipe": Target("recipe", REPO_ROOT / "harnesses" / "recipe.py", "recipe.py"),
+           "harness": Target("harness", REPO_ROOT / "harnesses" / "baseline.py", "harness.py")}
+
+
+@dataclass
+class Job:
+    kind: str  # baseline | remeasure | candidate | rerun
+    commit: str
+    candidate: int | None = None  # None for the baseline and the incumbent's re-measurements
+    trial_id: str = ""
+    gpu: str | None = None
+
+
+@dataclass
+class LoopConfig:
+    target: str = "recipe"
+    meta: str = "search"
+    task_model: str | None = None
+    task: str = "embed"
+    hours: float = 1.0
+    trial_hours: float = 0.05
+    max_cost: float | None = None
+    max_iterations: int | None = None
+    gpus: list[str] = field(default_factory=list)
+    sandbox: str = "auto"
+    fast: bool | None = None
+    baseline_runs: int = 2  # A/A runs of the baseline at the start: the first estimate of run-to-run noise
+    remeasure_every: int = 6  # trials between re-measurements of the incumbent
+    seed: int = 0
+    meta_base_url: str | None = None  # point the LLM meta-agent at a gateway; its token comes from META_TOKEN_ENV
+
+
+class Loop:
+    def __init__(self, run_dir: Path, config: LoopConfig, meta_agent: MetaAgent | None = None, say=None, *,
+                 trial_runner=None, smoke=None):
+        """trial_runner(agent_spec, out, gpu, say) -> a result with run_dir, meta, score (default: autoembed.run.run);
+        smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check). Tests swap them."""
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(config.__dict__, indent=2))
+        os.replace(tmp, self.run_dir / "config.json")
+        self.target = TARGETS[config.target]
+        self.say = say or (lambda msg: print(f"[loop] {msg}", file=sys.stderr, flush=True))
+        self.ledger = Ledger(self.run_dir)
+        self.intents_path = self.run_dir / "intents.jsonl"
+        self.view_dir = self.run_dir / "view"
+        self.repo = self._open_repo()
+        self.meta = meta_agent or make_meta_agent(config, self.run_dir)
+        self.gate_config = gate.GateConfig(seed=config.seed)
+        self._per_query: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self.deadline = time.time() + config.hours * 3600
+        self.trial_runner = trial_runner or self._run_trial
+        self.smoke = smoke or self._smoke_check
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _open_repo(self) -> TargetRepo:
+        path = self.view_dir / "repo"
+        if (path / ".git").is_dir():
+            return TargetRepo.open(path, self.target.filename)
+        source = self.target.baseline.read_text()
+        editable.check_adapter(source, self.target.adapter_sha256(), str(self.target.baseline))
+        if path.exists():  # a kill during creation: start the repository again
+            shutil.rmtree(path)
+        return TargetRepo.create(path, self.target.filename, source, f"baseline: {self.target.baseline.name}")
+
+    def _prepare(self) -> None:
+        """The scorer's one-time preparation on this machine (minutes the first time), before the budget starts,
+        as a trial does before its agent's clock."""
+        from autoembed.run import _prepare_scorer_once
+        from autoembed.task.spec import load_spec
+
+        _prepare_scorer_once(load_spec(self.config.task), self.config.fast, self.config.gpus[:1] or None, self.say)
+
+    # -- records ----------------------------------------------------------------------------------
+
+    def intents(self) -> list[dict]:
+        from autoembed.ledger import _drop_partial_last_line, _read_jsonl
+
+        _drop_partial_last_line(self.intents_path)
+        return _read_jsonl(self.intents_path)
+
+    def _intend(self, record: dict) -> None:
+        from autoembed.ledger import _append_jsonl
+
+        with self._lock:
+            _append_jsonl(self.intents_path, {"time": _now(), "epoch": round(time.time(), 3), **record})
+
+    def candidates(self) -> dict[int, dict]:
+        return {r["id"]: r for r in self.intents() if r["op"] == "candidate"}
+
+    def baseline_commit(self) -> str:
+        return self.repo.repo.git.rev_list("--max-parents=0", "refs/heads/main").splitlines()[0]
+
+    def best_commit(self) -> str:
+        """The last kept commit in the ledger (the baseline before any keep)."""
+        best = self.baseline_commit()
+        for row in self.ledger.rows():
+            if row["status"] == "keep" and row["kind"] in ("candidate", "rerun"):
+                best = row["commit"]
+        return best
+
+    def scored_rows(self, commit: str) -> list[dict]:
+        return [r for r in self.ledger.rows() if r["commit"] == commit and r["status"] in SCORED]
+
+    def candidate_state(self, number: int) -> str:
+        """pending (needs a smoke check and a trial) | rerun (inconclusive) | decided."""
+        rows = [r for r in self.ledger.rows() if r.get("candidate") == number]
+        if not rows:
+            return "pending"
+        last = rows[-1]
+        if last["status"] == "inconclusive":
+            return "rerun"
+        if last["status"] == "crash" and last.get("interrupted"):
+            return "pending" if len(rows) == 1 else "rerun"
+        return "decided"
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self.trial_runner == self._run_trial:
+            self._prepare()
+        self.deadline = time.time() + self.config.hours * 3600  # the loop's budget starts once the machine is ready
+        self._write_view()
+        self.replay()
+        self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
+        slots = self.config.gpus or [None]
+        try:
+            while True:
+                stop = self._budget_stop()
+                jobs = [] if stop else self.plan(slots)
+                if not jobs:
+                    stop = stop or ("the meta-agent has nothing more to propose" if self._iterations_left()
+                                    else f"reached --max-iterations {self.config.max_iterations}")
+                    break
+                if self._run_jobs(jobs):
+                    stop = "interrupted"
+                    break
+        except KeyboardInterrupt:  # between trials (proposing, a smoke check): --resume continues from the records
+            stop = "interrupted"
+        except LoopError as exc:
+            self.say(f"stopping: {exc}")
+            self._intend({"op": "session", "event": "stop", "reason": str(exc)})
+            raise
+        self.say(f"stopping: {stop}")
+        self._intend({"op": "session", "event": "stop", "reason": stop})
+        if stop == "interrupted":
+            return 130
+        self._write_view()
+        self.say(f"done: best commit {self.best_commit()[:10]}; ledger {self.ledger.path}")
+        return 0
+
+    def replay(self) -> None:
+        """Bring the records into agreement after a kill: trials begun but not recorded, the branch head, the
+        meta-agent's view of decided candidates."""
+        recorded = {r["row_id"] for r in self.ledger.rows()}
+        for intent in self.intents():
+            if intent["op"] != "trial" or intent["trial_id"] in recorded:
+                continue
+            job = Job(intent["kind"], intent["commit"], intent.get("candidate"), intent["trial_id"], intent.get("gpu"))
+            trial_dir = self.run_dir / "trials" / job.trial_id
+            meta = _read_json(trial_dir / "meta.json")
+            if meta.get("status") == "scored" and (trial_dir / "score.json").is_file():
+                self.say(f"resume: recording trial {job.trial_id}, which finished before the loop stopped")
+                self.record(job, _LoadedResult(trial_dir, meta, _read_json(trial_dir / "score.json")), wall_s=None)
+            else:
+                self.say(f"resume: trial {job.trial_id} was cut off by the stop ({meta.get('status', 'not started')})")
+                self._append_row(job, "crash", reason=f"the loop stopped during this trial ({meta.get('status', 'not started')})",
+                                 extra={"interrupted": True})
+        self.repo.set_best(self.best_commit())
+        for number, cand in self.candidates().items():
+            rows = [r for r in self.ledger.rows() if r.get("candidate") == number]
+            if rows and self.candidate_state(number) == "decided":
+                self.meta.observe(self._feedback(cand, rows[-1]))
+
+    def _budget_stop(self) -> str | None:
+        if time.time() + self.config.trial_hours * 3600 > self.deadline:
+            return f"less than one trial ({self.config.trial_hours:g} h) left of the loop's budget"
+        cost = self.total_cost()
+        if self.config.max_cost is not None and cost >= self.config.max_cost:
+            return f"spent ${cost:.2f} of --max-cost ${self.config.max_cost:.2f}"
+        return None
+
+    def total_cost(self) -> float:
+        """Dollars spent: every trial's task model, and the meta-agent's calls for every candidate it proposed."""
+        trials = sum(r.get("trial_cost_usd") or 0.0 for r in self.ledger.rows())
+        meta = sum((c.get("meta_usage") or {}).get("cost_usd") or 0.0 for c in self.candidates().values())
+        return trials + meta
+
+    def _iterations_left(self) -> bool:
+        return self.config.max_iterations is None or len(self.candidates()) < self.config.max_iterations
+
+    def plan(self, slots: list[str | None]) -> list[Job]:
+        """Fill the free slots: A/A baseline runs first, then re-runs and retries, the incumbent's periodic
+        re-measurement, then new candidates."""
+        jobs: list[Job] = []
+        base = self.baseline_commit()
+        baseline_rows = [r for r in self.ledger.rows() if r["kind"] == "baseline" and not r.get("interrupted")]
+        scored_baseline = [r for r in baseline_rows if r["status"] in SCORED]
+        if len(scored_baseline) < self.config.baseline_runs:
+            if len(baseline_rows) - len(scored_baseline) >= 2 * self.config.baseline_runs:
+                raise LoopError("the baseline crashed again and again; see the ledger's reasons and the trials' agent.log")
+            missing = self.config.baseline_runs - len(scored_baseline)
+            jobs += [Job("baseline", base) for _ in range(min(missing, len(slots)))]
+            if not scored_baseline or len(jobs) == len(slots):  # candidates need a measured incumbent
+                return self._assign(jobs, slots)
+        candidates = self.candidates()
+        for number, cand in sorted(candidates.items()):
+            if len(jobs) == len(slots):
+                break
+            state = self.candidate_state(number)
+            if state == "rerun":
+                jobs.append(Job("rerun", cand["commit"], number))
+            elif state == "pending":
+                job = self._checked_job(number, cand)
+                if job:
+                    jobs.append(job)
+        if len(jobs) < len(slots) and self._remeasure_due():
+            jobs.append(Job("remeasure", self.best_commit()))
+        attempts = 0
+        while len(jobs) < len(slots) and self._iterations_left() and attempts < PROPOSALS_PER_SLOT * len(slots):
+            attempts += 1
+            number, cand = self._propose()
+            if number is None:
+                break
+            job = self._checked_job(number, cand)
+            if job:
+                jobs.append(job)
+        return self._assign(jobs, slots)
+
+    def _assign(self, jobs: list[Job], slots: list[str | None]) -> list[Job]:
+        trial_count = sum(1 for r in self.intents() if r["op"] == "trial")
+        for i, (job, gpu) in enumerate(zip(jobs, slots)):
+            job.gpu = gpu
+            job.trial_id = f"trial-{trial_count + i + 1:04d}"
+        return jobs
+
+    def _remeasure_due(self) -> bool:
+        rows = [r for r in self.ledger.rows() if r.get("trial_id")]
+        best = self.best_commit()
+        last = max((i for i, r in enumerate(rows) if r["commit"] == best), default=-1)
+        return len(rows) - 1 - last >= self.config.remeasure_every
+
+    def _propose(self) -> tuple[int | None, dict | None]:
+        number = len(self.candidates()) + 1
+        best = self.best_commit()
+        self.repo.set_best(best)
+        incumbent = self.repo.read(best)
+        before = dict(self.meta.usage)
+        ctx = ProposeContext(iteration=number, incumbent_source=incumbent, view_dir=self.view_dir,
+                             spot_check=lambda source: self._spot_check(number, source))
+        self._write_view()
+        try:
+            proposal = self.meta.propose(ctx)
+        except Exception as exc:  # retries are the LLM client's; what reaches here (a spent cap, a bad key) ends the loop
+            raise LoopError(f"the meta-agent failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        self.repo.checkout_best()  # an LLM meta-agent edits the working file; the candidate lives on its ref
+        if proposal is None:
+            return None, None
+        description = " ".join(proposal.description.split())[:200] or "(no description)"
+        sha = self.repo.add_candidate(number, proposal.source, description, best)
+        usage = {k: (self.meta.usage.get(k) or 0) - (before.get(k) or 0) for k in self.meta.usage}
+        cand = {"op": "candidate", "id": number, "commit": sha, "parent": best, "description": description,
+                "handle": proposal.handle, "file_hash": editable.file_hash(proposal.source), "meta_usage": usage}
+        self._intend(cand)
+        self.say(f"candidate {number}: {description}")
+        return number, cand
+
+    def _checked_job(self, number: int, cand: dict) -> Job | None:
+        """A trial job for a candidate that passes the duplicate and smoke checks, else its row and None."""
+        earlier = [c for n, c in self.candidates().items() if n < number and c["file_hash"] == cand["file_hash"]]
+        source = self.repo.read(cand["commit"])
+        same_as = earlier[0]["commit"] if earlier else None
+        if same_as is None and editable.file_hash(self.repo.read(self.baseline_commit())) == cand["file_hash"]:
+            same_as = self.baseline_commit()
+        if same_as is not None:
+            rows = self.scored_rows(same_as)
+            value = _mean([r["gate_value"] for r in rows]) if rows else None
+            label = "the baseline" if same_as == self.baseline_commit() else f"candidate {earlier[0]['id']}"
+            self._append_row(Job("candidate", cand["commit"], number), "duplicate",
+                             reason=f"the same file as {label} ({same_as[:10]}); not run again",
+                             extra={"duplicate_of": same_as, "gate_value": value})
+            return None
+        if self._smoked_ok(number):
+            return Job("candidate", cand["commit"], number)
+        result = self._smoke(number, source)
+        if result.ok:
+            self._intend({"op": "smoked", "id": number, "seconds": round(result.seconds, 2)})
+        else:
+            self._append_row(Job("candidate", cand["commit"], number), "invalid", reason=result.error,
+                             extra={"smoke_s": round(result.seconds, 2)})
+            return None
+        return Job("candidate", cand["commit"], number)
+
+    def _smoke(self, number: int, source: str):
+        workdir = self.run_dir / "smoke" / f"{number:04d}-{secrets.token_hex(2)}"
+        try:
+            return self.smoke(self.target.name, source, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _smoke_check(self, target: str, source: str, workdir: Path):
+        from autoembed.smoke import smoke_check
+
+        return smoke_check(target, source, self.target.adapter_sha256(), workdir, sandbox=self.config.sandbox,
+                           task=self.config.task)
+
+    def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say, hours: float | None = None):
+        from autoembed.run import run
+
+        model = self.config.task_model if self.target.name == "harness" else None
+        return run(agent_spec, task=self.config.task, hours=hours or self.config.trial_hours, sandbox=self.config.sandbox,
+                   model=model, gpus=[gpu] if gpu else None, out=out, fast=self.config.fast, progress=say)
+
+    def _spot_check(self, number: int, source: str) -> str:
+        """The smoke check, then a short trial (a quarter of a trial's budget) whose dev and validation scores,
+        trace and log the meta-agent may read (view/spot/); it is not gated and not a ledger row."""
+        result = self._smoke(number, source)
+        if not result.ok:
+            return f"failed the smoke check: {result.error}"
+        if time.time() + self.config.trial_hours * 3600 * (1 + SPOT_SHARE) > self.deadline:
+            return "passed the smoke check; no time left in the loop's budget for a short trial"
+        spot_id = f"spot-{number:04d}-{secrets.token_hex(2)}"
+        path = self._candidate_file(source)
+        self._intend({"op": "spot", "id": spot_id, "candidate": number})
+        started = time.time()
+        try:
+            trial = self.trial_runner(self.target.agent_spec(path), self.run_dir / "spot" / spot_id,
+                                      (self.config.gpus or [None])[0], lambda msg: self.say(f"{spot_id}: {msg}"),
+                                      hours=self.config.trial_hours * SPOT_SHARE)
+        except Exception:
+            trial = _FailedResult(traceback.format_exc())
+        problem = _trial_problem(trial)
+        row = {"trial_id": spot_id, "kind": "spot", "status": "crash" if problem else "scored", "reason": problem or "",
+               "wall_s": round(time.time() - started, 1)}
+        if not problem:
+            row.update(validation=_split_scores(trial.score, "validation"), dev=_split_scores(trial.score, "dev"))
+        _copy_trial_view(self.run_dir / "spot" / spot_id, self.view_dir / "spot" / spot_id, row)
+        if problem:
+            return f"passed the smoke check; the short trial failed: {problem} (see spot/{spot_id}/)"
+        scores = ", ".join(f"{split} {row[split]['mean']:.4f}" for split in ("validation", "dev") if row.get(split))
+        return (f"passed the smoke check; a short trial ({self.config.trial_hours * SPOT_SHARE * 60:.1f} min, a quarter "
+                f"of a real one, so expect lower scores) gave {scores}; trace and log in spot/{spot_id}/")
+
+    def _candidate_file(self, source: str) -> Path:
+        """The file a trial runs: content-addressed, read-only, outside the view."""
+        files = self.run_dir / "files"
+        files.mkdir(exist_ok=True)
+        path = files / f"{editable.file_hash(source)[:16]}-{self.target.filename}"
+        if not path.is_file():
+            path.write_text(source)
+            path.chmod(0o444)
+        return path
+
+    def _run_jobs(self, jobs: list[Job]) -> bool:
+        for job in jobs:
+            self._intend({"op": "trial", "trial_id": job.trial_id, "kind": job.kind, "commit": job.commit,
+                          "candidate": job.candidate, "gpu": job.gpu})
+        if len(jobs) == 1 and not self._pipelined():
+            results = [self._trial(jobs[0])]
+        else:
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                futures = [pool.submit(self._trial, job) for job in jobs]
+                if self._pipelined():
+                    self._prefetch(len(self.config.gpus))
+                results = [f.result() for f in futures]
+        interrupted = False
+        for job, (result, wall) in zip(jobs, results):
+            self.record(job, result, wall)
+            interrupted |= result is not None and result.meta.get("exit_reason") == "interrupted"
+        return interrupted
+
+    def _pipelined(self) -> bool:
+        """Propose and smoke-check the next candidates while GPU trials run: the search meta-agent needs no result
+        to propose (Optuna knows which trials are running), and the CPU is free. Never on CPU trials (the smoke
+        check would take CPU time from a trial with a fixed budget) nor for an LLM meta-agent, which reads the
+        last results before it proposes."""
+        return bool(self.config.gpus) and getattr(self.meta, "pipelined", False)
+
+    def _prefetch(self, count: int) -> None:
+        ready = sum(1 for n in self.candidates() if self.candidate_state(n) == "pending" and self._smoked_ok(n))
+        for _ in range(PROPOSALS_PER_SLOT * count):
+            if ready >= count or not self._iterations_left() or self._budget_stop():
+                return
+            number, cand = self._propose()
+            if number is None:
+                return
+            ready += self._checked_job(number, cand) is not None
+
+    def _smoked_ok(self, number: int) -> bool:
+        return any(r["op"] == "smoked" and r["id"] == number for r in self.intents())
+
+    def _trial(self, job: Job):
+        path = self._candidate_file(self.repo.read(job.commit))
+        started = time.time()
+        label = f"{job.kind}{'' if job.candidate is None else ' ' + str(job.candidate)}"
+        self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {'GPU ' + job.gpu if job.gpu else 'CPU'}")
+        try:
+            result = self.trial_runner(self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
+                                       lambda msg: self.say(f"{job.trial_id}: {msg}"))
+        except Exception:  # a trial that cannot even start is a crash of this trial, not of the loop
+            return _FailedResult(traceback.format_exc()), time.time() - started
+        return result, time.time() - started
+
+    # -- recording and gating ---------------------------------------------------------------------
+
+    def record(self, job: Job, result, wall_s: float | None) -> None:
+        meta = result.meta if result is not None else {}
+        score = getattr(result, "score", None)
+        usage = meta.get("usage") or {}
+        common = {"trial_cost_usd": usage.get("cost_usd"),
+                  "tokens": (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0),
+                  "wall_s": round(wall_s, 1) if wall_s is not None else None,
+                  "gpu_s": round(wall_s, 1) if wall_s is not None and job.gpu else 0.0}
+        problem = _trial_problem(result)
+        if problem:  # an interrupted trial says nothing about its file: its candidate is tried again
+            interrupted = meta.get("exit_reason") == "interrupted" or meta.get("status") == "interrupted_while_preparing"
+            self._append_row(job, "crash", reason=problem, extra={**common, "interrupted": interrupted or None})
+            return
+        per_query = self._load_per_query(job.trial_id)
+        split = "validation" if "validation" in per_query["submission"] else "dev"
+        value = gate.mean_score(per_query["submission"][split])
+        scores = {"validation": _split_scores(score, "validation"), "dev": _split_scores(score, "dev"),
+                  "gate_split": split, "gate_value": value, **common}
+        heldout = {"heldout": _split_scores(score, "heldout"), "base_heldout": _split_scores(score.get("base", {}), "heldout")}
+        if job.kind in ("baseline", "remeasure"):
+            self._append_row(job, "keep", reason="A/A baseline run" if job.kind == "baseline" else "incumbent re-measured",
+                             extra=scores, heldout=heldout)
+            return
+        verdict, split = self._gate(job, split)
+        scores.update(gate_split=split, gate_value=gate.mean_score(per_query["submission"][split]))
+        self._append_row(job, verdict.outcome, reason=verdict.reason, heldout=heldout,
+                         extra={**scores, "diff": verdict.diff, "ci_low": verdict.ci_low, "ci_high": verdict.ci_high,
+                                "runs": verdict.runs_candidate, "incumbent_runs": verdict.runs_incumbent,
+                                "se": verdict.se, "se_query": verdict.se_query, "run_sd": verdict.run_sd})
+        if verdict.outcome == "keep":
+            self.repo.set_best(job.commit)
+
+    def _gate(self, job: Job, split: str) -> tuple[gate.Verdict, str]:
+        """The verdict, on validation when every run on both sides has it, else on dev (recorded in the row)."""
+        incumbent = self.best_commit()
+        cand_rows = self.scored_rows(job.commit) + [{"trial_id": job.trial_id}]
+        inc_rows = self.scored_rows(incumbent)
+        if any(split not in self._load_per_query(r["trial_id"])["submission"] for r in cand_rows + inc_rows):
+            split = "dev"
+        groups: dict[str, list[float]] = {}  # run-to-run noise: the mean scores of every commit's runs on this split
+        for row in [r for r in self.ledger.rows() if r["status"] in SCORED] + [{"commit": job.commit, **cand_rows[-1]}]:
+            runs = self._load_per_query(row["trial_id"])["submission"]
+            if split in runs:
+                groups.setdefault(row["commit"], []).append(gate.mean_score(runs[split]))
+        noise, _ = gate.run_sd(list(groups.values()), self.gate_config.prior_run_sd, self.gate_config.prior_dof)
+        cand = [self._load_per_query(r["trial_id"])["submission"][split] for r in cand_rows]
+        inc = [self._load_per_query(r["trial_id"])["submission"][split] for r in inc_rows]
+        return gate.decide(cand, inc, noise, self.gate_config), split
+
+    def _load_per_query(self, trial_id: str) -> dict:
+        if trial_id not in self._per_query:
+            path = self.run_dir / "trials" / trial_id / "per_query.json.gz"
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                self._per_query[trial_id] = json.load(fh)
+        return self._per_query[trial_id]
+
+    def _append_row(self, job: Job, status: str, *, reason: str, extra: dict | None = None,
+                    heldout: dict | None = None) -> None:
+        cand = self.candidates().get(job.candidate) if job.candidate is not None else None
+        first_row = cand is not None and not any(r.get("candidate") == job.candidate for r in self.ledger.rows())
+        meta_usage = (cand or {}).get("meta_usage", {}) if first_row else {}
+        row = {"row_id": job.trial_id or f"candidate-{job.candidate:04d}-{status}", "trial_id": job.trial_id or None,
+               "iteration": job.candidate if job.candidate is not None else len(self.candidates()),
+               "candidate": job.candidate, "kind": job.kind, "commit": job.commit,
+               "parent": (cand or {}).get("parent"), "target": self.target.name, "meta": self.config.meta,
+               "task_model": self.config.task_model if self.target.name == "harness" else None,
+               "status": status, "reason": reason, "description": (cand or {}).get("description", job.kind),
+               "gpu": job.gpu, "time": _now(), "meta_tokens": (meta_usage.get("input_tokens") or 0) + (meta_usage.get("output_tokens") or 0),
+               "meta_cost_usd": meta_usage.get("cost_usd"), **(extra or {})}
+        row["cost_usd"] = (row.get("trial_cost_usd") or 0.0) + (row["meta_cost_usd"] or 0.0)
+        with self._lock:
+            added = self.ledger.append(row, heldout=heldout)
+        if not added:
+            return
+        shown = f" {row['gate_split']} {row['gate_value']:.4f}" if row.get("gate_value") is not None and status != "duplicate" else ""
+        diff = f" diff {row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" if row.get("diff") is not None else ""
+        self.say(f"{row['row_id']}: {job.kind} {status}{shown}{diff}: {reason.splitlines()[0] if reason else ''}")
+        if cand is not None and status != "inconclusive" and not row.get("interrupted"):
+            self.meta.observe(self._feedback(cand, row))
+        self._write_view()
+
+    def _feedback(self, cand: dict, row: dict) -> Feedback:
+        rows = self.scored_rows(cand["commit"])
+        value = _mean([r["gate_value"] for r in rows]) if rows else row.get("gate_value")
+        if row["status"] in ("invalid", "crash"):
+            value = None
+        return Feedback(cand["id"], row["status"], row.get("reason") or "", value, cand.get("handle") or {})
+
+    # -- the meta-agent's view --------------------------------------------------------------------
+
+    def _write_view(self) -> None:
+        """ledger.tsv (dev and validation only), notes.md, and the trials' traces; never held-out."""
+        self.view_dir.mkdir(parents=True, exist_ok=True)
+        (self.view_dir / "ledger.tsv").write_text(self.ledger.view())
+        notes = self.view_dir / "notes.md"
+        if not notes.exists():
+            notes.write_text("# notes\n\nThe meta-agent's memory across iterations.\n")
+        for row in self.ledger.rows():
+            trial_id = row.get("trial_id")
+            if not trial_id:
+                continue
+            dest = self.view_dir / "trials" / trial_id
+            if dest.is_dir():
+                continue
+            _copy_trial_view(self.run_dir / "trials" / trial_id, dest, row)
+
+
+class LoopError(RuntimeError):
+    pass
+
+
+@dataclass
+class _LoadedResult:
+    run_dir: Path
+    meta: dict
+    score: dict | None
+
+
+@dataclass
+class _FailedResult:
+    error: str
+    meta: dict = field(default_factory=dict)
+    score: dict | None = None
+
+
+def _trial_problem(result) -> str | None:
+    """Why a trial does not count as a measurement of its file, or None when it does."""
+    if isinstance(result, _FailedResult):
+        return f"the trial did not start: {result.error.strip().splitlines()[-1]}"
+    meta, score = result.meta, result.score
+    if meta.get("exit_reason") in ("crashed", "interrupted"):
+        detail = (meta.get("exit_detail") or "").strip().splitlines()
+        return f"the agent {meta['exit_reason']}" + (f": {detail[-1][:300]}" if detail else "")
+    if score is None:
+        return f"no score ({meta.get('status')}): {(meta.get('score_error') or '').strip().splitlines()[-1:] or ''}"
+    if score.get("status") != "ok":
+        return f"the scorer found the submission {score.get('status')}: {'; '.join(score.get('reasons', []))[:300]}"
+    if not (Path(result.run_dir) / "per_query.json.gz").is_file():
+        return "the scorer wrote no per_query.json.gz: nothing to gate on"
+    return None
+
+
+def _split_scores(score: dict, split: str) -> dict | None:
+    part = score.get(split)
+    if not part:
+        return None
+    return {"mean": part["mean"]["ndcg@10"], "tasks": {t: row["ndcg@10"] for t, row in part.get("tasks", {}).items()}}
+
+
+def _copy_trial_view(src: Path, dest: Path, row: dict) -> None:
+    """What a meta-agent may read of a trial: its trace, its log, and a summary with dev and validation only."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("trace.md", "agent.log"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+    summary = {k: row.get(k) for k in ("trial_id", "kind", "commit", "status", "reason", "gate_split", "validation", "dev",
+                                       "diff", "ci_low", "ci_high", "runs", "description")}
+    (dest / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def make_meta_agent(config: LoopConfig, run_dir: Path) -> MetaAgent:
+    if config.meta == "search":
+        from autoembed.meta.search import SearchMetaAgent
+
+        return SearchMetaAgent(Path(run_dir) / "meta", seed=config.seed)
+    from autoembed.meta.llm_agent import LLMMetaAgent
+
+    return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=config.meta_base_url,
+                        token=os.environ.get(META_TOKEN_ENV) or None)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from autoembed.commands.options import add_task_and_mode
+
+    p.add_argument("--hours", type=float, default=None, help="the loop's wall-clock budget (default 1)")
+    p.add_argument("--trial-hours", type=float, default=None, help="each trial's budget (default 0.05 = 3 min)")
+    p.add_argument("--target", choices=sorted(TARGETS), default=None, help="the file to improve (default recipe)")
+    p.add_argument("--meta", default=None, help="search (default: Optuna TPE over the knobs) or provider:model")
+    p.add_argument("--meta-base-url", default=None,
+                   help=f"send the LLM meta-agent's requests here (a gateway); its token from ${META_TOKEN_ENV}")
+    p.add_argument("--task-model", default=None, help=f"the harness's model (--target harness; default {DEFAULT_TASK_MODEL})")
+    p.add_argument("--max-cost", type=float, default=None, help="stop after this many dollars (trials + meta-agent)")
+    p.add_argument("--max-iterations", type=int, default=None, help="stop after this many candidates")
+    p.add_argument("--gpus", default=None, help="GPU ids, one trial per GPU side by side, e.g. 0,1 (default: CPU)")
+    p.add_argument("--sandbox", default=None, choices=["auto", "docker", "bwrap", "none"])
+    p.add_argument("--baseline-runs", type=int, default=None, help="A/A runs of the baseline at the start (default 2)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the loop in this run folder")
+    p.add_argument("--out", default=None, help="run folder (default traces/loops/<run-id>)")
+    add_task_and_mode(p, "sets")
+
+
+def config_from_args(args) -> tuple[Path, LoopConfig]:
+    """The run folder and its config: a new one, or the saved one (with these options overriding) on --resume."""
+    given = {"hours": args.hours, "trial_hours": args.trial_hours, "target": args.target, "meta": args.meta,
+             "task_model": args.task_model, "max_cost": args.max_cost, "max_iterations": args.max_iterations,
+             "sandbox": args.sandbox, "baseline_runs": args.baseline_runs, "seed": args.seed, "task": args.task,
+             "fast": args.fast, "meta_base_url": args.meta_base_url}
+    if args.gpus is not None:
+        given["gpus"] = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.task == "embed" and args.resume:
+        given.pop("task")
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = _read_json(run_dir / "config.json")
+        if not saved:
+            raise ValueError(f"--resume {run_dir}: no config.json there; give a folder under traces/loops/")
+        for fixed in ("target", "meta"):
+            if fixed in given and given[fixed] != saved[fixed]:
+                raise ValueError(f"--resume: --{fixed} {given[fixed]} differs from the run's {saved[fixed]}; a run keeps its {fixed}")
+        config = LoopConfig(**{**saved, **given})
+    else:
+        config = LoopConfig(**given)
+        if "meta" not in given and any(os.environ.get(k) for k in PROVIDER_KEYS):
+            print("[loop] a provider key is set, but the meta-agent is the search (no LLM spends money unless asked): "
+                  "pass --meta provider:model for an LLM meta-agent", file=sys.stderr)
+        if config.target == "harness" and not config.task_model:
+            config.task_model = DEFAULT_TASK_MODEL
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        meta = "".join(c if c.isalnum() else "-" for c in config.meta.split(":")[0])
+        run_dir = Path(args.out) if args.out else traces_dir() / "loops" / f"{stamp}-{config.target}-{meta}-{secrets.token_hex(3)}"
+    _validate(config)
+    return run_dir, config
+
+
+def _validate(config: LoopConfig) -> None:
+    if config.hours <= 0 or config.trial_hours <= 0:
+        raise ValueError("--hours and --trial-hours must be positive")
+    if config.trial_hours > config.hours:
+        raise ValueError(f"--trial-hours {config.trial_hours:g} is more than the loop's --hours {config.hours:g}: no trial fits")
+    if config.baseline_runs < 1:
+        raise ValueError("--baseline-runs must be at least 1")
+    if config.meta != "search":
+        from autoembed.llm.registry import parse_model
+
+        parse_model(config.meta)  # a clear error for a malformed provider:model now, not mid-run
+    if len(set(config.gpus)) != len(config.gpus):
+        raise ValueError(f"--gpus lists a GPU twice: {','.join(config.gpus)}")
+
+
+def main_from_args(args) -> int:
+    run_dir, config = config_from_args(args)
+    print(f"[loop] run folder: {run_dir}", file=sys.stderr, flush=True)
+    try:
+        code = Loop(run_dir, config).run()
+    except LoopError as exc:
+        print(f"[loop] stopped: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    from autoembed.report import report
+
+    report(run_dir)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    from autoembed.cli import main as cli_main
+
+    return cli_main(["loop", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""A loop's report, derived from its ledger (never hand-kept): the ledger printed, progress.png and summary.md.
+
+progress.png: the gated score (validation, or dev where no validation tier exists) of every scored trial per
+iteration, kept steps marked, the running best, and the held-out score of the kept steps as a second line.
+Held-out is for people: this report is written into the run folder, outside the meta-agent's view.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autoembed.ledger import TSV_COLUMNS, Ledger, to_tsv
+
+SCORED = ("keep", "discard", "inconclusive")
+
+
+def report(run_dir: str | Path, out=print) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / "ledger.jsonl").is_file():
+        raise FileNotFoundError(f"no ledger.jsonl in {run_dir}: give a loop run folder (traces/loops/<run-id>)")
+    ledger = Ledger(run_dir)
+    rows = ledger.rows()
+    heldout = {h["row_id"]: h for h in ledger.heldout()}
+    out(to_tsv(rows, TSV_COLUMNS).rstrip("\n"))
+    summary = summarize(rows, heldout)
+    (run_dir / "summary.md").write_text(markdown(summary, run_dir))
+    try:
+        plot(rows, heldout, run_dir / "progress.png")
+    except ImportError:  # a declared dependency, but a minimal GPU box may lack it: the records are what matter
+        out(f"\nwrote {run_dir / 'summary.md'}; progress.png needs matplotlib (pip install matplotlib)")
+    else:
+        out(f"\nwrote {run_dir / 'progress.png'} and {run_dir / 'summary.md'}")
+    return summary
+
+
+def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
+    scored = [r for r in rows if r["status"] in SCORED]
+    baseline = [r for r in scored if r["kind"] == "baseline"]
+    kept = [r for r in rows if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
+    best = kept[-1]["commit"] if kept else (baseline[0]["commit"] if baseline else None)
+    best_runs = [r for r in scored if r["commit"] == best]
+
+    def mean_of(rs, key):
+        values = [r[key] for r in rs if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    def heldout_of(rs):
+        values = [heldout[r["row_id"]]["heldout"]["mean"] for r in rs if (heldout.get(r["row_id"]) or {}).get("heldout")]
+        return sum(values) / len(values) if values else None
+
+    statuses = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    trial_wall = sum(r.get("wall_s") or 0 for r in rows)
+    return {
+        "rows": len(rows), "candidates": len({r["candidate"] for r in rows if r.get("candidate")}),
+        "trials": sum(1 for r in rows if r.get("trial_id")), "statuses": statuses,
+        "gate_split": sorted({r["gate_split"] for r in scored if r.get("gate_split")}),
+        "baseline": {"commit": baseline[0]["commit"] if baseline else None, "runs": len(baseline),
+                     "gated": mean_of(baseline, "gate_value"), "heldout": heldout_of(baseline)},
+        "best": {"commit": best, "runs": len(best_runs), "gated": mean_of(best_runs, "gate_value"),
+                 "heldout": heldout_of(best_runs), "description": kept[-1]["description"] if kept else "the baseline",
+                 "diff": kept[-1].get("diff") if kept else None,
+                 "ci": [kept[-1].get("ci_low"), kept[-1].get("ci_high")] if kept else None},
+        "kept": [{"iteration": r["iteration"], "commit": r["commit"], "description": r["description"],
+                  "diff": r.get("diff")} for r in kept],
+        "trial_wall_s": trial_wall, "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
+    }
+
+
+def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r["status"] in SCORED and r.get("gate_value") is not None]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    if scored:
+        split = scored[0].get("gate_split", "validation")
+        xs = [r["iteration"] for r in scored]
+        ax.scatter(xs, [r["gate_value"] for r in scored], s=18, color="0.6", label=f"{split} (every trial)", zorder=2)
+        kept = [r for r in scored if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
+        ax.scatter([r["iteration"] for r in kept], [r["gate_value"] for r in kept], s=70, marker="*", color="tab:green",
+                   label="kept", zorder=3)
+        best_x, best_y, current = [], [], None
+        incumbent_values: dict[str, list[float]] = {}
+        for r in sorted(scored, key=lambda r: r["iteration"]):
+            incumbent_values.setdefault(r["commit"], []).append(r["gate_value"])
+            if r["kind"] == "baseline" and current is None or (r["status"] == "keep" and r["kind"] in ("candidate", "rerun")):
+                current = r["commit"]
+            if current is not None:
+                best_x.append(r["iteration"])
+                best_y.append(sum(incumbent_values[current]) / len(incumbent_values[current]))
+        ax.step(best_x, best_y, where="post", color="tab:blue", label=f"running best ({split})")
+        steps = [r for r in scored if r["kind"] == "baseline"][:1] + kept
+        held = [(r["iteration"], heldout[r["row_id"]]["heldout"]["mean"]) for r in steps
+                if (heldout.get(r["row_id"]) or {}).get("heldout")]
+        if held:
+            ax.plot(*zip(*held), marker="o", color="tab:orange", label="held-out of kept steps")
+    else:
+        ax.text(0.5, 0.5, "no scored trial yet", transform=ax.transAxes, ha="center")
+    ax.set_xlabel("iteration (candidate number; 0 = baseline)")
+    ax.set_ylabel("nDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(summary: dict, run_dir: Path) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    b, best = summary["baseline"], summary["best"]
+    lines = [f"# Loop report: {run_dir.name}", "",
+             f"{summary['candidates']} candidates, {summary['trials']} trials; statuses: "
+             + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) + ".",
+             f"Gated on: {', '.join(summary['gate_split']) or 'n/a'}. Trial wall time {summary['trial_wall_s'] / 60:.1f} min; "
+             f"cost ${summary['cost_usd']:.2f}.", "",
+             "| | commit | runs | gated score | held-out |", "|---|---|---|---|---|",
+             f"| baseline | {str(b['commit'])[:10]} | {b['runs']} | {fmt(b['gated'])} | {fmt(b['heldout'])} |",
+             f"| best | {str(best['commit'])[:10]} | {best['runs']} | {fmt(best['gated'])} | {fmt(best['heldout'])} |", ""]
+    if best.get("diff") is not None:
+        lo, hi = best["ci"]
+        lines.append(f"Best over its incumbent when kept: {best['diff']:+.4f} (CI {lo:+.4f} .. {hi:+.4f}): {best['description']}")
+    lines += ["", "## Kept steps", ""] + [f"- {k['iteration']}: `{k['commit'][:10]}` {k['description']} ({k['diff']:+.4f})"
+                                          for k in summary["kept"]]
+    lines += ["", "![progress](progress.png)", "", "```json", json.dumps(summary, indent=2, default=str), "```", ""]
+    return "\n".join(lines)

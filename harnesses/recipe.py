@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""The training recipe: one file that fine-tunes the base embedding model on the pool, run as the task agent
+with no LLM (`autoembed run recipe`), and the file the `--target recipe` meta-loop improves.
+
+    python recipe.py --pool data/pool/pairs.jsonl.gz --base /path/to/base --out final_model --minutes 10
+
+Everything above the FIXED ADAPTER banner is the method and may change: data choice, batching, loss,
+optimizer, schedule, and the ALL_CAPS constants at the top. A constant with `# knob: KIND RANGE` beside it
+is one the search meta-agent turns (KIND: log | float | int | choice). The adapter below the banner is
+checked by hash: it parses the arguments, loads the base model, keeps the wall-clock budget (which counts
+from the start of this script, so loading and saving fit inside it), and saves the model to --out at the
+end, on SIGTERM/SIGINT, and when the editable part overruns the budget.
+
+The baseline method: MultipleNegativesRankingLoss (in-batch negatives) with AdamW, linear warmup and
+linear decay, bf16 autocast on a GPU, and no batch holding two pairs of one group (one source package,
+module or synset), since their positives would be false negatives for each other.
+
+Standalone on purpose (torch, sentence-transformers and the standard library only): the recipe agent
+copies this file into the workdir as train.py and runs it inside the sandbox.
+"""
+
+from __future__ import annotations
+
+# ===== EDITABLE: the meta-agent may change anything from here to the banner =====
+
+import gzip
+import json
+import queue
+import random
+import threading
+from collections import deque
+
+LR = 5e-5  # knob: log 5e-6..3e-4
+BATCH_SIZE = 256  # knob: choice 32,64,128,256,512
+CPU_BATCH_SIZE = 16  # on a CPU (tests, smoke checks): small enough for a few steps in seconds
+MAX_SEQ_LENGTH = 128  # knob: choice 64,96,128,192,256
+SCALE = 20.0  # knob: float 5..50
+WARMUP_FRACTION = 0.1  # knob: float 0.0..0.3
+WEIGHT_DECAY = 0.01  # knob: log 1e-4..0.1
+GRAD_CLIP = 1.0  # knob: log 0.1..10
+SYMMETRIC_LOSS = False  # knob: choice False,True
+LOG_EVERY_S = 10.0
+
+
+def load_pairs(path: str, limit: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Queries, positives and groups; rows without a group form a group of their own."""
+    opener = gzip.open if path.endswith(".gz") else open
+    queries, positives, groups = [], [], []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if limit is not None and len(queries) >= limit:
+                break
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            query, positive = row.get("query"), row.get("positive")
+            if not isinstance(query, str) or not isinstance(positive, str):
+                raise SystemExit(f"{path}:{lineno}: expected string fields 'query' and 'positive', got {sorted(row)}")
+            if not query.strip() or not positive.strip():
+                continue
+            queries.append(query)
+            positives.append(positive)
+            group = row.get("group")
+            groups.append(f"{row.get('domain', '')}/{group}" if group is not None else f"#row{lineno}")
+    return queries, positives, groups
+
+
+def group_disjoint_batches(groups: list[str], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of full batches, none holding two items of one group.
+
+    Each group's items are spread evenly over the epoch (item i of a group of n gets the sort key
+    (i + u) / n), so big groups do not pile up at the end. An item whose group is already in the batch
+    being filled waits, and each new batch first takes one waiting item per group, oldest groups first.
+    What is left at the end (a part batch, items of a group larger than the number of batches) waits
+    for the next epoch, which is shuffled anew.
+    """
+    by_group: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_group.setdefault(group, []).append(index)
+    keyed = []
+    for members in by_group.values():
+        rng.shuffle(members)
+        n = len(members)
+        keyed.extend(((i + rng.random()) / n, index) for i, index in enumerate(members))
+    keyed.sort()
+    batches: list[list[int]] = []
+    waiting: dict[str, deque[int]] = {}
+    batch: list[int] = []
+    in_batch: set[str] = set()
+    for _, index in keyed:
+        group = groups[index]
+        if group in in_batch:
+            waiting.setdefault(group, deque()).append(index)
+            continue
+        batch.append(index)
+        in_batch.add(group)
+        while len(batch) == batch_size:
+            batches.append(batch)
+            batch, in_batch = [], set()
+            for waiting_group in list(waiting):
+                if len(batch) == batch_size:
+                    break
+                batch.append(waiting[waiting_group].popleft())
+                in_batch.add(waiting_group)
+                if not waiting[waiting_group]:
+                    del waiting[waiting_group]
+    return batches
+
+
+def batch_stream(groups: list[str], batch_size: int, seed: int):
+    """Endless batches, epoch after epoch, each epoch shuffled anew."""
+    epoch = 0
+    while True:
+        batches = group_disjoint_batches(groups, batch_size, random.Random(seed * 1_000_003 + epoch))
+        if not batches:
+            raise SystemExit(f"the pool has fewer than {batch_size} distinct groups: lower the batch size")
+        yield from ((epoch, b) for b in batches)
+        epoch += 1
+
+
+def tokenize(model, texts: list[str]) -> dict:
+    # sentence-transformers 6 renamed tokenize() to preprocess(); older versions only have tokenize()
+    fn = getattr(model, "preprocess", None) or model.tokenize
+    return fn(texts)
+
+
+def prefetch(iterator, depth: int = 4):
+    """Tokenize the next batches on a thread while the GPU works on this one."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as exc:  # surfaced in the training loop
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def lr_factor(progress: float) -> float:
+    """Linear warmup over the first WARMUP_FRACTION of the run, then linear decay to zero."""
+    if progress < WARMUP_FRACTION:
+        return max(progress / WARMUP_FRACTION, 0.01)
+    return max(0.0, (1.0 - progress) / (1.0 - WARMUP_FRACTION))
+
+
+def contrastive_loss(torch, q, d):
+    """In-batch negatives: each query's positive against every other positive in the batch."""
+    q = torch.nn.functional.normalize(q.float(), dim=-1)
+    d = torch.nn.functional.normalize(d.float(), dim=-1)
+    scores = q @ d.T * SCALE
+    labels = torch.arange(q.shape[0], device=q.device)
+    loss = torch.nn.functional.cross_entropy(scores, labels)
+    if SYMMETRIC_LOSS:
+        loss = (loss + torch.nn.functional.cross_entropy(scores.T, labels)) / 2
+    return loss
+
+
+def train(run) -> dict:
+    """Train run.model in place until run.should_stop(step) gives a reason; return the summary's numbers."""
+    import math
+    import time
+
+    import torch
+
+    model, device = run.model, run.device
+    queries, positives, groups = load_pairs(run.pool, run.pool_limit)
+    batch_size = min(BATCH_SIZE if run.on_gpu else CPU_BATCH_SIZE, len(set(groups)))
+    run.log(f"pool: {len(queries)} pairs in {len(set(groups))} groups from {run.pool}")
+    model.max_seq_length = MAX_SEQ_LENGTH
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    run.log(f"batch {batch_size}, lr {LR}, max {MAX_SEQ_LENGTH} tokens, {run.seconds_left() / 60:.2f} min to train"
+            + (f", at most {run.max_steps} steps" if run.max_steps else ""))
+
+    def batches():
+        for epoch, indices in batch_stream(groups, batch_size, run.seed):
+            yield epoch, tokenize(model, [queries[i] for i in indices]), tokenize(model, [positives[i] for i in indices])
+
+    stream = prefetch(batches())
+    train_start = time.time()
+    step, pairs_seen, epoch, last_log, losses = 0, 0, 0, 0.0, []
+    while True:
+        stop_reason = run.should_stop(step)
+        if stop_reason:
+            break
+        progress = max(run.progress(), step / run.max_steps if run.max_steps else 0.0)
+        lr = LR * lr_factor(min(progress, 1.0))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        epoch, q_features, d_features = next(stream)
+        q_features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in q_features.items()}
+        d_features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in d_features.items()}
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.on_gpu):
+            q = model(q_features)["sentence_embedding"]
+            d = model(d_features)["sentence_embedding"]
+        loss = contrastive_loss(torch, q, d)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        step += 1
+        pairs_seen += q.shape[0]
+
+        if step == 1 or time.time() - last_log >= LOG_EVERY_S or step == run.max_steps:
+            loss_value = loss.item()  # the only host sync: keep it to the log lines
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"loss became {loss_value} at step {step}: lower LR")
+            losses.append(loss_value)
+            last_log = time.time()
+            rate = pairs_seen / max(last_log - train_start, 1e-6)
+            rate_text = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
+            run.log(f"step {step} | epoch {epoch} | loss {loss_value:.4f} | lr {lr:.2e} | {rate_text} pairs/s | "
+                    f"{max(0.0, run.seconds_left()) / 60:.1f} min left")
+    model.eval()
+    return {"stop_reason": stop_reason, "steps": step, "pairs_seen": pairs_seen,
+            "epochs": f"{pairs_seen / max(len(queries), 1):.3f}", "batch_size": batch_size,
+            "last_loss": f"{losses[-1] if losses else float('nan'):.4f}",
+            "train_seconds": f"{time.time() - train_start:.1f}"}
+
+
+# ===== FIXED ADAPTER: the meta-agent must not edit below this line =====
+# The contract with the runner (autoembed/agents/recipe.py, the loop's smoke check): this file runs as a
+# script inside the sandbox; the host checks the hash of everything below the banner and never imports it.
+# The part above must define train(run) -> dict; `run` gives the model, device, pool and the budget.
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+START = time.time()
+SAVE_RESERVE_S = 10.0  # stop training this long before the budget ends, to save (5% of a short budget, at least 3 s)
+OVERRUN_GRACE_S = 5.0  # past the training end, the adapter stops the editable part and saves what it has
+_stop_signal: list[int] = []
+
+
+class BudgetOverrun(BaseException):
+    """Raised in the training loop when it runs past its end: a BaseException, so `except Exception` in the
+    editable part cannot swallow it."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pool", required=True, help="jsonl(.gz) of {query, positive, group}")
+    p.add_argument("--base", required=True, help="sentence-transformers model folder to start from")
+    p.add_argument("--out", default="final_model", help="where the trained model is saved")
+    p.add_argument("--minutes", type=float, required=True, help="wall-clock budget for the whole script")
+    p.add_argument("--batch-size", type=int, default=None, help="override BATCH_SIZE and CPU_BATCH_SIZE")
+    p.add_argument("--lr", type=float, default=None, help="override LR")
+    p.add_argument("--max-seq-length", type=int, default=None, help="override MAX_SEQ_LENGTH (tokens while training)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: budget only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--pool-limit", type=int, default=None, help="read only the first N rows of the pool")
+    args = p.parse_args(argv)
+    if args.minutes <= 0:
+        p.error(f"--minutes must be positive, got {args.minutes}")
+    if args.batch_size is not None and args.batch_size < 2:
+        p.error("--batch-size must be at least 2 (in-batch negatives need other pairs in the batch)")
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[train {time.time() - START:7.1f}s] {msg}", flush=True)
+
+
+class Run:
+    """What train() gets: the model and where it runs, the pool, and the budget."""
+
+    def __init__(self, args, model, device: str, train_end: float):
+        self.model, self.device, self.on_gpu = model, device, device.startswith("cuda")
+        self.pool, self.pool_limit, self.seed, self.max_steps = args.pool, args.pool_limit, args.seed, args.max_steps
+        self.train_start, self.train_end = time.time(), train_end
+        self._last_check, self._step_seconds = None, 0.0
+        self.log = log
+
+    def seconds_left(self) -> float:
+        return self.train_end - time.time()
+
+    def progress(self) -> float:
+        """Share of the training time used, 0..1."""
+        return min(1.0, (time.time() - self.train_start) / max(self.train_end - self.train_start, 1e-6))
+
+    def should_stop(self, step: int) -> str | None:
+        """Why to stop before the next step (a signal, --max-steps, or a step that would end past the
+        budget, by a moving average of the step time), else None."""
+        now = time.time()
+        if self._last_check is not None:
+            took = now - self._last_check
+            self._step_seconds = took if step <= 1 else 0.9 * self._step_seconds + 0.1 * took
+        self._last_check = now
+        if _stop_signal:
+            return f"signal {_stop_signal[0]}"
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        if now + self._step_seconds >= self.train_end:
+            return "budget"
+        return None
+
+
+def save(model, out: str, seq_length: int | None) -> None:
+    """Write to a temporary folder, then move it into place: a kill mid-save leaves no half model at --out."""
+    if seq_length is not None:
+        model.max_seq_length = seq_length  # the base model's own setting, not the training truncation
+    out = os.path.abspath(out)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    log(f"saved {out}")
+
+
+def _on_signal(signum, frame):
+    _stop_signal.append(signum)
+
+
+def _on_overrun(signum, frame):
+    raise BudgetOverrun()
+
+
+def _apply_overrides(args) -> None:
+    overrides = {"LR": args.lr, "MAX_SEQ_LENGTH": args.max_seq_length}
+    if args.batch_size is not None:
+        overrides.update(BATCH_SIZE=args.batch_size, CPU_BATCH_SIZE=args.batch_size)
+    for name, value in overrides.items():
+        if value is not None:
+            if name not in globals():
+                raise SystemExit(f"an override needs the constant {name} above the banner, and it is gone")
+            globals()[name] = value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _apply_overrides(args)
+    budget_end = START + args.minutes * 60
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    try:  # the progress lines say what happens; transformers' bars only add noise to the log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+    import random as _random
+
+    _random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model = SentenceTransformer(args.base, device=device)
+    base_seq_length = model.max_seq_length
+    log(f"model {args.base} on {device}; budget {args.minutes:.2f} min")
+    train_end = budget_end - min(SAVE_RESERVE_S, max(3.0, 0.05 * args.minutes * 60))
+    run = Run(args, model, device, train_end)
+    signal.signal(signal.SIGALRM, _on_overrun)
+    signal.setitimer(signal.ITIMER_REAL, max(0.01, train_end + OVERRUN_GRACE_S - time.time()))
+    try:
+        summary = train(run)
+    except BudgetOverrun:
+        summary = {"stop_reason": "overran the budget (stopped by the adapter)"}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    model.eval()
+    log(f"stopping ({summary.get('stop_reason')}) after {summary.get('steps', '?')} steps")
+    save(model, args.out, base_seq_length)
+    # a grep-able summary block, one key: value per line
+    summary.update(total_seconds=f"{time.time() - START:.1f}", device=device, out=os.path.abspath(args.out))
+    print("---", *(f"{key}: {value}" for key, value in summary.items()), sep="\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # the model is saved: skip the interpreter's teardown (seconds with torch's threads near a deadline)

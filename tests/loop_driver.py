@@ -1,0 +1,179 @@
+"""A loop on the recipe target with simulated trials, for the loop's tests: the real Loop, git repository,
+ledger, gate and Optuna search, with trials that write what a scored trial writes (meta.json, score.json,
+per_query.json.gz) from the knob values of the file they were given, instantly.
+
+Also a script: `python -m tests.loop_driver RUN_DIR [--kill-at STAGE] [--iterations N]` runs such a loop, and
+with --kill-at sends itself SIGKILL at that stage of the loop (the kill -9 tests resume it afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import signal
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from autoembed import editable
+from autoembed.smoke import SmokeResult
+
+TASKS = {"validation": ["v1", "v2", "v3"], "dev": ["d1", "d2"], "heldout": ["heldout_secret_alpha", "heldout_secret_beta"]}
+QUERIES = 400
+HELDOUT_MARK = 0.31415  # every held-out score is this plus a little: easy to look for in the meta-agent's inputs
+STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best")
+
+
+def quality(source: str) -> float:
+    """How good a simulated recipe is: SYMMETRIC_LOSS and an LR near 1e-4 help, clearly."""
+    knobs = {k.name: k.value for k in editable.knobs(source)}
+    lr_term = -0.03 * abs(math.log10(knobs.get("LR", 5e-5) / 1e-4))
+    return 0.05 * bool(knobs.get("SYMMETRIC_LOSS")) + lr_term
+
+
+class FakeResult:
+    def __init__(self, run_dir: Path, meta: dict, score: dict | None):
+        self.run_dir, self.meta, self.score = run_dir, meta, score
+
+
+def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = None) -> FakeResult:
+    source = Path(agent_spec.split(":", 1)[1]).read_text()
+    out.mkdir(parents=True, exist_ok=False)
+    meta = {"status": "running", "exit_reason": None}
+    (out / "meta.json").write_text(json.dumps(meta))
+    if "CRASH_IN_TRIAL" in source:  # a file that passes the smoke check and dies in its trial
+        meta = {"status": "scored", "exit_reason": "crashed", "exit_detail": "Traceback ...\nCUDA out of memory"}
+        (out / "meta.json").write_text(json.dumps(meta))
+        return FakeResult(out, meta, None)
+    if kill_at == "trial":
+        os.kill(os.getpid(), signal.SIGKILL)
+    seed = zlib.crc32(str(out).encode())
+    rng = np.random.default_rng(seed)
+    effect = quality(source) + rng.normal(0, 0.002)
+    per_query, score = {}, {"status": "ok", "reasons": [], "base": {}}
+    for split, tasks in TASKS.items():
+        per_query[split] = {}
+        for t, task in enumerate(tasks):
+            base = np.linspace(0.2, 0.8, QUERIES) + 0.01 * t
+            offset = HELDOUT_MARK - 0.5 if split == "heldout" else 0.0
+            values = np.clip(base + offset + effect + rng.normal(0, 0.03, QUERIES), 0, 1)
+            per_query[split][task] = {f"q{i:04d}": float(v) for i, v in enumerate(values)}
+        means = {task: float(np.mean(list(per_query[split][task].values()))) for task in tasks}
+        score[split] = {"mean": {"ndcg@10": float(np.mean(list(means.values())))},
+                        "tasks": {task: {"ndcg@10": m} for task, m in means.items()}}
+        score["base"][split] = score[split]
+    with gzip.open(out / "per_query.json.gz", "wt") as fh:
+        json.dump({"submission": per_query, "base": per_query}, fh)
+    (out / "score.json").write_text(json.dumps(score))
+    (out / "trace.md").write_text(f"# simulated trial\nquality {quality(source):.3f}\n")
+    meta = {"status": "scored", "exit_reason": "finished", "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    if kill_at == "scored":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return FakeResult(out, meta, score)
+
+
+def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
+    """The smoke check's fast part (adapter unchanged, compiles) without training."""
+    from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
+
+    try:
+        editable.check_adapter(source, FIXED_ADAPTER_SHA256, "the candidate")
+        compile(source, "candidate.py", "exec")
+    except (editable.EditableError, SyntaxError) as exc:
+        return SmokeResult(False, f"{type(exc).__name__}: {exc}", 0.0)
+    return SmokeResult(True, "", 0.0)
+
+
+def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kill_after: int = 2, meta_agent=None,
+              smoke=quick_smoke, say=None, gpus: list[str] | None = None):
+    from autoembed.loop import Loop, LoopConfig
+
+    config = LoopConfig(target="recipe", meta="search" if meta_agent is None else meta_agent.name, hours=1.0,
+                        trial_hours=0.001, max_iterations=iterations, baseline_runs=2, remeasure_every=4, sandbox="none",
+                        gpus=gpus or [])
+    counter = {"n": 0}
+
+    def trial(agent_spec, out, gpu, say_, hours=None):
+        counter["n"] += 1
+        due = kill_at in ("trial", "scored") and counter["n"] == kill_after + 2  # after the two baseline runs
+        return fake_trial(agent_spec, out, gpu, say_, kill_at=kill_at if due else None)
+
+    loop = Loop(run_dir, config, meta_agent, say or (lambda msg: None), trial_runner=trial, smoke=smoke)
+    if kill_at:
+        _arm(loop, kill_at, kill_after)
+    return loop
+
+
+def _arm(loop, stage: str, after: int) -> None:
+    """SIGKILL this process at the stage's `after`-th occurrence (or first keep for row/best)."""
+    import autoembed.ledger as ledger_module
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    seen = {"n": 0}
+
+    def nth() -> bool:
+        seen["n"] += 1
+        return seen["n"] == after
+
+    if stage == "commit":
+        original = loop.repo.add_candidate
+
+        def add_candidate(*args, **kwargs):
+            sha = original(*args, **kwargs)
+            if nth():
+                die()
+            return sha
+        loop.repo.add_candidate = add_candidate
+    elif stage == "intent":
+        original_intend = loop._intend
+
+        def intend(record):
+            original_intend(record)
+            if record["op"] == "candidate" and nth():
+                die()
+        loop._intend = intend
+    elif stage in ("row", "best"):
+        original_set_best = loop.repo.set_best
+
+        def set_best(sha):
+            if sha != loop.repo.best() and stage == "row":
+                die()  # the keep row is written; main has not moved yet
+            if sha != loop.repo.best():
+                loop.repo.repo.git.update_ref("refs/heads/main", sha)
+                die()  # main moved; the working file is still the old one
+            original_set_best(sha)
+        loop.repo.set_best = set_best
+    elif stage == "partial-row":
+        original_append = ledger_module._append_jsonl
+
+        def append(path, record):
+            if Path(path).name == "ledger.jsonl" and record.get("kind") == "candidate" and nth():
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record)[:40])
+                die()
+            original_append(path, record)
+        ledger_module._append_jsonl = append
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("run_dir")
+    p.add_argument("--kill-at", choices=STAGES, default=None)
+    p.add_argument("--kill-after", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--gpus", default="")
+    args = p.parse_args(argv)
+    gpus = [g for g in args.gpus.split(",") if g]
+    return make_loop(Path(args.run_dir), args.iterations, kill_at=args.kill_at, kill_after=args.kill_after, gpus=gpus).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The meta-loop: keep/revert of real commits, kill -9 at every stage then resume, invalid and duplicate
+candidates, the LLM meta-agent through its tools (scripted), and no held-out reaching the meta-agent.
+
+Trials are simulated (tests/loop_driver.py: instant, scored from the file's knobs) except in the end-to-end
+test at the bottom, which trains for real on the tiny task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoembed import editable
+from autoembed.ledger import Ledger
+from autoembed.llm.scripted import ScriptedLLM
+from autoembed.meta.base import MetaAgent, Proposal
+from autoembed.meta.llm_agent import LLMMetaAgent
+from autoembed.meta.repo import TargetRepo
+from autoembed.paths import REPO_ROOT
+from tests import loop_driver
+
+RECIPE = (REPO_ROOT / "harnesses" / "recipe.py").read_text()
+HARNESS = (REPO_ROOT / "harnesses" / "baseline.py").read_text()
+
+
+def check_consistent(run_dir: Path, iterations: int) -> list[dict]:
+    """The invariants a loop's records keep whatever happened to it; returns the ledger rows."""
+    rows = Ledger(run_dir).rows()
+    intents = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines() if line.strip()]
+    row_ids = [r["row_id"] for r in rows]
+    assert len(row_ids) == len(set(row_ids)), "a ledger row was written twice"
+    trial_intents = [i["trial_id"] for i in intents if i["op"] == "trial"]
+    assert sorted(trial_intents) == sorted(r["trial_id"] for r in rows if r["trial_id"]), \
+        "every trial begun has exactly one row, and every trial row was begun"
+    candidates = {i["id"]: i for i in intents if i["op"] == "candidate"}
+    assert sorted(candidates) == list(range(1, iterations + 1))
+    repo = TargetRepo.open(run_dir / "view" / "repo", "recipe.py")
+    refs = repo.candidates()
+    for number, cand in candidates.items():
+        assert refs[number] == cand["commit"], f"candidate {number}'s ref does not hold its commit"
+        mine = [r for r in rows if r.get("candidate") == number]
+        assert mine and mine[-1]["status"] in ("keep", "discard", "invalid", "crash", "duplicate"), \
+            f"candidate {number} was left undecided: {[r['status'] for r in mine]}"
+    kept = [r["commit"] for r in rows if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
+    baseline = repo.repo.git.rev_list("--max-parents=0", "main")
+    assert repo.best() == (kept[-1] if kept else baseline), "main is not the last kept commit"
+    assert repo.work_file.read_text() == repo.read(repo.best()), "the working file is not main's"
+    assert repo.repo.git.status("--porcelain") == ""
+    heldout_ids = [h["row_id"] for h in Ledger(run_dir).heldout()]
+    assert len(heldout_ids) == len(set(heldout_ids)) and set(heldout_ids) <= set(row_ids)
+    return rows
+
+
+@pytest.mark.parametrize("gpus", [[], ["0", "1"]], ids=["cpu", "two-gpus"])
+def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
+    loop = loop_driver.make_loop(tmp_path / "run", 8, gpus=gpus)
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 8)
+    assert {r["gpu"] for r in rows if r["trial_id"]} == (set(gpus) or {None})
+    statuses = [r["status"] for r in rows if r["kind"] == "candidate"]
+    assert "keep" in statuses and "discard" in statuses, statuses
+    repo = loop.repo
+    for row in rows:
+        if row["kind"] != "candidate" or row["status"] not in ("keep", "discard"):
+            continue
+        on_main = repo.repo.is_ancestor(row["commit"], "main")
+        assert on_main == (row["status"] == "keep"), f"{row['status']} candidate {row['candidate']} on main: {on_main}"
+        assert repo.repo.commit(row["commit"]).message.strip() == row["description"]
+    # the kept file is the better one by the simulation's own measure
+    assert loop_driver.quality(repo.read(repo.best())) > loop_driver.quality(RECIPE)
+    # Optuna heard every decided candidate: no trial of a candidate is left running
+    from optuna.trial import TrialState
+
+    states = {t.number: t.state for t in loop.meta.study.get_trials()}
+    numbers = [c["handle"]["trial_number"] for c in loop.candidates().values()]
+    assert all(states[n] in (TrialState.COMPLETE, TrialState.FAIL) for n in numbers)
+    assert (tmp_path / "run" / "results.tsv").read_text().count("\n") == len(rows) + 1
+
+
+@pytest.mark.parametrize("gpus", ["", "0,1"], ids=["cpu", "two-gpus"])
+@pytest.mark.parametrize("stage", loop_driver.STAGES)
+def test_kill_9_at_each_stage_then_resume_leaves_consistent_records(tmp_path, stage, gpus):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "tests.loop_driver", str(run_dir), "--kill-at", stage,
+                           "--iterations", "6", "--gpus", gpus], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, f"the loop was not killed at {stage}: rc {proc.returncode}\n{proc.stderr[-2000:]}"
+    if stage == "partial-row":
+        assert not (run_dir / "ledger.jsonl").read_bytes().endswith(b"\n"), "the kill left no partial line"
+    loop = loop_driver.make_loop(run_dir, 6, gpus=[g for g in gpus.split(",") if g])
+    assert loop.run() == 0
+    rows = check_consistent(run_dir, 6)
+    if stage in ("trial",):
+        assert any(r["status"] == "crash" and r.get("interrupted") for r in rows), "the cut-off trial was not recorded"
+    for row in rows:  # a trial that had finished is recorded from its folder, never as cut off
+        if row["trial_id"]:
+            path = run_dir / "trials" / row["trial_id"] / "meta.json"
+            meta = json.loads(path.read_text()) if path.is_file() else {}
+            assert (meta.get("status") == "scored") == (row["status"] != "crash"), (row, meta)
+
+
+class ScriptedMeta(MetaAgent):
+    """Proposes the given files in order, and remembers what it was told."""
+
+    name = "scripted-files"
+
+    def __init__(self, files: list[tuple[str, str]]):
+        self.files = list(files)
+        self.told = []
+
+    def propose(self, ctx):
+        if not self.files:
+            return None
+        source, description = self.files.pop(0)
+        return Proposal(source, description)
+
+    def observe(self, feedback):
+        self.told.append(feedback)
+
+
+def test_invalid_and_duplicate_candidates_spend_no_trial(tmp_path):
+    from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
+    from autoembed.smoke import smoke_check
+
+    crashing = RECIPE.replace("def train(run) -> dict:", "def train(run) -> dict:\n    raise RuntimeError('boom in train')", 1)
+    adapter_edited = RECIPE.replace("SAVE_RESERVE_S = 10.0", "SAVE_RESERVE_S = 1.0")
+    better = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": True, "LR": 1e-4})
+    meta = ScriptedMeta([(RECIPE.replace("LR = 5e-5", "LR = = 5e-5"), "a syntax error"),
+                         (adapter_edited, "edits the adapter"),
+                         (crashing, "raises at run time"),
+                         (RECIPE, "the baseline again"),
+                         (better, "symmetric loss, higher LR"),
+                         (better, "the same again")])
+
+    def smoke(target, source, workdir):  # the real check, in the none sandbox: the crashing file really runs
+        return smoke_check(target, source, FIXED_ADAPTER_SHA256, workdir, sandbox="none", task="embed")
+
+    loop = loop_driver.make_loop(tmp_path / "run", 6, meta_agent=meta, smoke=smoke)
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 6)
+    by_candidate = {r["candidate"]: r for r in rows if r.get("candidate")}
+    assert [by_candidate[n]["status"] for n in range(1, 7)] == ["invalid", "invalid", "invalid", "duplicate", "keep", "duplicate"]
+    trials = [r for r in rows if r["trial_id"]]
+    assert {r["candidate"] for r in trials} == {None, 5}, "only the valid, new candidate spent a trial"
+    told = {f.iteration: f for f in meta.told}
+    assert "SyntaxError" in told[1].message
+    assert "fixed adapter" in told[2].message
+    assert "boom in train" in told[3].message
+    assert "the baseline" in told[4].message and told[4].value is not None
+    assert "candidate 5" in told[6].message and told[6].value == pytest.approx(told[5].value)
+
+
+def scripted_meta_script() -> list[dict]:
+    """Two iterations of an LLM meta-agent working on harness.py through its tools."""
+    return [
+        {"tool_calls": [{"name": "list_files", "arguments": {"path": "."}}]},
+        {"tool_calls": [{"name": "read_file", "arguments": {"path": "ledger.tsv"}},
+                        {"name": "read_file", "arguments": {"path": "repo/harness.py"}}]},
+        {"tool_calls": [{"name": "grep", "arguments": {"pattern": "MAX_TURNS", "path": "repo"}}]},
+        {"tool_calls": [{"name": "read_file", "arguments": {"path": "../config.json"}}]},  # outside the view: refused
+        {"tool_calls": [{"name": "edit_target", "arguments": {"old": "MAX_TURNS = 200", "new": "MAX_TURNS = 120"}}]},
+        {"tool_calls": [{"name": "write_notes", "arguments": {"text": "tried fewer turns"}}]},
+        {"tool_calls": [{"name": "spot_check", "arguments": {}}]},
+        {"tool_calls": [{"name": "finish", "arguments": {"description": "fewer turns: the agent wastes the last ones"}}]},
+        # iteration 2: reads what happened, tries to edit the adapter (refused), then edits the prompt
+        {"tool_calls": [{"name": "read_file", "arguments": {"path": "ledger.tsv"}},
+                        {"name": "list_files", "arguments": {"path": "trials"}}]},
+        {"tool_calls": [{"name": "edit_target", "arguments": {"old": "def harness_main(env) -> int:", "new": "def harness_main(env):"}}]},
+        {"tool_calls": [{"name": "edit_target", "arguments": {
+            "old": "- Never ask questions; nobody will answer.",
+            "new": "- Evaluate before and after each training run.\n- Never ask questions; nobody will answer."}}]},
+        {"tool_calls": [{"name": "finish", "arguments": {"description": "ask for an evaluation around each training run"}}]},
+    ]
+
+
+class RecordingLLM(ScriptedLLM):
+    """The scripted provider, keeping every request it received (system prompt, messages, tools)."""
+
+    def __init__(self, script):
+        super().__init__("meta-script", script=script)
+        self.requests = []
+
+    def complete(self, messages, *, system=None, tools=None, max_tokens=4096):
+        self.requests.append(json.dumps({"system": system, "messages": [vars(m) for m in messages],
+                                         "tools": [vars(t) for t in tools or []]}, default=str))
+        return super().complete(messages, system=system, tools=tools, max_tokens=max_tokens)
+
+
+def harness_trial(agent_spec, out, gpu, say, hours=None):
+    """A simulated harness trial: the file's MAX_TURNS and prompt decide its quality."""
+    source = Path(agent_spec.split(":", 1)[1]).read_text()
+    fake_recipe = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": "Evaluate before and after" in source,
+                                              "LR": 1e-4 if "MAX_TURNS = 120" in source else 5e-5})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file = out.parent / f"{out.name}-as-recipe.py"
+    recipe_file.write_text(fake_recipe)
+    return loop_driver.fake_trial(f"recipe:{recipe_file}", out, gpu, say)
+
+
+def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldout(tmp_path):
+    from autoembed.loop import Loop, LoopConfig
+
+    llm = RecordingLLM(scripted_meta_script())
+    run_dir = tmp_path / "run"
+    meta = LLMMetaAgent("scripted:meta-script", run_dir / "meta", llm=llm)
+    config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=1.0, trial_hours=0.001,
+                        max_iterations=2, baseline_runs=2, sandbox="none")
+    loop = Loop(run_dir, config, meta, lambda msg: None, trial_runner=harness_trial)  # the real smoke check
+    assert loop.run() == 0
+
+    rows = Ledger(run_dir).rows()
+    cands = {r["candidate"]: r for r in rows if r.get("candidate")}
+    assert cands[1]["description"] == "fewer turns: the agent wastes the last ones"
+    assert cands[1]["status"] == "keep" and cands[2]["status"] == "keep", [r["status"] for r in rows]
+    repo = TargetRepo.open(run_dir / "view" / "repo", "harness.py")
+    best = repo.read(repo.best())
+    assert "MAX_TURNS = 120" in best and "Evaluate before and after" in best
+    assert editable.adapter_hash(best) == editable.adapter_hash(HARNESS)
+    tool_results = [json.loads(r)["messages"] for r in llm.requests]
+    texts = json.dumps(tool_results)
+    assert "outside the view" in texts, "reading ../config.json was not refused"
+    assert "changes the fixed adapter" in texts, "the adapter edit was not refused"
+    assert "passed the smoke check; a short trial" in texts and "validation 0." in texts
+    assert list((run_dir / "view" / "spot").glob("spot-0001-*/summary.json")), "the spot check's trial is not in the view"
+    assert "candidate 1: keep" in texts, "the second iteration was not told how the first went"
+    assert (run_dir / "view" / "notes.md").read_text() == "tried fewer turns"
+
+    # no held-out number or text in anything the meta-agent received, nor in its view folder
+    heldout = Ledger(run_dir).heldout()
+    assert heldout, "the simulated trials wrote held-out scores"
+    secrets_ = {"heldout_secret"} | {f"{h['heldout']['mean']:.4f}" for h in heldout} | {repr(h["heldout"]["mean"]) for h in heldout}
+    for request in llm.requests:
+        for secret in secrets_:
+            assert secret not in request, f"held-out ({secret}) reached the meta-agent"
+    for path in (run_dir / "view").rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets_), f"held-out ({path}) is in the meta-agent's view"
+    logged = (run_dir / "meta" / "requests.jsonl").read_text()
+    assert not any(s in logged for s in secrets_)
+
+
+def test_resume_refuses_another_target(tmp_path):
+    from autoembed.cli import main
+
+    loop_driver.make_loop(tmp_path / "run", 1).run()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"target": "recipe", "meta": "search"}))
+    assert main(["loop", "--resume", str(tmp_path / "run"), "--target", "harness"]) == 2
+
+
+def test_bad_options_are_one_line_and_exit_2(capsys):
+    from autoembed.cli import main
+
+    assert main(["loop", "--hours", "0.01", "--trial-hours", "0.5"]) == 2
+    assert "no trial fits" in capsys.readouterr().err
+    assert main(["loop", "--meta", "nosuchprovider:x"]) == 2
+    assert main(["report", "/nonexistent/run"]) == 2
+
+
+def test_meta_agent_llm_is_built_from_a_gateway_url_and_token(monkeypatch):
+    from autoembed.meta.llm_agent import make_llm
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    llm = make_llm("anthropic:claude-x", base_url="http://127.0.0.1:8765", token="trial-token-123")
+    assert str(llm.client.base_url).startswith("http://127.0.0.1:8765") and llm.client.api_key == "trial-token-123"
+    llm = make_llm("openai:gpt-x", base_url="http://127.0.0.1:8765/v1", token="trial-token-123")
+    assert str(llm.client.base_url).startswith("http://127.0.0.1:8765/v1") and llm.client.api_key == "trial-token-123"
+
+
+def test_report_writes_the_plot_and_a_summary_from_the_ledger(tmp_path):
+    from autoembed.report import report
+
+    loop_driver.make_loop(tmp_path / "run", 5).run()
+    lines = []
+    summary = report(tmp_path / "run", out=lines.append)
+    png = (tmp_path / "run" / "progress.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    rows = Ledger(tmp_path / "run").rows()
+    assert summary["trials"] == sum(1 for r in rows if r["trial_id"]) and summary["candidates"] == 5
+    assert summary["baseline"]["runs"] == 2 and summary["best"]["heldout"] is not None
+    text = (tmp_path / "run" / "summary.md").read_text()
+    assert "| baseline |" in text and "| best |" in text
+    assert lines[0].startswith("row_id\t") and len(lines[0].splitlines()) == len(rows) + 1
+
+
+@pytest.mark.slow
+def test_offline_loop_end_to_end_with_real_training(tmp_path):
+    """The issue's offline command, shrunk: the search meta-agent on the recipe, real (tiny) CPU training and
+    sealed scoring of every trial, then the report."""
+    from tests.tiny_task import shared_tiny_task
+
+    task = shared_tiny_task(tmp_path)
+    run_dir = tmp_path / "loop"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces")}
+    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.2", "--trial-hours", "0.012",
+                           "--task", str(task), "--sandbox", "none", "--baseline-runs", "1", "--max-iterations", "2",
+                           "--out", str(run_dir)], env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = check_consistent(run_dir, 2)
+    assert [r["kind"] for r in rows if r["trial_id"]][:1] == ["baseline"]
+    assert all(r["status"] != "crash" for r in rows), [r["reason"] for r in rows]
+    trials = [r for r in rows if r["trial_id"]]
+    assert len(trials) >= 2 and all(r["gate_value"] is not None for r in trials)
+    assert (run_dir / "progress.png").is_file() and (run_dir / "summary.md").is_file()
+    meta = json.loads((run_dir / "trials" / trials[-1]["trial_id"] / "meta.json").read_text())
+    assert meta["exit_reason"] == "finished" and meta["agent"].startswith("recipe:")
+
+
+class CostlyMeta(ScriptedMeta):
+    """Each proposal costs $1 of (pretend) LLM calls."""
+
+    def __init__(self, files):
+        super().__init__(files)
+        self.spent = 0.0
+
+    def propose(self, ctx):
+        self.spent += 1.0
+        return super().propose(ctx)
+
+    @property
+    def usage(self):
+        return {"input_tokens": 1000 * int(self.spent), "output_tokens": 0, "cost_usd": self.spent}
+
+
+def test_max_cost_stops_the_loop_and_costs_are_in_the_ledger(tmp_path):
+    files = [(editable.set_knobs(RECIPE, {"SCALE": float(s)}), f"scale {s}") for s in range(10, 20)]
+    meta = CostlyMeta(files)
+    loop = loop_driver.make_loop(tmp_path / "run", 10, meta_agent=meta)
+    loop.config.max_cost = 3.0
+    assert loop.run() == 0
+    rows = Ledger(tmp_path / "run").rows()
+    assert len(loop.candidates()) == 3 and loop.total_cost() == pytest.approx(3.0)
+    firsts = [r for r in rows if r["kind"] == "candidate"]
+    assert [r["meta_cost_usd"] for r in firsts] == [1.0, 1.0, 1.0] and all(r["meta_tokens"] == 1000 for r in firsts)
+    stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
+    assert stop["op"] == "session" and "max-cost" in stop["reason"]
+
+
+def test_a_crashed_trial_is_recorded_with_its_reason_and_the_loop_goes_on(tmp_path):
+    crashing = RECIPE.replace("LOG_EVERY_S = 10.0", "LOG_EVERY_S = 10.0  # CRASH_IN_TRIAL")
+    better = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": True})
+    meta = ScriptedMeta([(crashing, "dies on the GPU"), (better, "symmetric loss")])
+    loop = loop_driver.make_loop(tmp_path / "run", 2, meta_agent=meta)
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 2)
+    crash = next(r for r in rows if r.get("candidate") == 1)
+    assert crash["status"] == "crash" and "CUDA out of memory" in crash["reason"] and not crash.get("interrupted")
+    assert next(r for r in rows if r.get("candidate") == 2)["status"] == "keep"
+    assert meta.told[0].status == "crash" and meta.told[0].value is None
