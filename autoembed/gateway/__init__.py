@@ -1,0 +1,1 @@
+"""The LLM gateway (server.py) and the forwarder that reaches it from inside a sandbox (forwarder.py)."""
