@@ -335,8 +335,7 @@ class Gateway:
             record["usage"] = vars(usage)
         record["latency_s"] = round(time.monotonic() - t0, 4)
         self._account(record, usage)
-        self._log(record, {"ts": started, "provider": name, "path": "/" + tail, "request": body,
-                           "response": final or None})
+        self._log(record, {**record, "request": body, "response": final or None})
         return out
 
     async def _relay_stream(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wire: Wire) -> dict:
