@@ -111,7 +111,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
 
     # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
     # a package change) must not eat the agent's budget. It gets the seeded deadline before it starts.
-    config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600, network=agent_obj.needs_network,
+    config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600,
                            gpus=gpus, readonly_extra=agent_obj.readonly_mounts())
     t0 = time.time()
     box = make_sandbox(sandbox, config, task=task, progress=say)

@@ -105,7 +105,7 @@ def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
     assert META_KEYS <= set(meta), META_KEYS - set(meta)
     assert meta["run_id"] == run_dir.name and meta["agent"] == "recipe" and meta["task"] == "embed"
     assert meta["hours"] == 0.015 and meta["exit_reason"] == "finished", meta["exit_detail"]
-    assert meta["status"] == "scored" and meta["sandbox"]["kind"] == "bwrap" and meta["sandbox"]["network"] is False
+    assert meta["status"] == "scored" and meta["sandbox"]["kind"] == "bwrap" and meta["sandbox"]["network"] == "none"
     assert meta["versions"]["autoembed"] and meta["versions"]["agent"]["recipe_sha256"]
     assert meta["versions"]["torch"] == torch.__version__ and isinstance(meta["versions"]["git_dirty"], bool)
     assert meta["started"] <= meta["agent_started"] <= meta["agent_ended"] <= meta["ended"]

@@ -241,12 +241,12 @@ class Gateway:
                                   "no further model calls; finish with what you have")
         return None
 
-    def _log(self, record: dict, bodies: dict | None) -> None:
-        with self._lock, open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(json.dumps(record, ensure_ascii=False) + "\n")
-            if bodies is not None:
-                with open(self.bodies_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(bodies, ensure_ascii=False) + "\n")
+    def _log(self, record: dict, bodies: dict) -> None:
+        with self._lock:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+            with open(self.bodies_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(bodies, ensure_ascii=False) + "\n")
 
     def _account(self, record: dict, usage: Usage | None) -> None:
         with self._lock:
@@ -361,7 +361,7 @@ class Gateway:
     def _refuse(self, request, wire: Wire, record: dict, status: int, reason: str, message: str, t0: float) -> web.Response:
         record.update(status=status, refused=reason, error=message, latency_s=round(time.monotonic() - t0, 4))
         self._account(record, None)
-        self._log(record, None)
+        self._log(record, {**record, "request": None, "response": None})
         return self._error_response(wire, status, reason, message)
 
     @staticmethod
