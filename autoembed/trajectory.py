@@ -26,11 +26,11 @@ def build(*, session_id: str, agent: dict, prompt: str, started: float | None, c
     """calls: gateway_bodies.jsonl rows in order; events: trace.jsonl. agent: {"name", "version", "model_name"?}."""
     steps: list[dict] = [{"step_id": 1, "source": "user", "message": prompt,
                           **({"timestamp": _iso(started)} if started else {})}]
-    answered = [c for c in calls if c.get("response") and (c.get("status") or 0) < 400]
+    answered = [i for i, c in enumerate(calls) if c.get("response") and (c.get("status") or 0) < 400]
     traced = {e.call_id: e.text or "" for e in events if e.kind == "tool_result" and e.call_id}
     if answered:
-        for index, call in enumerate(answered):
-            steps.append(_model_step(len(steps) + 1, call, answered[index + 1:], traced))
+        for index in answered:  # a later request carries the results back, whether or not it was answered
+            steps.append(_model_step(len(steps) + 1, calls[index], calls[index + 1:], traced))
     else:
         steps += _tool_steps(len(steps) + 1, events)
     refused = [{"timestamp": _iso(c["ts"]), "refused": c.get("refused") or c.get("limit"), "message": c.get("error")}
@@ -91,7 +91,9 @@ def _model_step(step_id: int, call: dict, later: list[dict], traced: dict[str, s
 def _results_for(ids: list[str], later: list[dict], traced: dict[str, str]) -> list[dict]:
     wanted, found = set(ids), {}
     for call in later:
-        for call_id, content in WIRES[call["provider"]].tool_results(call.get("request") or {}):
+        if call.get("provider") not in WIRES or not call.get("request"):
+            continue
+        for call_id, content in WIRES[call["provider"]].tool_results(call["request"]):
             if call_id in wanted and call_id not in found:
                 found[call_id] = content
         if len(found) == len(wanted):

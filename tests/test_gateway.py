@@ -188,3 +188,54 @@ def test_upstreams_come_from_the_host_environment():
     assert found["gemini"].key == "g" and found["gemini"].base_url.startswith("https://generativelanguage")
     assert upstreams_from_env({"CLAUDE_CODE_OAUTH_TOKEN": "o"})["anthropic"].key_kind == "oauth"
     assert upstreams_from_env({}) == {}
+
+
+# -- the record: SSE read in pieces, and ATIF observations taken from what went back to the model ----------------
+def test_sse_reader_survives_any_chunking():
+    from autoembed.gateway.sse import SSEReader
+
+    stream = (b'event: a\ndata: {"n": 1}\n\n: comment\n\ndata: [DONE]\n\r\n'
+              b'data: {"n":\ndata: 2}\n\ndata: {"n": 3}')
+    for size in (1, 2, 7, len(stream)):
+        reader, seen = SSEReader(), []
+        for i in range(0, len(stream), size):
+            seen += list(reader.feed(stream[i:i + size]))
+        seen += list(reader.close())
+        assert seen == [("a", {"n": 1}), (None, {"n": 2}), (None, {"n": 3})], size
+
+
+CALLS = {  # per wire: a reply with one tool call "c1", and the next request carrying its result back
+    "anthropic": ({"content": [{"type": "tool_use", "id": "c1", "name": "bash", "input": {"command": "ls"}}]},
+                  {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1",
+                                                                "content": [{"type": "text", "text": "a.txt"}]}]}]}),
+    "openai": ({"choices": [{"message": {"content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}]}}]},
+               {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c1", "content": "a.txt"}]}),
+    "gemini": ({"candidates": [{"content": {"parts": [{"functionCall": {"id": "c1", "name": "bash",
+                                                                       "args": {"command": "ls"}}}]}}]},
+               {"contents": [{"role": "user", "parts": [{"functionResponse": {"id": "c1", "name": "bash",
+                                                                               "response": {"output": "a.txt"}}}]}]}),
+}
+
+
+@pytest.mark.parametrize("provider", sorted(CALLS))
+def test_trajectory_observations_are_what_went_back_to_the_model(provider):
+    from autoembed import trajectory
+    from autoembed.trace import Event
+
+    reply, next_request = CALLS[provider]
+    usage = {"input_tokens": 10, "output_tokens": 2, "cache_read_tokens": 5, "cache_write_tokens": 1, "cost_usd": 0.5}
+    calls = [{"ts": 1.0, "provider": provider, "status": 200, "model": "m", "usage": usage, "request": {},
+              "response": reply},
+             {"ts": 2.0, "provider": provider, "status": 200, "model": "m", "usage": usage, "request": next_request,
+              "response": {}},
+             {"ts": 3.0, "provider": provider, "status": 403, "refused": "max_usd", "error": "spent"}]
+    traced = [Event("tool_result", call_id="c1", text="from the trace, not used")]
+    built = trajectory.build(session_id="s", agent={"name": "a", "version": "1"}, prompt="p", started=0.0,
+                             calls=calls, events=traced)
+    step = built["steps"][1]
+    assert step["tool_calls"] == [{"tool_call_id": "c1", "function_name": "bash", "arguments": {"command": "ls"}}]
+    assert "a.txt" in step["observation"]["results"][0]["content"]
+    assert step["metrics"]["prompt_tokens"] == 16 and step["metrics"]["cached_tokens"] == 5
+    assert built["final_metrics"]["total_cost_usd"] == 0.5 and built["final_metrics"]["extra"]["model_calls"] == 1
+    assert built["final_metrics"]["extra"]["refused_calls"][0]["refused"] == "max_usd"
