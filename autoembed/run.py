@@ -100,6 +100,9 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     hours = spec.hours if hours is None else hours
     if hours <= 0:
         raise ValueError(f"--hours must be positive, got {hours}")
+    for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):
+        if cap is not None and cap <= 0:
+            raise ValueError(f"{flag} must be positive, got {cap} (leave it out for the task's [budget])")
     agent_obj = make_agent(agent, model)
     run_id = new_run_id(agent)
     run_dir = Path(out) if out else traces_dir() / run_id

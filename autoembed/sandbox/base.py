@@ -91,9 +91,20 @@ class Sandbox(abc.ABC):
     def gateway_socket_inside(self) -> str:
         return f"{GATEWAY_DIR_INSIDE}/{Path(self.config.gateway_socket).name}"
 
+    def connect_gateway(self) -> None:
+        """For an engine with its own network namespace, at the end of start(): the forwarder on GATEWAY_PORT
+        when the config names a gateway; a sandbox whose forwarder fails is stopped, not left half open."""
+        if not self.config.gateway_socket:
+            return
+        try:
+            self.start_forwarder()
+        except SandboxError:
+            self.stop()
+            raise
+
     def start_forwarder(self, port: int = GATEWAY_PORT) -> None:
-        """Start the forwarder inside (its own network namespace): 127.0.0.1:port -> the gateway's socket.
-        Called by start() when the config names a gateway; waits until it listens."""
+        """Start the forwarder inside (its own network namespace): 127.0.0.1:port -> the gateway's socket;
+        waits until it listens (port 0: a free one, for a sandbox that shares the host's network)."""
         argv = [sys.executable, "-I", "-S", "-c", FORWARDER_SOURCE, "127.0.0.1", str(port), self.gateway_socket_inside()]
         proc = self.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         line = read_until(proc.stdout.fileno(), lambda b: b"\n" in b, FORWARDER_START_S).decode("utf-8", "replace")

@@ -90,12 +90,7 @@ class BwrapSandbox(Sandbox):
         self._timer = threading.Timer(max(0.0, self.seconds_left()), self._deadline_reached)
         self._timer.daemon = True
         self._timer.start()
-        if self.config.gateway_socket:
-            try:
-                self.start_forwarder()
-            except SandboxError:
-                self.stop()
-                raise
+        self.connect_gateway()
 
     def stop(self) -> None:
         with self._lock:

@@ -84,12 +84,7 @@ class DockerSandbox(Sandbox):
         self._timer = threading.Timer(max(0.0, self.seconds_left()), self.stop)
         self._timer.daemon = True
         self._timer.start()
-        if self.config.gateway_socket:
-            try:
-                self.start_forwarder()
-            except SandboxError:
-                self.stop()
-                raise
+        self.connect_gateway()
 
     def container_kwargs(self, workdir: Path) -> dict:
         import docker
