@@ -239,3 +239,25 @@ def test_trajectory_observations_are_what_went_back_to_the_model(provider):
     assert step["metrics"]["prompt_tokens"] == 16 and step["metrics"]["cached_tokens"] == 5
     assert built["final_metrics"]["total_cost_usd"] == 0.5 and built["final_metrics"]["extra"]["model_calls"] == 1
     assert built["final_metrics"]["extra"]["refused_calls"][0]["refused"] == "max_usd"
+
+
+@pytest.mark.parametrize("upstream, limit_key", [("https://api.openai.com/v1", "max_completion_tokens"),
+                                                 ("http://127.0.0.1:11434/v1", "max_tokens")])
+def test_openai_requests_are_shaped_for_the_server_behind_the_gateway(upstream, limit_key, tmp_path):
+    """Behind the gateway the base URL is always local; OpenAI proper rejects max_tokens, local servers need it."""
+    gateway = Gateway(tmp_path, {"openai": Upstream(upstream, "sk-x")})
+    env = gateway.agent_env("http://127.0.0.1:8787")
+    assert env["AUTOEMBED_OPENAI_UPSTREAM"] == upstream and env["OPENAI_API_KEY"] == gateway.token
+    import os
+
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        llm = get_llm("openai:gpt-5", env=env)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert llm.base_url == "http://127.0.0.1:8787/openai"
+    assert limit_key in llm.request([Message("user", text="hi")], system=None, tools=None, max_tokens=9)
+    with pytest.raises(LLMError, match="no anthropic endpoint"):
+        get_llm("anthropic:claude-sonnet-4-5", env=env)  # never the host's own key as a fallback

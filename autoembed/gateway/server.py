@@ -149,6 +149,8 @@ class Gateway:
         for name in self.upstreams:
             env[BASE_URL_ENV[name]] = f"{base_url.rstrip('/')}/{name}"
             env[AGENT_KEY_ENV[name]] = self.token
+        if "openai" in self.upstreams:  # which server answers decides a request's shape (max_tokens or not)
+            env["AUTOEMBED_OPENAI_UPSTREAM"] = self.upstreams["openai"].base_url
         return env
 
     # -- lifecycle ----------------------------------------------------------------------------------
