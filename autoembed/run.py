@@ -32,7 +32,7 @@ from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
-from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown
+from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
 
 PROGRESS_EVERY_S = 30.0
 
@@ -308,6 +308,11 @@ def _record_model_use(meta: dict, gateway: Gateway | None, run_dir: Path, agent_
     summary = gateway.summary() if gateway is not None else None
     meta["gateway"] = summary
     meta["usage"] = summary["usage"] if summary else vars(Usage(cost_usd=0.0))
+    meta["usage_source"] = "gateway"
+    reported = total_usage(events)
+    if summary and summary["calls"] == 0 and reported.input_tokens + reported.output_tokens > 0:
+        # a model the gateway never saw (the scripted provider, a harness still calling from the host): its own count
+        meta["usage"], meta["usage_source"] = vars(reported), "agent"
     meta["limit_reached"] = summary["stopped_by"] if summary else None
     agent_info = {"name": agent_obj.name, "version": __version__, "extra": meta.get("versions", {}).get("agent", {})}
     if meta.get("model"):

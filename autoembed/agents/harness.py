@@ -108,7 +108,7 @@ class HarnessEnv:
 
     # -- model --------------------------------------------------------------------------------
     def llm(self, model: str | None = None) -> LLM:
-        return get_llm(model or self.model, env=self.ctx.env)  # through the trial's gateway
+        return get_llm(model or self.model)
 
     def complete(self, llm: LLM, messages: list[Message], *, system: str | None, tools: list[Tool],
                  max_tokens: int = 4096) -> Response:

@@ -14,9 +14,6 @@ PROVIDERS = {
     "scripted": "autoembed.llm.scripted:ScriptedLLM",
 }
 PROVIDER_OPTIONS = {"openai-responses": {"api": "responses"}}
-# the variables naming each provider's key and endpoint (what the trial's gateway hands an agent)
-ENDPOINT_ENV = {"anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"), "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
-                "openai-responses": ("OPENAI_API_KEY", "OPENAI_BASE_URL"), "google": ("GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL")}
 
 
 def parse_model(model: str) -> tuple[str, str]:
@@ -28,15 +25,8 @@ def parse_model(model: str) -> tuple[str, str]:
     return provider, name
 
 
-def get_llm(model: str, env: dict[str, str] | None = None, **kwargs) -> LLM:
-    """env: take the key and base URL from this mapping (a trial's TrialContext.env) instead of os.environ."""
+def get_llm(model: str, **kwargs) -> LLM:
     provider, name = parse_model(model)
-    if env is not None and provider in ENDPOINT_ENV:
-        key_var, url_var = ENDPOINT_ENV[provider]
-        if not env.get(key_var):
-            raise LLMError(f"this trial has no {provider} endpoint: set its API key on the host (the trial's "
-                           f"gateway serves only providers it has a key or a base URL for)")
-        kwargs = {"api_key": env[key_var], "base_url": env.get(url_var), **kwargs}
     module_name, cls_name = PROVIDERS[provider].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(name, **{**PROVIDER_OPTIONS.get(provider, {}), **kwargs})
