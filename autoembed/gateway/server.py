@@ -200,7 +200,8 @@ class Gateway:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=True)
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{provider}/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # stop() comes after the sandbox is gone: calls still open have no one to answer, so do not wait long
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         self.socket_path.unlink(missing_ok=True)
         await web.UnixSite(self._runner, str(self.socket_path)).start()
