@@ -42,7 +42,7 @@ import aiohttp
 from aiohttp import web
 
 from autoembed.gateway.sse import SSEReader
-from autoembed.gateway.wire import WIRES, Wire
+from autoembed.gateway.wire import WIRES, StreamFold, Wire
 from autoembed.llm.pricing import estimate_cost
 from autoembed.trace import Usage
 
@@ -301,6 +301,7 @@ class Gateway:
             timeout = max(0.001, min(timeout, self.limits.deadline - time.time()))
         out: web.StreamResponse | None = None
         final: dict = {}
+        fold = wire.new_stream()  # outside the request: a stream cut short (timeout, client gone) still counts
         try:
             async with self._session.request(request.method, url, params=query, headers=headers, data=raw or None,
                                              timeout=aiohttp.ClientTimeout(total=timeout),
@@ -311,7 +312,7 @@ class Gateway:
                 if resp.content_type == "text/event-stream":
                     out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=passed)
                     await out.prepare(request)
-                    final = await self._relay_stream(resp, out, wire)
+                    final = await self._relay_stream(resp, out, fold)
                     await out.write_eof()
                 else:
                     data = await resp.read()
@@ -329,6 +330,7 @@ class Gateway:
             if out is None:
                 out = self._error_response(wire, 502, "upstream_unreachable", f"the gateway could not reach "
                                                                                f"{name}: {type(exc).__name__}")
+        final = final or fold.final
         usage = None
         if final and record.get("status", 0) < 400:
             usage = wire.usage(final)
@@ -341,9 +343,9 @@ class Gateway:
         self._log(record, {**record, "request": body, "response": final or None})
         return out
 
-    async def _relay_stream(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wire: Wire) -> dict:
+    async def _relay_stream(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, fold: StreamFold) -> dict:
         """Pass every byte on as it arrives; fold a parsed copy of the events for the record."""
-        reader, fold = SSEReader(), wire.new_stream()
+        reader = SSEReader()
         try:
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)
