@@ -191,6 +191,7 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
         box.start()
         if gateway is not None:  # the agent's only credentials: base URLs at the gateway and the trial's token
             ctx.env = {**gateway.agent_env(box.gateway_url), **ctx.env}
+            meta["sandbox"]["gateway_url"] = box.gateway_url
         meta.update(status="running", agent_started=_now(), sandbox_start_s=round(time.time() - meta["agent_started_epoch"], 3))
         _write_json(run_dir / "meta.json", meta)
         threading.Thread(target=_report_progress, args=(ctx, stop_progress, say), daemon=True).start()
@@ -308,7 +309,7 @@ def _record_model_use(meta: dict, gateway: Gateway | None, run_dir: Path, agent_
     summary = gateway.summary() if gateway is not None else None
     meta["gateway"] = summary
     meta["usage"] = summary["usage"] if summary else vars(Usage(cost_usd=0.0))
-    meta["usage_source"] = "gateway"
+    meta["usage_source"] = "gateway" if summary else "none: an agent without a model"
     reported = total_usage(events)
     if summary and summary["calls"] == 0 and reported.input_tokens + reported.output_tokens > 0:
         # a model the gateway never saw (the scripted provider, a harness still calling from the host): its own count
