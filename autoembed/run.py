@@ -11,7 +11,6 @@ every state change, so a trial that is interrupted or killed still leaves a reco
 from __future__ import annotations
 
 import json
-import os
 import platform
 import secrets
 import signal
@@ -26,20 +25,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from autoembed import __version__
+from autoembed import __version__, trajectory
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.agents.registry import make_agent
+from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
-from autoembed.trace import TraceWriter, read_trace, render_markdown, total_usage
+from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
 
 PROGRESS_EVERY_S = 30.0
-SECRET_ENV = {  # which secrets each agent may receive; nothing else crosses into a sandbox
-    "claude": ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"],
-    "codex": ["OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL"],
-    "gemini": ["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"],
-}
 
 
 @dataclass
@@ -57,6 +52,8 @@ class TrialResult:
         """A grep-able block (one key: value per line) for the end of a run."""
         lines = ["---", f"run_id: {self.run_id}", f"agent: {self.meta.get('agent')}",
                  f"exit_reason: {self.exit_reason}", f"sandbox: {self.meta.get('sandbox', {}).get('kind')}"]
+        if self.meta.get("limit_reached"):
+            lines.append(f"limit_reached: {self.meta['limit_reached']}")
         if self.score:
             lines.append(f"status: {self.score.get('status')}")
             for split in ("dev", "validation", "heldout"):
@@ -78,20 +75,23 @@ def new_run_id(agent: str) -> str:
 
 def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
-        progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0) -> TrialResult:
+        progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0,
+        max_usd: float | None = None, max_tokens: int | None = None) -> TrialResult:
     """Run one trial and return its result; never raises for agent failures (they are recorded).
-    SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended."""
+    SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended.
+    max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
-                    progress=progress, reprompt_margin_s=reprompt_margin_s)
+                    progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s) -> TrialResult:
+def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
+         max_tokens) -> TrialResult:
     from autoembed.task.seed import seed_workdir
     from autoembed.task.spec import load_spec
 
@@ -100,6 +100,9 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     hours = spec.hours if hours is None else hours
     if hours <= 0:
         raise ValueError(f"--hours must be positive, got {hours}")
+    for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):
+        if cap is not None and cap <= 0:
+            raise ValueError(f"{flag} must be positive, got {cap} (leave it out for the task's [budget])")
     agent_obj = make_agent(agent, model)
     run_id = new_run_id(agent)
     run_dir = Path(out) if out else traces_dir() / run_id
@@ -111,7 +114,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
 
     # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
     # a package change) must not eat the agent's budget. It gets the seeded deadline before it starts.
-    config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600, network=agent_obj.needs_network,
+    config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600,
                            gpus=gpus, readonly_extra=agent_obj.readonly_mounts())
     t0 = time.time()
     box = make_sandbox(sandbox, config, task=task, progress=say)
@@ -139,17 +142,18 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     (run_dir / "prompt.txt").write_text(prompt)
     _write_json(run_dir / "seed_manifest.json", manifest)
     meta.update(deadline=deadline, deadline_iso=_iso(deadline), seed_s=round(time.time() - t0, 3))
+    gateway = _gateway_for(agent_obj, run_dir, spec, deadline, max_usd, max_tokens)
+    box.config.gateway_socket = gateway.socket_path if gateway else None
     meta["sandbox"] = box.describe()
     trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,
-                       raw_log=run_dir / "agent.log", run_dir=run_dir, env=_secrets_for(agent), progress=say,
+                       raw_log=run_dir / "agent.log", run_dir=run_dir, progress=say,
                        reprompt_margin_s=reprompt_margin_s)
 
-    outcome = _run_agent(agent_obj, ctx, box, meta, run_dir, say)
+    outcome = _run_agent(agent_obj, ctx, box, meta, run_dir, say, gateway)
     meta.update(exit_reason=outcome.exit_reason, exit_detail=outcome.detail, turns=outcome.turns,
                 agent_ended=_now(), agent_seconds=round(time.time() - meta["agent_started_epoch"], 3))
-    meta["usage"] = vars(total_usage(read_trace(run_dir / "trace.jsonl")))
-    (run_dir / "trace.md").write_text(render_markdown(read_trace(run_dir / "trace.jsonl")))
+    _record_model_use(meta, gateway, run_dir, agent_obj, prompt)
 
     _freeze(workdir, meta)
     meta["status"] = "scoring"
@@ -177,12 +181,17 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     return result
 
 
-def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say) -> AgentOutcome:
-    """Start the sandbox, run the agent, always stop the sandbox; Ctrl-C/SIGTERM become 'interrupted'."""
+def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say, gateway) -> AgentOutcome:
+    """Start the gateway and the sandbox, run the agent, always stop both; Ctrl-C/SIGTERM become 'interrupted'."""
     stop_progress = threading.Event()
     meta["agent_started_epoch"] = time.time()
     try:
+        if gateway is not None:
+            gateway.start()
         box.start()
+        if gateway is not None:  # the agent's only credentials: base URLs at the gateway and the trial's token
+            ctx.env = {**gateway.agent_env(box.gateway_url), **ctx.env}
+            meta["sandbox"]["gateway_url"] = box.gateway_url
         meta.update(status="running", agent_started=_now(), sandbox_start_s=round(time.time() - meta["agent_started_epoch"], 3))
         _write_json(run_dir / "meta.json", meta)
         threading.Thread(target=_report_progress, args=(ctx, stop_progress, say), daemon=True).start()
@@ -199,6 +208,8 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
     finally:
         stop_progress.set()
         box.stop()
+        if gateway is not None:
+            gateway.stop()
 
 
 def _prepare_scorer_once(spec, fast: bool | None, gpus: list[str] | None, say) -> bool:
@@ -279,9 +290,38 @@ def _freeze(workdir: Path, meta: dict) -> None:
     subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=False)
 
 
-def _secrets_for(agent: str) -> dict[str, str]:
-    names = SECRET_ENV.get(agent.split(":")[0], [])
-    return {name: os.environ[name] for name in names if os.environ.get(name)}
+def _gateway_for(agent_obj, run_dir: Path, spec, deadline: float, max_usd, max_tokens) -> Gateway | None:
+    """The trial's LLM gateway, serving the providers the agent talks to that this host has keys (or a local
+    server) for; None for an agent without a model, whose sandbox then has no way out at all."""
+    if not agent_obj.gateway_providers:
+        return None
+    upstreams = {name: up for name, up in upstreams_from_env().items() if name in agent_obj.gateway_providers}
+    limits = Limits(max_usd=spec.max_usd if max_usd is None else max_usd,
+                    max_tokens=spec.max_tokens if max_tokens is None else max_tokens,
+                    call_timeout_s=spec.call_timeout_s, deadline=deadline)
+    return Gateway(run_dir, upstreams, limits)
+
+
+def _record_model_use(meta: dict, gateway: Gateway | None, run_dir: Path, agent_obj, prompt: str) -> None:
+    """Usage and cost by the gateway's count (not the agent's own report), the limit that stopped the agent,
+    trajectory.json (ATIF) and the readable trace.md."""
+    events = read_trace(run_dir / "trace.jsonl")
+    summary = gateway.summary() if gateway is not None else None
+    meta["gateway"] = summary
+    meta["usage"] = summary["usage"] if summary else vars(Usage(cost_usd=0.0))
+    meta["usage_source"] = "gateway" if summary else "none: an agent without a model"
+    reported = total_usage(events)
+    if summary and summary["calls"] == 0 and reported.input_tokens + reported.output_tokens > 0:
+        # a model the gateway never saw (the scripted provider, a harness still calling from the host): its own count
+        meta["usage"], meta["usage_source"] = vars(reported), "agent"
+    meta["limit_reached"] = summary["stopped_by"] if summary else None
+    agent_info = {"name": agent_obj.name, "version": __version__, "extra": meta.get("versions", {}).get("agent", {})}
+    if meta.get("model"):
+        agent_info["model_name"] = meta["model"]
+    trajectory.write(run_dir / "trajectory.json", session_id=meta["run_id"], agent=agent_info, prompt=prompt,
+                     started=meta.get("agent_started_epoch"), events=events,
+                     calls=trajectory.read_calls(gateway.bodies_path if gateway else None))
+    (run_dir / "trace.md").write_text(render_markdown(events))
 
 
 def _device_for(gpus: list[str] | None) -> str | None:

@@ -61,7 +61,7 @@ def _recipe(source: str, workdir: Path, sandbox: str, task: str) -> tuple[bool, 
     argv = [python, "train.py", "--pool", "pool.jsonl.gz", "--base", str(base), "--out", "final_model",
             "--minutes", f"{RECIPE_TIMEOUT_S / 60:.1f}", "--max-steps", "2", "--device", "cpu", "--batch-size", "4",
             "--max-seq-length", "32"]
-    config = SandboxConfig(workdir=workdir, deadline=time.time() + RECIPE_TIMEOUT_S + 30, network=False)
+    config = SandboxConfig(workdir=workdir, deadline=time.time() + RECIPE_TIMEOUT_S + 30)
     with make_sandbox(smoke_sandbox_kind(sandbox), config, task=task, progress=lambda _: None) as box:
         result = box.exec(argv, timeout=RECIPE_TIMEOUT_S, env={"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
     output = (result.stdout + "\n" + result.stderr).strip()
@@ -92,7 +92,7 @@ def _harness(source: str, workdir: Path, sandbox: str, task: str) -> tuple[bool,
         agent = HarnessAgent(path, model=f"scripted:{script}")
     except Exception as exc:  # the file does not import: the candidate is invalid
         return False, f"the harness does not load: {type(exc).__name__}: {exc}"
-    config = SandboxConfig(workdir=box_dir, deadline=deadline, network=False)
+    config = SandboxConfig(workdir=box_dir, deadline=deadline)
     with make_sandbox(smoke_sandbox_kind(sandbox), config, task=task, progress=lambda _: None) as box:
         ctx = TrialContext(workdir=box_dir, sandbox=box, deadline=deadline, prompt="Smoke check.", model=agent.model,
                            trace=TraceWriter(workdir / "trace.jsonl", source="harness"), raw_log=workdir / "agent.log",

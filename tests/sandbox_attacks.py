@@ -259,13 +259,6 @@ def check_no_network(sandbox) -> None:
     assert [ln.split(":")[0].strip() for ln in interfaces.splitlines()[2:]] == ["lo"], interfaces
 
 
-def check_network_when_asked(sandbox) -> None:
-    """Positive control for check_no_network: the same probe gets through with network=True."""
-    with tcp_server("127.0.0.1") as port:
-        result = sandbox.exec(CONNECT.format(host="127.0.0.1", port=port), timeout=20)
-    assert result.returncode == 0 and result.stdout.strip() == "pong", result
-
-
 def start_stray_processes(sandbox, marker: str) -> None:
     """Everything an agent might leave behind: setsid+nohup, a double fork, a TERM-proof process,
     a plain background job and a spawned process. Returns once they run."""

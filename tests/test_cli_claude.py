@@ -17,10 +17,10 @@ import pytest
 from autoembed.agents.base import TrialContext
 from autoembed.agents.cli.claude import ClaudeCodeAgent
 from autoembed.sandbox.base import SandboxConfig
-from autoembed.sandbox.factory import make_sandbox
 from autoembed.sandbox.none import NoSandbox
 from autoembed.trace import TraceWriter, read_trace
 from tests.fakellm import Fault, FakeLLM, Turn
+from tests.gated import LEAK_PROBE, assert_no_real_key_inside, assert_only_the_gateway_reached_the_fake, gated_sandbox
 
 # Recorded from claude-code 2.1.197 (`--print --verbose --output-format stream-json`) against the fake
 # server: a text + Bash call, a Read of a missing file (an error result), a final text, the result.
@@ -123,6 +123,7 @@ needs_claude = pytest.mark.skipif(shutil.which("claude") is None,
                                   reason="Claude Code CLI not installed: npm install -g @anthropic-ai/claude-code")
 PROMPT = "Create proof.txt containing hi."
 REPROMPT_MARK = "minutes left"
+FIRST_COMMAND = f"echo hi > proof.txt; {LEAK_PROBE}"
 
 
 def make_ctx(tmp_path: Path, box, env: dict[str, str]) -> TrialContext:
@@ -135,20 +136,6 @@ def make_ctx(tmp_path: Path, box, env: dict[str, str]) -> TrialContext:
                         reprompt_margin_s=0.0)
 
 
-def make_box(kind: str, workdir: Path, deadline: float, agent: ClaudeCodeAgent):
-    config = SandboxConfig(workdir=workdir, deadline=deadline, network=True, readonly_extra=agent.readonly_mounts())
-    if kind == "none":
-        return NoSandbox(config)
-    if shutil.which("bwrap") is None:
-        pytest.skip("bwrap not installed (apt-get install bubblewrap)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    box = make_sandbox("bwrap", config)
-    box.start()
-    probe = box.exec("true", timeout=30)
-    if probe.returncode != 0:
-        box.stop()
-        pytest.skip(f"bwrap does not work on this machine: {probe.stderr.strip()[:300]}")
-    return box
 
 
 def _texts(message: dict) -> str:
@@ -167,23 +154,24 @@ def scripted_model(body: dict) -> Turn:
         return Turn(text="proof.txt is written.")
     if REPROMPT_MARK in _texts(last):
         return Turn(tool_calls=[("Bash", {"command": "echo again >> proof.txt", "description": "append"})])
-    return Turn(tool_calls=[("Bash", {"command": "echo hi > proof.txt", "description": "write the proof"})])
+    return Turn(tool_calls=[("Bash", {"command": FIRST_COMMAND, "description": "write the proof"})])
 
 
 @needs_claude
 @pytest.mark.cli
-@pytest.mark.parametrize("sandbox_kind", ["bwrap", "none"])
+@pytest.mark.parametrize("sandbox_kind", ["bwrap", "docker", "none"])
 def test_real_cli_runs_a_command_in_the_sandbox_and_resumes(tmp_path, sandbox_kind):
+    """Through the trial's gateway (the fake behind it), in a sandbox without network."""
     agent = ClaudeCodeAgent()
     agent.max_turns = 2  # the first prompt and one re-prompt, which must resume the same session
     with FakeLLM(scripted_model) as fake:
-        box = make_box(sandbox_kind, tmp_path / "workdir", time.time() + 180, agent)
-        ctx = make_ctx(tmp_path, box, env={"ANTHROPIC_API_KEY": "sk-ant-fake", "ANTHROPIC_BASE_URL": fake.url})
-        try:
+        with gated_sandbox(sandbox_kind, tmp_path / "workdir", fake, seconds=180,
+                           readonly_extra=agent.readonly_mounts(),
+                           providers=agent.gateway_providers) as (box, gateway, env):
+            ctx = make_ctx(tmp_path, box, env=env)
             outcome = agent.run(ctx)
-        finally:
-            box.stop()
         requests = [r for r in fake.requests if r["body"].get("tools")]
+        assert_only_the_gateway_reached_the_fake(fake, gateway)
         assert all(r["path"].startswith("/v1/messages") for r in fake.requests), [r["path"] for r in fake.requests]
 
     raw = ctx.raw_log.read_text()
@@ -194,7 +182,7 @@ def test_real_cli_runs_a_command_in_the_sandbox_and_resumes(tmp_path, sandbox_ki
     events = read_trace(ctx.run_dir / "trace.jsonl")
     calls = [e for e in events if e.kind == "tool_call"]
     results = {e.call_id: e for e in events if e.kind == "tool_result"}
-    assert [c.args["command"] for c in calls] == ["echo hi > proof.txt", "echo again >> proof.txt"]
+    assert [c.args["command"] for c in calls] == [FIRST_COMMAND, "echo again >> proof.txt"]
     for call in calls:
         assert call.tool == "Bash" and results[call.call_id].tool == "Bash"
         assert results[call.call_id].is_error is False
@@ -208,9 +196,11 @@ def test_real_cli_runs_a_command_in_the_sandbox_and_resumes(tmp_path, sandbox_ki
     assert PROMPT in _texts(reprompt_call["messages"][0])
     assert any(b.get("type") == "tool_use" for m in reprompt_call["messages"] if isinstance(m["content"], list)
                for b in m["content"])
-    # the key from ctx.env reached the endpoint (sent as x-api-key or bearer); config stayed in the workdir
-    auth = [v for r in requests for k, v in r["headers"].items() if k.lower() in ("x-api-key", "authorization")]
-    assert auth and all(v.endswith("sk-ant-fake") for v in auth)
+    if sandbox_kind != "none":  # the host's key is nowhere inside; the token is (positive control)
+        assert_no_real_key_inside(ctx.workdir, gateway.token)
+    # the gateway counted every call the CLI made, with the tokens the fake reported
+    summary = gateway.summary()
+    assert summary["calls"] == len(fake.requests) and summary["usage"]["output_tokens"] == 7 * len(fake.requests)
     assert list((ctx.workdir / ".agent" / "claude" / "projects").rglob("*.jsonl")), "session not kept in CLAUDE_CONFIG_DIR"
 
 
@@ -235,14 +225,13 @@ def test_real_cli_is_stopped_at_the_deadline(tmp_path):
     """The model endpoint hangs: the agent must still come back at the deadline, with the CLI killed."""
     agent = ClaudeCodeAgent()
     with FakeLLM(scripted_model, faults=[Fault("hang", seconds=30.0)] * 3) as fake:
-        box = make_box("none", tmp_path / "workdir", time.time() + 6, agent)
-        ctx = make_ctx(tmp_path, box, env={"ANTHROPIC_API_KEY": "sk-ant-fake", "ANTHROPIC_BASE_URL": fake.url})
-        start = time.monotonic()
-        try:
+        with gated_sandbox("none", tmp_path / "workdir", fake, seconds=6,
+                           readonly_extra=agent.readonly_mounts(),
+                           providers=agent.gateway_providers) as (box, gateway, env):
+            ctx = make_ctx(tmp_path, box, env=env)
+            start = time.monotonic()
             outcome = agent.run(ctx)
-        finally:
-            box.stop()
-        elapsed = time.monotonic() - start
+            elapsed = time.monotonic() - start
         assert fake.fault_log and fake.fault_log[0] == "hang"  # the CLI did reach the hanging endpoint
     assert outcome.exit_reason == "deadline" and elapsed < 15, (outcome, elapsed)
     assert not any(e.kind == "usage" for e in read_trace(ctx.run_dir / "trace.jsonl"))

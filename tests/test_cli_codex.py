@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import tomllib
 from pathlib import Path
@@ -19,6 +18,8 @@ from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.none import NoSandbox
 from autoembed.trace import Event, TraceWriter, read_trace, total_usage
 from tests.fakellm import FakeLLM, Turn
+from tests.gated import (LEAK_PROBE, REAL_KEYS, assert_no_real_key_inside, assert_only_the_gateway_reached_the_fake,
+                         gated_sandbox)
 
 # Recorded from codex-cli 0.169.0 (stdout and stderr merged, as CliAgent reads it) against the fake server:
 # a first turn that runs two commands (the second fails), then `codex exec resume <thread id>`.
@@ -147,19 +148,6 @@ def _ctx(tmp_path: Path, box, env: dict, prompt: str = "hi", deadline_s: float =
                         reprompt_margin_s=0)
 
 
-def _sandbox(config: SandboxConfig):
-    """bwrap through the sandbox factory when both exist and work here, else the none sandbox."""
-    if shutil.which("bwrap"):
-        try:
-            from autoembed.sandbox.factory import make_sandbox
-        except ImportError:
-            make_sandbox = None
-        probe = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "true"], capture_output=True)
-        if make_sandbox is not None and probe.returncode == 0:
-            return make_sandbox("bwrap", config)
-    return NoSandbox(config)
-
-
 def _shell_call(body: dict, script: str) -> tuple[str, dict]:
     """Whichever shell tool this codex version offers."""
     tools = {tool.get("name") for tool in body.get("tools", [])}
@@ -174,9 +162,9 @@ def _shell_call(body: dict, script: str) -> tuple[str, dict]:
 
 @pytest.mark.cli
 @pytest.mark.skipif(shutil.which("codex") is None, reason="codex CLI not installed: npm install -g @openai/codex")
-def test_real_codex_runs_a_command_in_the_sandbox(tmp_path):
-    secret = "sk-secret-only-for-codex"
-    script_cmd = "echo made-by-codex > codex_made.txt && env > env_seen.txt && pwd"
+@pytest.mark.parametrize("kind", ["bwrap", "docker"])
+def test_real_codex_runs_a_command_in_the_sandbox(tmp_path, kind):
+    script_cmd = f"echo made-by-codex > codex_made.txt && env > env_seen.txt; {LEAK_PROBE}; pwd"
 
     def script(body: dict) -> Turn:
         answered = any(item.get("type") == "function_call_output" for item in body.get("input", []))
@@ -190,13 +178,14 @@ def test_real_codex_runs_a_command_in_the_sandbox(tmp_path):
     agent = CodexAgent(model="gpt-5")
     agent.max_turns = 2  # the first prompt and one re-prompt that must resume the same thread
     with FakeLLM(script) as fake:
-        config = SandboxConfig(workdir=workdir, deadline=time.time() + 240, network=True,
-                               readonly_extra=agent.readonly_mounts())
-        with _sandbox(config) as box:
-            ctx = _ctx(tmp_path, box, env={"OPENAI_API_KEY": secret, "OPENAI_BASE_URL": fake.url + "/v1"},
-                       prompt="Create codex_made.txt in the working directory.", deadline_s=240)
+        with gated_sandbox(kind, workdir, fake, readonly_extra=agent.readonly_mounts(),
+                           providers=agent.gateway_providers) as (box, gateway, env):
+            ctx = _ctx(tmp_path, box, env=env, prompt="Create codex_made.txt in the working directory.",
+                       deadline_s=240)
             outcome = agent.run(ctx)
         requests = [r for r in fake.requests if r["path"].endswith("/responses")]
+        assert_only_the_gateway_reached_the_fake(fake, gateway)
+    secret = gateway.token
     print(f"codex ran in the {box.kind!r} sandbox; {agent.versions()}")
     log = ctx.raw_log.read_text(errors="replace")
     assert outcome.exit_reason == "finished" and outcome.turns == 2, f"{outcome}\n{log[-3000:]}"
@@ -223,8 +212,9 @@ def test_real_codex_runs_a_command_in_the_sandbox(tmp_path):
     assert all(tool.get("type") != "web_search" for tool in requests[0]["body"]["tools"])
     turn_meta = json.loads(requests[0]["body"].get("client_metadata", {}).get("x-codex-turn-metadata", "{}"))
     assert turn_meta.get("analytics_enabled", False) is False
-    # the key reached the endpoint, but never a file or the agent's own commands
+    # the gateway swapped the token for the host's key; the token never reached a file or the agent's commands
     assert {r["headers"].get("authorization") or r["headers"].get("Authorization") for r in requests} == {
-        f"Bearer {secret}"}
+        f"Bearer {REAL_KEYS['openai']}"}
+    assert_no_real_key_inside(workdir, gateway.token)
     assert secret not in (workdir / "env_seen.txt").read_text()
     assert secret not in (workdir / ".agent" / "codex" / "config.toml").read_text()

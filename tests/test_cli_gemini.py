@@ -13,11 +13,12 @@ import pytest
 
 from autoembed.agents.base import TrialContext
 from autoembed.agents.cli.gemini import GeminiAgent
-from autoembed.sandbox.base import SandboxConfig, SandboxError
-from autoembed.sandbox.factory import make_sandbox
+from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.none import NoSandbox
 from autoembed.trace import TraceWriter, read_trace
 from tests.fakellm.server import FakeLLM, Turn
+from tests.gated import (LEAK_PROBE, REAL_KEYS, assert_no_real_key_inside, assert_only_the_gateway_reached_the_fake,
+                         gated_sandbox)
 
 # Recorded from gemini-cli 0.61.0 (stdout and stderr together, as the agent reads them) against the
 # fake server: a text delta, two parallel tool calls (one fails), a final answer, the result stats.
@@ -100,12 +101,14 @@ def test_parser_joins_deltas_and_survives_junk():
     assert events[5].usage.input_tokens == 5 and events[5].usage.cost_usd is None  # unknown price is not free
 
 
-def make_context(tmp_path: Path, sandbox, fake_url: str | None = None, model: str | None = None) -> TrialContext:
+def make_context(tmp_path: Path, sandbox, fake_url: str | None = None, model: str | None = None,
+                 env: dict | None = None) -> TrialContext:
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
-    env = {"GEMINI_API_KEY": "test-key"}
-    if fake_url:
-        env["GOOGLE_GEMINI_BASE_URL"] = fake_url
+    if env is None:
+        env = {"GEMINI_API_KEY": "test-key"}
+        if fake_url:
+            env["GOOGLE_GEMINI_BASE_URL"] = fake_url
     return TrialContext(workdir=sandbox.config.workdir, sandbox=sandbox, deadline=sandbox.config.deadline,
                         prompt=PROMPT, model=model,
                         trace=TraceWriter(run_dir / "trace.jsonl", source="gemini"), raw_log=run_dir / "agent.log",
@@ -149,36 +152,18 @@ PROMPT = "Create proof.txt in the working directory; the metric is nDCG@10, see 
 
 
 # -- the real CLI ---------------------------------------------------------------------------------
-COMMAND = "echo made-by-gemini > proof.txt && env > seen_env.txt"
+COMMAND = f"echo made-by-gemini > proof.txt && env > seen_env.txt; {LEAK_PROBE}"
 
 
 def gemini_version() -> str:
     return subprocess.run(["gemini", "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-def start_sandbox(kind: str, workdir: Path, deadline: float):
-    """bwrap through the factory when it works here (skips with the reason otherwise), or none."""
-    config = SandboxConfig(workdir=workdir, deadline=deadline, network=True,
-                           readonly_extra=GeminiAgent().readonly_mounts())
-    if kind == "none":
-        box = NoSandbox(config)
-        box.start()
-        return box
-    if shutil.which("bwrap") is None:
-        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
-    try:
-        box = make_sandbox(kind, config)
-        box.start()
-    except SandboxError as exc:
-        pytest.skip(f"{kind} sandbox does not start here: {exc}")
-    return box
-
-
 @pytest.mark.cli
 @pytest.mark.skipif(shutil.which("gemini") is None,
                     reason="Gemini CLI not installed: npm install -g @google/gemini-cli")
 @pytest.mark.parametrize("kind, model", [pytest.param("bwrap", None, marks=pytest.mark.bwrap),
-                                         ("none", "gemini-2.5-flash")])
+                                         ("docker", "gemini-2.5-flash"), ("none", "gemini-2.5-flash")])
 def test_real_gemini_cli_runs_a_command_in_the_sandbox(kind, model, tmp_path):
     """With no model the CLI routes each turn through a classifier call first (a side call the fake
     answers off-script); with one it sends --model and calls only that model."""
@@ -188,22 +173,23 @@ def test_real_gemini_cli_runs_a_command_in_the_sandbox(kind, model, tmp_path):
               Turn(text="Created proof.txt."),
               Turn(text="Nothing left to improve.")]  # answers the re-prompt
     with FakeLLM(script) as fake:
-        box = start_sandbox(kind, workdir, time.time() + 240)
-        try:
+        with gated_sandbox(kind, workdir, fake, readonly_extra=GeminiAgent().readonly_mounts(),
+                           providers=GeminiAgent.gateway_providers) as (box, gateway, env):
             agent = GeminiAgent(model=model)
             agent.max_turns = 2  # the first prompt and one re-prompt
-            ctx = make_context(tmp_path, box, fake_url=fake.url)
+            ctx = make_context(tmp_path, box, env=env)
             outcome = agent.run(ctx)
-        finally:
-            box.stop()
         requests = list(fake.requests)
+        assert_only_the_gateway_reached_the_fake(fake, gateway)
 
     raw = ctx.raw_log.read_text(errors="replace")
     assert outcome.exit_reason == "finished", f"{outcome} (gemini {gemini_version()}, {kind})\n{raw[-3000:]}"
     assert outcome.turns == 2
     assert (workdir / "proof.txt").read_text().strip() == "made-by-gemini"
     seen_env = (workdir / "seen_env.txt").read_text()
-    assert "GEMINI_CLI_HOME=" in seen_env and "test-key" not in seen_env  # the key stays out of its commands
+    assert "GEMINI_CLI_HOME=" in seen_env and gateway.token not in seen_env  # even the token stays out of its commands
+    if kind != "none":
+        assert_no_real_key_inside(workdir, gateway.token)
 
     events = read_trace(ctx.run_dir / "trace.jsonl")
     calls = [e for e in events if e.kind == "tool_call"]
@@ -225,7 +211,7 @@ def test_real_gemini_cli_runs_a_command_in_the_sandbox(kind, model, tmp_path):
         assert all(f"/models/{model}:" in r["path"] for r in streams) and not side_calls
     else:
         assert side_calls and all("responseJsonSchema" in r["body"]["generationConfig"] for r in side_calls)
-    assert all(r["headers"].get("x-goog-api-key") == "test-key" for r in requests)
+    assert all(r["headers"].get("x-goog-api-key") == REAL_KEYS["gemini"] for r in requests)
     # the re-prompt resumed the session: its request carries the first turn's tool call in its history
     history = streams[-1]["body"]["contents"]
     assert any(part.get("functionCall", {}).get("name") == "run_shell_command"

@@ -105,7 +105,7 @@ def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
     assert META_KEYS <= set(meta), META_KEYS - set(meta)
     assert meta["run_id"] == run_dir.name and meta["agent"] == "recipe" and meta["task"] == "embed"
     assert meta["hours"] == 0.015 and meta["exit_reason"] == "finished", meta["exit_detail"]
-    assert meta["status"] == "scored" and meta["sandbox"]["kind"] == "bwrap" and meta["sandbox"]["network"] is False
+    assert meta["status"] == "scored" and meta["sandbox"]["kind"] == "bwrap" and meta["sandbox"]["network"] == "none"
     assert meta["versions"]["autoembed"] and meta["versions"]["agent"]["recipe_sha256"]
     assert meta["versions"]["torch"] == torch.__version__ and isinstance(meta["versions"]["git_dirty"], bool)
     assert meta["started"] <= meta["agent_started"] <= meta["agent_ended"] <= meta["ended"]
@@ -120,6 +120,11 @@ def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
     log = (run_dir / "agent.log").read_text()
     assert "saved /workdir/final_model" in log and "\nsteps: " in log  # train.py's output and its summary block
     assert "train.py" in (run_dir / "trace.md").read_text()
+    # no model: no gateway, no way out, nothing spent; the trajectory still lists what the recipe ran
+    assert meta["gateway"] is None and meta["usage"]["cost_usd"] == 0.0 and meta["limit_reached"] is None
+    trajectory = json.loads((run_dir / "trajectory.json").read_text())
+    assert trajectory["schema_version"] == "ATIF-v1.4" and trajectory["final_metrics"]["extra"]["model_calls"] == 0
+    assert any("train.py" in json.dumps(s.get("tool_calls")) for s in trajectory["steps"])
 
     files = meta["final_model"]["files"]
     assert "model.safetensors" in files and "modules.json" in files
@@ -288,6 +293,8 @@ BAD = {
     "harness-file": (["harness:no/such/harness.py", "--hours", "0.01"], "harness file no/such/harness.py does not exist"),
     "hours-zero": (["recipe", "--hours", "0"], "--hours must be positive"),
     "hours-text": (["recipe", "--hours", "two"], "argument --hours: invalid float value: 'two'"),
+    "max-usd-zero": (["claude", "--hours", "0.01", "--max-usd", "0"], "--max-usd must be positive"),
+    "max-tokens-text": (["claude", "--hours", "0.01", "--max-tokens", "lots"], "argument --max-tokens: invalid int value"),
 }
 
 

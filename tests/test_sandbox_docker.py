@@ -123,13 +123,8 @@ def test_cannot_unmount_what_hides(sandbox):
     attacks.check_cannot_unmount(sandbox, EXTRA_HIDDEN, EXTRA_HIDDEN / "UTC")
 
 
-def test_no_network_by_default(sandbox):
+def test_no_network(sandbox):  # the gateway, the one way out, is tested in test_gateway_sandbox.py
     attacks.check_no_network(sandbox)
-
-
-def test_host_network_when_the_agent_needs_its_api(image, tmp_path):
-    with make(image, tmp_path, network=True) as box:
-        attacks.check_network_when_asked(box)
 
 
 def test_nothing_outlives_the_deadline(image, tmp_path):

@@ -21,7 +21,7 @@ class TrialContext:
     trace: TraceWriter  # normalized events -> trace.jsonl
     raw_log: Path  # the agent's raw output (stream-json etc.)
     run_dir: Path  # traces/<run-id>/ (host side; never inside the sandbox)
-    env: dict[str, str] = field(default_factory=dict)  # secrets for this agent only (API keys, tokens)
+    env: dict[str, str] = field(default_factory=dict)  # the gateway's base URLs + the trial's token (never a real key)
     progress: Callable[[str], None] = print
     reprompt_margin_s: float = 300.0  # re-prompt a CLI that stops early while more than this remains
 
@@ -36,11 +36,8 @@ class AgentOutcome:
 
 class Agent(abc.ABC):
     name: str = "abstract"
-    needs_network: bool = False  # CLI agents need their API endpoint inside the sandbox
-
-    def required_env(self) -> list[str]:
-        """Environment variables (secrets) this agent needs passed in; others never reach it."""
-        return []
+    # which of the LLM gateway's providers this agent's environment names (base URL + token); none: no gateway
+    gateway_providers: tuple[str, ...] = ("anthropic", "openai", "gemini")
 
     def readonly_mounts(self) -> list[Path]:
         """Host paths the sandbox must expose read-only for this agent (e.g. a CLI's node install)."""

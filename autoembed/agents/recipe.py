@@ -58,7 +58,7 @@ print("PROBE " + json.dumps(info))
 
 class RecipeAgent(Agent):
     name = "recipe"
-    needs_network = False
+    gateway_providers = ()  # no model: no way out of the sandbox at all
 
     def __init__(self, model: str | None = None, *, path: str | Path | None = None, batch_size: int | None = None, max_steps: int | None = None,
                  lr: float | None = None, seed: int = 0, min_margin_s: float = 15.0, max_margin_s: float = 120.0):

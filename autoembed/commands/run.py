@@ -17,6 +17,10 @@ def add_parser(sub) -> None:
                    help="the agent's model (harness: provider:model, e.g. anthropic:claude-sonnet-4-6)")
     p.add_argument("--gpus", default=None, help="GPU ids for the agent, e.g. 0 or 0,1 (default: none)")
     p.add_argument("--out", default=None, help="run folder (default: traces/<run-id>)")
+    p.add_argument("--max-usd", type=float, default=None,
+                   help="the trial's LLM spending cap in estimated dollars (default: task.toml [budget] usd)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="the trial's cap on all tokens its model calls report (default: task.toml [budget] tokens)")
     p.set_defaults(func=_main)
 
 
@@ -25,5 +29,5 @@ def _main(args) -> int:
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     result = run(args.agent, task=args.task, hours=args.hours, sandbox=args.sandbox, model=args.model, gpus=gpus,
-                 out=args.out, fast=args.fast)
+                 out=args.out, fast=args.fast, max_usd=args.max_usd, max_tokens=args.max_tokens)
     return 0 if result.score is not None else 1

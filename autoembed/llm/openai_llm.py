@@ -24,6 +24,7 @@ from autoembed.trace import Usage
 APIS = ("chat", "responses")
 TRANSIENT_STATUS = {408, 409, 429}  # plus every 5xx (529 included)
 LOCAL_KEY_PLACEHOLDER = "not-needed"  # vLLM/Ollama accept any key, the SDK insists on one
+UPSTREAM_ENV = "AUTOEMBED_OPENAI_UPSTREAM"  # set by the LLM gateway: the OpenAI-style server behind it
 
 
 class OpenAILLM(LLM):
@@ -36,6 +37,9 @@ class OpenAILLM(LLM):
             raise LLMError(f"unknown OpenAI api {api!r}: use one of {APIS}")
         self.api = api
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        # behind the LLM gateway the base URL is always local: the server that really answers is named apart
+        upstream = os.environ.get(UPSTREAM_ENV) or self.base_url or ""
+        self.compatible = bool(upstream) and "api.openai.com" not in upstream  # vLLM, Ollama, ...
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             if not self.base_url:
@@ -75,7 +79,7 @@ class OpenAILLM(LLM):
             return params
         chat = ([{"role": "system", "content": system}] if system else []) + to_chat_messages(messages)
         # OpenAI's newer models reject max_tokens; compatible servers do not all know max_completion_tokens
-        limit_key = "max_tokens" if self.base_url else "max_completion_tokens"
+        limit_key = "max_tokens" if self.compatible else "max_completion_tokens"
         params = {"model": self.model, "messages": chat, limit_key: max_tokens}
         if tools:
             params["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,

@@ -2,24 +2,34 @@
 
 A sandbox exposes a single writable folder, the trial's workdir, at `workdir_inside`; everything
 else is read-only or absent. It hides `autoembed/sealed/`, earlier traces and the user's home; it
-has no network unless `network=True` (a CLI agent that needs its API); and it kills every process
-it started when stopped or when the deadline passes.
+has no network at all, only the trial's LLM gateway: the folder of the gateway's socket is mounted at
+/gateway and a forwarder inside listens on 127.0.0.1:GATEWAY_PORT (`gateway_url`); and it kills every
+process it started when stopped or when the deadline passes.
 """
 
 from __future__ import annotations
 
 import abc
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from autoembed.sandbox import forwarder
+from autoembed.sandbox.procs import read_until
+
+GATEWAY_DIR_INSIDE = "/gateway"  # where bwrap and docker mount the host folder holding the gateway's socket
+GATEWAY_PORT = 8787  # the forwarder's port on the sandbox's own loopback
+FORWARDER_SOURCE = Path(forwarder.__file__).read_text()
+FORWARDER_START_S = 20.0
 
 
 @dataclass
 class SandboxConfig:
     workdir: Path  # host folder, mounted writable
     deadline: float  # epoch seconds; nothing started inside outlives it
-    network: bool = False
+    gateway_socket: Path | None = None  # host path of the LLM gateway's Unix socket; None: no way out at all
     gpus: list[str] | None = None  # GPU ids ("0", "1"); None = no GPU passed through
     env: dict[str, str] = field(default_factory=dict)  # extra environment inside
     hidden: list[Path] = field(default_factory=list)  # host paths made invisible (in addition to the defaults)
@@ -70,6 +80,40 @@ class Sandbox(abc.ABC):
     def stop(self) -> None:
         """Kill everything started inside; idempotent."""
 
+    # -- the one way out: the LLM gateway ----------------------------------------------------------
+    gateway_port: int | None = None  # set once the forwarder listens
+
+    @property
+    def gateway_url(self) -> str | None:
+        """The gateway as processes inside reach it (base URLs for the agents' SDKs hang below it)."""
+        return f"http://127.0.0.1:{self.gateway_port}" if self.gateway_port else None
+
+    def gateway_socket_inside(self) -> str:
+        return f"{GATEWAY_DIR_INSIDE}/{Path(self.config.gateway_socket).name}"
+
+    def connect_gateway(self) -> None:
+        """For an engine with its own network namespace, at the end of start(): the forwarder on GATEWAY_PORT
+        when the config names a gateway; a sandbox whose forwarder fails is stopped, not left half open."""
+        if not self.config.gateway_socket:
+            return
+        try:
+            self.start_forwarder()
+        except SandboxError:
+            self.stop()
+            raise
+
+    def start_forwarder(self, port: int = GATEWAY_PORT) -> None:
+        """Start the forwarder inside (its own network namespace): 127.0.0.1:port -> the gateway's socket;
+        waits until it listens (port 0: a free one, for a sandbox that shares the host's network)."""
+        argv = [sys.executable, "-I", "-S", "-c", FORWARDER_SOURCE, "127.0.0.1", str(port), self.gateway_socket_inside()]
+        proc = self.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        line = read_until(proc.stdout.fileno(), lambda b: b"\n" in b, FORWARDER_START_S).decode("utf-8", "replace")
+        if not line.startswith("listening "):
+            proc.kill()
+            raise SandboxError(f"the gateway forwarder did not start inside the {self.kind} sandbox: "
+                               f"{line.strip() or 'no output'}")
+        self.gateway_port = int(line.split()[1])
+
     def seconds_left(self) -> float:
         return self.config.deadline - time.time()
 
@@ -81,7 +125,8 @@ class Sandbox(abc.ABC):
 
     def describe(self) -> dict:
         """What the trial record says about where the agent ran."""
-        return {"kind": self.kind, "network": self.config.network, "gpus": self.config.gpus}
+        return {"kind": self.kind, "network": "none; the LLM gateway only" if self.config.gateway_socket else "none",
+                "gateway_url": self.gateway_url, "gpus": self.config.gpus}
 
     def __enter__(self):
         self.start()
@@ -89,3 +134,4 @@ class Sandbox(abc.ABC):
 
     def __exit__(self, *exc):
         self.stop()
+

@@ -3,7 +3,8 @@
 start() runs `bwrap ... -- python -c REAPER`: a fresh mount, PID, network, IPC, UTS, cgroup and user
 namespace whose root holds only /usr and /etc (read-only), this Python's install and the autoembed
 package (read-only, sealed/ covered by an empty tmpfs), a private /tmp, and the workdir, writable, at
-/workdir. exec() and spawn() join those namespaces with nsenter and drop every capability with
+/workdir. Its network namespace has loopback only; the LLM gateway's socket folder is bound at /gateway
+and a forwarder inside serves it on 127.0.0.1 (see base.Sandbox.start_forwarder). exec() and spawn() join those namespaces with nsenter and drop every capability with
 setpriv, so background jobs survive between calls exactly as in Docker, and killing the
 namespace's PID 1 at stop() or at the deadline kills everything the agent started, double-forked,
 setsid'd and nohup'd processes included.
@@ -15,7 +16,6 @@ import functools
 import glob
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from autoembed import paths
 from autoembed.sandbox import layout
-from autoembed.sandbox.base import ExecResult, Sandbox, SandboxError
+from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
 from autoembed.sandbox.hidden import hidden_paths, is_within
-from autoembed.sandbox.procs import REAPER, GroupPopen, communicate_or_kill, kill_pid, wait_gone
+from autoembed.sandbox.procs import REAPER, GroupPopen, communicate_or_kill, kill_pid, read_until, wait_gone
 
 WORKDIR_INSIDE = "/workdir"
 START_TIMEOUT_S = 20.0
@@ -78,8 +78,8 @@ class BwrapSandbox(Sandbox):
             os.close(info_w)
             os.close(ready_w)
         try:
-            info = json.loads(_read_until(info_r, lambda b: _complete_json(b), START_TIMEOUT_S) or b"{}")
-            ready = _read_until(ready_r, lambda b: b == b"ready", START_TIMEOUT_S)
+            info = json.loads(read_until(info_r, lambda b: _complete_json(b), START_TIMEOUT_S) or b"{}")
+            ready = read_until(ready_r, lambda b: b == b"ready", START_TIMEOUT_S)
         finally:
             os.close(info_r)
             os.close(ready_r)
@@ -90,6 +90,7 @@ class BwrapSandbox(Sandbox):
         self._timer = threading.Timer(max(0.0, self.seconds_left()), self._deadline_reached)
         self._timer.daemon = True
         self._timer.start()
+        self.connect_gateway()
 
     def stop(self) -> None:
         with self._lock:
@@ -167,8 +168,6 @@ class BwrapSandbox(Sandbox):
         if _supports("--disable-userns"):
             # A user namespace of its own, and no further ones: nothing inside can gain capabilities.
             args += ["--unshare-user", "--disable-userns"]
-        if self.config.network:
-            args.append("--share-net")
         for root in layout.SYSTEM_ROOTS:
             if os.path.isdir(root):
                 args += ["--ro-bind", root, root]
@@ -184,6 +183,8 @@ class BwrapSandbox(Sandbox):
                  "--dir", "/var", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run"]
         args += self._mount_plan()
         args += ["--bind", str(workdir), WORKDIR_INSIDE]
+        if self.config.gateway_socket:  # the gateway's socket: the only thing outside this network namespace it reaches
+            args += ["--ro-bind", str(Path(self.config.gateway_socket).parent.resolve()), GATEWAY_DIR_INSIDE]
         for path in self._hiding_tmpfs():  # read-only too, once everything is mounted
             args += ["--remount-ro", str(path)]
         args += ["--remount-ro", "/", "--chdir", WORKDIR_INSIDE]
@@ -278,20 +279,6 @@ def _supports(flag: str) -> bool:
 def _bwrap_version() -> str:
     done = subprocess.run(["bwrap", "--version"], capture_output=True, text=True)
     return done.stdout.strip()
-
-
-def _read_until(fd: int, done, timeout: float) -> bytes:
-    data = b""
-    end = time.time() + timeout
-    while not done(data) and time.time() < end:
-        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.time()))
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _complete_json(data: bytes) -> bool:

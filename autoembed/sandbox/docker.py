@@ -3,8 +3,8 @@
 The image (image.py) is this machine's own software without the hidden paths, so nothing hidden is
 there to find; the container adds only the workdir (writable, at /workdir), a read-only root,
 private tmpfs for /tmp and /run, no capabilities, no-new-privileges, memory and pid limits, and no
-network unless the agent needs its API. PID 1 is the same reaper as in bwrap: it exits at the
-deadline, so the container dies on time even if the harness itself is gone.
+network: only loopback, where a forwarder serves the LLM gateway's socket (mounted at /gateway).
+PID 1 is the same reaper as in bwrap: it exits at the deadline, so the container dies on time even if the harness itself is gone.
 
 exec() goes through the SDK. spawn() must hand back a real subprocess.Popen (the CLI agents read
 its stdout line by line and wait on it), which the SDK cannot give, so it runs `docker exec -i`
@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from autoembed.sandbox import layout
-from autoembed.sandbox.base import ExecResult, Sandbox, SandboxError
+from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
 from autoembed.sandbox.hidden import default_hidden
 from autoembed.sandbox.image import docker_client
 from autoembed.sandbox.procs import REAPER
@@ -84,6 +84,7 @@ class DockerSandbox(Sandbox):
         self._timer = threading.Timer(max(0.0, self.seconds_left()), self.stop)
         self._timer.daemon = True
         self._timer.start()
+        self.connect_gateway()
 
     def container_kwargs(self, workdir: Path) -> dict:
         import docker
@@ -92,6 +93,8 @@ class DockerSandbox(Sandbox):
         for path in map(Path, self.config.readonly_extra):  # what an agent asked for beyond the image
             if path.exists():
                 volumes[str(path.resolve())] = {"bind": str(path.resolve()), "mode": "ro"}
+        if self.config.gateway_socket:
+            volumes[str(Path(self.config.gateway_socket).parent.resolve())] = {"bind": GATEWAY_DIR_INSIDE, "mode": "ro"}
         tmpfs = {"/tmp": "rw,exec,mode=1777", "/var/tmp": "rw,exec,mode=1777", "/run": "rw,mode=755"}
         mounts = []
         for path in self._extra_hidden():  # the defaults are not in the image at all
@@ -116,9 +119,8 @@ class DockerSandbox(Sandbox):
             shm_size=SHM_SIZE,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            # "none": no interface but loopback. A CLI agent needs its API, and "host" (not a bridge)
-            # lets it reach an API server or proxy on the host's 127.0.0.1, the tests' fake LLM included.
-            network_mode="host" if self.config.network else "none",
+            # no interface but loopback, always: the LLM gateway's socket (mounted at /gateway) is the way out
+            network_mode="none",
             pids_limit=self.config.pids_limit,
         )
         if self.config.memory_gb:

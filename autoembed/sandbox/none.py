@@ -27,6 +27,11 @@ class NoSandbox(Sandbox):
 
     def start(self) -> None:
         print(WARNING, file=sys.stderr)
+        if self.config.gateway_socket:  # no namespace of its own: the forwarder takes a free port on the host
+            self.start_forwarder(port=0)
+
+    def gateway_socket_inside(self) -> str:
+        return str(self.config.gateway_socket)
 
     def _env(self, env: dict[str, str] | None) -> dict[str, str]:
         merged = dict(os.environ)

@@ -16,6 +16,9 @@ class TaskSpec:
     base_model: str  # "package:<module>" (an installed model package), a local path, or a hub id
     base_model_sha256: str | None
     hours: float
+    max_usd: float | None  # the LLM gateway's caps for one trial ([budget] usd, tokens, call_timeout_s)
+    max_tokens: int | None
+    call_timeout_s: float
     dev_dir: Path  # BEIR-style folders, one per dev task
     dev_tasks: tuple[str, ...]
     pool_path: Path  # jsonl.gz of {"query", "positive", "domain", "group"}
@@ -45,6 +48,9 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         base_model=model["id"],
         base_model_sha256=model.get("sha256"),
         hours=float(raw.get("budget", {}).get("hours", 2.0)),
+        max_usd=_optional(raw.get("budget", {}).get("usd"), float),
+        max_tokens=_optional(raw.get("budget", {}).get("tokens"), int),
+        call_timeout_s=float(raw.get("budget", {}).get("call_timeout_s", 600.0)),
         dev_dir=(root / dev["data"]).resolve(),
         dev_tasks=tuple(dev["tasks"]),
         pool_path=(root / pool["path"]).resolve(),
@@ -56,3 +62,7 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         dockerfile=(root / "environment" / "Dockerfile") if (root / "environment" / "Dockerfile").exists() else None,
         extra={k: v for k, v in raw.items() if k not in {"name", "base_model", "dev", "pool", "eval", "budget"}},
     )
+
+
+def _optional(value, kind):
+    return None if value is None else kind(value)

@@ -89,6 +89,7 @@ class FakeLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *args):  # quiet
                 pass
@@ -181,6 +182,7 @@ def send_sse_frames(handler: BaseHTTPRequestHandler, frames: list[str]) -> None:
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
     handler.send_header("Content-Length", str(len(payload)))
+    handler.send_header("Connection", "close")  # said, not only done: a client must not reuse this connection
     handler.end_headers()
     handler.wfile.write(payload)
     handler.close_connection = True

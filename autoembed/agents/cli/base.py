@@ -23,7 +23,6 @@ REPROMPT = ("You have about {minutes} minutes left of your budget. Keep improvin
 
 
 class CliAgent(Agent):
-    needs_network = True
     binary: str = ""  # executable name on PATH
     max_turns: int = 20  # first prompt + re-prompts
 

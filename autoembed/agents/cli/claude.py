@@ -53,8 +53,7 @@ class ClaudeCodeAgent(CliAgent):
         self._model_seen: str | None = None
 
     # -- launching ------------------------------------------------------------------------------
-    def required_env(self) -> list[str]:
-        return [*CREDENTIALS, "ANTHROPIC_BASE_URL"]
+    gateway_providers = ("anthropic",)
 
     def executable(self) -> str:
         """The CLI's real path on the host (a sandbox binds it read-only there), else its bare name."""

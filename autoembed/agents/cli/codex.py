@@ -52,8 +52,7 @@ class CodexAgent(CliAgent):
         self._process = 0  # codex numbers items from item_0 in every process: call ids get this prefix
 
     # -- launching ------------------------------------------------------------------------------
-    def required_env(self) -> list[str]:
-        return [*CREDENTIALS, "OPENAI_BASE_URL"]
+    gateway_providers = ("openai",)
 
     def readonly_mounts(self) -> list[Path]:
         found = shutil.which(self.binary)

@@ -58,8 +58,7 @@ class GeminiAgent(CliAgent):
         self._resume: bool | None = None
         self._env: dict[str, str] = {}
 
-    def required_env(self) -> list[str]:
-        return ["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"]
+    gateway_providers = ("gemini",)
 
     def readonly_mounts(self) -> list[Path]:
         """The CLI's npm package: bin/gemini is a symlink to <package>/bundle/gemini.js."""

@@ -1,0 +1,398 @@
+"""The LLM gateway: one per trial (and one per loop for its meta-agent), the only endpoint a sandbox reaches.
+
+    gateway = Gateway(run_dir, upstreams_from_env(), Limits(max_usd=5, deadline=deadline))
+    gateway.start()                       # listens on <socket_dir>/gateway.sock (and 127.0.0.1:<port> with tcp=True)
+    env = gateway.agent_env("http://127.0.0.1:8787")   # base URLs + the per-trial token, never a real key
+    ...
+    gateway.stop(); gateway.summary()     # calls, usage, cost, and which limit stopped the trial
+
+Routes: /anthropic/<path>, /openai/<path>, /gemini/<path>; each prefix stands for that provider's upstream
+base URL (what its SDK would use as base URL), so `/openai/chat/completions` goes to
+`<OPENAI upstream>/chat/completions`. The OpenAI route serves any OpenAI-compatible server (vLLM, Ollama)
+when its upstream is one. A request must carry the trial's token where its SDK sends a key (x-api-key,
+Authorization: Bearer, x-goog-api-key or ?key=); the gateway puts the real key in its place.
+
+Built on aiohttp (server and client, streaming, Unix sockets) rather than LiteLLM's proxy: we only pass
+requests through, unchanged, to the provider the agent already speaks; LiteLLM's proxy translates between
+APIs, pulls in a database-backed server and dozens of dependencies, and its pass-through routes would
+still need our own accounting of streamed usage. aiohttp is one maintained dependency and the handler is
+a page of code.
+
+Every call is logged as it ends (gateway.jsonl: tokens, cache hits, cost, latency, status, refusals) with its
+bodies beside it (gateway_bodies.jsonl: the request and the reply, streams folded into one body), on the
+host, outside the workdir. Limits: a dollar cap and a token cap on what has been spent, a per-call timeout and
+the trial's deadline. Past a cap a request gets a 403 in its API's error shape, which SDKs do not retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from autoembed.gateway.sse import SSEReader
+from autoembed.gateway.wire import WIRES, StreamFold, Wire
+from autoembed.llm.pricing import estimate_cost
+from autoembed.trace import Usage
+
+SOCKET_NAME = "gateway.sock"
+MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
+DEFAULT_BASES = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1",
+                 "gemini": "https://generativelanguage.googleapis.com"}
+BASE_URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL", "gemini": "GOOGLE_GEMINI_BASE_URL"}
+KEY_ENV = {  # host variables holding each provider's credential, first found wins, with how it is sent
+    "anthropic": [("ANTHROPIC_API_KEY", "api_key"), ("ANTHROPIC_AUTH_TOKEN", "bearer"), ("CLAUDE_CODE_OAUTH_TOKEN", "oauth")],
+    "openai": [("OPENAI_API_KEY", "api_key"), ("CODEX_API_KEY", "api_key")],
+    "gemini": [("GEMINI_API_KEY", "api_key"), ("GOOGLE_API_KEY", "api_key")],
+}
+AGENT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
+# never forwarded: the client's credentials, and what belongs to one hop of HTTP
+DROP_REQUEST = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding", "te",
+                "upgrade", "proxy-authorization", "proxy-connection", "x-api-key", "authorization", "x-goog-api-key"}
+DROP_RESPONSE = {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
+CAPS = ("deadline", "max_usd", "max_tokens")
+
+
+@dataclass
+class Upstream:
+    base_url: str
+    key: str | None = None
+    key_kind: str = "api_key"  # api_key | bearer | oauth (Anthropic only)
+
+
+@dataclass
+class Limits:
+    max_usd: float | None = None  # estimated cost (autoembed.llm.pricing) of everything answered so far
+    max_tokens: int | None = None  # all tokens reported: input, output, cache reads and writes
+    call_timeout_s: float = 600.0  # one request, from arrival to the last byte of its reply
+    deadline: float | None = None  # epoch seconds; no call is forwarded or continues past it
+
+
+def upstreams_from_env(environ: dict[str, str] | None = None) -> dict[str, Upstream]:
+    """The providers this host can reach: those with a key, or a base URL of their own (a local server)."""
+    environ = os.environ if environ is None else environ
+    found = {}
+    for name, default in DEFAULT_BASES.items():
+        key, kind = next(((environ[v], k) for v, k in KEY_ENV[name] if environ.get(v)), (None, "api_key"))
+        base = environ.get(BASE_URL_ENV[name])
+        if key or base:
+            found[name] = Upstream(base or default, key, kind)
+    return found
+
+
+def socket_dir_for(run_dir: Path) -> Path:
+    """<run_dir>/gateway, or a short folder under the system temp dir when that path is too long for a socket."""
+    preferred = Path(run_dir) / "gateway"
+    if len(str(preferred / SOCKET_NAME)) <= MAX_SOCKET_PATH:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return preferred
+    return Path(tempfile.mkdtemp(prefix="autoembed-gw-"))
+
+
+@dataclass
+class _Totals:
+    calls: int = 0
+    usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
+    unpriced_calls: int = 0  # answered calls whose model has no price: the dollar cap cannot count them
+    refused: Counter = field(default_factory=Counter)  # limit -> refused requests
+    timeouts: int = 0
+    errors: int = 0
+
+
+class Gateway:
+    def __init__(self, log_dir: Path, upstreams: dict[str, Upstream], limits: Limits | None = None, *,
+                 socket_dir: Path | None = None, tcp: bool = False):
+        unknown = sorted(set(upstreams) - set(WIRES))
+        if unknown:
+            raise ValueError(f"unknown gateway provider(s) {unknown}: use {sorted(WIRES)}")
+        self.log_dir = Path(log_dir)
+        self.log_path = self.log_dir / "gateway.jsonl"
+        self.bodies_path = self.log_dir / "gateway_bodies.jsonl"
+        self.upstreams = dict(upstreams)
+        self.limits = limits or Limits()
+        self.socket_dir = Path(socket_dir) if socket_dir else socket_dir_for(self.log_dir)
+        self.token = "aegw-" + secrets.token_urlsafe(32)  # worthless anywhere but this gateway, for this trial
+        self.tcp_port: int | None = None
+        self.stopped_by: str | None = None  # the first cap that refused a request
+        self._tcp = tcp
+        self._totals = _Totals()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- where it listens ---------------------------------------------------------------------------
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_dir / SOCKET_NAME
+
+    @property
+    def tcp_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.tcp_port}" if self.tcp_port else None
+
+    def agent_env(self, base_url: str) -> dict[str, str]:
+        """What an agent receives: each reachable provider's base URL at the gateway and the trial's token
+        in place of its key. The variable names are the ones the SDKs and CLIs read."""
+        env = {}
+        for name in self.upstreams:
+            env[BASE_URL_ENV[name]] = f"{base_url.rstrip('/')}/{name}"
+            env[AGENT_KEY_ENV[name]] = self.token
+        if "openai" in self.upstreams:  # which server answers decides a request's shape (max_tokens or not)
+            env["AUTOEMBED_OPENAI_UPSTREAM"] = self.upstreams["openai"].base_url
+        return env
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> "Gateway":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.chmod(0o755)
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._open())
+            except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._close())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="llm-gateway", daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the LLM gateway did not start within 30 s")
+        if failure:
+            raise RuntimeError(f"the LLM gateway could not start: {failure[0]}") from failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+        self.socket_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def _open(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=True)
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_route("*", "/{provider}/{tail:.*}", self._handle)
+        # stop() comes after the sandbox is gone: calls still open have no one to answer, so do not wait long
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        self.socket_path.unlink(missing_ok=True)
+        await web.UnixSite(self._runner, str(self.socket_path)).start()
+        self.socket_path.chmod(0o666)  # a sandbox's user (the host user's uid in docker) must connect
+        if self._tcp:
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.tcp_port = site._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+    # -- the record ---------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """For meta.json: what the trial spent, by the gateway's own count, and which limit stopped it."""
+        with self._lock:
+            t = self._totals
+            usage = vars(t.usage).copy()
+            return {"log": str(self.log_path), "bodies": str(self.bodies_path), "calls": t.calls, "usage": usage,
+                    "unpriced_calls": t.unpriced_calls, "errors": t.errors, "call_timeouts": t.timeouts,
+                    "refused": dict(t.refused), "stopped_by": self.stopped_by,
+                    "limits": {k: v for k, v in vars(self.limits).items()}, "providers": sorted(self.upstreams)}
+
+    def _cap_reached(self) -> tuple[str, str] | None:
+        """(limit, message for the agent) when no further call may go out."""
+        limits, t = self.limits, self._totals
+        if limits.deadline is not None and time.time() >= limits.deadline:
+            return "deadline", "the trial's deadline has passed: no further model calls"
+        if limits.max_usd is not None and (t.usage.cost_usd or 0.0) >= limits.max_usd:
+            return "max_usd", (f"the trial's dollar budget is spent (${t.usage.cost_usd:.4f} of ${limits.max_usd:.2f}): "
+                               "no further model calls; finish with what you have")
+        used = _tokens(t.usage)
+        if limits.max_tokens is not None and used >= limits.max_tokens:
+            return "max_tokens", (f"the trial's token budget is spent ({used} of {limits.max_tokens} tokens): "
+                                  "no further model calls; finish with what you have")
+        return None
+
+    def _log(self, record: dict, bodies: dict) -> None:
+        with self._lock:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+            with open(self.bodies_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(bodies, ensure_ascii=False) + "\n")
+
+    def _account(self, record: dict, usage: Usage | None) -> None:
+        with self._lock:
+            t = self._totals
+            if usage is not None:
+                t.calls += 1
+                t.usage = t.usage + usage if usage.cost_usd is not None else t.usage + Usage(
+                    usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, 0.0)
+                t.unpriced_calls += usage.cost_usd is None
+            if record.get("refused") in CAPS:
+                t.refused[record["refused"]] += 1
+                self.stopped_by = self.stopped_by or record["refused"]
+            if record.get("limit") == "call_timeout":
+                t.timeouts += 1
+            elif record.get("error"):
+                t.errors += 1
+
+    # -- one request --------------------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        started, t0 = time.time(), time.monotonic()
+        name, tail = request.match_info["provider"], request.match_info["tail"]
+        wire = WIRES.get(name)
+        record = {"ts": started, "provider": name, "method": request.method, "path": "/" + tail}
+        if wire is None or name not in self.upstreams:
+            shown = wire or WIRES["openai"]
+            return self._refuse(request, shown, record, 404, "unknown_provider",
+                                f"this gateway serves {sorted(self.upstreams)}, not {name!r}", t0)
+        if not self._authorized(request):
+            return self._refuse(request, wire, record, 401, "invalid_token",
+                                "the key is not this trial's gateway token", t0)
+        with self._lock:
+            cap = self._cap_reached()
+        if cap is not None:
+            return self._refuse(request, wire, record, 403, *cap, t0)
+
+        raw = await request.read()
+        body = _json(raw)
+        body = body if isinstance(body, dict) else {}
+        record["model"] = wire.model("/" + tail, body, {})
+        record["stream"] = wire.is_stream("/" + tail, body)
+        upstream = self.upstreams[name]
+        url = upstream.base_url.rstrip("/") + "/" + tail
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
+        if upstream.key:
+            headers.update(wire.auth_headers(upstream.key, upstream.key_kind))
+        query = [(k, v) for k, v in request.query.items() if k != "key"]
+        timeout = self.limits.call_timeout_s
+        if self.limits.deadline is not None:
+            timeout = max(0.001, min(timeout, self.limits.deadline - time.time()))
+        out: web.StreamResponse | None = None
+        final: dict = {}
+        fold = wire.new_stream()  # outside the request: a stream cut short (timeout, client gone) still counts
+        try:
+            async with self._session.request(request.method, url, params=query, headers=headers, data=raw or None,
+                                             timeout=aiohttp.ClientTimeout(total=timeout),
+                                             allow_redirects=False) as resp:
+                record["status"] = resp.status
+                record["ttfb_s"] = round(time.monotonic() - t0, 4)
+                passed = {k: v for k, v in resp.headers.items() if k.lower() not in DROP_RESPONSE}
+                if resp.content_type == "text/event-stream":
+                    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=passed)
+                    await out.prepare(request)
+                    final = await self._relay_stream(resp, out, fold)
+                    await out.write_eof()
+                else:
+                    data = await resp.read()
+                    final = _fold_json(wire, _json(data))
+                    out = web.Response(status=resp.status, reason=resp.reason, headers=passed, body=data)
+        except asyncio.TimeoutError:
+            limit = "deadline" if self.limits.deadline is not None and time.time() >= self.limits.deadline - 0.01 \
+                else "call_timeout"
+            record.update(limit=limit, error=f"no complete reply within {timeout:.1f} s")
+            if out is None:
+                out = self._error_response(wire, 504, limit, f"the gateway's {limit.replace('_', ' ')} "
+                                                             f"({timeout:.0f} s) passed before the provider answered")
+        except (aiohttp.ClientError, OSError) as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            if out is None:
+                out = self._error_response(wire, 502, "upstream_unreachable", f"the gateway could not reach "
+                                                                               f"{name}: {type(exc).__name__}")
+        final = final or fold.final
+        usage = None
+        if final and record.get("status", 0) < 400:
+            usage = wire.usage(final)
+            usage.cost_usd = estimate_cost(wire.model("/" + tail, body, final), usage)
+            record["model"] = wire.model("/" + tail, body, final) or record["model"]
+        if usage is not None:
+            record["usage"] = vars(usage)
+        record["latency_s"] = round(time.monotonic() - t0, 4)
+        self._account(record, usage)
+        self._log(record, {**record, "request": body, "response": final or None})
+        return out
+
+    async def _relay_stream(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, fold: StreamFold) -> dict:
+        """Pass every byte on as it arrives; fold a parsed copy of the events for the record."""
+        reader = SSEReader()
+        try:
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+                for event, data in reader.feed(chunk):
+                    fold.feed(event, data)
+        finally:
+            for event, data in reader.close():
+                fold.feed(event, data)
+        return fold.final
+
+    def _authorized(self, request: web.Request) -> bool:
+        offered = [request.headers.get("x-api-key"), request.headers.get("x-goog-api-key"), request.query.get("key")]
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            offered.append(auth[7:].strip())
+        return any(v and hmac.compare_digest(v.encode(), self.token.encode()) for v in offered)
+
+    def _refuse(self, request, wire: Wire, record: dict, status: int, reason: str, message: str, t0: float) -> web.Response:
+        record.update(status=status, refused=reason, error=message, latency_s=round(time.monotonic() - t0, 4))
+        self._account(record, None)
+        self._log(record, {**record, "request": None, "response": None})
+        return self._error_response(wire, status, reason, message)
+
+    @staticmethod
+    def _error_response(wire: Wire, status: int, kind: str, message: str) -> web.Response:
+        return web.json_response(wire.error(status, kind, f"autoembed gateway: {message}"), status=status)
+
+
+def _tokens(usage: Usage) -> int:
+    return usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+
+
+def _json(raw: bytes):
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _fold_json(wire: Wire, payload) -> dict:
+    """A reply body as one dict; Gemini's streamGenerateContent without alt=sse sends a JSON array of chunks."""
+    if isinstance(payload, dict):
+        return payload
+    if isinstance(payload, list):
+        fold = wire.new_stream()
+        for item in payload:
+            if isinstance(item, dict):
+                fold.feed(None, item)
+        return fold.final
+    return {}

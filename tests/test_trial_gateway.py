@@ -1,0 +1,73 @@
+"""A whole trial (autoembed.run) of the real Claude Code CLI in bwrap, its model the fake server behind the trial's
+gateway: the agent gets only the gateway's URL and token, the token cap stops it with a readable error, and the
+trial record says so (meta.json: gateway summary, usage by the gateway's count, limit_reached; trajectory.json in
+ATIF with the model's tool calls and what they returned)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from autoembed.sandbox.bwrap import bwrap_problem
+from tests.fakellm import FakeLLM, Turn
+from tests.gated import REAL_KEYS
+from tests.tiny_task import shared_tiny_task
+
+pytestmark = [pytest.mark.cli, pytest.mark.bwrap,
+              pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}"),
+              pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code CLI not installed")]
+PROVIDER_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL",
+                 "OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY",
+                 "GOOGLE_GEMINI_BASE_URL")
+
+
+def model(body: dict) -> Turn:
+    """Two tool calls of 200k prompt tokens each (the fake's simulated cache adds a few 10k): the token cap of 300k lets
+    both through and refuses the third call."""
+    if not body.get("tools"):
+        return Turn(text="ok", input_tokens=1, output_tokens=1)
+    results = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]
+               if b.get("type") == "tool_result"]
+    command = "echo first-output" if not results else "echo second-output"
+    return Turn(tool_calls=[("Bash", {"command": command, "description": "step"})], input_tokens=200_000, output_tokens=7)
+
+
+def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factory, tmp_path, monkeypatch):
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in PROVIDER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    task_dir = shared_tiny_task(base)
+    from autoembed.run import run
+
+    with FakeLLM(model) as fake:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEYS["anthropic"])
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        result = run("claude", task=str(task_dir), hours=0.03, sandbox="bwrap", out=tmp_path / "run",
+                     progress=lambda line: None, max_tokens=300_000)
+        tool_calls = [r for r in fake.requests if r["body"].get("tools")]
+    meta, run_dir = result.meta, result.run_dir
+    gateway = meta["gateway"]
+    assert meta["limit_reached"] == "max_tokens" and gateway["stopped_by"] == "max_tokens", gateway
+    assert gateway["refused"]["max_tokens"] >= 1 and len(tool_calls) == 2
+    assert meta["usage"] == gateway["usage"] and meta["usage"]["input_tokens"] >= 400_000
+    assert all(r["headers"].get("x-api-key") == REAL_KEYS["anthropic"] for r in fake.requests)
+    assert "limit_reached: max_tokens" in result.summary()
+    # the agent read the refusal: Claude Code printed the gateway's message
+    assert "token budget is spent" in (run_dir / "agent.log").read_text()
+    assert not list((run_dir / "workdir").rglob("gateway.sock")), "the gateway lives outside the workdir"
+
+    trajectory = json.loads((run_dir / "trajectory.json").read_text())
+    assert trajectory["schema_version"] == "ATIF-v1.4" and trajectory["session_id"] == meta["run_id"]
+    assert trajectory["agent"]["name"] == "claude" and trajectory["steps"][0]["source"] == "user"
+    acting = [s for s in trajectory["steps"] if s.get("tool_calls")]
+    assert [s["tool_calls"][0]["arguments"]["command"] for s in acting] == ["echo first-output", "echo second-output"]
+    # the first result is what Claude sent back to the model; the second never went back (refused): from the trace
+    assert [s["observation"]["results"][0]["content"].strip() for s in acting] == ["first-output", "second-output"]
+    assert all(s["metrics"]["prompt_tokens"] >= 200_000 for s in acting)
+    assert trajectory["final_metrics"]["extra"]["refused_calls"][0]["refused"] == "max_tokens"
+    assert trajectory["final_metrics"]["total_prompt_tokens"] == sum(
+        s.get("metrics", {}).get("prompt_tokens", 0) for s in trajectory["steps"])
