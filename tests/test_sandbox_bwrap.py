@@ -202,3 +202,18 @@ def test_sigterm_reaches_the_command_and_its_real_exit_status_comes_back(sandbox
     proc.terminate()
     assert proc.wait(timeout=30) == 3
     assert proc.stdout.read().split() == [b"saving", b"saved"]
+
+
+def test_installed_heldout_wheels_are_hidden(sandbox):
+    """Every package the held-out code set is built from is hidden wherever it is installed (optuna pulls in
+    sqlalchemy at the very version held out); the list must follow the data's own record of those wheels."""
+    import json
+
+    from autoembed.sandbox.hidden import HELDOUT_PYTHON_PACKAGES, installed_heldout_packages
+
+    lock = json.loads((Path(__file__).resolve().parents[1] / "data" / "sources.lock.json").read_text())
+    assert set(HELDOUT_PYTHON_PACKAGES) == set(lock["pypi_heldout_wheels"])
+    for path in installed_heldout_packages():
+        assert path.exists()  # the host has it; inside it must be empty
+        result = sandbox.exec(["sh", "-c", f"ls -A '{path}' | wc -l"])
+        assert result.stdout.strip() == "0", f"{path} is visible inside the sandbox"

@@ -9,6 +9,8 @@ each of them that lies inside a visible tree; the Docker image is built without 
 from __future__ import annotations
 
 import os
+import site
+import sysconfig
 from pathlib import Path
 
 from autoembed import paths
@@ -32,6 +34,11 @@ SYSTEM_TEXT = (
     "/usr/share/gtk-doc",
 )
 
+# The held-out code set is built from these PyPI wheels (data/sources.lock.json, pypi_heldout_wheels). A copy
+# installed on the host (optuna, the loop's optimizer, pulls in sqlalchemy at the very version held out) would
+# hand the agent held-out functions verbatim, so every installed copy is hidden like the system text.
+HELDOUT_PYTHON_PACKAGES = ("astroid", "django", "nltk", "paramiko", "pylint", "sphinx", "sqlalchemy", "twisted")
+
 # Not text, but a way out: the Docker socket is root on the host, other engines' state holds other
 # sandboxes' files. None of these is in a visible tree by default; listed for whoever widens one.
 ESCAPE_HATCHES = ("/run", "/var/run", "/var/lib/docker", "/var/lib/containerd")
@@ -39,7 +46,22 @@ ESCAPE_HATCHES = ("/run", "/var/run", "/var/lib/docker", "/var/lib/containerd")
 
 def default_hidden() -> list[Path]:
     return [paths.SEALED_DIR, paths.traces_dir(), Path.home(), paths.home(),
-            *map(Path, SYSTEM_TEXT), *map(Path, ESCAPE_HATCHES)]
+            *map(Path, SYSTEM_TEXT), *map(Path, ESCAPE_HATCHES), *installed_heldout_packages()]
+
+
+def installed_heldout_packages() -> list[Path]:
+    """Installed copies of the held-out wheels in this Python's site folders: the package and its .dist-info."""
+    site_dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    found = []
+    for folder in map(Path, sorted(site_dirs)):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            name = entry.name.lower()
+            stem = name.split("-", 1)[0] if name.endswith((".dist-info", ".egg-info")) else name
+            if stem in HELDOUT_PYTHON_PACKAGES:
+                found.append(entry)
+    return found
 
 
 def hidden_paths(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
