@@ -265,9 +265,11 @@ def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir,
     monkeypatch.setattr(scorer, "prepare_scorer", cannot)
     out = tmp_path / "run"
     assert main(["run", "recipe", "--task", str(task_dir), "--hours", "0.05", "--sandbox", "bwrap", "--out", str(out)]) == 2
-    assert "error: the harness's heldout data does not match" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: the trial failed to start (preparing the scorer): the harness's heldout data does not match" in err
     meta = load_meta(out)
-    assert meta["status"] == "scorer_prepare_failed" and "restore it from git" in meta["error"]
+    assert meta["status"] == "failed_to_start" and meta["failed_stage"] == "preparing the scorer"
+    assert "restore it from git" in meta["reason"] and "ScorerError" in meta["error"]
     assert not (out / "workdir").exists(), "the agent's workdir was seeded although the trial could not be scored"
 
 

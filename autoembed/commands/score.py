@@ -31,7 +31,7 @@ def _main(args) -> int:
                                device=args.device, out=args.out, bootstrap=args.bootstrap,
                                progress=lambda line: print(line, file=sys.stderr))
     except ScorerError as exc:
-        print(f"autoembed score: {exc}", file=sys.stderr)
+        print(f"autoembed score: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
