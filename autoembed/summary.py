@@ -127,20 +127,25 @@ def render(run_id: str, run_dir: Path, meta: dict, score: dict | None) -> str:
              f"sandbox: {(meta.get('sandbox') or {}).get('kind')}"]
     scores = meta.get("scores")
     if score is not None and scores:
-        lines.append(f"status: {score.get('status')} (scored as {score.get('scored_as')})")
-        lines.append(f"sets: {scores['sets']}")
-        metric = scores["metric"]
-        for split in SPLITS:
-            row = scores.get(split)
-            if row is None:
-                continue
-            change = f"change {row['change']:+.4f}"
-            if "change_ci" in row:
-                lo, hi = row["change_ci"]
-                change += f" [{lo:+.4f}, {hi:+.4f}] paired over {row['n_queries']} queries"
-            lines.append(f"{split}_{metric}: {row['score']:.4f} (base {row['base']:.4f}; {change}): {row['noise']}")
+        lines += score_lines(scores)
     issues = problems(meta, score)
     lines.append("result: clean" if score is not None and not issues else "result: NOT CLEAN")
     lines += [f"reason: {issue}" for issue in issues]
     lines.append(f"run_dir: {run_dir}")
     return "\n".join(lines)
+
+
+def score_lines(scores: dict) -> list[str]:
+    """status, sets, and one line per split: score, base, change with its paired CI, and whether it is noise."""
+    lines = [f"status: {scores['status']} (scored as {scores['scored_as']})", f"sets: {scores['sets']}"]
+    metric = scores["metric"]
+    for split in SPLITS:
+        row = scores.get(split)
+        if row is None:
+            continue
+        change = f"change {row['change']:+.4f}"
+        if "change_ci" in row:
+            lo, hi = row["change_ci"]
+            change += f" [{lo:+.4f}, {hi:+.4f}] paired over {row['n_queries']} queries"
+        lines.append(f"{split}_{metric}: {row['score']:.4f} (base {row['base']:.4f}; {change}): {row['noise']}")
+    return lines
