@@ -7,8 +7,10 @@ already cached: a warm scorer), and the largest change of any subset's nDCG@10 a
 method only if that change stays within 0.002 on every subset.
 
 Methods:
-- fp32:  today's path (evaluate_model, fp32 on CPU).
+- fp32:  the torch path (evaluate_model, fp32 on CPU, AUTOEMBED_OPENVINO=0): what the scorer ran before.
 - bf16:  the same forward under torch.autocast(cpu, bfloat16) (AMX/AVX512-BF16 where the CPU has it).
+- ov-f32 / ov-bf16: the transformer compiled by OpenVINO at f32 / bf16 inference precision (encode.openvino_forward),
+  pooling in torch; the compile (seconds, once per model) is inside the timing.
 - int8:  torch.ao dynamic int8 quantization of every nn.Linear (weights int8, activations quantized per batch).
 - fp32-1t / bf16-1t: one intra-op thread (against the default, to see what threads buy on this machine).
 """
@@ -44,11 +46,12 @@ def fast_subsets(spec, which: list[str]) -> dict:
 
 
 def variant(model, method: str):
-    """(model to encode with, amp dtype) for a method."""
+    """(model to encode with, amp dtype) for a method; sets whether encode may use OpenVINO."""
+    os.environ["AUTOEMBED_OPENVINO"] = "1" if method.startswith("ov-") else "0"
     if method.startswith("int8"):
         quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
         return quantized, None
-    if method.startswith("bf16"):
+    if "bf16" in method:
         return model, torch.bfloat16
     return model, None
 
@@ -80,6 +83,7 @@ def main() -> None:
     spec = load_spec(args.task)
     path = args.model or str(resolve_base_model(spec.base_model, spec.base_model_sha256))
     model = load_model(path, "cpu")
+    model.max_seq_length = min(model.max_seq_length, spec.max_seq_length)
     tasks = fast_subsets(spec, args.tasks.split(","))
     evaluate_model(model, tasks, device="cpu", bootstrap=0, max_seq_length=spec.max_seq_length)  # fill the token cache
     rows = {}
