@@ -434,8 +434,7 @@ def openvino_forward(model, amp_dtype: torch.dtype | None = None):
         names = tuple(name for name in OPENVINO_INPUTS if name in features)
         if names not in compiled:
             example = {name: features[name][:2, :8] for name in names}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet_conversion():  # tracing warns about code paths a plain forward never takes
                 converted = openvino.convert_model(network, example_input=example)
             compiled[names] = openvino.Core().compile_model(
                 converted, "CPU", {"INFERENCE_PRECISION_HINT": state[0], "INFERENCE_NUM_THREADS": torch.get_num_threads()})
@@ -446,6 +445,20 @@ def openvino_forward(model, amp_dtype: torch.dtype | None = None):
         return out
 
     return forward
+
+
+@contextlib.contextmanager
+def _quiet_conversion():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _plain_text_transformer(module) -> bool:
