@@ -111,7 +111,10 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     _write_json(run_dir / "meta.json", meta)
     try:
         box, manifest = _start(plan, task, fast, gpus, workdir, meta, run_dir, say)
-    except _Interrupted:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while building the image, preparing the scorer or seeding
+        say("interrupted before the agent started: no agent ran")
+        meta.update(status="interrupted_while_preparing", exit_reason="interrupted", ended=_now())
+        _write_json(run_dir / "meta.json", meta)
         return TrialResult(run_id, run_dir, meta, None)
     deadline = float(manifest["deadline"])
     prompt = (workdir / "instructions.md").read_text()
@@ -195,10 +198,6 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
             gateway.stop()
 
 
-class _Interrupted(Exception):
-    """Ctrl-C or SIGTERM before the agent started; meta.json already says so."""
-
-
 def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say):
     """Build or check the sandbox, prepare the scorer, seed the workdir: (sandbox, seed manifest). The sandbox is
     made before the seed fixes the deadline: building or checking a docker image (minutes after a package change)
@@ -217,11 +216,6 @@ def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say
     t0 = time.time()
     try:
         meta["scorer_prepared_now"] = _prepare_scorer_once(plan.spec, fast, gpus, say)
-    except KeyboardInterrupt:
-        say("interrupted while preparing the scorer: no agent ran")
-        meta.update(status="interrupted_while_preparing", exit_reason="interrupted", ended=_now())
-        _write_json(run_dir / "meta.json", meta)
-        raise _Interrupted from None
     except Exception as exc:  # the harness cannot score here: say so before an agent spends its budget
         _failed_to_start(meta, run_dir, "preparing the scorer", exc)
     meta["scorer_prepare_s"] = round(time.time() - t0, 3)

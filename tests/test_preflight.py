@@ -194,6 +194,21 @@ def test_a_failed_start_leaves_a_folder_that_says_so(task_dir, tmp_path, monkeyp
     assert not (out / "workdir").exists()
 
 
+def test_an_interrupt_while_the_image_builds_is_recorded(task_dir, tmp_path, monkeypatch):
+    """SIGTERM or Ctrl-C during the minutes of a docker image build: the folder must not stay at 'starting'."""
+    from autoembed import run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "make_sandbox", interrupted)
+    result = run_module.run("recipe", task=str(task_dir), hours=0.01, sandbox="bwrap", out=tmp_path / "run",
+                            progress=lambda line: None)
+    meta = strict_json(tmp_path / "run" / "meta.json")
+    assert meta["status"] == "interrupted_while_preparing" and meta["exit_reason"] == "interrupted"
+    assert result.score is None and result.exit_code == 1
+
+
 def strict_json(path: Path) -> dict:
     def refuse(constant):
         raise AssertionError(f"{path} holds non-standard JSON: {constant}")
