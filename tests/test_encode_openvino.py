@@ -60,6 +60,17 @@ def test_changed_weights_are_recompiled(model, texts, monkeypatch):
     assert (exact - fast).abs().max().item() < 1e-4
 
 
+def test_a_machine_where_openvino_cannot_compile_falls_back_to_torch(model, texts, monkeypatch):
+    def cannot(*args, **kwargs):
+        raise RuntimeError("CPU plugin: cannot read /sys/devices/system/cpu")
+
+    exact = encode_with(model, texts[:8], monkeypatch, openvino_on=False)
+    monkeypatch.setattr(openvino, "convert_model", cannot)
+    encode._openvino_models.clear()
+    fallen_back = encode_with(model, texts[:8], monkeypatch, openvino_on=True)
+    assert torch.equal(exact, fallen_back)
+
+
 def test_other_module_stacks_keep_the_torch_path(model):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense

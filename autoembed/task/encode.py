@@ -312,9 +312,10 @@ def encode_tokens(
     on_device = {name: torch.from_numpy(values).to(device, non_blocking=True) for name, values in packed.items()}
     constants = tokens.meta.get("constants", {})
     outputs = []
-    forward = openvino_forward(model, amp_dtype) if device.type == "cpu" else None
+    torch_forward = lambda features: model(features, task=role)  # noqa: E731
+    forward = openvino_forward(model, amp_dtype, torch_forward) if device.type == "cpu" else None
     autocast_dtype = None if forward is not None else amp_dtype  # OpenVINO runs its own precision
-    forward = forward or (lambda features: model(features, task=role))
+    forward = forward or torch_forward
     with torch.inference_mode(), _autocast(device, autocast_dtype), _attention_kernels(device):
         for offset, rows, width in spans:
             features = {name: values[offset : offset + rows * width].view(rows, width) for name, values in on_device.items()}
@@ -405,16 +406,17 @@ OPENVINO_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _openvino_models: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def openvino_forward(model, amp_dtype: torch.dtype | None = None):
+def openvino_forward(model, amp_dtype: torch.dtype | None = None, fallback=None):
     """A drop-in for model(features) that runs the first module's transformer under OpenVINO on the CPU and the
     rest (Pooling, Normalize) in torch; None where OpenVINO is not installed, the precision has no OpenVINO
     twin, or the model is anything but Transformer -> Pooling [-> Normalize] on text. The compiled model is
-    kept per model object and rebuilt when any weight changes (an optimizer step bumps a tensor's version)."""
+    kept per model object and rebuilt when any weight changes (an optimizer step bumps a tensor's version).
+    Where OpenVINO cannot convert or compile (a sandbox that hides what it probes), fallback(features) runs."""
     if amp_dtype not in OPENVINO_PRECISION or os.environ.get("AUTOEMBED_OPENVINO", "1") == "0":
         return None
     try:
         import openvino
-    except ImportError:
+    except (ImportError, OSError):
         return None
     modules = list(model) if hasattr(model, "__iter__") else []
     if not modules or not _plain_text_transformer(modules[0]):
@@ -433,11 +435,10 @@ def openvino_forward(model, amp_dtype: torch.dtype | None = None):
     def forward(features: dict) -> dict:
         names = tuple(name for name in OPENVINO_INPUTS if name in features)
         if names not in compiled:
-            example = {name: features[name][:2, :8] for name in names}
-            with _quiet_conversion():  # tracing warns about code paths a plain forward never takes
-                converted = openvino.convert_model(network, example_input=example)
-            compiled[names] = openvino.Core().compile_model(
-                converted, "CPU", {"INFERENCE_PRECISION_HINT": state[0], "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+            compiled[names] = _compile(openvino, network, {name: features[name][:2, :8] for name in names}, state[0],
+                                       fallback is not None)
+        if compiled[names] is None:
+            return fallback(features)
         hidden = compiled[names]({name: features[name].numpy() for name in names})[0]
         out = dict(features, token_embeddings=torch.from_numpy(hidden))
         for module in rest:
@@ -445,6 +446,18 @@ def openvino_forward(model, amp_dtype: torch.dtype | None = None):
         return out
 
     return forward
+
+
+def _compile(openvino, network, example: dict, precision: str, may_fail: bool):
+    try:
+        with _quiet_conversion():  # tracing warns about code paths a plain forward never takes
+            converted = openvino.convert_model(network, example_input=example)
+        return openvino.Core().compile_model(
+            converted, "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    except Exception:
+        if not may_fail:
+            raise
+        return None
 
 
 @contextlib.contextmanager
