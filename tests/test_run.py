@@ -69,7 +69,7 @@ def task_dir(tmp_path_factory, monkeypatch) -> Path:
     return shared_tiny_task(base)
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoembed.cli", "run", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT, env=env or os.environ.copy())
 

@@ -398,7 +398,8 @@ def _attention_kernels(device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------
-# OpenVINO on CPU: the same transformer, compiled (2.8x torch's fp32 speed at fp32, more at bf16)
+# OpenVINO on CPU, opt-in (AUTOEMBED_OPENVINO=1, pip install openvino): the same transformer, compiled. 2.8x
+# torch's fp32 speed on one 32 x 256 batch, but only 1.07x over the scorer's fast subsets (bench/RESULTS.md)
 # ---------------------------------------------------------------------------------------------
 
 OPENVINO_PRECISION = {None: "f32", torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -412,7 +413,7 @@ def openvino_forward(model, amp_dtype: torch.dtype | None = None, fallback=None)
     twin, or the model is anything but Transformer -> Pooling [-> Normalize] on text. The compiled model is
     kept per model object and rebuilt when any weight changes (an optimizer step bumps a tensor's version).
     Where OpenVINO cannot convert or compile (a sandbox that hides what it probes), fallback(features) runs."""
-    if amp_dtype not in OPENVINO_PRECISION or os.environ.get("AUTOEMBED_OPENVINO", "1") == "0":
+    if amp_dtype not in OPENVINO_PRECISION or os.environ.get("AUTOEMBED_OPENVINO", "0") != "1":
         return None
     try:
         import openvino
