@@ -125,6 +125,8 @@ def render(run_id: str, run_dir: Path, meta: dict, score: dict | None) -> str:
     """The grep-able block (one key: value per line) printed at the end of a run."""
     lines = ["---", f"run_id: {run_id}", f"agent: {meta.get('agent')}", f"exit_reason: {meta.get('exit_reason')}",
              f"sandbox: {(meta.get('sandbox') or {}).get('kind')}"]
+    if meta.get("limit_reached"):  # the gateway's cap that stopped the agent
+        lines.append(f"limit_reached: {meta['limit_reached']}")
     scores = meta.get("scores")
     if score is not None and scores:
         lines += score_lines(scores)
