@@ -95,10 +95,10 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
          max_tokens, check_key) -> TrialResult:
     say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
-    plan = preflight(agent, task=task, hours=hours, sandbox=sandbox, model=model, live_key_check=check_key)
-    for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):
-        if cap is not None and cap <= 0:
+    for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
+        if cap is not None and not cap > 0:
             raise ValueError(f"{flag} must be positive, got {cap} (leave it out for the task's [budget])")
+    plan = preflight(agent, task=task, hours=hours, sandbox=sandbox, model=model, live_key_check=check_key)
     for notice in plan.notices:
         say(notice)
     spec, agent_obj, hours = plan.spec, plan.agent, plan.hours
