@@ -1,4 +1,7 @@
-"""The `autoembed` command. Each verb lives in its own module and registers itself here."""
+"""autoembed: can an AI agent train a good embedding model on its own? Seed a task, run an agent in a sandbox,
+score its final_model with the sealed scorer (dev proxy, held-out set, audits)."""
+
+# Each verb lives in its own module under autoembed/commands/ and registers itself here.
 
 from __future__ import annotations
 
@@ -34,9 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autoembed.task.base_model import offline_env
+
+    offline_env()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except TrialFailedToStart as exc:  # the folder says failed_to_start; bad input (2) or the machine (1)
+        print(f"autoembed {args.verb}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc.__cause__, USER_ERRORS) else 1
     except USER_ERRORS as exc:  # bad input: one line that names the problem, not a traceback
         print(f"autoembed {args.verb}: error: {exc}", file=sys.stderr)
         return 2
@@ -55,6 +64,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 USER_ERRORS = _user_errors()
+from autoembed.run import TrialFailedToStart  # noqa: E402 - after USER_ERRORS, which run's imports do not need
 
 
 if __name__ == "__main__":

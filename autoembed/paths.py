@@ -31,7 +31,7 @@ def task_dir(name_or_path: str | os.PathLike) -> Path:
     by_name = TASKS_DIR / str(name_or_path)
     if (by_name / "task.toml").is_file():
         return by_name.resolve()
-    known = sorted(p.name for p in TASKS_DIR.glob("*/task.toml")) if TASKS_DIR.is_dir() else []
+    known = sorted(p.parent.name for p in TASKS_DIR.glob("*/task.toml")) if TASKS_DIR.is_dir() else []
     raise FileNotFoundError(
         f"no task {str(name_or_path)!r}: expected a folder with task.toml, or one of {known} under {TASKS_DIR}"
     )

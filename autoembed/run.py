@@ -25,11 +25,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from autoembed import __version__, trajectory
+from autoembed import __version__, summary, trajectory
 from autoembed.agents.base import AgentOutcome, TrialContext
-from autoembed.agents.registry import make_agent
 from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
+from autoembed.preflight import preflight
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
 from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
@@ -48,23 +48,22 @@ class TrialResult:
     def exit_reason(self) -> str:
         return self.meta.get("exit_reason", "unknown")
 
+    @property
+    def exit_code(self) -> int:
+        """0: ran and scored clean; 1: ran but crashed, timed out, was interrupted, or scored broken or flagged."""
+        return summary.exit_code(self.meta, self.score)
+
     def summary(self) -> str:
         """A grep-able block (one key: value per line) for the end of a run."""
-        lines = ["---", f"run_id: {self.run_id}", f"agent: {self.meta.get('agent')}",
-                 f"exit_reason: {self.exit_reason}", f"sandbox: {self.meta.get('sandbox', {}).get('kind')}"]
-        if self.meta.get("limit_reached"):
-            lines.append(f"limit_reached: {self.meta['limit_reached']}")
-        if self.score:
-            lines.append(f"status: {self.score.get('status')}")
-            for split in ("dev", "validation", "heldout"):
-                ours = self.score.get(split, {}).get("mean", {}).get("ndcg@10")
-                base = self.score.get("base", {}).get(split, {}).get("mean", {}).get("ndcg@10")
-                if ours is not None:
-                    lines.append(f"{split}_ndcg@10: {ours:.4f}" + (f" (base {base:.4f})" if base is not None else ""))
-            if self.score.get("reasons"):
-                lines.append(f"reasons: {'; '.join(self.score['reasons'])}")
-        lines.append(f"run_dir: {self.run_dir}")
-        return "\n".join(lines)
+        return summary.render(self.run_id, self.run_dir, self.meta, self.score)
+
+
+class TrialFailedToStart(RuntimeError):
+    """The trial's folder exists but no agent ran; meta.json says failed_to_start with the reason."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 def new_run_id(agent: str) -> str:
@@ -76,72 +75,49 @@ def new_run_id(agent: str) -> str:
 def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
         progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0,
-        max_usd: float | None = None, max_tokens: int | None = None) -> TrialResult:
+        max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True) -> TrialResult:
     """Run one trial and return its result; never raises for agent failures (they are recorded).
+    Bad input raises PreflightError before a run folder exists (check_key: ask the provider whether the key is
+    accepted); a start that fails after that raises TrialFailedToStart, its folder saying failed_to_start.
     SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended.
     max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
-                    progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens)
+                    progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens,
+                    check_key=check_key)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
-         max_tokens) -> TrialResult:
-    from autoembed.task.seed import seed_workdir
-    from autoembed.task.spec import load_spec
-
+         max_tokens, check_key) -> TrialResult:
     say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
-    spec = load_spec(task)
-    hours = spec.hours if hours is None else hours
-    if hours <= 0:
-        raise ValueError(f"--hours must be positive, got {hours}")
-    for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):
-        if cap is not None and cap <= 0:
+    for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
+        if cap is not None and not cap > 0:
             raise ValueError(f"{flag} must be positive, got {cap} (leave it out for the task's [budget])")
-    agent_obj = make_agent(agent, model)
+    plan = preflight(agent, task=task, hours=hours, sandbox=sandbox, model=model, live_key_check=check_key)
+    for notice in plan.notices:
+        say(notice)
+    spec, agent_obj, hours = plan.spec, plan.agent, plan.hours
     run_id = new_run_id(agent)
     run_dir = Path(out) if out else traces_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     workdir = run_dir / "workdir"
     meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
-            "status": "seeding", "started": _now(), "versions": _versions(agent_obj)}
+            "status": "starting", "started": _now(), "versions": _versions(agent_obj)}
     _write_json(run_dir / "meta.json", meta)
-
-    # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
-    # a package change) must not eat the agent's budget. It gets the seeded deadline before it starts.
-    config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600,
-                           gpus=gpus, readonly_extra=agent_obj.readonly_mounts())
-    t0 = time.time()
-    box = make_sandbox(sandbox, config, task=task, progress=say)
-    meta["sandbox_prepare_s"] = round(time.time() - t0, 3)
-
-    t0 = time.time()
     try:
-        meta["scorer_prepared_now"] = _prepare_scorer_once(spec, fast, gpus, say)
-    except KeyboardInterrupt:
-        say("interrupted while preparing the scorer: no agent ran")
+        box, manifest = _start(plan, task, fast, gpus, workdir, meta, run_dir, say)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while building the image, preparing the scorer or seeding
+        say("interrupted before the agent started: no agent ran")
         meta.update(status="interrupted_while_preparing", exit_reason="interrupted", ended=_now())
         _write_json(run_dir / "meta.json", meta)
         return TrialResult(run_id, run_dir, meta, None)
-    except Exception:  # the harness cannot score here: say so before an agent spends its budget
-        meta.update(status="scorer_prepare_failed", error=traceback.format_exc(), ended=_now())
-        _write_json(run_dir / "meta.json", meta)
-        raise
-    meta["scorer_prepare_s"] = round(time.time() - t0, 3)
-
-    t0 = time.time()
-    manifest = seed_workdir(workdir, hours, task)
     deadline = float(manifest["deadline"])
-    box.config.deadline = deadline
     prompt = (workdir / "instructions.md").read_text()
-    (run_dir / "prompt.txt").write_text(prompt)
-    _write_json(run_dir / "seed_manifest.json", manifest)
-    meta.update(deadline=deadline, deadline_iso=_iso(deadline), seed_s=round(time.time() - t0, 3))
     gateway = _gateway_for(agent_obj, run_dir, spec, deadline, max_usd, max_tokens)
     box.config.gateway_socket = gateway.socket_path if gateway else None
     meta["sandbox"] = box.describe()
@@ -175,6 +151,10 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
         meta["status"] = "score_failed"
         meta["score_error"] = traceback.format_exc()
     meta.update(score_seconds=round(time.time() - t1, 3), ended=_now())
+    if score is not None:
+        meta["scores"] = summary.headline(score, summary.load_per_query(run_dir), spec.main_metric)
+    meta["result"] = "clean" if summary.exit_code(meta, score) == 0 else "not clean"
+    meta["problems"] = summary.problems(meta, score)
     _write_json(run_dir / "meta.json", meta)
     result = TrialResult(run_id, run_dir, meta, score)
     print(result.summary(), flush=True)
@@ -189,6 +169,12 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
         if gateway is not None:
             gateway.start()
         box.start()
+    except BaseException as exc:
+        box.stop()
+        if gateway is not None:
+            gateway.stop()
+        _failed_to_start(meta, run_dir, "starting the sandbox", exc)
+    try:
         if gateway is not None:  # the agent's only credentials: base URLs at the gateway and the trial's token
             ctx.env = {**gateway.agent_env(box.gateway_url), **ctx.env}
             meta["sandbox"]["gateway_url"] = box.gateway_url
@@ -210,6 +196,51 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
         box.stop()
         if gateway is not None:
             gateway.stop()
+
+
+def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say):
+    """Build or check the sandbox, prepare the scorer, seed the workdir: (sandbox, seed manifest). The sandbox is
+    made before the seed fixes the deadline: building or checking a docker image (minutes after a package change)
+    must not eat the agent's budget. A failure records failed_to_start and raises TrialFailedToStart."""
+    from autoembed.task.seed import seed_workdir
+
+    config = SandboxConfig(workdir=workdir, deadline=time.time() + plan.hours * 3600,
+                           gpus=gpus, readonly_extra=plan.agent.readonly_mounts())
+    t0 = time.time()
+    try:
+        box = make_sandbox(plan.sandbox, config, task=task, progress=say)
+    except Exception as exc:
+        _failed_to_start(meta, run_dir, "making the sandbox", exc)
+    meta["sandbox_prepare_s"] = round(time.time() - t0, 3)
+
+    t0 = time.time()
+    try:
+        meta["scorer_prepared_now"] = _prepare_scorer_once(plan.spec, fast, gpus, say)
+    except Exception as exc:  # the harness cannot score here: say so before an agent spends its budget
+        _failed_to_start(meta, run_dir, "preparing the scorer", exc)
+    meta["scorer_prepare_s"] = round(time.time() - t0, 3)
+
+    t0 = time.time()
+    try:
+        manifest = seed_workdir(workdir, plan.hours, task)
+    except Exception as exc:
+        _failed_to_start(meta, run_dir, "seeding the workdir", exc)
+    box.config.deadline = float(manifest["deadline"])
+    (run_dir / "prompt.txt").write_text((workdir / "instructions.md").read_text())
+    _write_json(run_dir / "seed_manifest.json", manifest)
+    meta.update(deadline=box.config.deadline, deadline_iso=_iso(box.config.deadline), seed_s=round(time.time() - t0, 3))
+    meta["sandbox"] = box.describe()
+    return box, manifest
+
+
+def _failed_to_start(meta: dict, run_dir: Path, stage: str, exc: BaseException):
+    """Record that no agent ran, and why, then raise TrialFailedToStart (chained to the cause)."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    meta.update(status="failed_to_start", failed_stage=stage, reason=summary.last_line(reason),
+                error="".join(traceback.format_exception(exc)), ended=_now())
+    _write_json(run_dir / "meta.json", meta)
+    raise TrialFailedToStart(f"the trial failed to start ({stage}): {summary.last_line(str(exc) or reason)}; "
+                             f"its record: {run_dir / 'meta.json'}", run_dir) from exc
 
 
 def _prepare_scorer_once(spec, fast: bool | None, gpus: list[str] | None, say) -> bool:
@@ -360,5 +391,5 @@ def _iso(epoch: float) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))
     tmp.replace(path)

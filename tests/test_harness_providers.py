@@ -63,8 +63,10 @@ def point_at(fake: FakeLLM, provider: str, monkeypatch) -> str:
 def harness_trial(task: Path, model: str, out: Path):
     from autoembed.run import run
 
+    # check_key=False: these tests script the provider's every reply (a 401 among them) for the trial itself; the
+    # preflight's own key check is tested in test_preflight.py
     return run(f"harness:{BASELINE}", task=str(task), hours=HOURS, sandbox=SANDBOX, model=model, out=out,
-               progress=lambda line: None)
+               progress=lambda line: None, check_key=False)
 
 
 def tool_result_in(provider: str, body: dict) -> str:

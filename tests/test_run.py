@@ -69,7 +69,7 @@ def task_dir(tmp_path_factory, monkeypatch) -> Path:
     return shared_tiny_task(base)
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoembed.cli", "run", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT, env=env or os.environ.copy())
 
@@ -136,6 +136,12 @@ def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
         assert 0.0 <= score[split]["mean"]["ndcg@10"] <= 1.0 and 0.0 <= score["base"][split]["mean"]["ndcg@10"] <= 1.0
     assert set(score["dev"]["tasks"]) == {"debian", "pycode", "wordnet"}
     assert f"run_id: {run_dir.name}" in done.stdout and "exit_reason: finished" in done.stdout
+    # the summary names the sets, pairs each change with its CI and says whether it is noise; meta.json has it too
+    assert "sets: fast subsets (3 queries x 10 docs per task; not comparable with full-set numbers)" in done.stdout
+    assert "paired over 9 queries" in done.stdout and "result: clean" in done.stdout, done.stdout
+    headline = meta["scores"]["dev"]
+    assert headline["score"] == score["dev"]["mean"]["ndcg@10"] and len(headline["change_ci"]) == 2
+    assert meta["result"] == "clean" and meta["problems"] == []
 
 
 def test_scripted_harness_trains_in_the_sandbox_then_crashes_and_its_model_is_scored(task_dir, tmp_path):
@@ -229,6 +235,9 @@ def test_crashed_harness_without_final_model_is_scored_as_the_base_model(task_di
     assert result.score["scored_as"] == "base_model" and result.score["status"] == "broken"
     assert any("final_model" in r for r in result.score["reasons"])
     assert result.score["dev"] == result.score["base"]["dev"]
+    assert result.exit_code == 1
+    assert "reason: the agent crashed: ValueError: gave up at once" in result.summary()
+    assert "result: NOT CLEAN" in result.summary() and result.meta["result"] == "not clean"
 
 
 def test_the_scorer_is_prepared_once_per_machine(task_dir, tmp_path, monkeypatch):
@@ -265,9 +274,11 @@ def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir,
     monkeypatch.setattr(scorer, "prepare_scorer", cannot)
     out = tmp_path / "run"
     assert main(["run", "recipe", "--task", str(task_dir), "--hours", "0.05", "--sandbox", "bwrap", "--out", str(out)]) == 2
-    assert "error: the harness's heldout data does not match" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: the trial failed to start (preparing the scorer): the harness's heldout data does not match" in err
     meta = load_meta(out)
-    assert meta["status"] == "scorer_prepare_failed" and "restore it from git" in meta["error"]
+    assert meta["status"] == "failed_to_start" and meta["failed_stage"] == "preparing the scorer"
+    assert "restore it from git" in meta["reason"] and "ScorerError" in meta["error"]
     assert not (out / "workdir").exists(), "the agent's workdir was seeded although the trial could not be scored"
 
 

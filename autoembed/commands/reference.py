@@ -4,6 +4,7 @@ dev, validation and held-out; prints a markdown table and writes the full result
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub) -> None:
@@ -53,7 +54,7 @@ def main(args) -> int:
     from autoembed.reference import ReferenceError, run_reference
 
     if args.fast_size and args.fast is False:
-        print("error: --fast-size only applies with --fast")
+        print("autoembed reference: error: --fast-size only applies with --fast", file=sys.stderr)
         return 2
     try:
         result = run_reference(args.task, minutes=args.minutes, fast=args.fast, rungs=args.models,
@@ -61,7 +62,7 @@ def main(args) -> int:
                                fast_size=args.fast_size, batch_size=args.batch_size, max_steps=args.max_steps,
                                bootstrap=args.bootstrap, splits=args.splits)
     except ReferenceError as exc:
-        print(f"error: {exc}")
+        print(f"autoembed reference: error: {exc}", file=sys.stderr)
         return 2
     print(result["table"])
     return 0

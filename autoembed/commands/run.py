@@ -7,10 +7,15 @@ from autoembed.commands.options import add_task_and_mode
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run one trial: seed, sandboxed agent, sealed score, traces",
-                       description="Run AGENT (recipe | claude | codex | gemini | harness:<file>) on the task.")
+                       description="Run AGENT (recipe | claude | codex | gemini | harness:<file>) on the task. Exit status: "
+                                   "0 the trial ran and scored clean; 1 it ran but crashed, timed out, was "
+                                   "interrupted or scored broken or flagged (the summary says why); 2 bad input, "
+                                   "found before anything ran.")
     p.add_argument("agent")
     add_task_and_mode(p, "sets")
-    p.add_argument("--hours", type=float, default=None, help="wall-clock budget (default: the task's)")
+    p.add_argument("--hours", type=float, default=None,
+                   help=f"the agent's wall-clock budget in hours (default: the task's budget in its task.toml, "
+                        f"{_default_hours()})")
     p.add_argument("--sandbox", default="auto", choices=["auto", "docker", "bwrap", "none"],
                    help="auto = docker where an engine answers, else bwrap; none must be asked for")
     p.add_argument("--model", default=None,
@@ -30,4 +35,13 @@ def _main(args) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     result = run(args.agent, task=args.task, hours=args.hours, sandbox=args.sandbox, model=args.model, gpus=gpus,
                  out=args.out, fast=args.fast, max_usd=args.max_usd, max_tokens=args.max_tokens)
-    return 0 if result.score is not None else 1
+    return result.exit_code
+
+
+def _default_hours() -> str:
+    from autoembed.task.spec import load_spec
+
+    try:
+        return f"{load_spec('embed').hours:g} h for embed"
+    except (OSError, ValueError):
+        return "see tasks/<name>/task.toml"

@@ -31,16 +31,19 @@ def _main(args) -> int:
                                device=args.device, out=args.out, bootstrap=args.bootstrap,
                                progress=lambda line: print(line, file=sys.stderr))
     except ScorerError as exc:
-        print(f"autoembed score: {exc}", file=sys.stderr)
+        print(f"autoembed score: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"status: {result['status']} (scored as {result['scored_as']}, {result['mode']} mode, {result['seconds']:.0f}s)")
+    from pathlib import Path
+
+    from autoembed import summary
+
+    out = Path(args.out) if args.out else Path(args.workdir) / "score.json"
+    scores = summary.headline(result, summary.load_per_query(out.parent), bootstrap=args.bootstrap)
+    print("\n".join(summary.score_lines(scores)))
+    print(f"seconds: {result['seconds']:.0f}")
     for reason in result["reasons"]:
-        print(f"  - {reason}")
-    for split in ("dev", "validation", "heldout"):
-        row, base = result[split]["mean"], result["base"][split]["mean"]
-        lo, hi = row["ndcg@10_ci"]
-        print(f"{split:<10} nDCG@10 {row['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}]   base {base['ndcg@10']:.4f}")
-    return 0
+        print(f"reason: {reason}")
+    return 0 if result["status"] == "ok" else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def add_parser(sub) -> None:
@@ -23,7 +24,7 @@ def _main(args) -> int:
     try:
         manifest = seed_workdir(args.dir, args.hours, args.task, base_model=args.base_model)
     except SeedError as exc:
-        print(f"autoembed seed: {exc}")
+        print(f"autoembed seed: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(manifest, indent=2))

@@ -8,6 +8,7 @@ explicit choice. Whoever records the trial reads the choice from sandbox.describ
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from autoembed import paths
@@ -42,7 +43,7 @@ def make_sandbox(kind: str, config: SandboxConfig, *, task: str = paths.DEFAULT_
         raise SandboxError("no sandbox is available here (" + "; ".join(reasons) + "). Install one "
                            "(.ci/sandbox.sh shows how), or pass --sandbox none to run the agent in place "
                            "without structural integrity, knowing that it can then read the held-out data.") from None
-    progress(f"sandbox: bwrap ({reasons[0]})")
+    progress(f"sandbox: bwrap, because {reasons[0]}")
     return sandbox
 
 
@@ -55,8 +56,20 @@ def docker_problem() -> str | None:
     try:
         docker.from_env(timeout=10).ping()
     except Exception as exc:
-        return f"no Docker engine answers ({type(exc).__name__}: {str(exc)[:200]}); start one with `dockerd &`"
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return f"no Docker engine answers at {host} ({_short_cause(exc)}); start one with `dockerd &`"
     return None
+
+
+def _short_cause(exc: BaseException) -> str:
+    """The root of a docker SDK error in a few words, not its nested repr."""
+    text = repr(exc)
+    for needle, words in (("FileNotFoundError", "no socket there"), ("ConnectionRefused", "connection refused"),
+                          ("PermissionError", "permission denied"), ("Permission denied", "permission denied"),
+                          ("Timeout", "timed out")):
+        if needle in text:
+            return words
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
 
 
 def _docker(config: SandboxConfig, task: str, progress) -> Sandbox:

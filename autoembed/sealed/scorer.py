@@ -165,7 +165,7 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_per_query(out_path.with_name(PER_QUERY_FILE), counted, base_scores, spec.main_metric, result["scored_as"])
     tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(result, indent=2, default=_json_default, allow_nan=False) + "\n")
     os.replace(tmp, out_path)
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import sys
 from pathlib import Path
 
 
@@ -58,6 +59,10 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def offline_env() -> None:
-    """Nothing loads from a hub at run time."""
+    """Nothing loads from a hub at run time, and loading a model draws no progress bars (a bar per model load
+    buries a run's own progress lines)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":  # imported before us
+        sys.modules["transformers"].utils.logging.disable_progress_bar()

@@ -33,8 +33,11 @@ class TaskSpec:
 
 def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
     root = task_dir(name_or_path)
-    with open(root / "task.toml", "rb") as fh:
-        raw = tomllib.load(fh)
+    try:
+        with open(root / "task.toml", "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{root / 'task.toml'} is not valid TOML: {exc}; fix that line") from None
     try:
         model = raw["base_model"]
         dev = raw["dev"]

@@ -2,6 +2,8 @@
 
 POST /v1/chat/completions  -> chat.completion (or chat.completion.chunk SSE ending in [DONE] when stream=true)
 POST /v1/responses         -> response (or the response.* SSE events the Responses API streams; codex uses these)
+GET  /v1/models            -> a model listing, the cheap call a key check makes (Anthropic's listing has the same
+                              "data" shape, so it serves both)
 
 Both turn the next scripted Turn into assistant text and function calls. Test code only.
 """
@@ -149,3 +151,10 @@ def responses(fake: FakeLLM, handler: BaseHTTPRequestHandler, match, body: dict)
         emit("response.output_item.done", output_index=index, item=item)
     emit("response.completed", response=_response_object(rid, body, "completed", output, usage))
     send_sse_frames(handler, frames)
+
+
+@route("GET", r"/v1/models|/models")
+def list_models(fake: FakeLLM, handler: BaseHTTPRequestHandler, match, body: dict) -> None:
+    send_json(handler, 200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "type": "model"},
+                                                        {"id": "claude-sonnet-4-6", "object": "model", "type": "model"}],
+                             "has_more": False})
