@@ -286,6 +286,7 @@ class Run:
         self.pool, self.pool_limit, self.seed, self.max_steps = args.pool, args.pool_limit, args.seed, args.max_steps
         self.train_start, self.train_end = time.time(), train_end
         self._last_check, self._step_seconds = None, 0.0
+        self.steps = 0  # the last step count train() reported through should_stop
         self.log = log
 
     def seconds_left(self) -> float:
@@ -299,6 +300,7 @@ class Run:
         """Why to stop before the next step (a signal, --max-steps, or a step that would end past the
         budget, by a moving average of the step time), else None."""
         now = time.time()
+        self.steps = step
         if self._last_check is not None:
             took = now - self._last_check
             self._step_seconds = took if step <= 1 else 0.9 * self._step_seconds + 0.1 * took
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(run)
     except BudgetOverrun:
-        summary = {"stop_reason": "overran the budget (stopped by the adapter)"}
+        summary = {"stop_reason": "overran the budget (stopped by the adapter)", "steps": run.steps}
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     model.eval()

@@ -19,7 +19,7 @@ from autoembed import gate
 TASKS, QUERIES = 3, 3000
 RUN_SD = 0.003  # sd of a run's mean score across repeats of one recipe
 QUERY_NOISE = 0.15  # sd of one query's score across repeats
-BASELINE_RUNS = 3
+BASELINE_RUNS = 3  # the loop's default --baseline-runs
 
 
 class SimulatedFile:

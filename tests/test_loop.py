@@ -298,7 +298,7 @@ def test_offline_loop_end_to_end_with_real_training(tmp_path):
     task = shared_tiny_task(tmp_path)
     run_dir = tmp_path / "loop"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces")}
-    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.2", "--trial-hours", "0.012",
+    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.3", "--trial-hours", "0.025",
                            "--task", str(task), "--sandbox", "none", "--baseline-runs", "1", "--max-iterations", "2",
                            "--out", str(run_dir)], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -161,8 +161,8 @@ def test_train_script_runs_a_few_steps_and_saves_a_trained_model(tmp_path):
     out = tmp_path / "final_model"
     proc = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), "--pool", str(pool), "--base", str(base_model_path()), "--out", str(out),
-         "--minutes", "3", "--batch-size", "8", "--max-steps", "5", "--max-seq-length", "64", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, env=offline_env(), cwd=tmp_path)
+         "--minutes", "8", "--batch-size", "8", "--max-steps", "5", "--max-seq-length", "64", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, env=offline_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 1 |" in proc.stdout and "pairs/s" in proc.stdout and "min left" in proc.stdout
     assert "steps: 5" in proc.stdout and "stop_reason: max_steps" in proc.stdout

@@ -24,7 +24,7 @@ from autoembed.trace import Event
 
 TRAIN_SCRIPT = REPO_ROOT / "harnesses" / "recipe.py"
 # sha256 of everything below the banner in harnesses/recipe.py; change both together, on purpose
-FIXED_ADAPTER_SHA256 = "52a85964a48f6051278f35dc77551de824a8449a7f1c796504597be5785d3556"
+FIXED_ADAPTER_SHA256 = "46cb5e1be3b0460be9b72ebd3d1d5e52ace4feccf7092d058527ead62aa66360"
 POOL_CANDIDATES = ("data/pool/pairs.jsonl.gz", "pool/pairs.jsonl.gz", "pairs.jsonl.gz")
 RESULT_CHARS = 6000  # tail of a command's output kept in its tool_result event
 PROGRESS_EVERY_S = 60.0
