@@ -40,6 +40,8 @@ SECRET_ENV = {  # which secrets each agent may receive; nothing else crosses int
     "codex": ["OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL"],
     "gemini": ["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"],
 }
+# a harness gets its model provider's entry (until the gateway hands every agent a per-trial token instead)
+PROVIDER_SECRETS = {"anthropic": "claude", "openai": "codex", "openai-responses": "codex", "google": "gemini"}
 
 
 @dataclass
@@ -142,7 +144,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     meta["sandbox"] = box.describe()
     trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,
-                       raw_log=run_dir / "agent.log", run_dir=run_dir, env=_secrets_for(agent), progress=say,
+                       raw_log=run_dir / "agent.log", run_dir=run_dir, env=_secrets_for(agent, getattr(agent_obj, "model", model)), progress=say,
                        reprompt_margin_s=reprompt_margin_s)
 
     outcome = _run_agent(agent_obj, ctx, box, meta, run_dir, say)
@@ -279,8 +281,11 @@ def _freeze(workdir: Path, meta: dict) -> None:
     subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=False)
 
 
-def _secrets_for(agent: str) -> dict[str, str]:
-    names = SECRET_ENV.get(agent.split(":")[0], [])
+def _secrets_for(agent: str, model: str | None) -> dict[str, str]:
+    kind = agent.split(":")[0]
+    if kind == "harness":
+        kind = PROVIDER_SECRETS.get((model or "").split(":")[0], "")
+    names = SECRET_ENV.get(kind, [])
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
