@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from autoembed import __version__
+from autoembed import __version__, nofollow
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.agents.registry import make_agent
 from autoembed.paths import REPO_ROOT, traces_dir
@@ -153,7 +153,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     meta["usage"] = vars(total_usage(read_trace(run_dir / "trace.jsonl")))
     (run_dir / "trace.md").write_text(render_markdown(read_trace(run_dir / "trace.jsonl")))
 
-    _freeze(workdir, meta)
+    frozen = _freeze(workdir, run_dir, meta)
     meta["status"] = "scoring"
     _write_json(run_dir / "meta.json", meta)
     say("scoring final_model with the sealed scorer")
@@ -162,7 +162,8 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
         from autoembed.sealed.scorer import score_workdir  # loaded already by _preload_scorer, unless it failed
 
         score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json", progress=say,
-                              device=_device_for(gpus))
+                              device=_device_for(gpus), final_model=frozen,
+                              final_model_hashes=(meta["final_model"] or {}).get("files", {}))
         meta["status"] = "scored"
     except KeyboardInterrupt:
         score = None
@@ -268,17 +269,20 @@ def _agent_evals(workdir: Path) -> list[dict]:
     return rows
 
 
-def _freeze(workdir: Path, meta: dict) -> None:
-    """The agent is gone; record the final model's file hashes and make the workdir read-only."""
-    from autoembed.task.base_model import file_sha256
-
-    final = workdir / "final_model"
-    if final.is_dir() and not final.is_symlink():
-        meta["final_model"] = {"path": str(final), "files": {
-            str(p.relative_to(final)): file_sha256(p) for p in sorted(final.rglob("*")) if p.is_file() and not p.is_symlink()}}
-    else:
+def _freeze(workdir: Path, run_dir: Path, meta: dict) -> Path:
+    """Every process of the agent is dead (the sandbox is stopped): copy final_model out of the workdir into the
+    run folder without following a link anywhere, and record the copy's hashes. The scorer scores the copy and
+    checks it against them, so nothing the agent left running or linked can change what is scored."""
+    frozen = run_dir / "final_model"
+    try:
+        hashes, left_out = nofollow.copy_tree(workdir, "final_model", frozen)
+    except FileNotFoundError:
         meta["final_model"] = None
-    subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=False)
+    except OSError as exc:  # final_model is a link, a file, or unreadable: recorded; the scorer finds no model
+        meta["final_model"] = {"error": f"final_model was not copied: {exc}"}
+    else:
+        meta["final_model"] = {"path": str(frozen), "files": hashes, "left_out": left_out}
+    return frozen
 
 
 def _secrets_for(agent: str, model: str | None) -> dict[str, str]:
