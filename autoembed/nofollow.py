@@ -106,6 +106,22 @@ def _open_regular(root, rel: str) -> int:
     return fd
 
 
+def is_file(root, rel: str) -> bool:
+    """root/rel is a regular file reached without any link."""
+    try:
+        os.close(_open_regular(root, rel))
+        return True
+    except OSError:
+        return False
+
+
+def read_tail(root, rel: str, size: int) -> bytes:
+    """The last `size` bytes of a regular file (a log the agent appends to)."""
+    with os.fdopen(_open_regular(root, rel), "rb") as fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - size))
+        return fh.read(size)
+
+
 def read_bytes(root, rel: str, limit: int | None = None) -> bytes:
     fd = _open_regular(root, rel)
     with os.fdopen(fd, "rb") as fh:

@@ -2,7 +2,7 @@
 
     import autoembed.run
     result = autoembed.run.run("recipe", hours=0.05)
-    result.score["dev"]["mean"]["ndcg@10"]
+    result.score["dev"]["mean"][result.meta["main_metric"]]   # the metric task.toml names ([eval] main_metric)
 
 Everything a trial produces lives in its run folder; meta.json is written at the start and rewritten at
 every state change, so a trial that is interrupted or killed still leaves a record that says so.
@@ -35,6 +35,7 @@ from autoembed.sandbox.factory import make_sandbox
 from autoembed.trace import TraceWriter, read_trace, render_markdown, total_usage
 
 PROGRESS_EVERY_S = 30.0
+EVALS_TAIL_BYTES = 1 << 20
 SECRET_ENV = {  # which secrets each agent may receive; nothing else crosses into a sandbox
     "claude": ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"],
     "codex": ["OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL"],
@@ -61,11 +62,12 @@ class TrialResult:
                  f"exit_reason: {self.exit_reason}", f"sandbox: {self.meta.get('sandbox', {}).get('kind')}"]
         if self.score:
             lines.append(f"status: {self.score.get('status')}")
+            metric = self.meta["main_metric"]
             for split in ("dev", "validation", "heldout"):
-                ours = self.score.get(split, {}).get("mean", {}).get("ndcg@10")
-                base = self.score.get("base", {}).get(split, {}).get("mean", {}).get("ndcg@10")
+                ours = self.score.get(split, {}).get("mean", {}).get(metric)
+                base = self.score.get("base", {}).get(split, {}).get("mean", {}).get(metric)
                 if ours is not None:
-                    lines.append(f"{split}_ndcg@10: {ours:.4f}" + (f" (base {base:.4f})" if base is not None else ""))
+                    lines.append(f"{split}_{metric}: {ours:.4f}" + (f" (base {base:.4f})" if base is not None else ""))
             if self.score.get("reasons"):
                 lines.append(f"reasons: {'; '.join(self.score['reasons'])}")
         lines.append(f"run_dir: {self.run_dir}")
@@ -94,11 +96,12 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s) -> TrialResult:
+    from autoembed.task.base_model import resolve_base_model
     from autoembed.task.seed import seed_workdir
     from autoembed.task.spec import load_spec
 
     say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
-    spec = load_spec(task)
+    spec = load_spec(task)  # parsed once: every part of the trial gets this object
     hours = spec.hours if hours is None else hours
     if hours <= 0:
         raise ValueError(f"--hours must be positive, got {hours}")
@@ -108,7 +111,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     run_dir.mkdir(parents=True, exist_ok=False)
     workdir = run_dir / "workdir"
     meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
-            "status": "seeding", "started": _now(), "versions": _versions(agent_obj)}
+            "main_metric": spec.main_metric, "status": "seeding", "started": _now(), "versions": _versions(agent_obj)}
     _write_json(run_dir / "meta.json", meta)
 
     # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
@@ -134,18 +137,20 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     meta["scorer_prepare_s"] = round(time.time() - t0, 3)
 
     t0 = time.time()
-    manifest = seed_workdir(workdir, hours, task)
+    base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)  # its weights hashed once per trial
+    manifest = seed_workdir(workdir, hours, spec, base_model=str(base_path))
     deadline = float(manifest["deadline"])
     box.config.deadline = deadline
-    prompt = (workdir / "instructions.md").read_text()
+    prompt = nofollow.read_text(workdir, "instructions.md")
     (run_dir / "prompt.txt").write_text(prompt)
     _write_json(run_dir / "seed_manifest.json", manifest)
     meta.update(deadline=deadline, deadline_iso=_iso(deadline), seed_s=round(time.time() - t0, 3))
     meta["sandbox"] = box.describe()
     trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,
-                       raw_log=run_dir / "agent.log", run_dir=run_dir, env=_secrets_for(agent, getattr(agent_obj, "model", model)), progress=say,
-                       reprompt_margin_s=reprompt_margin_s)
+                       raw_log=run_dir / "agent.log", run_dir=run_dir, env=_secrets_for(agent, getattr(agent_obj, "model", model)),
+                       progress=say, reprompt_margin_s=reprompt_margin_s, spec=spec, base_model=str(base_path),
+                       manifest=manifest)
 
     outcome = _run_agent(agent_obj, ctx, box, meta, run_dir, say)
     meta.update(exit_reason=outcome.exit_reason, exit_detail=outcome.detail, turns=outcome.turns,
@@ -161,7 +166,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     try:
         from autoembed.sealed.scorer import score_workdir  # loaded already by _preload_scorer, unless it failed
 
-        score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json", progress=say,
+        score = score_workdir(workdir, task=spec, fast=fast, base_path=Path(base_path), manifest=manifest, out=run_dir / "score.json", progress=say,
                               device=_device_for(gpus), final_model=frozen,
                               final_model_hashes=(meta["final_model"] or {}).get("files", {}))
         meta["status"] = "scored"
@@ -249,23 +254,27 @@ def _report_progress(ctx: TrialContext, stop: threading.Event, say) -> None:
         evals = _agent_evals(ctx.workdir)
         line = f"{max(0, left) / 60:.1f} min left; {what}"
         if len(evals) > evals_seen:
-            latest = evals[-1]
-            line += f"; dev eval #{len(evals)}: {latest.get('mean', {}).get('ndcg@10', '?')}"
+            latest, metric = evals[-1], ctx.spec.main_metric
+            line += f"; dev eval #{len(evals)}: {metric} {latest.get('mean', {}).get(metric, '?')}"
             evals_seen = len(evals)
         say(line)
 
 
 def _agent_evals(workdir: Path) -> list[dict]:
-    """Dev evaluations the agent ran through task.py (it appends them to .evals.jsonl); for progress only."""
-    path = workdir / ".evals.jsonl"
-    if not path.is_file():
+    """Dev evaluations the agent ran through task.py (it appends them to .evals.jsonl); for progress only. Read
+    without following a link (the agent owns the file) and only its tail."""
+    try:
+        text = nofollow.read_tail(workdir, ".evals.jsonl", EVALS_TAIL_BYTES).decode("utf-8", errors="replace")
+    except OSError:
         return []
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

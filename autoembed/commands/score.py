@@ -39,8 +39,11 @@ def _main(args) -> int:
     print(f"status: {result['status']} (scored as {result['scored_as']}, {result['mode']} mode, {result['seconds']:.0f}s)")
     for reason in result["reasons"]:
         print(f"  - {reason}")
+    from autoembed.task.spec import load_spec
+
+    metric = load_spec(args.task).main_metric  # task.toml's [eval] main_metric
     for split in ("dev", "validation", "heldout"):
         row, base = result[split]["mean"], result["base"][split]["mean"]
-        lo, hi = row["ndcg@10_ci"]
-        print(f"{split:<10} nDCG@10 {row['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}]   base {base['ndcg@10']:.4f}")
+        lo, hi = row.get(f"{metric}_ci", [row[metric]] * 2)
+        print(f"{split:<10} {metric} {row[metric]:.4f} [{lo:.4f}, {hi:.4f}]   base {base[metric]:.4f}")
     return 0

@@ -72,7 +72,7 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
                   manifest: dict | str | os.PathLike | None = None, device: str | None = None,
                   out: str | os.PathLike | None = None, heldout_root: Path | None = None, bootstrap: int = 1000,
                   progress: Callable[[str], None] | None = None, final_model: Path | None = None,
-                  final_model_hashes: dict[str, str] | None = None) -> dict:
+                  final_model_hashes: dict[str, str] | None = None, base_path: Path | None = None) -> dict:
     """Score and audit workdir; write score.json (default workdir/score.json) and return it.
 
     task: a task name, folder or TaskSpec (its fast_queries/fast_docs size the fast mode).
@@ -81,7 +81,8 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     heldout_root: the held-out task folders (default autoembed/sealed/data/heldout); the validation tier is
     the "validation" folder next to it.
     final_model: the frozen copy to score instead of workdir/final_model (a trial copies it out once the agent is
-    gone), checked against final_model_hashes first: a copy that changed since the freeze is not scored."""
+    gone), checked against final_model_hashes first: a copy that changed since the freeze is not scored.
+    base_path: the base model folder the trial already resolved and hash-checked (default: resolve it here)."""
     started = time.perf_counter()
     say = progress or (lambda line: None)
     clock = StageClock()
@@ -91,7 +92,7 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         raise ScorerError(f"no workdir at {workdir}")
     spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
     manifest = _manifest(workdir, manifest)
-    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock)
+    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock, base_path)
     with clock("harness_data_and_base_model"):
         base_dim = int(base.encode(["probe"], convert_to_numpy=True).shape[1])
         base_bytes = submission.folder_bytes(base_path)
@@ -253,11 +254,11 @@ def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, boo
     return spec, heldout_root, device, fast
 
 
-def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageClock):
+def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageClock, base_path: Path | None = None):
     """(data manifests, base model path, loaded base model): the harness's own, checked before any use."""
     with clock("harness_data_and_base_model"):
         data_check = _check_harness_data(spec, heldout_root)
-        base_path = Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
+        base_path = Path(base_path or resolve_base_model(spec.base_model, spec.base_model_sha256))
         return data_check, base_path, submission.load_submission(base_path, device)
 
 
