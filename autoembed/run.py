@@ -32,6 +32,7 @@ from autoembed.agents.registry import make_agent
 from autoembed.paths import REPO_ROOT, traces_dir
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
+from autoembed.sandbox.limits import LimitError, Limits, WorkdirVolume
 from autoembed.trace import TraceWriter, read_trace, render_markdown, total_usage
 
 PROGRESS_EVERY_S = 30.0
@@ -87,15 +88,19 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
     SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    volumes: list[WorkdirVolume] = []
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
-                    progress=progress, reprompt_margin_s=reprompt_margin_s)
+                    progress=progress, reprompt_margin_s=reprompt_margin_s, volumes=volumes)
     finally:
+        for volume in volumes:  # the fixed-size workdir's content goes back to a plain folder, whatever happened
+            volume.release()
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s) -> TrialResult:
+def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s,
+         volumes: list) -> TrialResult:
     from autoembed.task.base_model import resolve_base_model
     from autoembed.task.seed import seed_workdir
     from autoembed.task.spec import load_spec
@@ -116,8 +121,11 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
 
     # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
     # a package change) must not eat the agent's budget. It gets the seeded deadline before it starts.
+    limits = Limits.from_spec(spec)
+    meta["limits"] = {**vars(limits), "workdir": _fixed_size_workdir(workdir, limits, volumes)}
     config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600, network=agent_obj.needs_network,
-                           gpus=gpus, readonly_extra=agent_obj.readonly_mounts())
+                           gpus=gpus, readonly_extra=agent_obj.readonly_mounts(), memory_gb=limits.memory_gb,
+                           **({"pids_limit": limits.pids} if limits.pids else {}))
     t0 = time.time()
     box = make_sandbox(sandbox, config, task=task, progress=say)
     meta["sandbox_prepare_s"] = round(time.time() - t0, 3)
@@ -157,6 +165,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
                 agent_ended=_now(), agent_seconds=round(time.time() - meta["agent_started_epoch"], 3))
     meta["usage"] = vars(total_usage(read_trace(run_dir / "trace.jsonl")))
     (run_dir / "trace.md").write_text(render_markdown(read_trace(run_dir / "trace.jsonl")))
+    _record_limits(meta, box, volumes)
 
     frozen = _freeze(workdir, run_dir, meta)
     meta["status"] = "scoring"
@@ -276,6 +285,39 @@ def _agent_evals(workdir: Path) -> list[dict]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def _fixed_size_workdir(workdir: Path, limits: Limits, volumes: list) -> dict:
+    """Mount a filesystem of limits.disk_gb at the workdir's path (before seeding); says what was done."""
+    if not limits.disk_gb:
+        workdir.mkdir()
+        return {"enforced": False, "not_enforced_because": "task.toml sets no [limits] disk_gb"}
+    volume = WorkdirVolume(workdir, limits.disk_gb)
+    try:
+        volume.create()
+    except LimitError as exc:
+        workdir.mkdir(exist_ok=True)
+        return {"enforced": False, "not_enforced_because": str(exc)}
+    volumes.append(volume)
+    return {"enforced": True, "size_gb": limits.disk_gb, "image": str(volume.image)}
+
+
+def _record_limits(meta: dict, box, volumes: list) -> None:
+    """After the sandbox is stopped: what the sandbox enforced, and which limits the agent hit."""
+    sandbox_limits = box.describe().get("limits") or {}
+    meta["limits"]["sandbox"] = sandbox_limits
+    events = sandbox_limits.get("events") or {} if isinstance(sandbox_limits, dict) else {}
+    hit = []
+    if events.get("oom_kills"):
+        hit.append(f"memory: {events['oom_kills']} process(es) killed for exceeding {meta['limits']['memory_gb']} GiB")
+    if events.get("pids_refused"):
+        hit.append(f"pids: {events['pids_refused']} fork(s) refused at {meta['limits']['pids']} processes")
+    for volume in volumes:
+        usage = volume.usage()
+        meta["limits"]["workdir"].update(usage)
+        if usage["full"]:
+            hit.append(f"disk: the workdir is full ({usage['used_gb']} of {usage['size_gb']} GiB)")
+    meta["limits"]["hit"] = hit
 
 
 def _freeze(workdir: Path, run_dir: Path, meta: dict) -> Path:
