@@ -71,6 +71,8 @@ class TrialResult:
                     lines.append(f"{split}_{metric}: {ours:.4f}" + (f" (base {base:.4f})" if base is not None else ""))
             if self.score.get("reasons"):
                 lines.append(f"reasons: {'; '.join(self.score['reasons'])}")
+        if self.meta.get("limits", {}).get("hit"):
+            lines.append(f"limits_hit: {'; '.join(self.meta['limits']['hit'])}")
         lines.append(f"run_dir: {self.run_dir}")
         return "\n".join(lines)
 

@@ -361,6 +361,11 @@ def test_the_freeze_scores_a_copy_taken_after_the_agent_is_gone(task_dir, tmp_pa
     assert meta["exit_reason"] == "finished", meta["exit_detail"]
     assert meta["final_model"]["path"] == str(frozen) and meta["final_model"]["left_out"] == ["leak.txt"]
     assert nofollow.tree_hashes(frozen) == meta["final_model"]["files"] and "late.txt" in meta["final_model"]["files"]
+    assert meta["limits"]["memory_gb"] and meta["limits"]["pids"] and meta["limits"]["hit"] == []
+    if os.geteuid() == 0:  # the fixed-size workdir (a loop mount) needs root; without it the record says why not
+        assert meta["limits"]["workdir"]["enforced"] and not (tmp_path / "run" / "workdir.img").exists()
+    else:
+        assert meta["limits"]["workdir"]["not_enforced_because"]
     assert not (frozen / "leak.txt").exists()
     time.sleep(0.5)  # the writer died with the sandbox: the workdir's copy no longer changes either
     assert nofollow.file_sha256(tmp_path / "run" / "workdir", "final_model/late.txt") == meta["final_model"]["files"]["late.txt"]
