@@ -351,7 +351,7 @@ def test_the_freeze_scores_a_copy_taken_after_the_agent_is_gone(task_dir, tmp_pa
     save = "python3 -c \"import shutil, task; shutil.copytree(task.BASE_MODEL, 'final_model')\""
     writer = "nohup sh -c 'while true; do date +%s%N > final_model/late.txt; sleep 0.1; done' >/dev/null 2>&1 &"
     model = script_file(tmp_path, [
-        {"tool_calls": [{"name": "bash", "arguments": {"command": f"{save} && {writer} sleep 0.5; "
+        {"tool_calls": [{"name": "bash", "arguments": {"command": f"{save} && ({writer}) && sleep 0.5 && "
                                                                   f"ln -s {host_secret} final_model/leak.txt"}}]},
         {"text": "done"},
     ])
