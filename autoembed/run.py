@@ -96,7 +96,10 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
                     progress=progress, reprompt_margin_s=reprompt_margin_s, volumes=volumes)
     finally:
         for volume in volumes:  # the fixed-size workdir's content goes back to a plain folder, whatever happened
-            volume.release()
+            try:
+                volume.release()
+            except LimitError as exc:  # the trial's record stands; the workdir stays in its image
+                print(f"[autoembed] the workdir was left in {volume.image}: {exc}", file=sys.stderr, flush=True)
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +99,20 @@ class Cgroup:
     def events(self) -> dict[str, int]:
         return cgroup_events(self.dirs)
 
-    def remove(self) -> None:
-        """Remove the (empty) cgroup; call once every process in it is dead."""
+    def remove(self, wait_s: float = 5.0) -> None:
+        """Remove the cgroup; call once every process in it is killed (the kernel may take a moment to empty it)."""
+        end = time.time() + wait_s
         for folder in reversed(self.dirs):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+            while True:
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.time() > end:
+                        break
+                    time.sleep(0.05)
         self.dirs = []
 
 
@@ -181,7 +189,10 @@ class WorkdirVolume:
             return
         keep = self.workdir.with_name(self.workdir.name + ".out")
         _run(["cp", "-a", "--no-dereference", f"{self.workdir}/.", str(keep)], mkdir=keep)
-        _run(["umount", str(self.workdir)])
+        try:
+            _run(["umount", str(self.workdir)])
+        except LimitError:  # still busy (a stray process of a `none` sandbox): detach it, the copy is out already
+            _run(["umount", "--lazy", str(self.workdir)])
         self.mounted = False
         self.image.unlink(missing_ok=True)
         self.workdir.rmdir()
