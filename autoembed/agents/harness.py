@@ -23,12 +23,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import get_args
 
-from autoembed import paths
+from autoembed import editable, paths
+from autoembed.editable import BANNER, adapter_hash  # noqa: F401 - the names tests and the loop use
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
 from autoembed.agents.harness_runtime import STOPPED_EXIT, TRIAL_VAR, HarnessError
 from autoembed.trace import Event, Kind, Usage
 
-BANNER = "# ===== FIXED ADAPTER: the meta-agent must not edit below this line ====="
 # sha256 of everything below the banner in harnesses/baseline.py; change both together, on purpose
 FIXED_ADAPTER_SHA256 = "f0e4579e4368ae8d26682a37d2a8991b570c1d99472b575e61e08185981ac24d"
 GRACE_S = 5.0  # after the deadline, how long the host waits for the process before it is killed
@@ -37,21 +37,13 @@ MAX_TRACE_BYTES = 200 * 2**20  # events past this are dropped (with one error ev
 EVENT_FIELDS = {f.name for f in fields(Event)} - {"source", "ts"}
 
 
-def fixed_adapter(source: str) -> str:
-    if BANNER not in source:
-        raise HarnessError(f"the harness has no fixed-adapter banner line ({BANNER!r}); restore it from harnesses/baseline.py")
-    return source.split(BANNER, 1)[1]
-
-
-def adapter_hash(source: str) -> str:
-    return hashlib.sha256(fixed_adapter(source).encode()).hexdigest()
-
-
 def check_harness(path: Path) -> str:
     """The harness file's source after checking its fixed adapter is byte-identical to the baseline's."""
     source = Path(path).read_text()
-    if adapter_hash(source) != FIXED_ADAPTER_SHA256:
-        raise HarnessError(f"{path}: the fixed adapter (below the banner) was edited; only the part above it may change")
+    try:
+        editable.check_adapter(source, FIXED_ADAPTER_SHA256, str(path))
+    except editable.EditableError as exc:
+        raise HarnessError(str(exc)) from None
     return source
 
 
