@@ -127,7 +127,6 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     # The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes after
     # a package change) must not eat the agent's budget. It gets the seeded deadline before it starts.
     limits = Limits.from_spec(spec)
-    meta["limits"] = {**vars(limits), "workdir": _fixed_size_workdir(workdir, limits, volumes)}
     config = SandboxConfig(workdir=workdir, deadline=time.time() + hours * 3600, network=agent_obj.needs_network,
                            gpus=gpus, readonly_extra=agent_obj.readonly_mounts(), memory_gb=limits.memory_gb,
                            **({"pids_limit": limits.pids} if limits.pids else {}))
@@ -150,6 +149,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     meta["scorer_prepare_s"] = round(time.time() - t0, 3)
 
     t0 = time.time()
+    meta["limits"] = {**vars(limits), "workdir": _fixed_size_workdir(workdir, limits, volumes)}  # once scoring can work
     base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)  # its weights hashed once per trial
     manifest = seed_workdir(workdir, hours, spec, base_model=str(base_path))
     deadline = float(manifest["deadline"])
