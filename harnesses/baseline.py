@@ -1,8 +1,8 @@
 """The task agent: one file the meta-agent may edit above the banner.
 
-It trains an embedding model autonomously: the model sees the task's instructions, a bash tool that runs
-inside the trial's sandbox, file tools, and a timer; this loop runs until the model stops calling tools,
-the turn limit, or the deadline. Run it with:  autoembed run harness:harnesses/baseline.py --model anthropic:claude-sonnet-4-5
+It trains an embedding model autonomously: the model sees the task's instructions, a bash tool, file tools
+and a timer; this loop runs until the model stops calling tools, the turn limit, or the deadline. The whole
+file runs as a process inside the trial's sandbox, so its tools act there. Run it with:  autoembed run harness:harnesses/baseline.py --model anthropic:claude-sonnet-4-5
 """
 
 from __future__ import annotations
@@ -79,13 +79,22 @@ def run_task(env, llm, tools) -> int:
 
 
 # ===== FIXED ADAPTER: the meta-agent must not edit below this line =====
-# The contract with the runner (autoembed/agents/harness.py): it imports this file, checks the hash of
-# everything below the banner, and calls harness_main(env) in a thread on the host. `env` is a HarnessEnv:
-# env.prompt, env.workdir, env.seconds_left(), env.llm(model), env.complete(...), env.run_tool(...),
-# env.bash/read_file/write_file (inside the sandbox / workdir), env.Tool. The runner stops the sandbox at
-# the deadline whatever this file does, and the trace is written by env, not by this file.
+# The contract with the runner (autoembed/agents/harness.py): it checks the hash of everything below the banner
+# on the host, then runs `python <a copy of this file>` INSIDE the trial's sandbox, where main() gives
+# harness_main an env (autoembed/agents/harness_runtime.py): env.prompt, env.workdir, env.seconds_left(),
+# env.llm(model), env.complete(...), env.run_tool(...), env.bash/read_file/write_file, env.Tool. Tools act
+# inside the sandbox, model calls go through the trial's gateway, the trace goes to the host through env, and
+# the sandbox kills this process at the deadline whatever this file does.
 
 
 def harness_main(env) -> int:
     llm = env.llm(env.model or MODEL)
     return run_task(env, llm, create_tools(env))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from autoembed.agents.harness_runtime import main
+
+    sys.exit(main(harness_main))

@@ -229,7 +229,7 @@ def test_recipe_agent_trains_and_saves_before_the_deadline(tmp_path, monkeypatch
     lines: list[str] = []
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt="", model=None,
                        trace=TraceWriter(run_dir / "trace.jsonl", source="recipe"), raw_log=run_dir / "agent.log",
-                       run_dir=run_dir, progress=lines.append)
+                       run_dir=run_dir, progress=lines.append, base_model=str(base_model_path()))
     agent = RecipeAgent(batch_size=8)
     with box:
         outcome = agent.run(ctx)
@@ -268,7 +268,7 @@ def test_recipe_agent_reports_a_missing_pool_as_crashed(tmp_path):
     box = NoSandbox(SandboxConfig(workdir=workdir, deadline=deadline))
     ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt="", model=None,
                        trace=TraceWriter(run_dir / "trace.jsonl", source="recipe"), raw_log=run_dir / "agent.log",
-                       run_dir=run_dir, progress=lambda line: None)
+                       run_dir=run_dir, progress=lambda line: None, base_model=str(base_model_path()))
     with box:
         outcome = RecipeAgent().run(ctx)
     assert outcome.exit_reason == "crashed" and "no training pool" in outcome.detail

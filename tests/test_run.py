@@ -353,3 +353,44 @@ def test_scripted_demo_harness_trial_trains_and_finishes(task_dir, tmp_path):
     assert "saved final_model" in outputs[3] and "exit 0" in outputs[3]
     assert result.meta["final_model"] and result.score["status"] == "ok"
     assert result.score["scored_as"] == "final_model"
+
+
+def test_the_freeze_scores_a_copy_taken_after_the_agent_is_gone(task_dir, tmp_path):
+    """An agent that leaves a writer running in the background and a link to a host file in final_model/: the
+    trial copies final_model out after the sandbox is stopped, without the link, records its hashes and scores that
+    copy; a copy changed after the freeze is refused by the scorer."""
+    from autoembed import nofollow
+    from autoembed.run import run
+    from autoembed.sealed.errors import ScorerError
+    from autoembed.sealed.scorer import score_workdir
+
+    host_secret = tmp_path / "host_secret.txt"
+    host_secret.write_text("host only")
+    save = "python3 -c \"import shutil, task; shutil.copytree(task.BASE_MODEL, 'final_model')\""
+    writer = "nohup sh -c 'while true; do date +%s%N > final_model/late.txt; sleep 0.1; done' >/dev/null 2>&1 &"
+    model = script_file(tmp_path, [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": f"{save} && ({writer}) && sleep 0.5 && "
+                                                                  f"ln -s {host_secret} final_model/leak.txt"}}]},
+        {"text": "done"},
+    ])
+    result = run(f"harness:{BASELINE}", task=str(task_dir), hours=0.05, sandbox="bwrap", model=model,
+                 out=tmp_path / "run", progress=lambda line: None)
+    meta, frozen = result.meta, tmp_path / "run" / "final_model"
+    assert meta["exit_reason"] == "finished", meta["exit_detail"]
+    assert meta["final_model"]["path"] == str(frozen) and meta["final_model"]["left_out"] == ["leak.txt"]
+    assert nofollow.tree_hashes(frozen) == meta["final_model"]["files"] and "late.txt" in meta["final_model"]["files"]
+    assert meta["limits"]["memory_gb"] and meta["limits"]["pids"] and meta["limits"]["hit"] == []
+    if os.geteuid() == 0:  # the fixed-size workdir (a loop mount) needs root; without it the record says why not
+        assert meta["limits"]["workdir"]["enforced"] and not (tmp_path / "run" / "workdir.img").exists()
+    else:
+        assert meta["limits"]["workdir"]["not_enforced_because"]
+    assert not (frozen / "leak.txt").exists()
+    time.sleep(0.5)  # the writer died with the sandbox: the workdir's copy no longer changes either
+    assert nofollow.file_sha256(tmp_path / "run" / "workdir", "final_model/late.txt") == meta["final_model"]["files"]["late.txt"]
+    assert result.score["scored_as"] == "final_model" or result.score["status"] != "ok"
+    assert any("symlink" in reason for reason in result.score["reasons"])
+
+    (frozen / "late.txt").write_text("changed after the freeze")
+    with pytest.raises(ScorerError, match="differs from the hashes recorded"):
+        score_workdir(tmp_path / "run" / "workdir", task=str(task_dir), fast=True, out=tmp_path / "again.json",
+                      final_model=frozen, final_model_hashes=meta["final_model"]["files"])

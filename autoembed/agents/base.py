@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from autoembed.sandbox.base import Sandbox
+from autoembed.task.seed import POOL_FILE
+from autoembed.task.spec import TaskSpec
 from autoembed.trace import TraceWriter
 
 
@@ -24,6 +26,11 @@ class TrialContext:
     env: dict[str, str] = field(default_factory=dict)  # the gateway's base URLs + the trial's token (never a real key)
     progress: Callable[[str], None] = print
     reprompt_margin_s: float = 300.0  # re-prompt a CLI that stops early while more than this remains
+    # What the trial fixed once, for every part: never probe the sandbox or guess.
+    spec: TaskSpec | None = None  # task.toml, parsed once
+    base_model: str | None = None  # the base model folder as the seeded task.py names it (the same path inside)
+    manifest: dict | None = None  # the seed manifest: sha256 of every seeded file, the deadline
+    pool: str = POOL_FILE  # the training pool, relative to the workdir
 
 
 @dataclass

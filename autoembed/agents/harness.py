@@ -1,226 +1,216 @@
-"""Runs a single-file harness (harnesses/*.py) as the task agent.
+"""Runs a single-file harness (harnesses/*.py) as the task agent: a process inside the trial's sandbox.
 
-The harness's orchestration runs here on the host; its tools execute inside the trial's sandbox through
-HarnessEnv, so API keys never enter the sandbox. Tracing is done by HarnessEnv, not by the editable
-code, so every trial's trace shows its model calls and tool calls whatever the meta-agent edits.
-The fixed adapter below the harness file's banner is checked by hash when the file is loaded.
+The host never imports the harness file. It checks the fixed adapter below the banner by hash, reads the
+default MODEL as a literal (no code runs), stages a copy of the file (and a scripted model's script) in a
+folder the sandbox mounts read-only, and runs `python <copy>` inside the sandbox with only the trial's
+environment (ctx.env: the gateway's base URLs and a per-trial token). The process reports its model and tool
+events on its stdout (harness_runtime.py); the host turns them into trace.jsonl and agent.log, and records a
+crash, a hang or an overrun with the process's output.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib.util
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-import traceback
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import get_args
 
+from autoembed import editable, paths
+from autoembed.editable import BANNER, adapter_hash  # noqa: F401 - the names tests and the loop use
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
-from autoembed.llm.base import LLM, Message, Response, ToolCall, ToolSpec
-from autoembed.llm.registry import get_llm
-from autoembed.trace import Event
+from autoembed.agents.harness_runtime import STOPPED_EXIT, TRIAL_VAR, HarnessError
+from autoembed.trace import Event, Kind, Usage
 
-BANNER = "# ===== FIXED ADAPTER: the meta-agent must not edit below this line ====="
 # sha256 of everything below the banner in harnesses/baseline.py; change both together, on purpose
-FIXED_ADAPTER_SHA256 = "f49530e4e513fb69f41969f78df0e881cb2f12fa3e5ea2b1c58fab9348a26bd8"
-OUTPUT_DIR = ".outputs"  # full tool outputs, readable by the agent, when the shown output is truncated
-GRACE_S = 5.0
+FIXED_ADAPTER_SHA256 = "f0e4579e4368ae8d26682a37d2a8991b570c1d99472b575e61e08185981ac24d"
+GRACE_S = 5.0  # after the deadline, how long the host waits for the process before it is killed
+OUTPUT_TAIL_CHARS = 6000  # of the process's own output, kept in the outcome of a crash or an overrun
+MAX_TRACE_BYTES = 200 * 2**20  # events past this are dropped (with one error event): the host's disk is not the agent's
+EVENT_FIELDS = {f.name for f in fields(Event)} - {"source", "ts"}
 
 
-class HarnessError(RuntimeError):
-    pass
-
-
-class HarnessStopped(BaseException):
-    """Raised inside the harness thread once the trial is over (deadline, Ctrl-C): a BaseException, so
-    the editable code's `except Exception` cannot swallow it and keep making paid model calls."""
-
-
-@dataclass
-class Tool:
-    """A tool the harness offers the model: its spec and the function that runs it (returns text)."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    fn: Callable[..., str]
-
-    @property
-    def spec(self) -> ToolSpec:
-        return ToolSpec(self.name, self.description, self.parameters)
-
-
-def fixed_adapter(source: str) -> str:
-    if BANNER not in source:
-        raise HarnessError(f"the harness has no fixed-adapter banner line ({BANNER!r}); restore it from harnesses/baseline.py")
-    return source.split(BANNER, 1)[1]
-
-
-def adapter_hash(source: str) -> str:
-    return hashlib.sha256(fixed_adapter(source).encode()).hexdigest()
-
-
-def load_harness(path: Path):
-    """Import a harness file after checking its fixed adapter is byte-identical to the baseline's."""
+def check_harness(path: Path) -> str:
+    """The harness file's source after checking its fixed adapter is byte-identical to the baseline's."""
     source = Path(path).read_text()
-    if adapter_hash(source) != FIXED_ADAPTER_SHA256:
-        raise HarnessError(f"{path}: the fixed adapter (below the banner) was edited; only the part above it may change")
-    spec = importlib.util.spec_from_file_location(f"autoembed_harness_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for name in ("harness_main", "MODEL"):
-        if not hasattr(module, name):
-            raise HarnessError(f"{path}: missing {name}")
-    return module
+    try:
+        editable.check_adapter(source, FIXED_ADAPTER_SHA256, str(path))
+    except editable.EditableError as exc:
+        raise HarnessError(str(exc)) from None
+    return source
 
 
-class HarnessEnv:
-    """What a harness receives: the sandbox (as tools), the deadline, the LLM and the trace."""
-
-    Tool = Tool
-
-    def __init__(self, ctx: TrialContext, model: str):
-        self.ctx = ctx
-        self.model = model
-        self.workdir = ctx.sandbox.workdir_inside
-        self.deadline = ctx.deadline
-        self.prompt = ctx.prompt
-        self.stopped = threading.Event()
-        self._outputs = 0
-
-    def _check_running(self) -> None:
-        if self.stopped.is_set():
-            raise HarnessStopped("the trial is over")
-
-    def _raw(self, record: dict) -> None:
-        """The agent's raw log (agent.log): every model response and tool output, one JSON line each."""
-        record = {"ts": time.time(), **record}
-        with open(self.ctx.raw_log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-
-    # -- time ---------------------------------------------------------------------------------
-    def seconds_left(self) -> float:
-        return self.ctx.deadline - time.time()
-
-    # -- model --------------------------------------------------------------------------------
-    def llm(self, model: str | None = None) -> LLM:
-        return get_llm(model or self.model)
-
-    def complete(self, llm: LLM, messages: list[Message], *, system: str | None, tools: list[Tool],
-                 max_tokens: int = 4096) -> Response:
-        self._check_running()
-        response = llm.complete(messages, system=system, tools=[t.spec for t in tools], max_tokens=max_tokens)
-        self._check_running()
-        self._raw({"type": "response", "model": response.model, "text": response.text, "stop_reason": response.stop_reason,
-                   "tool_calls": [vars(c) for c in response.tool_calls], "usage": vars(response.usage)})
-        if response.text:
-            self.ctx.trace.emit(Event("assistant", text=response.text))
-        for call in response.tool_calls:
-            self.ctx.trace.emit(Event("tool_call", tool=call.name, call_id=call.id, args=call.arguments))
-        self.ctx.trace.emit(Event("usage", usage=response.usage))
-        return response
-
-    def run_tool(self, tools: list[Tool], call: ToolCall) -> str:
-        by_name = {t.name: t for t in tools}
-        tool = by_name.get(call.name)
-        try:
-            if tool is None:
-                raise HarnessError(f"unknown tool {call.name!r}; available: {sorted(by_name)}")
-            output, error = tool.fn(**call.arguments), False
-        except Exception as exc:  # a tool failure is the model's to see, not a crash
-            output, error = f"error: {type(exc).__name__}: {exc}", True
-        self._raw({"type": "tool_result", "tool": call.name, "call_id": call.id, "is_error": error, "output": output})
-        self.ctx.trace.emit(Event("tool_result", tool=call.name, call_id=call.id, text=output, is_error=error))
-        if call.name == "bash":
-            self.ctx.progress(f"harness bash: {str(call.arguments.get('command'))[:120]}")
-        return output
-
-    # -- tools' primitives (inside the sandbox / the workdir) ------------------------------------
-    def bash(self, command: str, timeout: float = 600.0, limit: int = 10_000) -> str:
-        self._check_running()
-        result = self.ctx.sandbox.exec(command, timeout=timeout, cwd=self.workdir)
-        text = result.stdout + (("\n[stderr]\n" + result.stderr) if result.stderr.strip() else "")
-        status = "timed out" if result.timed_out else f"exit {result.returncode}"
-        return f"[{status}, {result.duration_s:.1f}s]\n" + self.truncate(text, limit)
-
-    def truncate(self, text: str, limit: int) -> str:
-        if len(text) <= limit:
-            return text
-        self._outputs += 1
-        rel = f"{OUTPUT_DIR}/output-{self._outputs:04d}.txt"
-        full = self.host_path(rel)
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(text)
-        head, tail = text[: limit // 2], text[-limit // 2:]
-        return f"{head}\n… [{len(text) - limit} chars cut; full output in {rel}] …\n{tail}"
-
-    def host_path(self, path: str) -> Path:
-        """A path the model gave (relative to the workdir, or absolute inside the sandbox) -> the host path,
-        refusing anything that resolves outside the workdir (symlinks included)."""
-        root = self.ctx.workdir.resolve()
-        inside = Path(path)
-        if inside.is_absolute():
+def literal_constant(source: str, name: str):
+    """The last top-level `NAME = <literal>`, read without running the file; None if absent or not a literal."""
+    value = None
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             try:
-                inside = inside.relative_to(self.workdir)
+                value = ast.literal_eval(node.value)
             except ValueError:
-                raise HarnessError(f"{path} is outside the workdir {self.workdir}") from None
-        target = (root / inside).resolve()
-        if target != root and root not in target.parents:
-            raise HarnessError(f"{path} resolves outside the workdir")
-        return target
-
-    def read_file(self, path: str, limit: int = 20_000) -> str:
-        return self.truncate(self.host_path(path).read_text(errors="replace"), limit)
-
-    def write_file(self, path: str, content: str) -> str:
-        target = self.host_path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-        return f"wrote {len(content)} chars to {path}"
+                value = None
+    return value
 
 
 class HarnessAgent(Agent):
     name = "harness"
-    needs_network = False  # the orchestration runs on the host; the sandbox needs no API
 
     def __init__(self, path: Path, model: str | None = None):
         self.path = Path(path)
-        self.module = load_harness(self.path)
-        self.model = model or self.module.MODEL
+        self.source = check_harness(self.path)
+        default = literal_constant(self.source, "MODEL")
+        self.model = model or default
+        if not isinstance(self.model, str) or ":" not in self.model:
+            raise HarnessError(f"{path}: MODEL must be a 'provider:model' string literal, or pass --model")
+        if self.model.startswith("scripted:") and not Path(self.model.split(":", 1)[1]).is_file():
+            raise HarnessError(f"scripted model: no script file {self.model.split(':', 1)[1]} "
+                               "(use scripted:<path to a JSON list of responses>)")
+        self._staging: Path | None = None
+
+    @property
+    def gateway_providers(self) -> tuple[str, ...]:
+        """The gateway provider its model talks to; none for a scripted model (a file), whose sandbox has no way out."""
+        provider = self.model.split(":", 1)[0]
+        return {"anthropic": ("anthropic",), "openai": ("openai",), "openai-responses": ("openai",),
+                "google": ("gemini",)}.get(provider, ())
 
     def versions(self) -> dict[str, str]:
-        return {"harness": str(self.path), "harness_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(),
+        return {"harness": str(self.path), "harness_sha256": hashlib.sha256(self.source.encode()).hexdigest(),
                 "model": self.model}
 
+    def readonly_mounts(self) -> list[Path]:
+        """A host folder holding a copy of the harness (and of a scripted model's script), shown read-only
+        inside at the same path; made here because the sandbox's mounts are fixed before it starts."""
+        if self._staging is None:
+            root = paths.home() / "harness-staging"
+            root.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix="h-", dir=root))
+            (self._staging / "harness.py").write_text(self.source)
+            if self.model.startswith("scripted:"):
+                shutil.copyfile(self.model.split(":", 1)[1], self._staging / "script.json")
+            self._staging.chmod(0o755)
+        return [self._staging]
+
+    def _model_inside(self) -> str:
+        return f"scripted:{self._staging / 'script.json'}" if self.model.startswith("scripted:") else self.model
+
     def run(self, ctx: TrialContext) -> AgentOutcome:
-        env = HarnessEnv(ctx, self.model)
-        box: dict[str, Any] = {}
-
-        def target():
-            try:
-                box["result"] = self.module.harness_main(env)
-            except HarnessStopped:
-                box["stopped"] = True
-            except BaseException:
-                box["error"] = traceback.format_exc()
-
-        thread = threading.Thread(target=target, name="harness", daemon=True)
-        thread.start()
+        staging = self.readonly_mounts()[0]
         try:
-            thread.join(max(0.0, ctx.deadline - time.time()) + GRACE_S)
-        finally:  # deadline or Ctrl-C: the harness makes no further model or tool call
-            env.stopped.set()
-        if thread.is_alive():  # hung or overran: record where it was; the sandbox stop ends its tools
-            frame = sys._current_frames().get(thread.ident)
-            stack = "".join(traceback.format_stack(frame)) if frame else ""
-            ctx.trace.emit(Event("error", text=f"harness still running at the deadline:\n{stack}"))
-            return AgentOutcome("deadline", f"harness overran the deadline; stack:\n{stack}")
-        if "error" in box:
-            ctx.trace.emit(Event("error", text=box["error"]))
-            return AgentOutcome("crashed", box["error"])
-        turns = box.get("result") if isinstance(box.get("result"), int) else 0
-        return AgentOutcome("finished", turns=turns)
+            return self._run(ctx, staging / "harness.py")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._staging = None
+
+    def _run(self, ctx: TrialContext, harness_file: Path) -> AgentOutcome:
+        trial = {"prompt": ctx.prompt, "model": self._model_inside(), "deadline": ctx.deadline,
+                 "workdir": ctx.sandbox.workdir_inside, "secret_names": sorted(ctx.env)}
+        python = sys.executable
+        reader = _EventReader(ctx)
+        try:
+            proc = ctx.sandbox.spawn([python, "-u", str(harness_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**ctx.env, TRIAL_VAR: json.dumps(trial)})
+        except Exception as exc:  # noqa: BLE001 - a sandbox that cannot start the process: a crashed trial
+            return AgentOutcome("crashed", f"the harness process could not start: {type(exc).__name__}: {exc}")
+        threads = [threading.Thread(target=reader.read_events, args=(proc.stdout,), daemon=True),
+                   threading.Thread(target=reader.read_output, args=(proc.stderr,), daemon=True)]
+        for thread in threads:
+            thread.start()
+        overran = False
+        try:
+            proc.wait(timeout=max(0.0, ctx.deadline - time.time()) + GRACE_S)
+        except subprocess.TimeoutExpired:
+            overran = True
+        finally:  # deadline, overrun or Ctrl-C: the process and everything it started end here
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for thread in threads:
+                thread.join(timeout=5)
+        return self._outcome(ctx, proc.returncode, reader, overran)
+
+    def _outcome(self, ctx: TrialContext, returncode: int, reader: "_EventReader", overran: bool) -> AgentOutcome:
+        output = reader.output_tail()
+        if reader.result is not None and returncode == 0:
+            turns = reader.result.get("turns")
+            return AgentOutcome("finished", turns=turns if isinstance(turns, int) else 0)
+        if returncode == STOPPED_EXIT:
+            return AgentOutcome("deadline", "the harness was stopped at the deadline")
+        if overran or time.time() >= ctx.deadline - 0.5:
+            detail = f"the harness was still running at the deadline and was killed (exit {returncode}); its output:\n{output}"
+            ctx.trace.emit(Event("error", text=detail))
+            return AgentOutcome("deadline", detail)
+        detail = f"the harness process exited with {returncode}; its output:\n{output}"
+        ctx.trace.emit(Event("error", text=detail))
+        return AgentOutcome("crashed", detail)
+
+
+class _EventReader:
+    """Turns the harness process's channel into trace events and agent.log records. Everything on it is
+    untrusted: unknown kinds and malformed lines are recorded as such, and the volume is capped."""
+
+    def __init__(self, ctx: TrialContext):
+        self.ctx = ctx
+        self.result: dict | None = None
+        self._bytes = 0
+        self._capped = False
+        self._tail = ""
+        self._log_lock = threading.Lock()
+
+    def read_events(self, stream) -> None:
+        for raw_line in stream:
+            self._bytes += len(raw_line)
+            if self._bytes > MAX_TRACE_BYTES:
+                if not self._capped:
+                    self._capped = True
+                    self.ctx.trace.emit(Event("error", text=f"the harness sent more than {MAX_TRACE_BYTES} bytes of "
+                                                            "events; the rest is dropped"))
+                continue
+            self._handle(raw_line.decode("utf-8", errors="replace"))
+
+    def _handle(self, line: str) -> None:
+        try:
+            record = json.loads(line)
+            if "result" in record and isinstance(record["result"], dict):
+                self.result = record["result"]
+            elif "raw" in record:
+                self._log(record["raw"])
+            elif "trace" in record:
+                event = _event(record["trace"])
+                self.ctx.trace.emit(event)
+                if event.kind == "tool_call" and event.tool == "bash" and event.args:
+                    self.ctx.progress(f"harness bash: {str(event.args.get('command'))[:120]}")
+            else:
+                raise ValueError("no trace, raw or result key")
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.ctx.trace.emit(Event("error", text=f"unreadable event from the harness ({exc}): {line[:500]}"))
+
+    def read_output(self, stream) -> None:
+        """The process's stderr (its prints, tracebacks, stack dumps): kept in agent.log, its tail in the outcome."""
+        for raw_line in stream:
+            text = raw_line.decode("utf-8", errors="replace").rstrip("\n")
+            self._tail = (self._tail + text + "\n")[-OUTPUT_TAIL_CHARS:]
+            self._log({"ts": time.time(), "type": "output", "text": text})
+
+    def output_tail(self) -> str:
+        return self._tail
+
+    def _log(self, record) -> None:
+        with self._log_lock, open(self.ctx.raw_log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+
+
+def _event(data: dict) -> Event:
+    if not isinstance(data, dict) or data.get("kind") not in get_args(Kind):
+        raise ValueError(f"unknown event kind {data.get('kind') if isinstance(data, dict) else data!r}")
+    kept = {k: v for k, v in data.items() if k in EVENT_FIELDS}
+    if kept.get("usage") is not None:
+        kept["usage"] = Usage(**{k: v for k, v in kept["usage"].items() if k in {f.name for f in fields(Usage)}})
+    return Event(**kept)

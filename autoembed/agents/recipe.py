@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from autoembed import editable
+from autoembed import editable, nofollow
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
 from autoembed.paths import REPO_ROOT
 from autoembed.trace import Event
@@ -25,15 +25,14 @@ from autoembed.trace import Event
 TRAIN_SCRIPT = REPO_ROOT / "harnesses" / "recipe.py"
 # sha256 of everything below the banner in harnesses/recipe.py; change both together, on purpose
 FIXED_ADAPTER_SHA256 = "46cb5e1be3b0460be9b72ebd3d1d5e52ace4feccf7092d058527ead62aa66360"
-POOL_CANDIDATES = ("data/pool/pairs.jsonl.gz", "pool/pairs.jsonl.gz", "pairs.jsonl.gz")
 RESULT_CHARS = 6000  # tail of a command's output kept in its tool_result event
 PROGRESS_EVERY_S = 60.0
 TERM_GRACE_S = 8.0  # SIGTERM this long before the deadline if the script is still running (it saves on SIGTERM)
 
-# Runs inside the sandbox, in the workdir: what the script will see (python, torch, GPU) and the base
-# model as the seeded task.py names it, resolved to a folder.
+# Runs inside the sandbox: what the script will see (python, torch, GPU), for the record. The base model and the
+# pool are not probed for: the trial context names them.
 PROBE = r"""
-import importlib, json, os, sys
+import json, sys
 info = {"python": sys.executable, "python_version": sys.version.split()[0]}
 try:
     import torch
@@ -42,16 +41,6 @@ try:
         info["gpu"] = torch.cuda.get_device_name(0)
 except Exception as exc:
     info["torch_error"] = repr(exc)
-sys.path.insert(0, os.getcwd())
-sys.dont_write_bytecode = True  # leave no __pycache__ in the workdir
-try:
-    import task
-    base = str(task.BASE_MODEL)
-    if base.startswith("package:"):
-        base = str(importlib.import_module(base.split(":", 1)[1]).get_model_path())
-    info["base_model"] = base
-except Exception as exc:
-    info["task_error"] = repr(exc)
 print("PROBE " + json.dumps(info))
 """
 
@@ -107,28 +96,23 @@ class RecipeAgent(Agent):
         python = sys.executable if box.kind in ("none", "bwrap") else "python3"
         probe = self._exec(ctx, [python, "-c", PROBE], timeout=min(300.0, max(box.seconds_left() / 4, 30.0)))
         info = _parse_probe(probe[1])
-        base = info.get("base_model") or _host_base_model()
-        pool = _find_pool(ctx.workdir)
-        if pool is None:
-            return self._give_up(ctx, f"no training pool in {ctx.workdir} (looked for {', '.join(POOL_CANDIDATES)})")
+        base, pool = ctx.base_model, ctx.pool
+        if not nofollow.is_file(ctx.workdir, pool):
+            return self._give_up(ctx, f"no training pool at {pool} in the workdir")
         if not base:
-            return self._give_up(ctx, f"could not find the base model: {info.get('task_error', 'task.py has no BASE_MODEL')}")
+            return self._give_up(ctx, "the trial context names no base model")
 
         left = box.seconds_left()
         minutes = (left - self.margin_s(left)) / 60.0
         if minutes < 0.25:
             return self._give_up(ctx, f"only {left:.0f} s left: not enough to train and save", reason="deadline")
-        argv = [python, "train.py", "--pool", pool, "--base", str(base), "--out", "final_model",
-                "--minutes", f"{minutes:.2f}", "--seed", str(self.seed)]
-        for flag, value in (("--batch-size", self.batch_size), ("--max-steps", self.max_steps), ("--lr", self.lr)):
-            if value is not None:
-                argv += [flag, str(value)]
+        argv = train_command(python, "train.py", pool=pool, base=str(base), out="final_model", minutes=minutes,
+                             seed=self.seed, batch_size=self.batch_size, max_steps=self.max_steps, lr=self.lr)
         ctx.progress(f"recipe: training for {minutes:.1f} min on {'GPU ' + info.get('gpu', '') if info.get('cuda') else 'CPU'}")
         returncode, output = self._train(ctx, argv)
 
-        summary = _parse_summary(output)
-        final = ctx.workdir / "final_model"
-        saved = (final / "modules.json").is_file() or (final / "config.json").is_file()
+        summary = parse_summary(output)
+        saved = any(nofollow.is_file(ctx.workdir, f"final_model/{name}") for name in ("modules.json", "config.json"))
         extra = {"probe": info, "minutes": round(minutes, 3), "summary": summary, "returncode": returncode}
         ctx.trace.emit(Event(kind="assistant", text=(
             f"train.py exited with {returncode}; final_model {'saved' if saved else 'MISSING'}; "
@@ -221,7 +205,20 @@ def _parse_probe(output: str) -> dict:
     return {}
 
 
-def _parse_summary(output: str) -> dict:
+def train_command(python: str, script: str, *, pool: str, base: str, out: str, minutes: float, seed: int = 0,
+                  batch_size: int | None = None, max_steps: int | None = None, lr: float | None = None,
+                  device: str | None = None) -> list[str]:
+    """The reference recipe's command line: the one the recipe agent runs inside the sandbox and the reference
+    ladder runs on the host."""
+    argv = [python, script, "--pool", pool, "--base", base, "--out", out, "--minutes", f"{minutes:.4g}",
+            "--seed", str(seed)]
+    for flag, value in (("--batch-size", batch_size), ("--max-steps", max_steps), ("--lr", lr), ("--device", device)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parse_summary(output: str) -> dict:
     """The key: value block train.py prints after its last '---' line."""
     block = output.rsplit("\n---\n", 1)
     if len(block) < 2:
@@ -245,22 +242,3 @@ def _last_step_line(path: Path, offset: int) -> tuple[int, str | None]:
     return offset + len(raw), (steps[-1] if steps else None)
 
 
-def _find_pool(workdir: Path) -> str | None:
-    for candidate in POOL_CANDIDATES:
-        if (workdir / candidate).is_file():
-            return candidate
-    found = sorted(p for p in workdir.rglob("pairs.jsonl*") if p.is_file())
-    return str(found[0].relative_to(workdir)) if found else None
-
-
-def _host_base_model() -> str | None:
-    """Fallback when task.py cannot be asked: the default task's base model as the host resolves it
-    (the same path inside the none and bwrap sandboxes)."""
-    try:
-        from autoembed.task.base_model import resolve_base_model
-        from autoembed.task.spec import load_spec
-
-        spec = load_spec()
-        return str(resolve_base_model(spec.base_model, spec.base_model_sha256))
-    except Exception:
-        return None

@@ -28,6 +28,7 @@ from autoembed import paths
 from autoembed.sandbox import layout
 from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
 from autoembed.sandbox.hidden import hidden_paths, is_within
+from autoembed.sandbox.limits import Cgroup, LimitError
 from autoembed.sandbox.procs import REAPER, GroupPopen, communicate_or_kill, kill_pid, read_until, wait_gone
 
 WORKDIR_INSIDE = "/workdir"
@@ -47,6 +48,8 @@ class BwrapSandbox(Sandbox):
         self._lock = threading.Lock()
         self._stopped = False
         self._stderr = None
+        self._cgroup: Cgroup | None = None
+        self.limits: dict = {}  # what was enforced and what was hit, for describe()
 
     @property
     def workdir_inside(self) -> str:
@@ -66,6 +69,7 @@ class BwrapSandbox(Sandbox):
         if not workdir.is_dir():
             raise SandboxError(f"workdir {workdir} does not exist: seed it before starting the sandbox")
         layout.prepare_home(workdir)
+        self._make_cgroup()
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         self._stderr = tempfile.TemporaryFile()
@@ -73,7 +77,8 @@ class BwrapSandbox(Sandbox):
                 sys.executable, "-I", "-S", "-c", REAPER, repr(self.config.deadline), str(ready_w)]
         try:
             self._bwrap = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                           stderr=self._stderr, pass_fds=(info_w, ready_w), env={"PATH": os.defpath})
+                                           stderr=self._stderr, pass_fds=(info_w, ready_w), env={"PATH": os.defpath},
+                                           preexec_fn=self._join_cgroup)
         finally:
             os.close(info_w)
             os.close(ready_w)
@@ -101,6 +106,25 @@ class BwrapSandbox(Sandbox):
             self._timer.cancel()
         self._kill_all()
 
+    def _make_cgroup(self) -> None:
+        """Memory and process limits: a cgroup that the sandbox's PID 1 and every process entering it join."""
+        wanted = {"memory_gb": self.config.memory_gb, "pids": self.config.pids_limit}
+        self.limits = {**wanted, "enforced": False}
+        if not any(wanted.values()):
+            return
+        cgroup = Cgroup(self.config.memory_gb, self.config.pids_limit)
+        try:
+            cgroup.create()
+        except LimitError as exc:
+            self.limits["not_enforced_because"] = str(exc)
+            return
+        self._cgroup = cgroup
+        self.limits.update(enforced=True, cgroup=cgroup.version)
+
+    def _join_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.join()
+
     def _deadline_reached(self) -> None:
         self.stop()
 
@@ -118,6 +142,10 @@ class BwrapSandbox(Sandbox):
             proc.kill()
             proc.wait()
         self._procs.clear()
+        if self._cgroup is not None:  # everything in it is dead now
+            self.limits["events"] = self._cgroup.events()
+            self._cgroup.remove()
+            self._cgroup = None
 
     # -- running things inside ------------------------------------------------------------------
     def exec(self, command, *, timeout=None, env=None, cwd=None) -> ExecResult:
@@ -141,7 +169,8 @@ class BwrapSandbox(Sandbox):
         inside_cwd = self._inside_cwd(cwd)
         launcher = [shutil.which("nsenter"), "--target", str(self._init_pid), "--all", "--root", "--wd",
                     *DROP_PRIVILEGES, "env", "-C", inside_cwd, *argv]
-        proc = GroupPopen(launcher, env=self._env(env), start_new_session=True, **popen_kwargs)
+        proc = GroupPopen(launcher, env=self._env(env), start_new_session=True, preexec_fn=self._join_cgroup,
+                          **popen_kwargs)
         self._procs = [p for p in self._procs if p.poll() is None] + [proc]
         return proc
 
@@ -236,8 +265,7 @@ class BwrapSandbox(Sandbox):
     def describe(self) -> dict:
         return {**super().describe(), "workdir_inside": WORKDIR_INSIDE, "bwrap": _bwrap_version(),
                 "visible": [str(p) for p in self.visible_trees()],
-                "hidden": [str(p) for p in hidden_paths(self.config.hidden)],
-                "limits": "memory and pid limits are not enforced by bwrap (use docker for them)"}
+                "hidden": [str(p) for p in hidden_paths(self.config.hidden)], "limits": self.limits}
 
     def _bwrap_stderr(self) -> str:
         if self._stderr is None:

@@ -29,6 +29,7 @@ from autoembed.sandbox import layout
 from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
 from autoembed.sandbox.hidden import default_hidden
 from autoembed.sandbox.image import docker_client
+from autoembed.sandbox.limits import cgroup_dirs_of, cgroup_events
 from autoembed.sandbox.procs import REAPER
 
 WORKDIR_INSIDE = "/workdir"
@@ -50,6 +51,7 @@ class DockerSandbox(Sandbox):
         self._lock = threading.Lock()
         self._stopped = False
         self._gpu_mode = "none"
+        self._limit_events: dict | None = None
 
     @property
     def workdir_inside(self) -> str:
@@ -137,6 +139,7 @@ class DockerSandbox(Sandbox):
         if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.cancel()
         if self._container is not None:
+            self._limit_events = self._read_limit_events()
             _remove_container(self._client, self._container.id)
         for proc in self._procs:  # the `docker exec` clients end with their container
             try:
@@ -200,6 +203,14 @@ class DockerSandbox(Sandbox):
         self._procs = [p for p in self._procs if p.poll() is None] + [proc]
         return proc
 
+    def _read_limit_events(self) -> dict | None:
+        """OOM kills and refused forks, from the container's cgroup (read before the container goes)."""
+        try:
+            pid = self._client.api.inspect_container(self._container.id)["State"]["Pid"]
+            return cgroup_events(cgroup_dirs_of(pid)) if pid else None
+        except Exception:  # noqa: BLE001 - the container may already be gone; the record then says None
+            return None
+
     def _require_running(self) -> None:
         if self._container is None or self._stopped:
             raise SandboxError("the docker sandbox is not running (not started, stopped, or past its deadline)")
@@ -252,8 +263,9 @@ class DockerSandbox(Sandbox):
 
     def describe(self) -> dict:
         info = {**super().describe(), "workdir_inside": WORKDIR_INSIDE, "image": self.config.image,
-                "user": self.user, "memory_gb": self.config.memory_gb, "pids_limit": self.config.pids_limit,
-                "gpu_mode": self._gpu_mode}
+                "user": self.user, "gpu_mode": self._gpu_mode,
+                "limits": {"memory_gb": self.config.memory_gb, "pids": self.config.pids_limit, "enforced": True,
+                           "events": self._limit_events}}
         try:
             client = self._client or docker_client()
             info["image_id"] = client.images.get(self.config.image).id

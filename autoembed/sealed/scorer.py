@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from autoembed import paths
+from autoembed import nofollow, paths
 from autoembed.sealed import heldout as heldout_data
 from autoembed.sealed import scorer_cache, submission
 from autoembed.sealed.audits import contamination, lineage, tampering
@@ -42,6 +42,15 @@ EVALUATOR_FILES = ("evaluate.py", "metrics.py", "encode.py", "data.py")
 TIERS = ("dev", "validation", "heldout")
 PER_QUERY_FILE = "per_query.json.gz"
 PER_QUERY_METRICS = ("ndcg@10",)  # what evaluate_model returns per query (the gate and the tier gap pair them)
+
+
+def _check_frozen(final_model: Path, hashes: dict[str, str]) -> None:
+    """The frozen copy must hold exactly the files, with the contents, recorded when it was taken."""
+    actual = nofollow.tree_hashes(final_model) if final_model.is_dir() else {}
+    if actual != hashes:
+        changed = sorted(set(actual) ^ set(hashes) | {k for k in set(actual) & set(hashes) if actual[k] != hashes[k]})
+        raise ScorerError(f"the frozen copy {final_model} differs from the hashes recorded at the freeze "
+                          f"(changed: {changed[:10]}); it is not scored")
 
 
 class StageClock:
@@ -62,14 +71,18 @@ class StageClock:
 def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed", fast: bool | None = None,
                   manifest: dict | str | os.PathLike | None = None, device: str | None = None,
                   out: str | os.PathLike | None = None, heldout_root: Path | None = None, bootstrap: int = 1000,
-                  progress: Callable[[str], None] | None = None) -> dict:
+                  progress: Callable[[str], None] | None = None, final_model: Path | None = None,
+                  final_model_hashes: dict[str, str] | None = None, base_path: Path | None = None) -> dict:
     """Score and audit workdir; write score.json (default workdir/score.json) and return it.
 
     task: a task name, folder or TaskSpec (its fast_queries/fast_docs size the fast mode).
     fast: the documented subsets (default without a GPU) or the full sets (default with one).
     manifest: the seed manifest (a dict or a path; default: the one `autoembed seed` stored for workdir).
     heldout_root: the held-out task folders (default autoembed/sealed/data/heldout); the validation tier is
-    the "validation" folder next to it."""
+    the "validation" folder next to it.
+    final_model: the frozen copy to score instead of workdir/final_model (a trial copies it out once the agent is
+    gone), checked against final_model_hashes first: a copy that changed since the freeze is not scored.
+    base_path: the base model folder the trial already resolved and hash-checked (default: resolve it here)."""
     started = time.perf_counter()
     say = progress or (lambda line: None)
     clock = StageClock()
@@ -79,14 +92,16 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         raise ScorerError(f"no workdir at {workdir}")
     spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
     manifest = _manifest(workdir, manifest)
-    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock)
+    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock, base_path)
     with clock("harness_data_and_base_model"):
         base_dim = int(base.encode(["probe"], convert_to_numpy=True).shape[1])
         base_bytes = submission.folder_bytes(base_path)
 
+    if final_model is not None:
+        _check_frozen(Path(final_model), final_model_hashes or {})
     say("audit: submission")
     with clock("audit_submission"):
-        sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device)
+        sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device, final=final_model)
     findings = list(sub_report["findings"])
 
     say("audit: tampering")
@@ -239,11 +254,11 @@ def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, boo
     return spec, heldout_root, device, fast
 
 
-def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageClock):
+def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageClock, base_path: Path | None = None):
     """(data manifests, base model path, loaded base model): the harness's own, checked before any use."""
     with clock("harness_data_and_base_model"):
         data_check = _check_harness_data(spec, heldout_root)
-        base_path = Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
+        base_path = Path(base_path or resolve_base_model(spec.base_model, spec.base_model_sha256))
         return data_check, base_path, submission.load_submission(base_path, device)
 
 

@@ -68,11 +68,12 @@ def escaping_symlinks(workdir: Path, limit: int = 20) -> list[tuple[str, str]]:
     return out
 
 
-def check_static(workdir: Path, base_bytes: int) -> tuple[list[Finding], dict]:
-    """Everything that can be checked without loading: returns (findings, facts)."""
+def check_static(workdir: Path, base_bytes: int, final: Path | None = None) -> tuple[list[Finding], dict]:
+    """Everything that can be checked without loading: returns (findings, facts). final: the submission's folder
+    (default workdir/final_model; a trial passes the copy it froze)."""
     findings: list[Finding] = []
     facts: dict = {}
-    final = workdir / "final_model"
+    final = Path(final) if final is not None else workdir / "final_model"
     escapes = escaping_symlinks(workdir)
     if escapes:
         facts["symlinks_outside"] = [f"{p} -> {t}" for p, t in escapes]
@@ -184,14 +185,15 @@ def probe(model, base_dim: int) -> tuple[list[Finding], dict]:
     return findings, facts
 
 
-def check_submission(workdir: Path, base_bytes: int, base_dim: int, device: str = "cpu"):
-    """Returns (report, model or None). report: {"ok", "findings": [...], facts...}."""
+def check_submission(workdir: Path, base_bytes: int, base_dim: int, device: str = "cpu", final: Path | None = None):
+    """Returns (report, model or None). report: {"ok", "findings": [...], facts...}. final: as in check_static."""
     workdir = Path(workdir)
-    findings, facts = check_static(workdir, base_bytes)
+    final = Path(final) if final is not None else workdir / "final_model"
+    findings, facts = check_static(workdir, base_bytes, final)
     model = None
     if not any(f.status == "broken" for f in findings):
         try:
-            model = load_submission(workdir / "final_model", device)
+            model = load_submission(final, device)
         except Exception as exc:  # noqa: BLE001 - a submission that does not load is broken, never a crash
             findings.append(Finding("not_loadable", "broken",
                                     f"SentenceTransformer('final_model') failed: {type(exc).__name__}: {str(exc)[:300]}"))

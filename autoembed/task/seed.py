@@ -26,6 +26,7 @@ from autoembed.task.spec import TaskSpec, load_spec
 TEMPLATES = "autoembed.task.agent_files"
 # The files the agent gets, besides the data; the tampering audit checks these.
 AGENT_FILES = ("task.py", "instructions.md", "timer.sh")
+POOL_FILE = "data/pool/pairs.jsonl.gz"  # where the training pool lies in every seeded workdir
 
 
 class SeedError(RuntimeError):
@@ -103,7 +104,7 @@ def data_sources(spec: TaskSpec) -> dict[str, Path]:
                 out[f"data/dev/{name}/{path.name}"] = path
     if not spec.pool_path.is_file():
         raise SeedError(f"no training pool at {spec.pool_path}")
-    out["data/pool/pairs.jsonl.gz"] = spec.pool_path
+    out[POOL_FILE] = spec.pool_path
     return out
 
 

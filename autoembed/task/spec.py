@@ -26,6 +26,9 @@ class TaskSpec:
     fast_queries: int = 200
     fast_docs: int = 1000
     max_seq_length: int = 256
+    memory_gb: float | None = None  # [limits]: the sandbox's memory, process count and workdir size
+    pids: int | None = None
+    disk_gb: float | None = None
     instructions: Path | None = None
     dockerfile: Path | None = None
     extra: dict = field(default_factory=dict)
@@ -45,6 +48,7 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
     except KeyError as exc:
         raise ValueError(f"{root / 'task.toml'}: missing section [{exc.args[0]}]") from None
     ev = raw.get("eval", {})
+    limits = raw.get("limits", {})
     return TaskSpec(
         name=raw.get("name", root.name),
         root=root,
@@ -61,11 +65,23 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         fast_queries=int(ev.get("fast_queries", 200)),
         fast_docs=int(ev.get("fast_docs", 1000)),
         max_seq_length=int(ev.get("max_seq_length", 256)),
+        memory_gb=_positive(limits, "memory_gb", float, root),
+        pids=_positive(limits, "pids", int, root),
+        disk_gb=_positive(limits, "disk_gb", float, root),
         instructions=(root / "instructions.md") if (root / "instructions.md").exists() else None,
         dockerfile=(root / "environment" / "Dockerfile") if (root / "environment" / "Dockerfile").exists() else None,
-        extra={k: v for k, v in raw.items() if k not in {"name", "base_model", "dev", "pool", "eval", "budget"}},
+        extra={k: v for k, v in raw.items() if k not in {"name", "base_model", "dev", "pool", "eval", "budget", "limits"}},
     )
 
 
 def _optional(value, kind):
     return None if value is None else kind(value)
+
+
+def _positive(section: dict, key: str, kind, root: Path):
+    if key not in section:
+        return None
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{root / 'task.toml'}: [limits] {key} must be a positive number, got {value!r}")
+    return kind(value)

@@ -13,6 +13,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from autoembed import nofollow
 from autoembed.task.base_model import file_sha256
 from autoembed.task.seed import AGENT_FILES, data_sources, render_task_py
 from autoembed.task.spec import TaskSpec
@@ -31,12 +32,9 @@ def expected_hashes(spec: TaskSpec, base_model: str, workdir: Path | None = None
 
 
 def _named_base_model(workdir: Path) -> str | None:
-    path = Path(workdir) / "task.py"
-    if path.is_symlink():
-        return None
     try:
-        text = path.read_text(encoding="utf-8")[:20000]
-    except (OSError, UnicodeDecodeError):
+        text = nofollow.read_text(workdir, "task.py", limit=20000)
+    except OSError:
         return None
     match = re.search(r"^BASE_MODEL = (.+)$", text, re.M)
     try:
@@ -62,13 +60,13 @@ def check_tampering(workdir: Path, manifest: dict | None, spec: TaskSpec, base_m
     expected, unchecked, source = seeded_hashes(manifest, spec, base_model, workdir)
     modified, missing, replaced = [], [], []
     for rel, sha in sorted(expected.items()):
-        path = workdir / rel
-        if path.is_symlink() or (path.exists() and not path.is_file()):
+        try:  # a link anywhere on the path (not only at the file) is never followed
+            if nofollow.file_sha256(workdir, rel) != sha:
+                modified.append(rel)
+        except nofollow.LinkRefused:
             replaced.append(rel)
-        elif not path.exists():
+        except (FileNotFoundError, NotADirectoryError):
             missing.append(rel)
-        elif file_sha256(path) != sha:
-            modified.append(rel)
     seeded_dirs = {str(Path(rel).parent) for rel in expected if rel.startswith("data/")}
     added = sorted(
         str(p.relative_to(workdir)) for d in seeded_dirs if (workdir / d).is_dir() and not (workdir / d).is_symlink()
@@ -95,7 +93,9 @@ def seeded_unchanged(workdir: Path, expected: dict[str, str]) -> set[str]:
     """Relative paths of seeded files that are still as seeded (the contamination scan skips them)."""
     out = set()
     for rel, sha in expected.items():
-        path = Path(workdir) / rel
-        if path.is_file() and not path.is_symlink() and file_sha256(path) == sha:
-            out.add(rel)
+        try:
+            if nofollow.file_sha256(workdir, rel) == sha:
+                out.add(rel)
+        except OSError:
+            continue
     return out

@@ -1,0 +1,99 @@
+"""Resource limits that hold inside the sandbox: memory (a hog is OOM-killed), processes (a fork bomb is refused)
+and the workdir's size (`fallocate` far past it fails and the host's disk does not move), each recorded as hit.
+Docker's memory and pid limits are tested in test_sandbox_docker.py; here its limit events are read back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from autoembed.sandbox.base import SandboxConfig
+from autoembed.sandbox.bwrap import BwrapSandbox, bwrap_problem
+from autoembed.sandbox.limits import Cgroup, LimitError, WorkdirVolume
+from autoembed.task.spec import load_spec
+
+pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}")
+
+HOG = "python3 -c \"x = bytearray(800 * 2**20); x[::4096] = b'x' * len(x[::4096]); print('survived')\""
+FORK_BOMB = "for i in $(seq 150); do sleep 20 & done 2>&1 | tail -1; echo forks-done"
+
+
+def cgroups_usable() -> str | None:
+    probe = Cgroup(0.1, 10)
+    try:
+        probe.create()
+    except LimitError as exc:
+        return str(exc)
+    probe.remove()
+    return None
+
+
+def test_the_embed_task_declares_its_limits():
+    spec = load_spec("embed")
+    assert spec.memory_gb and spec.pids and spec.disk_gb
+
+
+@pytest.mark.skipif(cgroups_usable() is not None, reason=f"no cgroups here: {cgroups_usable()}")
+def test_bwrap_memory_and_process_limits_hold_and_are_recorded(tmp_path):
+    box = BwrapSandbox(SandboxConfig(workdir=tmp_path, deadline=time.time() + 120, memory_gb=0.25, pids_limit=64))
+    box.start()
+    try:
+        hog = box.exec(HOG, timeout=60)
+        bomb = box.exec(FORK_BOMB, timeout=60)
+        calm = box.exec("echo still-fine", timeout=30)
+    finally:
+        box.stop()
+    assert "survived" not in hog.stdout and hog.returncode != 0, hog
+    assert "forks-done" in bomb.stdout and "Resource temporarily unavailable" in bomb.stdout + bomb.stderr, bomb
+    assert calm.stdout.strip() == "still-fine"
+    limits = box.describe()["limits"]
+    assert limits["enforced"] and limits["events"]["oom_kills"] >= 1 and limits["events"]["pids_refused"] >= 1, limits
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a fixed-size workdir needs root (loop mount)")
+def test_fixed_size_workdir_refuses_a_huge_file_and_keeps_the_host_disk(tmp_path):
+    volume = WorkdirVolume(tmp_path / "workdir", size_gb=0.25)
+    volume.create()
+    try:
+        (volume.workdir / "kept.txt").write_text("agent output")
+        (volume.workdir / "link").symlink_to("/etc/hostname")
+        host_free = shutil.disk_usage(tmp_path).free
+        box = BwrapSandbox(SandboxConfig(workdir=volume.workdir, deadline=time.time() + 60))
+        with box:
+            big = box.exec("fallocate -l 50G big.bin; echo rc=$?; dd if=/dev/zero of=fill bs=1M count=400 2>&1 | tail -1",
+                           timeout=60)
+        assert "rc=1" in big.stdout and "No space left" in big.stdout + big.stderr, big
+        assert shutil.disk_usage(tmp_path).free > host_free - 300 * 2**20
+        assert volume.usage()["full"]
+    finally:
+        volume.release()
+    assert not volume.image.exists() and not os.path.ismount(volume.workdir)
+    assert (volume.workdir / "kept.txt").read_text() == "agent output"
+    assert Path(volume.workdir / "link").is_symlink()  # copied back as a link, never followed
+
+
+@pytest.mark.docker
+def test_docker_limit_hits_are_read_back_before_the_container_goes(tmp_path):
+    from autoembed import paths
+    from autoembed.sandbox import factory
+
+    if factory.docker_problem():
+        pytest.skip(factory.docker_problem())
+    from autoembed.sandbox.image import ensure_task_image
+
+    config = SandboxConfig(workdir=tmp_path, deadline=time.time() + 120, memory_gb=0.25, pids_limit=64,
+                           image=ensure_task_image(paths.DEFAULT_TASK, progress=lambda line: None))
+    box = factory.make_sandbox("docker", config)
+    box.start()
+    try:
+        hog = box.exec(HOG, timeout=60)
+        bomb = box.exec(FORK_BOMB, timeout=60)
+    finally:
+        box.stop()
+    assert "survived" not in hog.stdout and "forks-done" in bomb.stdout
+    events = box.describe()["limits"]["events"]
+    assert events["oom_kills"] >= 1 and events["pids_refused"] >= 1, events
