@@ -67,6 +67,8 @@ class HarnessAgent(Agent):
         self.source = check_harness(self.path)
         default = literal_constant(self.source, "MODEL")
         self.model = model or default
+        if model is not None and ":" not in model:
+            raise HarnessError(f"--model {model!r} needs a provider prefix, e.g. anthropic:{model}")
         if not isinstance(self.model, str) or ":" not in self.model:
             raise HarnessError(f"{path}: MODEL must be a 'provider:model' string literal, or pass --model")
         if self.model.startswith("scripted:") and not Path(self.model.split(":", 1)[1]).is_file():
