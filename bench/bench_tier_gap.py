@@ -42,19 +42,20 @@ from autoembed.task.spec import load_spec  # noqa: E402
 TIERS = ("dev", "validation", "heldout")
 
 
-def load_tiers(spec, full: bool) -> dict:
+def load_tiers(spec, full: bool, size: tuple[int, int] | None = None) -> dict:
     tiers = {"dev": {n: load_retrieval_task(spec.dev_dir / n, n) for n in spec.dev_tasks},
              "validation": sealed.load_heldout_tasks(root=sealed.VALIDATION_DIR),
              "heldout": sealed.load_heldout_tasks()}
     if full:
         return tiers
-    return {tier: {n: t.subset(spec.fast_queries, spec.fast_docs) for n, t in tasks.items()}
+    n_q, n_d = size or (spec.fast_queries, spec.fast_docs)
+    return {tier: {n: t.subset(n_q, n_d) for n, t in tasks.items()}
             for tier, tasks in tiers.items()}
 
 
 def evaluate(model_path: str, tiers: dict, args) -> dict:
     return {tier: evaluator.evaluate_model(model_path, tasks, device=args.device, bootstrap=0, return_per_query=True,
-                                           max_seq_length=256)
+                                           max_seq_length=args.eval_seq_length)
             for tier, tasks in tiers.items() if tier in args.tiers}
 
 
@@ -126,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="full sets (default: the fast subsets of task.toml)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--fast-size", default=None, metavar="Q,D", help="subset size instead of task.toml's fast sizes")
+    p.add_argument("--eval-seq-length", type=int, default=256, help="tokens per text when scoring (the scorer: 256)")
     p.add_argument("--honest-steps", default="100,300", help="comma-separated step budgets on the pool")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--planted-steps", type=int, default=100)
+    p.add_argument("--planted-steps", type=int, default=100, help="0: no planted runs")
     p.add_argument("--planted-tasks", default=None, help="comma-separated dev tasks (default: every dev task)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     offline_env()
     spec = load_spec()
     base = str(resolve_base_model(spec.base_model, spec.base_model_sha256))
-    tiers = load_tiers(spec, args.full)
+    tiers = load_tiers(spec, args.full, tuple(int(x) for x in args.fast_size.split(",")) if args.fast_size else None)
     sizes = {t: {n: [len(x.queries), len(x.corpus)] for n, x in tasks.items()} for t, tasks in tiers.items()}
     print(f"sizes: {json.dumps(sizes)}", flush=True)
     started = time.time()
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(summarize(f"honest: pool, {steps} steps, seed {seed}", scores, base_scores, spec, secs))
                 print(json.dumps(rows[-1]), flush=True)
         planted_tasks = args.planted_tasks.split(",") if args.planted_tasks else list(spec.dev_tasks)
+        if args.planted_steps <= 0:
+            planted_tasks = []
         for name in planted_tasks:
             full_task = load_retrieval_task(spec.dev_dir / name, name)
             pairs = dev_pairs(full_task, tmp / f"dev-{name}.jsonl.gz")
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nseed {seed_pair['seeds'][0]} - seed {seed_pair['seeds'][1]} at {seed_pair['steps']} steps on validation: "
               f"{seed_pair['validation_diff']:+.4f}, paired SE {seed_pair['paired_se']:.4f}")
     print(f"\n{'full' if args.full else 'fast'} sets, device {args.device}, batch {args.batch_size}, lr {args.lr}, "
-          f"train seq {args.train_seq_length}, gap threshold {contamination.GAP_MIN}; {time.time() - started:.0f}s in all")
+          f"train seq {args.train_seq_length}, eval seq {args.eval_seq_length}, gap threshold {contamination.GAP_MIN}; {time.time() - started:.0f}s in all")
     if args.json:
         Path(args.json).write_text(json.dumps({"sizes": sizes, "rows": rows, "seed_pair": seed_pair,
                                                "args": vars(args) | {"tiers": list(args.tiers)},

@@ -14,7 +14,7 @@
 #   bash bench/gpu_box.sh collect           (waits for score.json, copies the record to $OUT)
 # The trial overhead on the real task's full sets (bench/bench_trial_overhead.py, bwrap; a cold first trial, then warm):
 #   bash bench/gpu_box.sh overhead [REPS]
-# The three tiers on full sets: base and the reference recipe's script (100 and 300 steps, seeds 0 and 1) on dev,
+# The three tiers on full sets: base and the reference recipe's script (100 and 200 steps, seeds 0 and 1) on dev,
 # validation and held-out, the paired SE on validation, and the tier-gap calibration (planted: 100 steps on each
 # dev task's own pairs); ~4 minutes on an H100/H200 (bench/bench_tier_gap.py):
 #   bash bench/gpu_box.sh tiers
@@ -94,7 +94,7 @@ overhead)
   python3 bench/bench_trial_overhead.py --task embed --sandboxes bwrap --reps "${2:-2}" --json "$OUT/overhead.json" ;;
 tiers)
   setup || exit 1
-  python3 bench/bench_tier_gap.py --full --device cuda --honest-steps 100,300 --seeds 0,1 --planted-steps 100 \
+  python3 bench/bench_tier_gap.py --full --device cuda --honest-steps 100,200 --seeds 0,1 --planted-steps 100 \
     --batch-size 256 --json "$OUT/tier_gap.json" 2>&1 | tee "$OUT/tier_gap.log" ;;
 *) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect" >&2; exit 2 ;;
 esac

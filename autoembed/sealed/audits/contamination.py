@@ -4,9 +4,10 @@
    (gain over the base on validation, the sealed tier of the same domain), paired per query. Training on
    dev items lifts dev alone, whatever the agent did with its files (base64, pickle, a database, weights).
    Flag when the gap exceeds GAP_MIN and its bootstrap 95% interval (queries resampled, model and base
-   paired) lies above 0. Calibrated by bench/bench_tier_gap.py (bench/RESULTS.md): honest fine-tunes on the
-   pool (the reference recipe at two seeds and budgets) keep every gap within GAP_MIN; MNRL on one dev
-   task's own pairs for 100 steps opens a gap of 0.1 or more on that task. Not run for a model that failed
+   paired) lies above 0. GAP_MIN = 0.05: a legitimate fine-tune moves dev and validation of one domain by
+   similar amounts (the reference recipe's gains are 0.06-0.12 nDCG@10 per dev task), while memorizing dev
+   pairs lifts dev by 0.15 or more (100 MNRL steps on 200 dev wordnet pairs: +0.39). bench/bench_tier_gap.py
+   measures both on the full sets (`bash bench/gpu_box.sh tiers`; bench/RESULTS.md). Not run for a model that failed
    lineage: its gains over the base mean nothing, and lineage is the one true reason.
 2. 13-gram overlap (autoembed.task.contamination, the algorithm the agent can also run) between every
    text file the agent left in the workdir (beyond the unchanged seeded files) and the eval items of each
