@@ -9,6 +9,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from autoembed.ledger import Ledger
 from autoembed.meta.repo import TargetRepo
 from autoembed.paths import REPO_ROOT
@@ -103,3 +105,35 @@ def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reache
     for i, request in enumerate(requests):
         leaked = sorted(s for s in secrets if s in request)
         assert not leaked, f"request {i} to the meta-agent's model carried held-out: {leaked[:5]}"
+
+
+def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkeypatch):
+    from autoembed.loop import Loop, LoopConfig, start_meta_gateway
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    run_dir = tmp_path / "run"
+    config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
+                        trial_hours=0.001, max_iterations=1, baseline_runs=1, sandbox="none")
+    with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
+        Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial)
+    override = LoopConfig(**{**config.__dict__, "meta_base_url": "http://127.0.0.1:9"})
+    assert start_meta_gateway(override, tmp_path / "x") is None  # --meta-base-url: the user's own gateway
+
+    def one_edit(new: str) -> list[Turn]:
+        return [Turn(tool_calls=[("edit_target", {"old": "MAX_TURNS = 200", "new": new})]),
+                Turn(tool_calls=[("finish", {"description": f"turns: {new}"})])]
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEY)
+    for iterations, new in ((1, "MAX_TURNS = 120"), (2, "MAX_TURNS = 150")):  # the second run is a --resume
+        with FakeLLM(one_edit(new)) as fake:
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+            config.max_iterations = iterations
+            assert Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial).run() == 0
+            assert len(fake.requests) == 2
+    gw_dir = run_dir / "meta" / "gateway"
+    assert len((gw_dir / "gateway.jsonl").read_text().splitlines()) == 4
+    summary = json.loads((gw_dir / "summary.json").read_text())
+    assert summary["total"]["calls"] == 4 and summary["last_session"]["calls"] == 2
+    rows = Ledger(run_dir).rows()
+    assert abs(sum(r.get("meta_cost_usd") or 0.0 for r in rows) - summary["total"]["cost_usd"]) < 1e-9

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from autoembed.gateway.server import BASE_URL_ENV, Gateway, Limits, upstreams_from_env
+from autoembed.gateway.server import BASE_URL_ENV, KEY_ENV, Gateway, Limits, upstreams_from_env
 from autoembed.llm.registry import parse_model
 
 GATEWAY_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "openai-responses": "openai", "google": "gemini"}
@@ -24,7 +24,7 @@ class MetaGateway:
         upstream = upstreams_from_env().get(provider)
         if upstream is None:
             raise ValueError(f"--meta {model}: no {provider} key or base URL in the environment for the meta-agent's "
-                             f"gateway; set {BASE_URL_ENV[provider].replace('BASE_URL', 'API_KEY')}")
+                             f"gateway; set {KEY_ENV[provider][0][0]} (or {BASE_URL_ENV[provider]} for a local server)")
         self.log_dir = Path(log_dir)
         self.summary_path = self.log_dir / "summary.json"
         earlier = _read(self.summary_path).get("total") or {}  # the sessions before this one (--resume)
