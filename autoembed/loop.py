@@ -94,7 +94,8 @@ class LoopConfig:
     # (3, not 2: with 2 the gate keeps ~81% of true +0.01 improvements in tests/test_gate.py's simulation, with 3 ~89%)
     remeasure_every: int = 6  # trials between re-measurements of the incumbent
     seed: int = 0
-    meta_base_url: str | None = None  # point the LLM meta-agent at a gateway; its token comes from META_TOKEN_ENV
+    meta_base_url: str | None = None  # a gateway of the user's own for the LLM meta-agent (token from META_TOKEN_ENV);
+    # without it the loop starts its own (autoembed.meta.gateway)
 
 
 class Loop:
@@ -710,7 +711,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=sorted(TARGETS), default=None, help="the file to improve (default recipe)")
     p.add_argument("--meta", default=None, help="search (default: Optuna TPE over the knobs) or provider:model")
     p.add_argument("--meta-base-url", default=None,
-                   help=f"send the LLM meta-agent's requests here (a gateway); its token from ${META_TOKEN_ENV}")
+                   help=f"send the LLM meta-agent's requests to this gateway of your own, token from ${META_TOKEN_ENV} "
+                        "(default: the loop runs one, logging every request under <run>/meta/gateway/)")
     p.add_argument("--task-model", default=None, help=f"the harness's model (--target harness; default {DEFAULT_TASK_MODEL})")
     p.add_argument("--max-cost", type=float, default=None, help="stop after this many dollars (trials + meta-agent)")
     p.add_argument("--max-iterations", type=int, default=None, help="stop after this many candidates")
