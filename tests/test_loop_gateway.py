@@ -76,8 +76,9 @@ def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reache
     assert len(calls) == len(bodies) == len(scripted_meta_script()) == len(received)
     assert set(sent_keys) == {REAL_KEY}, "the gateway did not put the real key in place of its token"
     repo = TargetRepo.open(run_dir / "view" / "repo", "harness.py")
-    best = repo.read(repo.best())
-    assert "MAX_TURNS = 120" in best and "Evaluate before and after" in best
+    commits = {r["candidate"]: r["commit"] for r in Ledger(run_dir).rows() if r.get("candidate")}
+    assert "MAX_TURNS = 120" in repo.read(commits[1])  # its keep or discard is the gate's (simulated noise)
+    assert "Evaluate before and after" in repo.read(repo.best())  # a clear +0.05: kept
 
     # the gateway's count is the ledger's: per candidate, and in its saved summary
     summary = json.loads((gw_dir / "summary.json").read_text())
