@@ -94,7 +94,8 @@ class LoopConfig:
     # (3, not 2: with 2 the gate keeps ~81% of true +0.01 improvements in tests/test_gate.py's simulation, with 3 ~89%)
     remeasure_every: int = 6  # trials between re-measurements of the incumbent
     seed: int = 0
-    meta_base_url: str | None = None  # point the LLM meta-agent at a gateway; its token comes from META_TOKEN_ENV
+    meta_base_url: str | None = None  # a gateway of the user's own for the LLM meta-agent (token from META_TOKEN_ENV);
+    # without it the loop starts its own (autoembed.meta.gateway)
 
 
 class Loop:
@@ -114,7 +115,12 @@ class Loop:
         self.intents_path = self.run_dir / "intents.jsonl"
         self.view_dir = self.run_dir / "view"
         self.repo = self._open_repo()
-        self.meta = meta_agent or make_meta_agent(config, self.run_dir)
+        self.meta_gateway = None if meta_agent else start_meta_gateway(config, self.run_dir, self.total_cost())
+        try:
+            self.meta = meta_agent or make_meta_agent(config, self.run_dir, self.meta_gateway)
+        except BaseException:
+            self.close()
+            raise
         self.gate_config = gate.GateConfig(seed=config.seed)
         self._per_query: dict[str, dict] = {}
         self._lock = threading.Lock()
@@ -188,6 +194,18 @@ class Loop:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the meta-agent's gateway (if this loop started one), saving its totals beside its log."""
+        if self.meta_gateway is not None:
+            self.meta_gateway.stop()
+            self.meta_gateway = None
+
+    def _run(self) -> int:
         if self.trial_runner == self._run_trial:
             self._prepare()
         self.deadline = time.time() + self.config.hours * 3600  # the loop's budget starts once the machine is ready
@@ -254,6 +272,8 @@ class Loop:
     def total_cost(self) -> float:
         """Dollars spent: every trial's task model, and the meta-agent's calls for every candidate it proposed."""
         trials = sum(r.get("trial_cost_usd") or 0.0 for r in self.ledger.rows())
+        if getattr(self, "meta_gateway", None) is not None:  # the gateway's count: failed proposals spend too
+            return trials + self.meta_gateway.totals()["cost_usd"]
         meta = sum((c.get("meta_usage") or {}).get("cost_usd") or 0.0 for c in self.candidates().values())
         return trials + meta
 
@@ -316,7 +336,7 @@ class Loop:
         best = self.best_commit()
         self.repo.set_best(best)
         incumbent = self.repo.read(best)
-        before = dict(self.meta.usage)
+        before = self._meta_usage()
         ctx = ProposeContext(iteration=number, incumbent_source=incumbent, view_dir=self.view_dir,
                              spot_check=lambda source: self._spot_check(number, source))
         self._write_view()
@@ -329,12 +349,17 @@ class Loop:
             return None, None
         description = " ".join(proposal.description.split())[:200] or "(no description)"
         sha = self.repo.add_candidate(number, proposal.source, description, best)
-        usage = {k: (self.meta.usage.get(k) or 0) - (before.get(k) or 0) for k in self.meta.usage}
+        after = self._meta_usage()
+        usage = {k: (after.get(k) or 0) - (before.get(k) or 0) for k in after}
         cand = {"op": "candidate", "id": number, "commit": sha, "parent": best, "description": description,
                 "handle": proposal.handle, "file_hash": editable.file_hash(proposal.source), "meta_usage": usage}
         self._intend(cand)
         self.say(f"candidate {number}: {description}")
         return number, cand
+
+    def _meta_usage(self) -> dict:
+        """The meta-agent's spend so far: by its gateway's count when the loop runs one, else its client's."""
+        return self.meta_gateway.totals() if self.meta_gateway is not None else dict(self.meta.usage)
 
     def _checked_job(self, number: int, cand: dict) -> Job | None:
         """A trial job for a candidate that passes the duplicate and smoke checks, else its row and None."""
@@ -634,13 +659,28 @@ def _copy_trial_view(src: Path, dest: Path, row: dict) -> None:
     (dest / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
-def make_meta_agent(config: LoopConfig, run_dir: Path) -> MetaAgent:
+def start_meta_gateway(config: LoopConfig, run_dir: Path, spent: float = 0.0):
+    """The loop's own gateway for an LLM meta-agent (None for the search, a scripted one, or --meta-base-url),
+    capped at what is left of --max-cost."""
+    from autoembed.llm.registry import parse_model
+
+    if config.meta == "search" or config.meta_base_url or parse_model(config.meta)[0] == "scripted":
+        return None
+    from autoembed.meta.gateway import MetaGateway
+
+    cap = None if config.max_cost is None else max(config.max_cost - spent, 0.0)
+    return MetaGateway(config.meta, Path(run_dir) / "meta" / "gateway", cap).start()
+
+
+def make_meta_agent(config: LoopConfig, run_dir: Path, gateway=None) -> MetaAgent:
     if config.meta == "search":
         from autoembed.meta.search import SearchMetaAgent
 
         return SearchMetaAgent(Path(run_dir) / "meta", seed=config.seed)
     from autoembed.meta.llm_agent import LLMMetaAgent
 
+    if gateway is not None:
+        return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=gateway.base_url, token=gateway.token)
     return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=config.meta_base_url,
                         token=os.environ.get(META_TOKEN_ENV) or None)
 
@@ -671,7 +711,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=sorted(TARGETS), default=None, help="the file to improve (default recipe)")
     p.add_argument("--meta", default=None, help="search (default: Optuna TPE over the knobs) or provider:model")
     p.add_argument("--meta-base-url", default=None,
-                   help=f"send the LLM meta-agent's requests here (a gateway); its token from ${META_TOKEN_ENV}")
+                   help=f"send the LLM meta-agent's requests to this gateway of your own, token from ${META_TOKEN_ENV} "
+                        "(default: the loop runs one, logging every request under <run>/meta/gateway/)")
     p.add_argument("--task-model", default=None, help=f"the harness's model (--target harness; default {DEFAULT_TASK_MODEL})")
     p.add_argument("--max-cost", type=float, default=None, help="stop after this many dollars (trials + meta-agent)")
     p.add_argument("--max-iterations", type=int, default=None, help="stop after this many candidates")

@@ -1,0 +1,140 @@
+"""The loop's own gateway for an LLM meta-agent: a real SDK (anthropic) talks to the fake server only through
+the gateway the loop starts, and the gateway's own log of every request body proves that no held-out number
+or text reached the meta-agent's model. Trials are simulated (tests/loop_driver.py) so the test is fast."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from autoembed.ledger import Ledger
+from autoembed.meta.repo import TargetRepo
+from autoembed.paths import REPO_ROOT
+from tests.fakellm import FakeLLM, Turn
+from tests.test_loop import harness_trial, scripted_meta_script
+
+REAL_KEY = "sk-ant-REAL-meta-0001"
+SEALED_HELDOUT = REPO_ROOT / "autoembed" / "sealed" / "data" / "heldout"
+
+
+def heldout_texts(n: int = 20) -> list[str]:
+    """A sample of held-out queries and documents (their first 60 characters: a body would carry them whole)."""
+    rng = random.Random(0)
+    texts = []
+    for task in sorted(p for p in SEALED_HELDOUT.iterdir() if p.is_dir()):
+        for name in ("queries.jsonl.gz", "corpus.jsonl.gz"):
+            with gzip.open(task / name, "rt") as fh:
+                rows = [json.loads(line)["text"] for _, line in zip(range(500), fh)]
+            texts += [t[:60] for t in rng.sample(rows, min(n, len(rows))) if len(t) >= 20]
+    return texts
+
+
+def number_forms(x: float) -> set[str]:
+    return {repr(x), f"{x:.4f}", f"{x:.3f}", f"{x:.6f}", f"{x:.2%}", f"{x * 100:.1f}"}
+
+
+def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reaches_them(tmp_path, monkeypatch):
+    from autoembed.loop import Loop, LoopConfig
+
+    texts = heldout_texts()
+    assert len(texts) > 20
+
+    def trial(agent_spec, out, gpu, say, hours=None):
+        """A simulated harness trial whose held-out part also carries held-out text (as its task names)."""
+        result = harness_trial(agent_spec, out, gpu, say, hours)
+        held = result.score["heldout"]
+        held["tasks"] = {texts[i]: v for i, v in enumerate(held["tasks"].values())}
+        (out / "score.json").write_text(json.dumps(result.score))
+        return result
+
+    script = [Turn(tool_calls=[(c["name"], c["arguments"]) for c in step["tool_calls"]], input_tokens=2000,
+                   output_tokens=300) for step in scripted_meta_script()]
+    with FakeLLM(script) as fake:
+        for name in ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEY)
+        run_dir = tmp_path / "run"
+        config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
+                            trial_hours=0.001, max_iterations=2, baseline_runs=2, sandbox="none", max_cost=50.0)
+        loop = Loop(run_dir, config, None, lambda msg: None, trial_runner=trial)  # the loop builds its meta-agent
+        assert loop.meta.llm.client.api_key == loop.meta_gateway.token != REAL_KEY
+        assert loop.meta.llm.client.base_url.host == "127.0.0.1"
+        assert loop.run() == 0
+        assert loop.meta_gateway is None, "the gateway outlived the loop"
+        received = list(fake.requests)
+        sent_keys = [r["headers"].get("x-api-key") or r["headers"].get("X-Api-Key") for r in received]
+
+    # the meta-agent really worked through its tools, via the gateway
+    gw_dir = run_dir / "meta" / "gateway"
+    calls = [json.loads(line) for line in (gw_dir / "gateway.jsonl").read_text().splitlines()]
+    bodies = [json.loads(line) for line in (gw_dir / "gateway_bodies.jsonl").read_text().splitlines()]
+    assert len(calls) == len(bodies) == len(scripted_meta_script()) == len(received)
+    assert set(sent_keys) == {REAL_KEY}, "the gateway did not put the real key in place of its token"
+    repo = TargetRepo.open(run_dir / "view" / "repo", "harness.py")
+    commits = {r["candidate"]: r["commit"] for r in Ledger(run_dir).rows() if r.get("candidate")}
+    assert "MAX_TURNS = 120" in repo.read(commits[1])  # its keep or discard is the gate's (simulated noise)
+    assert "Evaluate before and after" in repo.read(repo.best())  # a clear +0.05: kept
+
+    # the gateway's count is the ledger's: per candidate, and in its saved summary
+    summary = json.loads((gw_dir / "summary.json").read_text())
+    assert summary["total"]["calls"] == len(received) and summary["total"]["cost_usd"] > 0
+    rows = Ledger(run_dir).rows()
+    ledger_meta = sum(r.get("meta_cost_usd") or 0.0 for r in rows)
+    assert abs(ledger_meta - summary["total"]["cost_usd"]) < 1e-9
+    assert abs(loop.total_cost() - summary["total"]["cost_usd"]) < 1e-9
+
+    requests = [json.dumps(b["request"], ensure_ascii=False) for b in bodies]
+    everything = "\n".join(requests)
+    # positive controls: what the meta-agent may see did reach it, so the checks below can fail
+    validation = [r["validation"]["mean"] for r in rows if (r.get("validation") or {}).get("mean") is not None]
+    assert validation and any(f"{v:.4f}" in everything for v in validation), "no validation score reached the model"
+    assert "MAX_TURNS" in everything and "outside the view" in everything
+    heldout = Ledger(run_dir).heldout()
+    assert heldout and texts[0] in json.dumps(heldout, ensure_ascii=False), "the trials wrote no held-out text"
+
+    secrets = set()
+    for h in heldout:
+        secrets |= number_forms(h["heldout"]["mean"])
+        for value in (h["heldout"].get("tasks") or {}).values():
+            secrets |= number_forms(value)
+    secrets |= set(texts) | {"heldout_secret"}
+    for i, request in enumerate(requests):
+        leaked = sorted(s for s in secrets if s in request)
+        assert not leaked, f"request {i} to the meta-agent's model carried held-out: {leaked[:5]}"
+
+
+def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkeypatch):
+    from autoembed.loop import Loop, LoopConfig, start_meta_gateway
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    run_dir = tmp_path / "run"
+    config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
+                        trial_hours=0.001, max_iterations=1, baseline_runs=1, sandbox="none")
+    with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
+        Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial)
+    override = LoopConfig(**{**config.__dict__, "meta_base_url": "http://127.0.0.1:9"})
+    assert start_meta_gateway(override, tmp_path / "x") is None  # --meta-base-url: the user's own gateway
+
+    def one_edit(new: str) -> list[Turn]:
+        return [Turn(tool_calls=[("edit_target", {"old": "MAX_TURNS = 200", "new": new})]),
+                Turn(tool_calls=[("finish", {"description": f"turns: {new}"})])]
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEY)
+    for iterations, new in ((1, "MAX_TURNS = 120"), (2, "MAX_TURNS = 150")):  # the second run is a --resume
+        with FakeLLM(one_edit(new)) as fake:
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+            config.max_iterations = iterations
+            assert Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial).run() == 0
+            assert len(fake.requests) == 2
+    gw_dir = run_dir / "meta" / "gateway"
+    assert len((gw_dir / "gateway.jsonl").read_text().splitlines()) == 4
+    summary = json.loads((gw_dir / "summary.json").read_text())
+    assert summary["total"]["calls"] == 4 and summary["last_session"]["calls"] == 2
+    rows = Ledger(run_dir).rows()
+    assert abs(sum(r.get("meta_cost_usd") or 0.0 for r in rows) - summary["total"]["cost_usd"]) < 1e-9
