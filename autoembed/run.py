@@ -150,8 +150,8 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     try:
         from autoembed.sealed.scorer import score_workdir  # loaded already by _preload_scorer, unless it failed
 
-        score = score_workdir(workdir, task=spec, fast=fast, base_path=Path(base_path), manifest=manifest, out=run_dir / "score.json", progress=say,
-                              device=_device_for(gpus), final_model=frozen,
+        score = score_workdir(workdir, task=spec, fast=fast, base_path=Path(meta["base_model"]), manifest=manifest,
+                              out=run_dir / "score.json", progress=say, device=_device_for(gpus), final_model=frozen,
                               final_model_hashes=(meta["final_model"] or {}).get("files", {}))
         meta["status"] = "scored"
     except KeyboardInterrupt:
