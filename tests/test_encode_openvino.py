@@ -38,6 +38,7 @@ def encode_with(model, texts, monkeypatch, *, openvino_on: bool, amp=None) -> to
 
 
 def test_openvino_f32_matches_torch_fp32(model, texts, monkeypatch):
+    monkeypatch.setenv("AUTOEMBED_OPENVINO", "1")  # opt-in: off by default
     assert encode.openvino_forward(model, None) is not None, "the base model should take the OpenVINO path"
     exact = encode_with(model, texts, monkeypatch, openvino_on=False)
     fast = encode_with(model, texts, monkeypatch, openvino_on=True)
