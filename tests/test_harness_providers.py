@@ -20,7 +20,7 @@ import pytest
 from autoembed.sandbox.bwrap import bwrap_problem
 from autoembed.trace import read_trace
 from tests.fakellm import FakeLLM, Fault, Turn
-from tests.tiny_task import shared_tiny_task
+from tests.tiny_task import keyless_tiny_task
 
 BASELINE = Path(__file__).resolve().parents[1] / "harnesses" / "baseline.py"
 SANDBOX = "bwrap" if bwrap_problem() is None else "none"
@@ -35,20 +35,13 @@ PROVIDERS = {
     "openai-responses": ("openai-responses:gpt-4o", {"OPENAI_BASE_URL": "{url}/v1", "OPENAI_API_KEY": "sk-test"}),
     "google": ("google:gemini-2.5-flash", {"GOOGLE_GEMINI_BASE_URL": "{url}", "GEMINI_API_KEY": "test-key"}),
 }
-KEY_VARS = ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_BASE_URL", "OPENAI_API_KEY",
-            "GOOGLE_GEMINI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
 @pytest.fixture
 def trial_env(tmp_path_factory, monkeypatch):
     """A tiny task (built once per session) and a harness-side home shared by the session (seed manifests,
     the cached base-model scores), so only the first trial pays for scoring the base model."""
-    base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in KEY_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return shared_tiny_task(base)
+    return keyless_tiny_task(tmp_path_factory, monkeypatch)
 
 
 def point_at(fake: FakeLLM, provider: str, monkeypatch) -> str:

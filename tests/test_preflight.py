@@ -15,22 +15,14 @@ import pytest
 
 from autoembed.paths import REPO_ROOT
 from tests.fakellm import Fault, FakeLLM
-from tests.tiny_task import shared_tiny_task
+from tests.tiny_task import keyless_tiny_task
 
-KEY_VARS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
-            "OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY",
-            "GOOGLE_GEMINI_BASE_URL")
 BASELINE = REPO_ROOT / "harnesses" / "baseline.py"
 
 
 @pytest.fixture
 def task_dir(tmp_path_factory, monkeypatch) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in KEY_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return shared_tiny_task(base)
+    return keyless_tiny_task(tmp_path_factory, monkeypatch)
 
 
 @pytest.fixture
