@@ -141,6 +141,10 @@ def test_adversarial_harness_is_blocked_on_every_count(kind, tmp_path, sealed_ca
     assert len([k for k in report if k.startswith("socket_")]) >= 1
     print(json.dumps(report, indent=1))
     leaked = {name: result for name, result in report.items() if not result.startswith("blocked")}
+    if any(scratch in paths.REPO_ROOT.parents for scratch in attacks.PRIVATE_SCRATCH):
+        # a checkout under /tmp (a CI clone) lies in the sandbox's private scratch: a write there lands in the
+        # sandbox's own tmpfs, and the host-side check below is what must hold
+        leaked = {name: result for name, result in leaked.items() if name not in ("write_ledger", "write_results")}
     assert not leaked, leaked
     for forged in (paths.REPO_ROOT / "ledger.jsonl", paths.REPO_ROOT / "results.tsv", paths.traces_dir() / "forged.jsonl"):
         assert not forged.exists() or "forged" not in forged.read_text(), forged
