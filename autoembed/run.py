@@ -402,8 +402,8 @@ def _record_model_use(meta: dict, gateway: Gateway | None, run_dir: Path, agent_
     meta["usage"] = summary["usage"] if summary else vars(Usage(cost_usd=0.0))
     meta["usage_source"] = "gateway" if summary else "none: an agent without a model"
     reported = total_usage(events)
-    if summary and summary["calls"] == 0 and reported.input_tokens + reported.output_tokens > 0:
-        # a model the gateway never saw (the scripted provider, a harness still calling from the host): its own count
+    if (not summary or summary["calls"] == 0) and reported.input_tokens + reported.output_tokens > 0:
+        # a model the gateway never saw (the scripted provider, which needs no gateway): the agent's own count
         meta["usage"], meta["usage_source"] = vars(reported), "agent"
     meta["limit_reached"] = summary["stopped_by"] if summary else None
     agent_info = {"name": agent_obj.name, "version": __version__, "extra": meta.get("versions", {}).get("agent", {})}

@@ -82,10 +82,10 @@ def test_reference_command_prints_the_ladder_on_tiny_slices(tmp_path, capsys, mo
 
 def test_reference_rejects_unknown_rungs_and_a_missing_mpnet(tmp_path, capsys, monkeypatch):
     assert cli_main(["reference", "--models", "base,gpt", "--out", str(tmp_path / "x.json")]) == 2
-    assert "unknown rung(s) ['gpt']" in capsys.readouterr().out
+    assert "autoembed reference: error: unknown rung(s) ['gpt']" in capsys.readouterr().err  # bad input: one error line
     monkeypatch.setattr(reference, "mpnet_installed", lambda: False)
     assert cli_main(["reference", "--models", "mpnet", "--out", str(tmp_path / "x.json")]) == 2
-    assert "autoembed[mpnet]" in capsys.readouterr().out
+    assert "autoembed[mpnet]" in capsys.readouterr().err
     assert "mpnet" not in reference.default_rungs()
     with pytest.raises(SystemExit):
         cli_main(["reference", "--fast-size", "10"])
