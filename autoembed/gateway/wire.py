@@ -8,6 +8,7 @@ Token counts follow autoembed.trace.Usage: input_tokens is the uncached part of 
 
 from __future__ import annotations
 
+import abc
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,7 @@ def _text_of(content) -> str:
     return "" if content is None else json.dumps(content)
 
 
-class Wire:
+class Wire(abc.ABC):
     """One API family. A subclass names its key header and reads its own bodies."""
 
     name = "abstract"
@@ -62,31 +63,37 @@ class Wire:
     def model(self, path: str, body: dict, final: dict) -> str:
         return str(final.get("model") or body.get("model") or "")
 
+    @abc.abstractmethod
     def usage(self, final: dict) -> Usage:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def reply(self, final: dict) -> Reply:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def tool_results(self, body: dict) -> list[tuple[str, str]]:
         """(call id, output) of the tool results this request sends back: what the tools answered."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def new_stream(self) -> "StreamFold":
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def error(self, status: int, kind: str, message: str) -> dict:
-        raise NotImplementedError
+        ...
 
 
-class StreamFold:
+class StreamFold(abc.ABC):
     """Folds a stream's event payloads (parsed JSON) into the body the non-streaming call would return."""
 
     def __init__(self):
         self.final: dict = {}
 
+    @abc.abstractmethod
     def feed(self, event: str | None, data: dict) -> None:
-        raise NotImplementedError
+        ...
 
 
 # -- Anthropic Messages ----------------------------------------------------------------------------
