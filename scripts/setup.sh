@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { echo "[setup] $*" >&2; }
 
 apt_pkgs=(bubblewrap)
-[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io)
+[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2)  # iproute2: the escape test's second network namespace
 missing=()
 for pkg in "${apt_pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if (( ${#missing[@]} )); then
