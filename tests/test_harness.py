@@ -143,7 +143,7 @@ def test_harness_that_swallows_exceptions_still_stops_at_the_deadline(tmp_path):
                                    "            pass\n")
     start = time.time()
     ctx, outcome = _run(tmp_path, HarnessAgent(path, model=_script(tmp_path, [])), seconds=2.0)
-    assert outcome.exit_reason == "deadline" and "stopped at the deadline" in outcome.detail
+    assert outcome.exit_reason == "deadline" and "stopped at the deadline" in outcome.detail, outcome.detail
     assert time.time() - start < 10
 
 

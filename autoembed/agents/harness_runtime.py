@@ -14,11 +14,11 @@ accident; what it forges on purpose is its own record, and the gateway's log sta
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -165,6 +165,17 @@ class HarnessEnv:
         return f"wrote {len(content)} chars to {path}"
 
 
+def _dump_stacks() -> None:
+    """Every thread's stack to stderr. Not faulthandler.dump_traceback_later: its watchdog reads the frames of
+    running threads without the GIL, and a harness in a tight loop segfaulted under load (exit -11)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = ["stacks shortly before the deadline:"]
+    for ident, frame in sys._current_frames().items():
+        if ident != threading.get_ident():
+            parts.append(f"Thread {names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame)))
+    print("\n".join(parts), file=sys.stderr, flush=True)
+
+
 def main(harness_main: Callable[[HarnessEnv], int]) -> int:
     """Run harness_main(env) for the trial the host described in TRIAL_VAR; the exit status says how it ended."""
     raw = os.environ.pop(TRIAL_VAR, None)
@@ -177,7 +188,9 @@ def main(harness_main: Callable[[HarnessEnv], int]) -> int:
     os.dup2(2, 1)  # print() in the editable part lands in the log, not in the host's channel
     env = HarnessEnv(trial, channel)
     # A harness that hangs past the deadline is killed by the sandbox; this leaves its stacks in the log first.
-    faulthandler.dump_traceback_later(max(0.1, env.seconds_left() - STACK_DUMP_LEAD_S), file=sys.stderr)
+    stack_dump = threading.Timer(max(0.1, env.seconds_left() - STACK_DUMP_LEAD_S), _dump_stacks)
+    stack_dump.daemon = True
+    stack_dump.start()
     try:
         turns = harness_main(env)
     except HarnessStopped:
@@ -189,6 +202,6 @@ def main(harness_main: Callable[[HarnessEnv], int]) -> int:
         env._trace(Event("error", text=text))
         return 1
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        stack_dump.cancel()
     env._send({"result": {"turns": turns if isinstance(turns, int) else 0}})
     return 0
