@@ -66,7 +66,7 @@ def main() -> int:
     try:
         budgets = [float(m) for m in args.minutes.split(",") if m.strip()]
     except ValueError:
-        raise SystemExit(f"error: --minutes takes numbers separated by commas, got {args.minutes!r}")
+        p.error(f"--minutes takes numbers separated by commas, got {args.minutes!r}")
     spec = load_spec("embed")
     base_model = resolve_base_model(spec.base_model, spec.base_model_sha256)
     out = Path(args.out)
