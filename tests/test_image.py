@@ -119,3 +119,27 @@ def test_the_image_holds_the_trial_stack_and_no_heldout_package(built):
     missing = [name for name, where in seen["clis"].items() if not where]
     expected_missing = [name for name in ("node", "claude", "codex", "gemini") if not shutil.which(name)]
     assert missing == expected_missing
+
+
+# -- the GPU story (no GPU needed) ----------------------------------------------------------------------
+def test_without_the_container_toolkit_the_driver_libraries_are_bound_in(tmp_path, monkeypatch):
+    """The image has the host's CUDA torch but no driver: device-nodes mode binds the host's driver files."""
+    import time
+
+    from autoembed.sandbox import docker as docker_sandbox
+    from autoembed.sandbox.base import SandboxConfig
+
+    for name in ("libcuda.so.1", "libnvidia-ml.so.550.54", "libz.so.1"):
+        (tmp_path / name).write_bytes(b"\x7fELF")
+    found = docker_sandbox.driver_files([str(tmp_path)], binaries=())
+    assert [f.name for f in found] == ["libcuda.so.1", "libnvidia-ml.so.550.54"]
+
+    monkeypatch.setattr(docker_sandbox, "driver_files", lambda: found)
+    monkeypatch.setattr(docker_sandbox.shutil, "which", lambda name: None)  # no nvidia-container-* hook
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    box = docker_sandbox.DockerSandbox(SandboxConfig(workdir=workdir, deadline=time.time() + 60, image="x", gpus=["0"]))
+    kwargs = box.container_kwargs(workdir)
+    bound = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in kwargs["mounts"]}
+    assert all(bound[str(f)] == (str(f), True) for f in found), bound
+    assert kwargs["command"][0] == rootfs.IMAGE_PYTHON and box.describe()["gpu_mode"] == "device nodes"

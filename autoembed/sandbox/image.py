@@ -64,9 +64,10 @@ def image_exists(client, tag: str) -> bool:
 
 
 def find_rootfs(client, fingerprint: str) -> str | None:
-    """The id of the imported rootfs with this fingerprint, if this engine has it."""
+    """The id of the imported rootfs with this fingerprint, if this engine has it. Images built on it inherit
+    its labels; it alone has no parent."""
     for image in client.images.list(all=True, filters={"label": f"{ROOTFS_LABEL}={fingerprint}"}):
-        if image.labels.get(PART_LABEL) == "rootfs":
+        if image.labels.get(PART_LABEL) == "rootfs" and not image.attrs.get("Parent"):
             return image.id
     return None
 
@@ -111,13 +112,14 @@ def _import_rootfs(client, recipe, staging: Path, fingerprint: str, progress) ->
     env = {**os.environ, "SOURCE_DATE_EPOCH": rootfs.SOURCE_DATE_EPOCH}
     proc = subprocess.Popen(recipe.mmdebstrap_argv(staging), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     log: list[str] = []
+    start = time.time()
 
     def read_log() -> None:
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
             log.append(line)
             if line.startswith(("I: running", "I: downloading", "I: extracting", "I: installing", "I: creating")):
-                progress(f"  mmdebstrap: {line[3:103]}")
+                progress(f"  [{time.time() - start:4.0f} s] mmdebstrap: {line[3:100]}")
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
@@ -139,6 +141,7 @@ def _import_rootfs(client, recipe, staging: Path, fingerprint: str, progress) ->
     image_id = find_rootfs(client, fingerprint)
     if image_id is None:
         raise ImageBuildError(f"docker import of the root filesystem produced no image: {str(answer)[-500:]}")
+    progress(f"  [{time.time() - start:4.0f} s] root filesystem imported: {image_id[7:19]}")
     return image_id
 
 
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     client = docker_client(BUILD_TIMEOUT_S)
     try:
-        tag = ensure_task_image(args.task, client, force=args.force)
+        tag = ensure_task_image(args.task, client, force=args.force, progress=lambda line: print(line, flush=True))
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
