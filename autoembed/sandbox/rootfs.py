@@ -30,7 +30,7 @@ from packaging.utils import canonicalize_name
 from autoembed.sandbox import layout
 from autoembed.sandbox.hidden import HELDOUT_PYTHON_PACKAGES, SYSTEM_TEXT
 
-FORMAT = "3"  # bump when the recipe changes in a way the fingerprint cannot see
+FORMAT = "3"  # bump when staging changes in a way the fingerprint cannot see
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}  # Debian suite whose python3 is that version
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_VAR = "AUTOEMBED_DEBIAN_MIRROR"
@@ -64,8 +64,8 @@ class Recipe:
 
     def fingerprint(self) -> str:
         """A content hash of everything the rootfs is made of: cheap (the RECORDs hold the files' hashes)."""
-        digest = hashlib.sha256(f"{FORMAT}\n{self.suite}\n{self.mirror}\n".encode())
-        digest.update(("\n".join(self.debian_packages) + "\n--\n").encode())
+        digest = hashlib.sha256(f"{FORMAT}\n{self.site_packages}\n".encode())
+        digest.update(("\n".join(self.mmdebstrap_argv(Path("/staging"))) + "\n--\n").encode())
         for dist in self.distributions:
             digest.update(f"{dist.metadata['Name']}=={dist.version}\n".encode())
             digest.update((dist.read_text("RECORD") or "").encode())
@@ -82,6 +82,7 @@ class Recipe:
                 *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
                 f"--customize-hook=sync-in {staging} /",
                 f"--customize-hook=rm -rf {remove}",
+                "--skip=cleanup/apt",  # its own cleanup would leave apt's lists/ folder (the hook removed it all)
                 self.suite, "-", self.mirror]
 
 
