@@ -76,12 +76,13 @@ class Recipe:
         return digest.hexdigest()[:16]
 
     def mmdebstrap_argv(self, staging: Path) -> list[str]:
-        """mmdebstrap writing the rootfs as a tar to stdout: Debian, then the staging folder, then no system text."""
-        remove = " ".join(f'"$1"{p}' for p in SYSTEM_TEXT)
+        """mmdebstrap writing the rootfs as a tar to stdout: Debian, then the staging folder, then no system text
+        and an empty /root (the host's home is hidden in every sandbox; Debian's skeleton there would shadow it)."""
+        remove = " ".join(f'"$1"{p}' for p in (*SYSTEM_TEXT, "/root"))
         return ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={','.join(self.debian_packages)}",
                 *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
                 f"--customize-hook=sync-in {staging} /",
-                f"--customize-hook=rm -rf {remove}",
+                f'--customize-hook=rm -rf {remove} && mkdir -m 700 "$1"/root',
                 "--skip=cleanup/apt",  # its own cleanup would leave apt's lists/ folder (the hook removed it all)
                 self.suite, "-", self.mirror]
 
