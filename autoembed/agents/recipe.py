@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -93,7 +92,7 @@ class RecipeAgent(Agent):
 
         self._tool(ctx, "write_file", {"path": "train.py", "bytes": len(script.encode())}, write_script)
 
-        python = sys.executable if box.kind in ("none", "bwrap") else "python3"
+        python = box.python
         probe = self._exec(ctx, [python, "-c", PROBE], timeout=min(300.0, max(box.seconds_left() / 4, 30.0)))
         info = _parse_probe(probe[1])
         base, pool = ctx.base_model, ctx.pool
