@@ -78,12 +78,13 @@ def _slug(text: str) -> str:
 
 
 def compare(*, meta=None, task=None, hours: float | None = None, repeats: int = 3, out=None, resume=None,
-            progress: bool = True, trial_runner=None, smoke=None, say=None, **options):
+            progress: bool = True, trial_runner=None, smoke=None, say=None, cell_reports: bool = True, **options):
     """Run (or resume) a comparison and write its report; returns a Comparison. meta / task: lists (or
     comma-separated strings) of meta-agents and task models; the other options are `autoembed compare`'s
     (trial_hours, target, bench for the benchmark task, fast, sandbox, gpus, max_iterations, baseline_runs,
     max_cost, seed, agents, agent_hours). trial_runner / smoke go to every cell's Loop (tests, simulations,
-    or a runner that places trials elsewhere)."""
+    or a runner that places trials elsewhere); cell_reports=False skips each cell's own loop report (its
+    progress.png; `autoembed report <cell>` writes it later)."""
     if resume:
         run_dir = Path(resume)
         config = load_config(run_dir)
@@ -96,7 +97,8 @@ def compare(*, meta=None, task=None, hours: float | None = None, repeats: int = 
             if asdict(saved) != asdict(config):
                 raise ValueError(f"{run_dir} holds a comparison with other options; resume it with --resume {run_dir} "
                                  "or give a new --out")
-    code = run_grid(run_dir, config, progress=progress, trial_runner=trial_runner, smoke=smoke, say=say)
+    code = run_grid(run_dir, config, progress=progress, trial_runner=trial_runner, smoke=smoke, say=say,
+                    cell_reports=cell_reports)
     from autoembed.compare_report import write_report
 
     if code != INTERRUPTED:
@@ -159,7 +161,7 @@ def _new_id(config: CompareConfig) -> str:
 
 
 def run_grid(run_dir: Path, config: CompareConfig, *, progress: bool = True, trial_runner=None, smoke=None,
-             say=None) -> int:
+             say=None, cell_reports: bool = True) -> int:
     """Every cell's loop, then the single-agent trials; 130 when interrupted (resume continues from there)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "compare.json", {"config": asdict(config), "created": _now()})
@@ -173,7 +175,8 @@ def run_grid(run_dir: Path, config: CompareConfig, *, progress: bool = True, tri
     tell = bar or say or (lambda msg: print(f"[compare] {msg}", file=sys.stderr, flush=True))
     try:
         for cell in cells:
-            code = run_cell(run_dir / "cells" / cell["cell"], cell, config, say=tell, trial_runner=trial_runner, smoke=smoke)
+            code = run_cell(run_dir / "cells" / cell["cell"], cell, config, say=tell, trial_runner=trial_runner, smoke=smoke,
+                            report=cell_reports)
             if code == INTERRUPTED:
                 return INTERRUPTED
             if bar:
@@ -191,7 +194,8 @@ def run_grid(run_dir: Path, config: CompareConfig, *, progress: bool = True, tri
     return 0
 
 
-def run_cell(cell_dir: Path, cell: dict, config: CompareConfig, *, say, trial_runner=None, smoke=None) -> int:
+def run_cell(cell_dir: Path, cell: dict, config: CompareConfig, *, say, trial_runner=None, smoke=None,
+             report: bool = True) -> int:
     """One cell's loop: skipped when done, resumed when begun, started otherwise. Its exit status."""
     from autoembed.loop import add_arguments, config_from_args, run_loop
     from autoembed.notebook import parse_options
@@ -214,7 +218,7 @@ def run_cell(cell_dir: Path, cell: dict, config: CompareConfig, *, say, trial_ru
     args = parse_options(add_arguments, "autoembed loop", options)
     loop_dir, loop_config = config_from_args(args)
     code = run_loop(loop_dir, loop_config, say=lambda msg: say(f"{cell['cell']}: {msg}"), trial_runner=trial_runner,
-                    smoke=smoke, report_out=lambda text: None)
+                    smoke=smoke, report_out=lambda text: None, write_report=report)
     if code != INTERRUPTED:
         _write_json(cell_dir / "done.json", {"exit_code": code, "time": _now()})
     return code

@@ -125,7 +125,7 @@ def run_comparison(out: Path, *, kill_after_cells: int | None = None, resume: bo
         kill = kill_after_cells is not None and done >= kill_after_cells
         return simulated_trial(agent_spec, trial_out, gpu, say, hours, kill=kill)
 
-    common = {"progress": False, "trial_runner": trial, "smoke": quick_smoke, "say": lambda msg: None}
+    common = {"progress": False, "trial_runner": trial, "smoke": quick_smoke, "say": lambda msg: None, "cell_reports": False}
     if resume:
         return compare(resume=out, **common)
     return compare(meta=GRID["meta"], task=GRID["task"], hours=1.0, repeats=repeats, out=out, trial_hours=0.001,
