@@ -272,18 +272,13 @@ def write_report(run_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     figures = True
-    try:
-        import matplotlib
+    try:  # Figure objects, not pyplot: a notebook's inline backend stays as it was
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = improvement_figure(summary)
-        fig.savefig(out / "improvement.png", dpi=110)
-        plt.close(fig)
-        fig = leaderboard_figure(summary)
-        fig.savefig(out / "leaderboard.png", dpi=110)
-        plt.close(fig)
+        improvement_figure(summary, Figure(figsize=(max(6, 1.6 * len(summary["pairings"])), 4)).subplots()).savefig(
+            out / "improvement.png", dpi=110)
+        rows = len(summary["leaderboard"]["rows"])
+        leaderboard_figure(summary, Figure(figsize=(7, 0.5 * rows + 1.5)).subplots()).savefig(out / "leaderboard.png", dpi=110)
     except ImportError:
         figures = False
     (out / "report.md").write_text(markdown(summary, run_dir.name, figures))

@@ -181,11 +181,12 @@ def scores_df(path: str | Path, per: str = "task") -> pd.DataFrame:
 
 
 def _frame(rows: list[dict], first: list[str]) -> pd.DataFrame:
+    """The id columns first and always present (None where a folder sits outside a loop or a comparison)."""
     frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=first)
-    order = [c for c in first if c in frame.columns] + [c for c in frame.columns if c not in first]
-    return frame[order]
+    for column in first:
+        if column not in frame.columns:
+            frame[column] = None
+    return frame[first + [c for c in frame.columns if c not in first]]
 
 
 def _mean(score: dict, split: str):

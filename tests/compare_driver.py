@@ -1,7 +1,7 @@
 """Simulated harness trials for comparison tests and the example notebook's simulated mode: each writes what a
 scored trial writes (meta.json, score.json, per_query.json.gz) in milliseconds, from what it was given.
 
-A trial of an edited harness gains SAME_GAIN when its cell's meta model and task model are of one family
+A recipe trial scores the loop tests' simulated quality of its knobs (tests/loop_driver.py). A trial of an edited harness gains SAME_GAIN when its cell's meta model and task model are of one family
 (autoembed.compare_report.family) and CROSS_GAIN otherwise; the baseline harness gains nothing. Noise is drawn
 per (cell, trial id), so every run of a test makes the same numbers and the cells differ from each other.
 The scores are on simulated fast subsets (SETS), with a ladder of that key written by register_ladder().
@@ -27,8 +27,10 @@ import numpy as np
 from autoembed import editable
 from autoembed.paths import REPO_ROOT
 from autoembed.smoke import SmokeResult
+from tests import loop_driver
 
 BASELINE = REPO_ROOT / "harnesses" / "baseline.py"
+RECIPE = REPO_ROOT / "harnesses" / "recipe.py"
 EXAMPLES = REPO_ROOT / "examples" / "compare"
 TASKS = {"dev": ["d1", "d2"], "validation": ["v1", "v2"], "heldout": ["h1", "h2"]}
 QUERIES = 300
@@ -63,9 +65,12 @@ def simulated_trial(agent_spec: str, out: Path, gpu=None, say=None, hours=None, 
     (out / "meta.json").write_text(json.dumps(meta))
     if kill:
         os.kill(os.getpid(), signal.SIGKILL)
-    edited = agent == "harness" and editable.file_hash(source) != editable.file_hash(BASELINE.read_text())
-    same = bool(cell) and family(cell["meta"]) == family(cell["task_model"])
-    effect = (SAME_GAIN if same else CROSS_GAIN) * edited
+    if agent == "recipe":  # the loop tests' simulated recipe quality, relative to the shipped recipe's
+        effect = loop_driver.quality(source) - loop_driver.quality(RECIPE.read_text())
+    else:
+        edited = editable.file_hash(source) != editable.file_hash(BASELINE.read_text())
+        same = bool(cell) and family(cell["meta"]) == family(cell["task_model"])
+        effect = (SAME_GAIN if same else CROSS_GAIN) * edited
     rng = np.random.default_rng(zlib.crc32(f"{cell.get('cell')}/{out.name}".encode()))
     effect += rng.normal(0, 0.004)  # run-to-run noise
     per_query, score = {"submission": {}, "base": {}}, {"status": "ok", "reasons": [], "scored_as": "final_model",
