@@ -77,7 +77,7 @@ def _slug(text: str) -> str:
 # -- running the grid -----------------------------------------------------------------------------
 
 
-def compare(*, meta=None, task=None, hours: float | None = None, repeats: int = 3, out=None, resume=None,
+def compare(*, meta=None, task=None, hours: float | None = None, repeats: int | None = None, out=None, resume=None,
             progress: bool = True, trial_runner=None, smoke=None, say=None, cell_reports: bool = True, **options):
     """Run (or resume) a comparison and write its report; returns a Comparison. meta / task: lists (or
     comma-separated strings) of meta-agents and task models; the other options are `autoembed compare`'s
@@ -88,8 +88,12 @@ def compare(*, meta=None, task=None, hours: float | None = None, repeats: int = 
     if resume:
         run_dir = Path(resume)
         config = load_config(run_dir)
+        if repeats is not None:  # more repeats of the same grid, e.g. after the report said how many an effect needs
+            if repeats < config.repeats:
+                raise ValueError(f"--repeats {repeats} is fewer than the comparison's {config.repeats}; a resume only adds")
+            config.repeats = repeats
     else:
-        config = make_config(meta, task, hours, repeats, options)
+        config = make_config(meta, task, hours, 3 if repeats is None else repeats, options)
         run_dir = Path(out) if out else traces_dir() / "compare" / _new_id(config)
         existing = run_dir / "compare.json"
         if existing.is_file():
@@ -305,8 +309,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meta", default=None, help="comma-separated meta-agents: search, or provider:model")
     p.add_argument("--task", default=None, help="comma-separated task models (provider:model) the harness runs with")
     p.add_argument("--hours", type=float, default=None, help="each cell's loop budget in hours")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of every pairing (default 3; the report says how "
-                                                           "many the effect sizes need)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of every pairing (default 3; the report says how "
+                                                            "many the effect sizes need; with --resume: raise it to add repeats)")
     p.add_argument("--trial-hours", type=float, default=None, help="each trial's budget (default 0.05)")
     p.add_argument("--max-iterations", type=int, default=None, help="candidates per cell's loop")
     p.add_argument("--baseline-runs", type=int, default=None, help="A/A runs of the baseline harness per cell (default 3)")
@@ -328,7 +332,7 @@ def main_from_args(args) -> int:
         given = [f for f in ("meta", "task", "hours") if getattr(args, f) is not None]
         if given:
             raise ValueError(f"--resume keeps the comparison's own grid; leave out {', '.join('--' + g for g in given)}")
-        result = compare(resume=args.resume)
+        result = compare(resume=args.resume, repeats=args.repeats)
     else:
         options = {k: getattr(args, k) for k in ("trial_hours", "max_iterations", "baseline_runs", "max_cost", "agents",
                                                  "agent_hours", "gpus", "sandbox", "seed", "fast", "bench")}

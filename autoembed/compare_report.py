@@ -308,7 +308,9 @@ def markdown(s: dict, name: str, figures: bool = True) -> str:
              f"{len(c['metas'])} meta-agents x {len(c['task_models'])} task models x {c['repeats']} repeats; "
              f"{s['cells_done']} of {s['cells_total']} cells done. Each cell: a {c['hours']:g} h loop of "
              f"{c['trial_hours']:g} h trials on task {c['task']} ({', '.join(s['sets']) or 'no scored sets'}). "
-             "Every number below is computed from the cells' ledgers and trial folders (report.json holds them all).",
+             "Every number below is computed from the cells' ledgers and trial folders (report.json holds them all). "
+             f"Spent: ${sum(cell['cost_usd'] for cell in s['cells']):.2f} (trials' task models and meta-agents, "
+             "by the LLM gateways' counts).",
              "", "## Improvement of the best harness over the baseline harness, per pairing", "",
              "Mean over repeats with a 95% t-interval over repeats (none with 1 repeat); normalized: in units of the "
              "reference ladder's span (reference recipe - base model).", "",
@@ -358,11 +360,12 @@ def markdown(s: dict, name: str, figures: bool = True) -> str:
         lines += ["", f"Normalized scores: {lb['note']}."]
     if figures:
         lines += ["", "![leaderboard](leaderboard.png)"]
-    lines += ["", "## Cells", "", "| cell | kept | trials | baseline held-out | best held-out | improvement dev | improvement held-out |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Cells", "", "| cell | kept | trials | baseline held-out | best held-out | improvement dev | "
+              "improvement held-out | cost |", "|---|---|---|---|---|---|---|---|"]
     for cell in s["cells"]:
         lines.append(f"| {cell['cell']} | {cell['kept']} | {cell['trials']} | {_f(cell['baseline_heldout'], False)} | "
-                     f"{_f(cell['best_heldout'], False)} | {_f(cell['improvement_dev'])} | {_f(cell['improvement_heldout'])} |")
+                     f"{_f(cell['best_heldout'], False)} | {_f(cell['improvement_dev'])} | {_f(cell['improvement_heldout'])} | "
+                     f"${cell['cost_usd']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
