@@ -94,6 +94,7 @@ def compare(*, meta=None, task=None, hours: float | None = None, repeats: int | 
             config.repeats = repeats
     else:
         config = make_config(meta, task, hours, 3 if repeats is None else repeats, options)
+        check_agents(config)
         run_dir = Path(out) if out else traces_dir() / "compare" / _new_id(config)
         existing = run_dir / "compare.json"
         if existing.is_file():
@@ -140,6 +141,17 @@ def make_config(meta, task, hours, repeats, options: dict) -> CompareConfig:
     if "search" in task_models:
         raise ValueError("--task: 'search' is a meta-agent, not a task model")
     return config
+
+
+def check_agents(config: CompareConfig) -> None:
+    """The leaderboard's single-agent trials run after every cell: a bad agent, model or key is found now, not
+    hours later (PreflightError, a ValueError: one error line, exit 2)."""
+    from autoembed.preflight import preflight
+
+    for spec in config.agents:
+        agent, _, model = spec.partition("@")
+        preflight(agent, task=config.task, hours=config.agent_hours or config.trial_hours, sandbox=config.sandbox,
+                  model=model or None, live_key_check=False)
 
 
 def _names(value, flag: str) -> list[str]:

@@ -157,6 +157,7 @@ def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
              (["--meta", "search", "--task", "search", "--hours", "1"], "'search' is a meta-agent"),
              (["--meta", "search,search", "--task", "scripted:x.json", "--hours", "1"], "lists a name twice"),
              (["--meta", "nosuch:model", "--task", "scripted:x.json", "--hours", "1"], "nosuch"),
+             (["--meta", "search", "--task", "scripted:x.json", "--hours", "1", "--agents", "nosuch"], "unknown agent 'nosuch'"),
              (["--resume", str(tmp_path / "nothing")], "no compare.json")]
     for argv, words in cases:
         assert main(["compare", *argv, "--out", str(tmp_path / "out")] if "--resume" not in argv else ["compare", *argv]) == 2
