@@ -276,9 +276,15 @@ class Comparison:
         return summarize(self.run_dir)
 
     def pairings(self):
+        """One row per (meta, task model): the improvement on dev and held-out with 95% CIs over repeats."""
         import pandas as pd
 
-        return pd.DataFrame(self.summary()["pairings"])
+        from autoembed.compare_report import label
+
+        frame = pd.DataFrame(self.summary()["pairings"])
+        for column in ("meta", "task_model"):  # a scripted model by its file's name, not its whole path
+            frame[column] = frame[column].map(label)
+        return frame
 
     def leaderboard(self):
         import pandas as pd

@@ -164,3 +164,44 @@ def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error:" in err and words in err, (argv, err)
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_offline_compare_with_real_scripted_harness_trials_is_killed_resumed_and_reported(tmp_path):
+    """The README's offline grid with real trials (scripted harnesses training on the CPU in bwrap, sealed scoring
+    of a tiny copy of the task), through the command line: SIGKILL once the first cell is done, --resume, report."""
+    import time
+
+    from tests.tiny_task import shared_tiny_task
+
+    task = shared_tiny_task(tmp_path)
+    out, examples = tmp_path / "cmp", REPO_ROOT / "examples" / "compare"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+           "AUTOEMBED_TRACES": str(tmp_path / "traces")}
+    argv = [sys.executable, "-m", "autoembed.cli", "compare", "--meta", f"search,scripted:{examples / 'alpha.meta.json'}",
+            "--task", f"scripted:{examples / 'alpha.task.json'},scripted:{examples / 'beta.task.json'}", "--hours", "0.5",
+            "--trial-hours", "0.05", "--repeats", "1", "--baseline-runs", "1", "--max-iterations", "1",
+            "--sandbox", "bwrap", "--bench", str(task), "--out", str(out)]
+    proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while not list(out.glob("cells/*/done.json")) and proc.poll() is None:
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "-m", "autoembed.cli", "compare", "--resume", str(out)], env=env,
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=5400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = (out / "report" / "report.md").read_text()
+    for row in table(report, "| meta-agent | task model |"):
+        cell = next(out.glob(f"cells/{_cell_prefix(row[0])}__{row[1].split(':')[-1]}__r0"))
+        rows = _jsonl(cell / "ledger.jsonl")
+        if any(r["status"] in SCORED and r["kind"] == "baseline" for r in rows):
+            expected = recompute_cell(cell)
+            assert numbers(row[4])[0] == pytest.approx(expected["dev"], abs=1e-4)
+            assert numbers(row[6])[0] == pytest.approx(expected["heldout"], abs=1e-4)
+        else:
+            assert row[4] == "n/a"
+
+
+def _cell_prefix(meta_label: str) -> str:
+    return meta_label.split(":")[-1]
