@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import nbformat
@@ -11,6 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from autoembed.paths import REPO_ROOT
+from tests import compare_driver
 
 NOTEBOOK = REPO_ROOT / "examples" / "notebook.ipynb"
 
@@ -46,7 +48,7 @@ def check(nb) -> None:
     assert images >= 2, "the trial's and the loop's plots"
     assert "<b>trial trial</b>" in text and "normalized" in text and "change 95% CI" in text
     assert "<b>loop loop</b>" in text and "baseline" in text and "gate_value" in text
-    assert "run_dir" in text and "query" not in text.split("per_query")[0][:0]  # frames rendered as tables
+    assert "run_dir" in text and "<th>dataset</th>" in text  # the frames, rendered as tables
 
 
 def test_notebook_runs_a_trial_and_a_loop_with_simulated_trials(tmp_path):
@@ -55,7 +57,9 @@ def test_notebook_runs_a_trial_and_a_loop_with_simulated_trials(tmp_path):
                  {"PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_HOME": str(tmp_path / "home")}, timeout=300)
     check(nb)
     text = "\n".join(outputs(nb)[0])
-    assert "0.00" in text or "0.0" in text  # a normalized value against the simulated ladder, not "n/a" only
+    score = json.loads((tmp_path / "nb" / "trial" / "score.json").read_text())
+    normalized = (score["heldout"]["mean"]["ndcg@10"] - compare_driver.LADDER["base"]) / 0.1
+    assert f"{normalized:.4f}" in text, "the trial's table shows its normalized held-out score"
     assert (tmp_path / "nb" / "loop" / "ledger.jsonl").is_file() and (tmp_path / "nb" / "trial" / "score.json").is_file()
 
 
