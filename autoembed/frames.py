@@ -24,6 +24,9 @@ from autoembed import ladder, summary
 
 SPLITS = ladder.SPLITS
 METRIC = "ndcg@10"
+LEDGER_COLUMNS = ("trial_id", "iteration", "candidate", "kind", "commit", "status", "reason", "description", "gate_split",
+                  "gate_value", "dev", "validation", "heldout", "diff", "ci_low", "ci_high", "cost_usd", "run_dir",
+                  "normalized_dev", "normalized_validation", "normalized_heldout")
 SKIP_DIRS = {"workdir", "view", "repo", "smoke", ".git", "meta", "spot"}  # no trial folder lives inside these
 
 
@@ -144,7 +147,11 @@ def ledger_df(path: str | Path) -> pd.DataFrame:
             for split in SPLITS:
                 row[f"normalized_{split}"] = norm.get(split)
             rows.append(row)
-    return _frame(rows, ["comparison", "cell", "meta_model", "task_model", "repeat", "loop_id", "row_id"])
+    frame = _frame(rows, ["comparison", "cell", "meta_model", "task_model", "repeat", "loop_id", "row_id"])
+    for column in LEDGER_COLUMNS:  # present even when no row has them yet (a loop whose every trial crashed)
+        if column not in frame.columns:
+            frame[column] = None
+    return frame
 
 
 def scores_df(path: str | Path, per: str = "task") -> pd.DataFrame:

@@ -154,3 +154,23 @@ def test_loop_takes_the_command_lines_options_through_its_parser(tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(AttributeError):
         ae.no_such_thing  # noqa: B018
+
+
+def test_a_loop_whose_every_trial_crashed_still_shows(tmp_path):
+    """Its ledger holds only crash rows (no score columns at all): the frame, the table and the plot still come,
+    and the exit status says the loop stopped."""
+    import autoembed.run as ae
+
+    def crash(agent_spec, out, gpu, say, hours=None):
+        out.mkdir(parents=True)
+        meta = {"status": "scored", "exit_reason": "crashed", "exit_detail": "Traceback ...\nMemoryError"}
+        (out / "meta.json").write_text(json.dumps(meta))
+        return compare_driver._Result(out, meta, None)
+
+    lp = ae.loop(hours=1, trial_hours=0.001, sandbox="none", baseline_runs=1, out=str(tmp_path / "loop"),
+                 trial_runner=crash, smoke=compare_driver.quick_smoke, progress=False)
+    assert lp.exit_code == 1
+    ledger = lp.ledger
+    assert set(ledger["status"]) == {"crash"} and ledger["gate_value"].isna().all()
+    assert "crash 2" in lp._repr_html_() and lp.summary().loc["baseline", "runs"] == 0
+    assert lp.plot().axes

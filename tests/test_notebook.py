@@ -68,7 +68,7 @@ def test_notebook_runs_a_real_trial_and_loop_on_the_tiny_task(tmp_path):
     from tests.tiny_task import shared_tiny_task
 
     task = shared_tiny_task(tmp_path)
-    nb = execute({"SIMULATE": False, "TASK": str(task), "TRIAL_HOURS": 0.01, "LOOP_HOURS": 0.3, "SANDBOX": "bwrap",
+    nb = execute({"SIMULATE": False, "TASK": str(task), "TRIAL_HOURS": 0.02, "LOOP_HOURS": 0.3, "SANDBOX": "bwrap",
                   "OUT": str(tmp_path / "nb")},
                  {"PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
                   "AUTOEMBED_TRACES": str(tmp_path / "traces")}, timeout=3000)
