@@ -24,6 +24,9 @@ def report(run_dir: str | Path, out=print) -> dict:
     heldout = {h["row_id"]: h for h in ledger.heldout()}
     out(to_tsv(rows, TSV_COLUMNS).rstrip("\n"))
     summary = summarize(rows, heldout)
+    summary["llm"] = llm_usage(run_dir, rows)
+    for line in llm_lines(summary["llm"]):
+        out(line)
     (run_dir / "summary.md").write_text(markdown(summary, run_dir))
     try:
         plot(rows, heldout, run_dir / "progress.png")
@@ -67,6 +70,42 @@ def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
                   "diff": r.get("diff")} for r in kept],
         "trial_wall_s": trial_wall, "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
     }
+
+
+def llm_usage(run_dir: Path, rows: list[dict]) -> dict:
+    """What the loop's LLMs used: the meta-agent's, by its gateway's log (every call, every session) when the
+    loop ran one, else by the meta-agent's own count in the ledger; and the task model's over the trials."""
+    from autoembed.meta.gateway import usage_from_log
+
+    meta = usage_from_log(Path(run_dir) / "meta" / "gateway")
+    if meta is not None:
+        meta["source"] = "the loop's LLM gateway (meta/gateway/gateway.jsonl)"
+    elif any(r.get("meta_tokens") or r.get("meta_cost_usd") for r in rows):
+        meta = {"source": "the meta-agent's own count (no gateway: a scripted model or --meta-base-url)",
+                "tokens": sum(r.get("meta_tokens") or 0 for r in rows),
+                "cost_usd": sum(r.get("meta_cost_usd") or 0.0 for r in rows)}
+    trials = {"tokens": sum(r.get("tokens") or 0 for r in rows),
+              "cost_usd": sum(r.get("trial_cost_usd") or 0.0 for r in rows)}
+    return {"meta": meta, "trials": trials if trials["tokens"] or trials["cost_usd"] else None}
+
+
+def llm_lines(llm: dict) -> list[str]:
+    lines = []
+    meta, trials = llm.get("meta"), llm.get("trials")
+    if meta is None:
+        lines.append("meta-agent LLM: none (the search meta-agent calls no model)")
+    elif "calls" in meta:
+        models = ", ".join(f"{name} {m['calls']} calls ${m['cost_usd']:.4f}" for name, m in sorted(meta["models"].items()))
+        lines.append(f"meta-agent LLM: {meta['calls']} calls ({meta['failed_calls']} failed or refused), "
+                     f"{meta['input_tokens']} input + {meta['output_tokens']} output tokens "
+                     f"({meta['cache_read_tokens']} cache reads), ${meta['cost_usd']:.4f} estimated"
+                     + (f" ({meta['unpriced_calls']} calls unpriced)" if meta["unpriced_calls"] else "")
+                     + (f"; {models}" if models else "") + f"; by {meta['source']}")
+    else:
+        lines.append(f"meta-agent LLM: {meta['tokens']} tokens, ${meta['cost_usd']:.4f}; by {meta['source']}")
+    if trials is not None:
+        lines.append(f"task model in the trials: {trials['tokens']} tokens, ${trials['cost_usd']:.4f} (the trials' gateways)")
+    return lines
 
 
 def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
@@ -123,6 +162,7 @@ def markdown(summary: dict, run_dir: Path) -> str:
     if best.get("diff") is not None:
         lo, hi = best["ci"]
         lines.append(f"Best over its incumbent when kept: {best['diff']:+.4f} (CI {lo:+.4f} .. {hi:+.4f}): {best['description']}")
+    lines += ["", "## LLM usage", ""] + [f"- {line}" for line in llm_lines(summary.get("llm") or {})]
     lines += ["", "## Kept steps", ""] + [f"- {k['iteration']}: `{k['commit'][:10]}` {k['description']} ({k['diff']:+.4f})"
                                           for k in summary["kept"]]
     lines += ["", "![progress](progress.png)", "", "```json", json.dumps(summary, indent=2, default=str), "```", ""]

@@ -79,6 +79,17 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
     numbers = [c["handle"]["trial_number"] for c in loop.candidates().values()]
     assert all(states[n] in (TrialState.COMPLETE, TrialState.FAIL) for n in numbers)
     assert (tmp_path / "run" / "results.tsv").read_text().count("\n") == len(rows) + 1
+    # held-out: scored for every run of the baseline and of kept commits, never for a discarded candidate
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    with_heldout = {h["row_id"] for h in Ledger(tmp_path / "run").heldout()}
+    assert with_heldout == {r["row_id"] for r in rows if r["trial_id"] and r["commit"] in incumbents}
+    for row in rows:
+        if row["kind"] == "candidate" and row["status"] == "discard" and row["commit"] not in incumbents:
+            assert row["heldout"].startswith("deferred"), row
+            score = json.loads((tmp_path / "run" / "trials" / row["trial_id"] / "score.json").read_text())
+            assert score["deferred"] == ["heldout"] and "heldout" not in score
+        elif row["status"] == "keep":
+            assert row["heldout"].startswith("scored"), row
 
 
 @pytest.mark.parametrize("gpus", ["", "0,1"], ids=["cpu", "two-gpus"])
@@ -191,7 +202,7 @@ class RecordingLLM(ScriptedLLM):
         return super().complete(messages, system=system, tools=tools, max_tokens=max_tokens)
 
 
-def harness_trial(agent_spec, out, gpu, say, hours=None):
+def harness_trial(agent_spec, out, gpu, say, hours=None, tiers=("dev", "validation", "heldout")):
     """A simulated harness trial: the file's MAX_TURNS and prompt decide its quality."""
     source = Path(agent_spec.split(":", 1)[1]).read_text()
     fake_recipe = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": "Evaluate before and after" in source,
@@ -199,7 +210,7 @@ def harness_trial(agent_spec, out, gpu, say, hours=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe_file = out.parent / f"{out.name}-as-recipe.py"
     recipe_file.write_text(fake_recipe)
-    return loop_driver.fake_trial(f"recipe:{recipe_file}", out, gpu, say)
+    return loop_driver.fake_trial(f"recipe:{recipe_file}", out, gpu, say, tiers=tiers)
 
 
 def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldout(tmp_path):
@@ -210,7 +221,8 @@ def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldo
     meta = LLMMetaAgent("scripted:meta-script", run_dir / "meta", llm=llm)
     config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=1.0, trial_hours=0.001,
                         max_iterations=2, baseline_runs=2, sandbox="none")
-    loop = Loop(run_dir, config, meta, lambda msg: None, trial_runner=harness_trial)  # the real smoke check
+    loop = Loop(run_dir, config, meta, lambda msg: None, trial_runner=harness_trial,  # the real smoke check
+                heldout_scorer=loop_driver.fake_heldout)
     assert loop.run() == 0
 
     rows = Ledger(run_dir).rows()
@@ -290,26 +302,36 @@ def test_report_writes_the_plot_and_a_summary_from_the_ledger(tmp_path):
 
 
 @pytest.mark.slow
-def test_offline_loop_end_to_end_with_real_training(tmp_path):
+def test_offline_loop_end_to_end_with_real_training(tmp_path_factory, tmp_path):
     """The issue's offline command, shrunk: the search meta-agent on the recipe, real (tiny) CPU training and
-    sealed scoring of every trial, then the report."""
+    sealed scoring (held-out only for the baseline, and for the candidate only if it is kept), then the report.
+    One candidate is enough to show a real commit kept or reverted; the session's harness-side home is shared,
+    so the scorer's one-time preparation for the tiny task is paid once per test session."""
     from tests.tiny_task import shared_tiny_task
 
-    task = shared_tiny_task(tmp_path)
+    base = tmp_path_factory.getbasetemp()
+    task = shared_tiny_task(base)
     run_dir = tmp_path / "loop"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces")}
-    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.3", "--trial-hours", "0.025",
-                           "--task", str(task), "--sandbox", "none", "--baseline-runs", "1", "--max-iterations", "2",
-                           "--out", str(run_dir)], env=env, capture_output=True, text=True, timeout=1500)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces"),
+           "AUTOEMBED_HOME": str(base / "autoembed_home")}
+    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.3", "--trial-hours", "0.02",
+                           "--task", str(task), "--sandbox", "none", "--max-iterations", "1", "--out", str(run_dir)],
+                          env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = check_consistent(run_dir, 2)
-    assert [r["kind"] for r in rows if r["trial_id"]][:1] == ["baseline"]
+    rows = check_consistent(run_dir, 1)
+    assert [r["kind"] for r in rows if r["trial_id"]][:1] == ["baseline"]  # one A/A run: the CPU default
+    assert json.loads((run_dir / "config.json").read_text())["baseline_runs"] == 1
     assert all(r["status"] != "crash" for r in rows), [r["reason"] for r in rows]
     trials = [r for r in rows if r["trial_id"]]
     assert len(trials) >= 2 and all(r["gate_value"] is not None for r in trials)
+    heldout = {h["row_id"] for h in Ledger(run_dir).heldout()}
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    assert heldout == {r["row_id"] for r in trials if r["commit"] in incumbents} and trials[0]["row_id"] in heldout
     assert (run_dir / "progress.png").is_file() and (run_dir / "summary.md").is_file()
     meta = json.loads((run_dir / "trials" / trials[-1]["trial_id"] / "meta.json").read_text())
     assert meta["exit_reason"] == "finished" and meta["agent"].startswith("recipe:")
+    phases = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines()][-1]["phases"]
+    assert phases["trials"] > 0 and phases["wall"] >= phases["trials"]
 
 
 class CostlyMeta(ScriptedMeta):
