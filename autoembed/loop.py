@@ -10,6 +10,13 @@ Each iteration: propose -> commit (a ref per candidate) -> smoke check (invalid:
 The run folder traces/loops/<run-id>/ holds everything: config.json, the write-ahead intents.jsonl, the
 ledger, the target's git repository and the meta-agent's view (view/), the trials (trials/<trial-id>/).
 
+Held-out is for people, so it is scored only where they read it: the incumbent's runs (the A/A baselines, the
+re-measurements) score it in the trial, a candidate's trial defers it (score.json "deferred"), and a kept
+candidate's runs get it right after the keep (run.score_deferred on the frozen model). A discarded candidate's
+held-out is never scored; its row says "heldout": "deferred: ...". --hours is the wall time of the loop's own
+work once the scorer is prepared: proposing, smoke checks, trials (seeding, training, scoring), the gate and
+the held-out of kept steps; a trial starts only if its expected wall (the run's mean so far) still fits.
+
 Resume after a kill at any point: intents are written before each step takes effect (a candidate's commit,
 a trial's start) and ledger rows carry unique ids, so replaying a step is idempotent. A trial that had
 finished when the loop died is recorded from its folder; one that had not is recorded as a crash and its
