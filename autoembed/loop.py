@@ -693,6 +693,7 @@ class PhaseClock:
     def __init__(self):
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self._stack: list[list] = []  # [phase, seconds spent in phases nested in it]
 
     @contextlib.contextmanager
@@ -707,6 +708,7 @@ class PhaseClock:
             _, nested = self._stack.pop()
             spent = time.perf_counter() - start
             self.seconds[key] = self.seconds.get(key, 0.0) + spent - nested
+            self.counts[key] = self.counts.get(key, 0) + 1
             if self._stack and not overlapped:
                 self._stack[-1][1] += spent
 
@@ -714,7 +716,7 @@ class PhaseClock:
         wall = time.perf_counter() - self.started
         counted = sum(v for k, v in self.seconds.items() if not k.endswith("(during trials)"))
         return {**{k: round(v, 2) for k, v in sorted(self.seconds.items())}, "other": round(wall - counted, 2),
-                "wall": round(wall, 2)}
+                "wall": round(wall, 2), "counts": dict(sorted(self.counts.items()))}
 
 
 @dataclass

@@ -105,7 +105,8 @@ def loop_phases(sessions: list[dict]) -> dict:
     total: dict[str, float] = {}
     for stop in (s for s in sessions if s["event"] == "stop" and s.get("phases")):
         for phase, seconds in stop["phases"].items():
-            total[phase] = round(total.get(phase, 0.0) + seconds, 2)
+            if phase != "counts":
+                total[phase] = round(total.get(phase, 0.0) + seconds, 2)
     return total
 
 
