@@ -26,7 +26,7 @@ from autoembed.smoke import SmokeResult
 TASKS = {"validation": ["v1", "v2", "v3"], "dev": ["d1", "d2"], "heldout": ["heldout_secret_alpha", "heldout_secret_beta"]}
 QUERIES = 400
 HELDOUT_MARK = 0.31415  # every held-out score is this plus a little: easy to look for in the meta-agent's inputs
-STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best")
+STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best", "heldout")
 PENDING = "deferred_tiers.json"  # where a simulated trial keeps the tiers it deferred
 SCORED_LATER: list[str] = []  # trial ids whose deferred held-out fake_heldout scored, in this process
 
@@ -185,6 +185,13 @@ def _arm(loop, stage: str, after: int) -> None:
                 die()  # main moved; the working file is still the old one
             original_set_best(sha)
         loop.repo.set_best = set_best
+    elif stage == "heldout":  # while the first kept candidate's deferred held-out is being scored
+        original_scorer = loop.heldout_scorer
+
+        def heldout_scorer(trial_dir, gpu, say):
+            die()
+            return original_scorer(trial_dir, gpu, say)
+        loop.heldout_scorer = heldout_scorer
     elif stage == "partial-row":
         original_append = ledger_module._append_jsonl
 

@@ -52,6 +52,10 @@ def check_consistent(run_dir: Path, iterations: int) -> list[dict]:
     assert repo.repo.git.status("--porcelain") == ""
     heldout_ids = [h["row_id"] for h in Ledger(run_dir).heldout()]
     assert len(heldout_ids) == len(set(heldout_ids)) and set(heldout_ids) <= set(row_ids)
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    assert set(heldout_ids) == {r["row_id"] for r in rows if r["status"] in ("keep", "discard", "inconclusive")
+                                and r["commit"] in incumbents}, \
+        "held-out is scored for every run of the baseline and of kept commits, and for no other"
     return rows
 
 
