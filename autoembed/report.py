@@ -69,6 +69,7 @@ def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
         "kept": [{"iteration": r["iteration"], "commit": r["commit"], "description": r["description"],
                   "diff": r.get("diff")} for r in kept],
         "trial_wall_s": trial_wall, "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
+        "heldout_runs": len(heldout),
     }
 
 
@@ -155,7 +156,9 @@ def markdown(summary: dict, run_dir: Path) -> str:
              f"{summary['candidates']} candidates, {summary['trials']} trials; statuses: "
              + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) + ".",
              f"Gated on: {', '.join(summary['gate_split']) or 'n/a'}. Trial wall time {summary['trial_wall_s'] / 60:.1f} min; "
-             f"cost ${summary['cost_usd']:.2f}.", "",
+             f"cost ${summary['cost_usd']:.2f}.",
+             f"Held-out scored for {summary['heldout_runs']} runs: the baseline's and kept commits' (a discarded "
+             "candidate's held-out is never scored; heldout.jsonl, outside the meta-agent's view).", "",
              "| | commit | runs | gated score | held-out |", "|---|---|---|---|---|",
              f"| baseline | {str(b['commit'])[:10]} | {b['runs']} | {fmt(b['gated'])} | {fmt(b['heldout'])} |",
              f"| best | {str(best['commit'])[:10]} | {best['runs']} | {fmt(best['gated'])} | {fmt(best['heldout'])} |", ""]
