@@ -504,7 +504,7 @@ class Loop:
         with self.clock("record"):
             for job, (result, wall) in zip(jobs, results):
                 self.record(job, result, wall)
-                interrupted |= result is not None and result.meta.get("exit_reason") == "interrupted"
+                interrupted |= result is not None and _interrupted(result.meta)
         return interrupted
 
     def _pipelined(self) -> bool:
@@ -560,7 +560,7 @@ class Loop:
                   "gpu_s": round(wall_s, 1) if wall_s is not None and job.gpu else 0.0}
         problem = _trial_problem(result)
         if problem:  # an interrupted trial says nothing about its file: its candidate is tried again
-            interrupted = meta.get("exit_reason") == "interrupted" or meta.get("status") == "interrupted_while_preparing"
+            interrupted = _interrupted(meta)
             self._append_row(job, "crash", reason=problem, extra={**common, "interrupted": interrupted or None})
             return
         per_query = self._load_per_query(job.trial_id)
@@ -731,6 +731,12 @@ class _FailedResult:
     error: str
     meta: dict = field(default_factory=dict)
     score: dict | None = None
+
+
+def _interrupted(meta: dict) -> bool:
+    """Stopped by Ctrl-C or SIGTERM at any stage (before the agent, during it, or while scoring): the trial says
+    nothing about its file, which is tried again on --resume."""
+    return meta.get("exit_reason") == "interrupted" or str(meta.get("status", "")).startswith("interrupted")
 
 
 def _trial_problem(result) -> str | None:

@@ -142,7 +142,8 @@ def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
     ax.set_xlabel("iteration (candidate number; 0 = baseline)")
     ax.set_ylabel("nDCG@10")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -392,3 +392,11 @@ def test_a_crashed_trial_is_recorded_with_its_reason_and_the_loop_goes_on(tmp_pa
     assert crash["status"] == "crash" and "CUDA out of memory" in crash["reason"] and not crash.get("interrupted")
     assert next(r for r in rows if r.get("candidate") == 2)["status"] == "keep"
     assert meta.told[0].status == "crash" and meta.told[0].value is None
+
+
+def test_a_trial_stopped_while_scoring_counts_as_interrupted_not_as_a_crash_of_its_file():
+    from autoembed.loop import _interrupted
+
+    assert _interrupted({"status": "interrupted_while_scoring", "exit_reason": "finished"})  # SIGTERM during scoring
+    assert _interrupted({"status": "interrupted_while_preparing", "exit_reason": "interrupted"})
+    assert not _interrupted({"status": "scored", "exit_reason": "crashed"})
