@@ -96,7 +96,8 @@ def llm_lines(llm: dict) -> list[str]:
     if meta is None:
         lines.append("meta-agent LLM: none (the search meta-agent calls no model)")
     elif "calls" in meta:
-        models = ", ".join(f"{name} {m['calls']} calls ${m['cost_usd']:.4f}" for name, m in sorted(meta["models"].items()))
+        models = ", ".join(f"{name} {m['calls']} calls ${m['cost_usd']:.4f}"
+                           for name, m in sorted(meta["models"].items()))
         lines.append(f"meta-agent LLM: {meta['calls']} calls ({meta['failed_calls']} failed or refused), "
                      f"{meta['input_tokens']} input + {meta['output_tokens']} output tokens "
                      f"({meta['cache_read_tokens']} cache reads), ${meta['cost_usd']:.4f} estimated"
@@ -105,7 +106,8 @@ def llm_lines(llm: dict) -> list[str]:
     else:
         lines.append(f"meta-agent LLM: {meta['tokens']} tokens, ${meta['cost_usd']:.4f}; by {meta['source']}")
     if trials is not None:
-        lines.append(f"task model in the trials: {trials['tokens']} tokens, ${trials['cost_usd']:.4f} (the trials' gateways)")
+        lines.append(f"task model in the trials: {trials['tokens']} tokens, ${trials['cost_usd']:.4f} "
+                     "(the trials' gateways)")
     return lines
 
 

@@ -16,6 +16,7 @@ from autoembed.llm.registry import parse_model
 
 GATEWAY_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "openai-responses": "openai", "google": "gemini"}
 TOTALS = ("calls", "input_tokens", "output_tokens", "cost_usd")
+TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 class MetaGateway:
@@ -79,11 +80,11 @@ def usage_from_log(log_dir: Path) -> dict | None:
             total["failed_calls"] += 1
             continue
         per_model = models.setdefault(record.get("model") or "?", {"calls": 0, "tokens": 0, "cost_usd": 0.0})
-        tokens = sum(usage.get(k) or 0 for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"))
+        tokens = sum(usage.get(k) or 0 for k in TOKEN_KINDS)
         total["calls"] += 1
         per_model["calls"] += 1
         per_model["tokens"] += tokens
-        for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        for key in TOKEN_KINDS:
             total[key] += usage.get(key) or 0
         if usage.get("cost_usd") is None:
             total["unpriced_calls"] += 1
