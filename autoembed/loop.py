@@ -118,7 +118,8 @@ class Loop:
     def __init__(self, run_dir: Path, config: LoopConfig, meta_agent: MetaAgent | None = None, say=None, *,
                  trial_runner=None, smoke=None, heldout_scorer=None):
         """trial_runner(agent_spec, out, gpu, say, hours=None, tiers=...) -> a result with run_dir, meta, score
-        (default: autoembed.run.run, held-out deferred); smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check);
+        (default: autoembed.run.run, held-out deferred);
+        smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check);
         heldout_scorer(trial_dir, gpu, say) -> the trial's score.json with held-out (default:
         autoembed.run.score_deferred). Tests swap them."""
         self.run_dir = Path(run_dir)
