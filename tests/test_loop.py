@@ -331,7 +331,7 @@ def test_offline_loop_end_to_end_with_real_training(tmp_path_factory, tmp_path):
     run_dir = tmp_path / "loop"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces"),
            "AUTOEMBED_HOME": str(base / "autoembed_home")}
-    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.3", "--trial-hours", "0.02",
+    proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.3", "--trial-hours", "0.025",
                            "--task", str(task), "--sandbox", "none", "--max-iterations", "1", "--out", str(run_dir)],
                           env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
