@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import inspect
 import json
 import os
 import secrets
@@ -148,6 +149,8 @@ class Loop:
         self.trial_runner = trial_runner or self._run_trial
         self.smoke = smoke or self._smoke_check
         self.heldout_scorer = heldout_scorer or self._score_heldout_of_trial
+        # a runner without a tiers argument (an older simulation) scores every tier, as run() does by default
+        self._runner_tiers = "tiers" in inspect.signature(self.trial_runner).parameters
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -463,7 +466,7 @@ class Loop:
         try:
             trial = self.trial_runner(self.target.agent_spec(path), self.run_dir / "spot" / spot_id,
                                       (self.config.gpus or [None])[0], lambda msg: self.say(f"{spot_id}: {msg}"),
-                                      hours=self.config.trial_hours * SPOT_SHARE, tiers=TRIAL_TIERS)
+                                      hours=self.config.trial_hours * SPOT_SHARE, **self._tiers_kw(TRIAL_TIERS))
         except Exception:
             trial = _FailedResult(traceback.format_exc())
         problem = _trial_problem(trial)
@@ -538,10 +541,14 @@ class Loop:
         self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {'GPU ' + job.gpu if job.gpu else 'CPU'}")
         try:
             result = self.trial_runner(self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
-                                       lambda msg: self.say(f"{job.trial_id}: {msg}"), tiers=self._tiers_for(job))
+                                       lambda msg: self.say(f"{job.trial_id}: {msg}"),
+                                       **self._tiers_kw(self._tiers_for(job)))
         except Exception:  # a trial that cannot even start is a crash of this trial, not of the loop
             return _FailedResult(traceback.format_exc()), time.time() - started
         return result, time.time() - started
+
+    def _tiers_kw(self, tiers: tuple[str, ...]) -> dict:
+        return {"tiers": tiers} if self._runner_tiers else {}
 
     @staticmethod
     def _tiers_for(job: Job) -> tuple[str, ...]:
