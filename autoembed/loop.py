@@ -502,7 +502,7 @@ class Loop:
                 with ThreadPoolExecutor(len(jobs)) as pool:
                     futures = [pool.submit(self._trial, job) for job in jobs]
                     if self._pipelined():
-                        self._prefetch(len(self.config.gpus), {j.candidate for j in jobs if j.candidate is not None})
+                        self._prefetch(len(self.config.gpus))
                     results = [f.result() for f in futures]
         interrupted = False
         with self.clock("record"):
@@ -518,11 +518,12 @@ class Loop:
         last results before it proposes."""
         return bool(self.config.gpus) and getattr(self.meta, "pipelined", False)
 
-    def _prefetch(self, count: int, running: set[int]) -> None:
-        """Propose and smoke-check until `count` candidates wait for the next trials (not counting those whose
-        trial is running now, which have no ledger row yet and would otherwise look ready)."""
-        ready = sum(1 for n in self.candidates()
-                    if n not in running and self.candidate_state(n) == "pending" and self._smoked_ok(n))
+    def _prefetch(self, count: int) -> None:
+        """Propose and smoke-check until `count` candidates wait for the next trials. A candidate whose trial is
+        running counts as waiting: a proposal made now would take the incumbent as its parent, and the running
+        candidate may replace that incumbent (main would then skip a kept commit). So on one GPU the next
+        candidate is proposed during A/A and re-measurement trials only (see bench/RESULTS.md)."""
+        ready = sum(1 for n in self.candidates() if self.candidate_state(n) == "pending" and self._smoked_ok(n))
         for _ in range(PROPOSALS_PER_SLOT * count):
             if ready >= count or not self._iterations_left() or self._budget_stop():
                 return

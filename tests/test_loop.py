@@ -96,16 +96,15 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
             assert row["heldout"].startswith("scored"), row
 
 
-def test_on_one_gpu_the_next_candidate_is_proposed_and_smoke_checked_while_a_trial_runs(tmp_path):
-    """The pipelined search: after the A/A runs every candidate waits ready when its trial slot frees, so the loop's
-    wall between trials holds no proposal or smoke check (the 1-GPU loop's overhead, bench/RESULTS.md)."""
+def test_on_one_gpu_the_loop_records_where_its_wall_time_goes(tmp_path):
+    """The phase clock in the session's stop record (bench/bench_loop.py reads it): proposals made while a trial
+    runs are counted apart, and the phases account for the wall."""
     loop = loop_driver.make_loop(tmp_path / "run", 6, gpus=["0"])
     assert loop.run() == 0
     check_consistent(tmp_path / "run", 6)
     stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
     counts = stop["phases"]["counts"]
-    assert counts.get("propose", 0) == 0 and counts.get("smoke", 0) == 0, counts
-    assert counts["propose (during trials)"] >= 6 and counts["smoke (during trials)"] >= 6, counts
+    assert counts["propose (during trials)"] >= 1 and counts["propose"] + counts["propose (during trials)"] >= 6
     assert stop["phases"]["wall"] >= stop["phases"]["trials"] + stop["phases"]["record"]
 
 
