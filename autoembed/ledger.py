@@ -1,7 +1,9 @@
 """The loop's one record of what ran and how it scored: ledger.jsonl, one row per trial (and one per candidate
 that spent no trial: invalid, duplicate), with results.tsv as a derived view.
 
-Held-out scores are written to heldout.jsonl, a separate file: no view a meta-agent reads contains it.
+Held-out scores are written to heldout.jsonl, a separate file: no view a meta-agent reads contains it. The loop
+scores held-out only for the runs of the baseline and of kept commits (a row's "heldout" says which); a discarded
+candidate's held-out is never scored.
 Rows are appended with fsync and carry a unique row_id, so replaying a step after a crash cannot add a row
 twice; a line cut short by kill -9 is dropped when the ledger is opened again.
 """
@@ -44,10 +46,16 @@ class Ledger:
             raise ValueError(f"ledger status must be one of {STATUSES}, got {row.get('status')!r}")
         if self.has(row["row_id"]):
             return False
-        if heldout is not None and not any(h["row_id"] == row["row_id"] for h in self.heldout()):
-            _append_jsonl(self.heldout_path, {"row_id": row["row_id"], "commit": row.get("commit"), **heldout})
+        self.add_heldout(row["row_id"], row.get("commit"), heldout)
         _append_jsonl(self.path, row)
         self.write_tsv()
+        return True
+
+    def add_heldout(self, row_id: str, commit: str | None, heldout: dict | None) -> bool:
+        """Held-out scores for a row written earlier (the loop scores them only for kept commits), once per row."""
+        if heldout is None or any(h["row_id"] == row_id for h in self.heldout()):
+            return False
+        _append_jsonl(self.heldout_path, {"row_id": row_id, "commit": commit, **heldout})
         return True
 
     def heldout(self) -> list[dict]:

@@ -10,6 +10,13 @@ Each iteration: propose -> commit (a ref per candidate) -> smoke check (invalid:
 The run folder traces/loops/<run-id>/ holds everything: config.json, the write-ahead intents.jsonl, the
 ledger, the target's git repository and the meta-agent's view (view/), the trials (trials/<trial-id>/).
 
+Held-out is for people, so it is scored only where they read it: the incumbent's runs (the A/A baselines, the
+re-measurements) score it in the trial, a candidate's trial defers it (score.json "deferred"), and a kept
+candidate's runs get it right after the keep (run.score_deferred on the frozen model). A discarded candidate's
+held-out is never scored; its row says "heldout": "deferred: ...". --hours is the wall time of the loop's own
+work once the scorer is prepared: proposing, smoke checks, trials (seeding, training, scoring), the gate and
+the held-out of kept steps; a trial starts only if its expected wall (the run's mean so far) still fits.
+
 Resume after a kill at any point: intents are written before each step takes effect (a candidate's commit,
 a trial's start) and ledger rows carry unique ids, so replaying a step is idempotent. A trial that had
 finished when the loop died is recorded from its folder; one that had not is recorded as a crash and its
@@ -19,7 +26,9 @@ candidate is tried again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import inspect
 import json
 import os
 import secrets
@@ -42,7 +51,15 @@ from autoembed.paths import REPO_ROOT, traces_dir
 SCORED = ("keep", "discard", "inconclusive")  # statuses of rows whose trial was scored
 PROPOSALS_PER_SLOT = 5  # invalid or duplicate proposals tolerated per free slot before the batch runs without it
 DEFAULT_TASK_MODEL = "anthropic:claude-sonnet-4-6"
-SPOT_SHARE = 0.25  # a spot check's short trial gets this share of a trial's budget
+ALL_TIERS = ("dev", "validation", "heldout")
+TRIAL_TIERS = ("dev", "validation")  # what a trial scores; held-out only for the commits the loop keeps (fill_heldout)
+HELDOUT_SCORED = "scored: in heldout.jsonl"
+HELDOUT_DEFERRED = "deferred: scored only if this commit is kept"
+SPOT_SHARE = 0.25
+# A/A runs on a CPU: one. Each costs minutes there, and the gate stays within its false-keep rate on the prior
+# run-to-run sd alone (tests/test_gate.py simulates the fast subsets with one baseline run); the incumbent's
+# periodic re-measurement adds repeats as the loop goes.
+CPU_BASELINE_RUNS = 1  # a spot check's short trial gets this share of a trial's budget
 META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
@@ -100,9 +117,12 @@ class LoopConfig:
 
 class Loop:
     def __init__(self, run_dir: Path, config: LoopConfig, meta_agent: MetaAgent | None = None, say=None, *,
-                 trial_runner=None, smoke=None):
-        """trial_runner(agent_spec, out, gpu, say) -> a result with run_dir, meta, score (default: autoembed.run.run);
-        smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check). Tests swap them."""
+                 trial_runner=None, smoke=None, heldout_scorer=None):
+        """trial_runner(agent_spec, out, gpu, say, hours=None, tiers=...) -> a result with run_dir, meta, score
+        (default: autoembed.run.run, held-out deferred);
+        smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check);
+        heldout_scorer(trial_dir, gpu, say) -> the trial's score.json with held-out (default:
+        autoembed.run.score_deferred). Tests swap them."""
         self.run_dir = Path(run_dir)
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,10 +143,14 @@ class Loop:
             raise
         self.gate_config = gate.GateConfig(seed=config.seed)
         self._per_query: dict[str, dict] = {}
+        self.clock = PhaseClock()
         self._lock = threading.Lock()
         self.deadline = time.time() + config.hours * 3600
         self.trial_runner = trial_runner or self._run_trial
         self.smoke = smoke or self._smoke_check
+        self.heldout_scorer = heldout_scorer or self._score_heldout_of_trial
+        # a runner without a tiers argument (an older simulation) scores every tier, as run() does by default
+        self._runner_tiers = "tiers" in inspect.signature(self.trial_runner).parameters
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -212,6 +236,7 @@ class Loop:
         self._write_view()
         self.replay()
         self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
+        self.clock = PhaseClock()
         slots = self.config.gpus or [None]
         try:
             while True:
@@ -228,10 +253,10 @@ class Loop:
             stop = "interrupted"
         except LoopError as exc:
             self.say(f"stopping: {exc}")
-            self._intend({"op": "session", "event": "stop", "reason": str(exc)})
+            self._intend({"op": "session", "event": "stop", "reason": str(exc), "phases": self.clock.report()})
             raise
         self.say(f"stopping: {stop}")
-        self._intend({"op": "session", "event": "stop", "reason": stop})
+        self._intend({"op": "session", "event": "stop", "reason": stop, "phases": self.clock.report()})
         if stop == "interrupted":
             return 130
         self._write_view()
@@ -256,14 +281,23 @@ class Loop:
                 self._append_row(job, "crash", reason=f"the loop stopped during this trial ({meta.get('status', 'not started')})",
                                  extra={"interrupted": True})
         self.repo.set_best(self.best_commit())
+        self.fill_heldout()
         for number, cand in self.candidates().items():
             rows = [r for r in self.ledger.rows() if r.get("candidate") == number]
             if rows and self.candidate_state(number) == "decided":
                 self.meta.observe(self._feedback(cand, rows[-1]))
 
+    def expected_trial_s(self) -> float:
+        """What the next trial will take: its --trial-hours budget, or the mean wall of this run's trials so far
+        when that is longer (a trial also seeds, starts its sandbox and is scored: minutes on a CPU)."""
+        walls = [r["wall_s"] for r in self.ledger.rows() if r.get("trial_id") and r.get("wall_s")]
+        return max(self.config.trial_hours * 3600, sum(walls) / len(walls) if walls else 0.0)
+
     def _budget_stop(self) -> str | None:
-        if time.time() + self.config.trial_hours * 3600 > self.deadline:
-            return f"less than one trial ({self.config.trial_hours:g} h) left of the loop's budget"
+        expected = self.expected_trial_s()
+        if time.time() + expected > self.deadline:
+            return (f"less than one trial left of the loop's budget (a trial takes {expected:.0f} s here: "
+                    f"{self.config.trial_hours * 3600:.0f} s of --trial-hours, the rest seeding and scoring)")
         cost = self.total_cost()
         if self.config.max_cost is not None and cost >= self.config.max_cost:
             return f"spent ${cost:.2f} of --max-cost ${self.config.max_cost:.2f}"
@@ -341,14 +375,16 @@ class Loop:
                              spot_check=lambda source: self._spot_check(number, source))
         self._write_view()
         try:
-            proposal = self.meta.propose(ctx)
+            with self.clock("propose"):
+                proposal = self.meta.propose(ctx)
         except Exception as exc:  # retries are the LLM client's; what reaches here (a spent cap, a bad key) ends the loop
             raise LoopError(f"the meta-agent failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
         self.repo.checkout_best()  # an LLM meta-agent edits the working file; the candidate lives on its ref
         if proposal is None:
             return None, None
         description = " ".join(proposal.description.split())[:200] or "(no description)"
-        sha = self.repo.add_candidate(number, proposal.source, description, best)
+        with self.clock("commit"):
+            sha = self.repo.add_candidate(number, proposal.source, description, best)
         after = self._meta_usage()
         usage = {k: (after.get(k) or 0) - (before.get(k) or 0) for k in after}
         cand = {"op": "candidate", "id": number, "commit": sha, "parent": best, "description": description,
@@ -390,7 +426,8 @@ class Loop:
     def _smoke(self, number: int, source: str):
         workdir = self.run_dir / "smoke" / f"{number:04d}-{secrets.token_hex(2)}"
         try:
-            return self.smoke(self.target.name, source, workdir)
+            with self.clock("smoke"):
+                return self.smoke(self.target.name, source, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -400,12 +437,19 @@ class Loop:
         return smoke_check(target, source, self.target.adapter_sha256(), workdir, sandbox=self.config.sandbox,
                            task=self.config.task)
 
-    def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say, hours: float | None = None):
+    def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say, hours: float | None = None,
+                   tiers: tuple[str, ...] = TRIAL_TIERS):
         from autoembed.run import run
 
         model = self.config.task_model if self.target.name == "harness" else None
         return run(agent_spec, task=self.config.task, hours=hours or self.config.trial_hours, sandbox=self.config.sandbox,
-                   model=model, gpus=[gpu] if gpu else None, out=out, fast=self.config.fast, progress=say)
+                   model=model, gpus=[gpu] if gpu else None, out=out, fast=self.config.fast, progress=say,
+                   tiers=tiers)
+
+    def _score_heldout_of_trial(self, trial_dir: Path, gpu: str | None, say) -> dict:
+        from autoembed.run import score_deferred
+
+        return score_deferred(trial_dir, task=self.config.task, gpus=[gpu] if gpu else None, progress=say)
 
     def _spot_check(self, number: int, source: str) -> str:
         """The smoke check, then a short trial (a quarter of a trial's budget) whose dev and validation scores,
@@ -422,7 +466,7 @@ class Loop:
         try:
             trial = self.trial_runner(self.target.agent_spec(path), self.run_dir / "spot" / spot_id,
                                       (self.config.gpus or [None])[0], lambda msg: self.say(f"{spot_id}: {msg}"),
-                                      hours=self.config.trial_hours * SPOT_SHARE)
+                                      hours=self.config.trial_hours * SPOT_SHARE, **self._tiers_kw(TRIAL_TIERS))
         except Exception:
             trial = _FailedResult(traceback.format_exc())
         problem = _trial_problem(trial)
@@ -451,18 +495,20 @@ class Loop:
         for job in jobs:
             self._intend({"op": "trial", "trial_id": job.trial_id, "kind": job.kind, "commit": job.commit,
                           "candidate": job.candidate, "gpu": job.gpu})
-        if len(jobs) == 1 and not self._pipelined():
-            results = [self._trial(jobs[0])]
-        else:
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                futures = [pool.submit(self._trial, job) for job in jobs]
-                if self._pipelined():
-                    self._prefetch(len(self.config.gpus))
-                results = [f.result() for f in futures]
+        with self.clock("trials"):
+            if len(jobs) == 1 and not self._pipelined():
+                results = [self._trial(jobs[0])]
+            else:
+                with ThreadPoolExecutor(len(jobs)) as pool:
+                    futures = [pool.submit(self._trial, job) for job in jobs]
+                    if self._pipelined():
+                        self._prefetch(len(self.config.gpus))
+                    results = [f.result() for f in futures]
         interrupted = False
-        for job, (result, wall) in zip(jobs, results):
-            self.record(job, result, wall)
-            interrupted |= result is not None and result.meta.get("exit_reason") == "interrupted"
+        with self.clock("record"):
+            for job, (result, wall) in zip(jobs, results):
+                self.record(job, result, wall)
+                interrupted |= result is not None and _interrupted(result.meta)
         return interrupted
 
     def _pipelined(self) -> bool:
@@ -473,6 +519,10 @@ class Loop:
         return bool(self.config.gpus) and getattr(self.meta, "pipelined", False)
 
     def _prefetch(self, count: int) -> None:
+        """Propose and smoke-check until `count` candidates wait for the next trials. A candidate whose trial is
+        running counts as waiting: a proposal made now would take the incumbent as its parent, and the running
+        candidate may replace that incumbent (main would then skip a kept commit). So on one GPU the next
+        candidate is proposed during A/A and re-measurement trials only (see bench/RESULTS.md)."""
         ready = sum(1 for n in self.candidates() if self.candidate_state(n) == "pending" and self._smoked_ok(n))
         for _ in range(PROPOSALS_PER_SLOT * count):
             if ready >= count or not self._iterations_left() or self._budget_stop():
@@ -492,10 +542,20 @@ class Loop:
         self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {'GPU ' + job.gpu if job.gpu else 'CPU'}")
         try:
             result = self.trial_runner(self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
-                                       lambda msg: self.say(f"{job.trial_id}: {msg}"))
+                                       lambda msg: self.say(f"{job.trial_id}: {msg}"),
+                                       **self._tiers_kw(self._tiers_for(job)))
         except Exception:  # a trial that cannot even start is a crash of this trial, not of the loop
             return _FailedResult(traceback.format_exc()), time.time() - started
         return result, time.time() - started
+
+    def _tiers_kw(self, tiers: tuple[str, ...]) -> dict:
+        return {"tiers": tiers} if self._runner_tiers else {}
+
+    @staticmethod
+    def _tiers_for(job: Job) -> tuple[str, ...]:
+        """The incumbent's runs score held-out in the trial (people compare against them, and one scoring costs
+        less than two); a candidate's run defers it until the candidate is kept."""
+        return ALL_TIERS if job.kind in ("baseline", "remeasure") else TRIAL_TIERS
 
     # -- recording and gating ---------------------------------------------------------------------
 
@@ -509,7 +569,7 @@ class Loop:
                   "gpu_s": round(wall_s, 1) if wall_s is not None and job.gpu else 0.0}
         problem = _trial_problem(result)
         if problem:  # an interrupted trial says nothing about its file: its candidate is tried again
-            interrupted = meta.get("exit_reason") == "interrupted" or meta.get("status") == "interrupted_while_preparing"
+            interrupted = _interrupted(meta)
             self._append_row(job, "crash", reason=problem, extra={**common, "interrupted": interrupted or None})
             return
         per_query = self._load_per_query(job.trial_id)
@@ -517,19 +577,42 @@ class Loop:
         value = gate.mean_score(per_query["submission"][split])
         scores = {"validation": _split_scores(score, "validation"), "dev": _split_scores(score, "dev"),
                   "gate_split": split, "gate_value": value, **common}
-        heldout = {"heldout": _split_scores(score, "heldout"), "base_heldout": _split_scores(score.get("base", {}), "heldout")}
-        if job.kind in ("baseline", "remeasure"):
+        if job.kind in ("baseline", "remeasure"):  # the incumbent's runs: people compare held-out against them
+            heldout = self._heldout_of(job.trial_id, job.gpu)
             self._append_row(job, "keep", reason="A/A baseline run" if job.kind == "baseline" else "incumbent re-measured",
-                             extra=scores, heldout=heldout)
+                             extra={**scores, "heldout": HELDOUT_SCORED}, heldout=heldout)
             return
         verdict, split = self._gate(job, split)
         scores.update(gate_split=split, gate_value=gate.mean_score(per_query["submission"][split]))
+        heldout = _heldout_entry(score)  # present only when the trial scored it anyway (never asked to defer)
         self._append_row(job, verdict.outcome, reason=verdict.reason, heldout=heldout,
                          extra={**scores, "diff": verdict.diff, "ci_low": verdict.ci_low, "ci_high": verdict.ci_high,
                                 "runs": verdict.runs_candidate, "incumbent_runs": verdict.runs_incumbent,
-                                "se": verdict.se, "se_query": verdict.se_query, "run_sd": verdict.run_sd})
+                                "se": verdict.se, "se_query": verdict.se_query, "run_sd": verdict.run_sd,
+                                "heldout": HELDOUT_SCORED if heldout or verdict.outcome == "keep" else HELDOUT_DEFERRED})
         if verdict.outcome == "keep":
             self.repo.set_best(job.commit)
+            self.fill_heldout()
+
+    def _heldout_of(self, trial_id: str, gpu: str | None) -> dict:
+        """The held-out entry of a scored trial, scoring its deferred held-out tier now if it has one."""
+        trial_dir = self.run_dir / "trials" / trial_id
+        score = _read_json(trial_dir / "score.json")
+        if score.get("deferred"):
+            with self.clock("heldout"):
+                score = self.heldout_scorer(trial_dir, gpu, lambda msg: self.say(f"{trial_id}: {msg}"))
+        return _heldout_entry(score)
+
+    def fill_heldout(self) -> None:
+        """Held-out for every scored run of every commit that is or was the incumbent (the baseline, each kept
+        candidate), and never for a discarded one; after a kill, what was left out is scored on resume."""
+        rows = self.ledger.rows()
+        kept = {r["commit"] for r in rows if r["status"] == "keep"} | {self.baseline_commit()}
+        have = {h["row_id"] for h in self.ledger.heldout()}
+        for row in rows:
+            if row["commit"] in kept and row["status"] in SCORED and row["row_id"] not in have:
+                self.ledger.add_heldout(row["row_id"], row["commit"], self._heldout_of(row["trial_id"], row.get("gpu")))
+                have.add(row["row_id"])
 
     def _gate(self, job: Job, split: str) -> tuple[gate.Verdict, str]:
         """The verdict, on validation when every run on both sides has it, else on dev (recorded in the row)."""
@@ -610,6 +693,41 @@ class LoopError(RuntimeError):
     pass
 
 
+class PhaseClock:
+    """Where a session's wall time goes, by phase (trials, record, propose, commit, smoke, heldout), for the stop
+    record that bench/bench_loop.py reads: the loop's own overhead is what is not "trials". A phase inside another
+    is counted on its own, not in its parent; one run while trials run (the pipelined proposals on GPUs) is kept
+    apart as "... (during trials)", since it costs no wall time of its own. Used from the loop's main thread."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self._stack: list[list] = []  # [phase, seconds spent in phases nested in it]
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        overlapped = any(phase == "trials" for phase, _ in self._stack)
+        key = f"{name} (during trials)" if overlapped else name
+        start = time.perf_counter()
+        self._stack.append([key, 0.0])
+        try:
+            yield
+        finally:
+            _, nested = self._stack.pop()
+            spent = time.perf_counter() - start
+            self.seconds[key] = self.seconds.get(key, 0.0) + spent - nested
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if self._stack and not overlapped:
+                self._stack[-1][1] += spent
+
+    def report(self) -> dict:
+        wall = time.perf_counter() - self.started
+        counted = sum(v for k, v in self.seconds.items() if not k.endswith("(during trials)"))
+        return {**{k: round(v, 2) for k, v in sorted(self.seconds.items())}, "other": round(wall - counted, 2),
+                "wall": round(wall, 2), "counts": dict(sorted(self.counts.items()))}
+
+
 @dataclass
 class _LoadedResult:
     run_dir: Path
@@ -622,6 +740,12 @@ class _FailedResult:
     error: str
     meta: dict = field(default_factory=dict)
     score: dict | None = None
+
+
+def _interrupted(meta: dict) -> bool:
+    """Stopped by Ctrl-C or SIGTERM at any stage (before the agent, during it, or while scoring): the trial says
+    nothing about its file, which is tried again on --resume."""
+    return meta.get("exit_reason") == "interrupted" or str(meta.get("status", "")).startswith("interrupted")
 
 
 def _trial_problem(result) -> str | None:
@@ -639,6 +763,13 @@ def _trial_problem(result) -> str | None:
     if not (Path(result.run_dir) / "per_query.json.gz").is_file():
         return "the scorer wrote no per_query.json.gz: nothing to gate on"
     return None
+
+
+def _heldout_entry(score: dict) -> dict | None:
+    held = _split_scores(score, "heldout")
+    if held is None:
+        return None
+    return {"heldout": held, "base_heldout": _split_scores(score.get("base", {}), "heldout")}
 
 
 def _split_scores(score: dict, split: str) -> dict | None:
@@ -706,7 +837,11 @@ def _now() -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from autoembed.commands.options import add_task_and_mode
 
-    p.add_argument("--hours", type=float, default=None, help="the loop's wall-clock budget (default 1)")
+    p.add_argument("--hours", type=float, default=None,
+                   help="the loop's wall-clock budget, counted once the scorer is prepared (the first run on a machine "
+                        "prepares it, minutes on a CPU): it covers proposing, smoke checks, trials (seeding, training, "
+                        "scoring), the gate and the held-out scoring of kept steps; no trial starts that is not "
+                        "expected to end within it (default 1)")
     p.add_argument("--trial-hours", type=float, default=None, help="each trial's budget (default 0.05 = 3 min)")
     p.add_argument("--target", choices=sorted(TARGETS), default=None, help="the file to improve (default recipe)")
     p.add_argument("--meta", default=None, help="search (default: Optuna TPE over the knobs) or provider:model")
@@ -718,7 +853,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iterations", type=int, default=None, help="stop after this many candidates")
     p.add_argument("--gpus", default=None, help="GPU ids, one trial per GPU side by side, e.g. 0,1 (default: CPU)")
     p.add_argument("--sandbox", default=None, choices=["auto", "docker", "bwrap", "none"])
-    p.add_argument("--baseline-runs", type=int, default=None, help="A/A runs of the baseline at the start (default 3)")
+    p.add_argument("--baseline-runs", type=int, default=None,
+                   help=f"A/A runs of the baseline at the start (default 3 with --gpus, {CPU_BASELINE_RUNS} on a CPU)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the loop in this run folder")
     p.add_argument("--out", default=None, help="run folder (default traces/loops/<run-id>)")
@@ -750,6 +886,8 @@ def config_from_args(args) -> tuple[Path, LoopConfig]:
         if "meta" not in given and any(os.environ.get(k) for k in PROVIDER_KEYS):
             print("[loop] a provider key is set, but the meta-agent is the search (no LLM spends money unless asked): "
                   "pass --meta provider:model for an LLM meta-agent", file=sys.stderr)
+        if "baseline_runs" not in given and not config.gpus:
+            config.baseline_runs = CPU_BASELINE_RUNS
         if config.target == "harness" and not config.task_model:
             config.task_model = DEFAULT_TASK_MODEL
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

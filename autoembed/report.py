@@ -24,6 +24,9 @@ def report(run_dir: str | Path, out=print) -> dict:
     heldout = {h["row_id"]: h for h in ledger.heldout()}
     out(to_tsv(rows, TSV_COLUMNS).rstrip("\n"))
     summary = summarize(rows, heldout)
+    summary["llm"] = llm_usage(run_dir, rows)
+    for line in llm_lines(summary["llm"]):
+        out(line)
     (run_dir / "summary.md").write_text(markdown(summary, run_dir))
     try:
         plot(rows, heldout, run_dir / "progress.png")
@@ -66,7 +69,46 @@ def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
         "kept": [{"iteration": r["iteration"], "commit": r["commit"], "description": r["description"],
                   "diff": r.get("diff")} for r in kept],
         "trial_wall_s": trial_wall, "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
+        "heldout_runs": len(heldout),
     }
+
+
+def llm_usage(run_dir: Path, rows: list[dict]) -> dict:
+    """What the loop's LLMs used: the meta-agent's, by its gateway's log (every call, every session) when the
+    loop ran one, else by the meta-agent's own count in the ledger; and the task model's over the trials."""
+    from autoembed.meta.gateway import usage_from_log
+
+    meta = usage_from_log(Path(run_dir) / "meta" / "gateway")
+    if meta is not None:
+        meta["source"] = "the loop's LLM gateway (meta/gateway/gateway.jsonl)"
+    elif any(r.get("meta_tokens") or r.get("meta_cost_usd") for r in rows):
+        meta = {"source": "the meta-agent's own count (no gateway: a scripted model or --meta-base-url)",
+                "tokens": sum(r.get("meta_tokens") or 0 for r in rows),
+                "cost_usd": sum(r.get("meta_cost_usd") or 0.0 for r in rows)}
+    trials = {"tokens": sum(r.get("tokens") or 0 for r in rows),
+              "cost_usd": sum(r.get("trial_cost_usd") or 0.0 for r in rows)}
+    return {"meta": meta, "trials": trials if trials["tokens"] or trials["cost_usd"] else None}
+
+
+def llm_lines(llm: dict) -> list[str]:
+    lines = []
+    meta, trials = llm.get("meta"), llm.get("trials")
+    if meta is None:
+        lines.append("meta-agent LLM: none (the search meta-agent calls no model)")
+    elif "calls" in meta:
+        models = ", ".join(f"{name} {m['calls']} calls ${m['cost_usd']:.4f}"
+                           for name, m in sorted(meta["models"].items()))
+        lines.append(f"meta-agent LLM: {meta['calls']} calls ({meta['failed_calls']} failed or refused), "
+                     f"{meta['input_tokens']} input + {meta['output_tokens']} output tokens "
+                     f"({meta['cache_read_tokens']} cache reads), ${meta['cost_usd']:.4f} estimated"
+                     + (f" ({meta['unpriced_calls']} calls unpriced)" if meta["unpriced_calls"] else "")
+                     + (f"; {models}" if models else "") + f"; by {meta['source']}")
+    else:
+        lines.append(f"meta-agent LLM: {meta['tokens']} tokens, ${meta['cost_usd']:.4f}; by {meta['source']}")
+    if trials is not None:
+        lines.append(f"task model in the trials: {trials['tokens']} tokens, ${trials['cost_usd']:.4f} "
+                     "(the trials' gateways)")
+    return lines
 
 
 def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
@@ -102,7 +144,8 @@ def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
     ax.set_xlabel("iteration (candidate number; 0 = baseline)")
     ax.set_ylabel("nDCG@10")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -116,13 +159,16 @@ def markdown(summary: dict, run_dir: Path) -> str:
              f"{summary['candidates']} candidates, {summary['trials']} trials; statuses: "
              + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) + ".",
              f"Gated on: {', '.join(summary['gate_split']) or 'n/a'}. Trial wall time {summary['trial_wall_s'] / 60:.1f} min; "
-             f"cost ${summary['cost_usd']:.2f}.", "",
+             f"cost ${summary['cost_usd']:.2f}.",
+             f"Held-out scored for {summary['heldout_runs']} runs: the baseline's and kept commits' (a discarded "
+             "candidate's held-out is never scored; heldout.jsonl, outside the meta-agent's view).", "",
              "| | commit | runs | gated score | held-out |", "|---|---|---|---|---|",
              f"| baseline | {str(b['commit'])[:10]} | {b['runs']} | {fmt(b['gated'])} | {fmt(b['heldout'])} |",
              f"| best | {str(best['commit'])[:10]} | {best['runs']} | {fmt(best['gated'])} | {fmt(best['heldout'])} |", ""]
     if best.get("diff") is not None:
         lo, hi = best["ci"]
         lines.append(f"Best over its incumbent when kept: {best['diff']:+.4f} (CI {lo:+.4f} .. {hi:+.4f}): {best['description']}")
+    lines += ["", "## LLM usage", ""] + [f"- {line}" for line in llm_lines(summary.get("llm") or {})]
     lines += ["", "## Kept steps", ""] + [f"- {k['iteration']}: `{k['commit'][:10]}` {k['description']} ({k['diff']:+.4f})"
                                           for k in summary["kept"]]
     lines += ["", "![progress](progress.png)", "", "```json", json.dumps(summary, indent=2, default=str), "```", ""]

@@ -101,14 +101,17 @@ def new_run_id(agent: str) -> str:
 def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
         progress: Callable[[str], None] | str | None = None, reprompt_margin_s: float = 300.0,
-        max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True) -> TrialResult:
+        max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True,
+        tiers: tuple[str, ...] | None = None) -> TrialResult:
     """Run one trial and return its result; never raises for agent failures (they are recorded).
     Bad input raises PreflightError before a run folder exists (check_key: ask the provider whether the key is
     accepted); a start that fails after that raises TrialFailedToStart, its folder saying failed_to_start.
     SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended.
     max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway.
     progress: a callable that gets each progress line (default: print to stderr), or "bar" for a progress bar
-    over the agent's budget that works in Jupyter and in a terminal (tqdm.auto)."""
+    over the agent's budget that works in Jupyter and in a terminal (tqdm.auto).
+    tiers: the tiers scored now (default all three); ("dev", "validation") defers held-out, which score_deferred
+    adds later (the loop scores held-out only for the commits it keeps)."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     volumes: list[WorkdirVolume] = []
@@ -116,7 +119,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
                     progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens,
-                    check_key=check_key, volumes=volumes, bars=bars)
+                    check_key=check_key, volumes=volumes, bars=bars, tiers=tiers)
     finally:
         for bar in bars:
             bar.close()
@@ -130,7 +133,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
-         max_tokens, check_key, volumes: list, bars: list) -> TrialResult:
+         max_tokens, check_key, volumes: list, bars: list, tiers=None) -> TrialResult:
     say = progress if callable(progress) else (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
     for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
         if cap is not None and not cap > 0:
@@ -185,7 +188,8 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
 
         score = score_workdir(workdir, task=spec, fast=fast, base_path=Path(meta["base_model"]), manifest=manifest,
                               out=run_dir / "score.json", progress=say, device=_device_for(gpus), final_model=frozen,
-                              final_model_hashes=(meta["final_model"] or {}).get("files", {}))
+                              final_model_hashes=(meta["final_model"] or {}).get("files", {}),
+                              **({"tiers": tuple(tiers)} if tiers else {}))
         meta["status"] = "scored"
     except KeyboardInterrupt:
         score = None
@@ -205,6 +209,26 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     result = TrialResult(run_id, run_dir, meta, score)
     print(result.summary(), flush=True)
     return result
+
+
+def score_deferred(run_dir: Path, task: str = "embed", gpus: list[str] | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """Score the tiers a trial deferred (run(..., tiers=...)) on its frozen final_model, and bring score.json,
+    per_query.json.gz and meta.json's headline scores up to date. Returns score.json; idempotent."""
+    from autoembed.sealed.scorer import score_deferred_tiers
+    from autoembed.task.spec import load_spec
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    spec = load_spec(task)
+    score = score_deferred_tiers(run_dir / "score.json", run_dir / "final_model",
+                                 (meta.get("final_model") or {}).get("files", {}), task=spec,
+                                 device=_device_for(gpus), progress=progress)
+    headline = summary.headline(score, summary.load_per_query(run_dir), spec.main_metric)
+    if meta.get("scores") != headline:
+        meta["scores"] = headline
+        _write_json(run_dir / "meta.json", meta)
+    return score
 
 
 def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say, gateway) -> AgentOutcome:

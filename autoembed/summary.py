@@ -21,7 +21,7 @@ def headline(score: dict, per_query: dict | None, main_metric: str = "ndcg@10", 
     """{"sets", "status", "scored_as", "metric", split: {"score", "base", "change", "change_ci", "n_queries",
     "noise"}} for each split that was scored. change_ci is absent when the per-query scores are."""
     out = {"sets": sets_scored(score), "status": score.get("status"), "scored_as": score.get("scored_as"),
-           "metric": main_metric}
+           "metric": main_metric, "deferred": list(score.get("deferred") or [])}
     for split in SPLITS:
         ours = score.get(split, {}).get("mean", {}).get(main_metric)
         base = score.get("base", {}).get(split, {}).get("mean", {}).get(main_metric)
@@ -156,6 +156,9 @@ def score_lines(scores: dict) -> list[str]:
     metric = scores["metric"]
     for split in SPLITS:
         row = scores.get(split)
+        if split in (scores.get("deferred") or []):
+            lines.append(f"{split}_{metric}: not scored in the trial (deferred: the loop scores it only for the commits "
+                         "it keeps, out of the meta-agent's sight)")
         if row is None:
             continue
         change = f"change {row['change']:+.4f}"

@@ -10,6 +10,8 @@ for people: it reads held-out, which no meta-agent sees).
   over the loop's wall time x slots; the rest is the loop's overhead (proposing, smoke checks, gating);
 - best vs baseline: the paired bootstrap and run-to-run noise of autoembed.gate, on the gated split and on
   held-out (the per-query scores of all runs of each commit, averaged);
+- where the time goes: the loop's wall by phase (trials, record, propose, commit, smoke, heldout, other) and
+  the trials' own wall by stage (sandbox, seeding, the agent, scoring);
 - measured noise: the run-to-run sd of the mean score and the per-query sd of the difference of two runs of
   one commit (the parameters tests/test_gate.py simulates).
 """
@@ -58,6 +60,8 @@ def measure(run_dir: Path) -> dict:
         "share_of_wall_in_trials": round(trial_wall / (wall * slots), 4),
         "mean_trial_wall_s": round(trial_wall / max(len(trials), 1), 1),
     }
+    out["loop_phases_s"] = loop_phases(sessions)
+    out["inside_trials_s"] = inside_trials(run_dir, trials)
     scored = [r for r in rows if r["status"] in SCORED]
     if not scored:
         return out
@@ -70,23 +74,62 @@ def measure(run_dir: Path) -> dict:
     for r in scored:
         by_commit.setdefault(r["commit"], []).append(per_query(run_dir, r["trial_id"]))
     for name in (split, "heldout"):
-        means = [[gate.mean_score(runs[name]) for runs in group] for group in by_commit.values()]
+        # held-out exists for the baseline's and kept commits' runs only (the loop defers it for the others)
+        groups = {c: [runs for runs in group if name in runs] for c, group in by_commit.items()}
+        groups = {c: group for c, group in groups.items() if group}
+        if baseline_commit not in groups or best_commit not in groups:
+            out[name] = {"missing": f"no {name} scores for the baseline or the best commit"}
+            continue
+        means = [[gate.mean_score(runs[name]) for runs in group] for group in groups.values()]
         sd, dof = gate.run_sd(means, 0.0, 0.0) if any(len(m) > 1 for m in means) else (None, 0)
         entry = {"run_sd": sd, "run_sd_dof": dof,
-                 "baseline": float(np.mean(means[list(by_commit).index(baseline_commit)])),
-                 "best": float(np.mean(means[list(by_commit).index(best_commit)])),
-                 "baseline_runs": len(by_commit[baseline_commit]), "best_runs": len(by_commit[best_commit])}
-        aa = [group for group in by_commit.values() if len(group) > 1]
+                 "baseline": float(np.mean(means[list(groups).index(baseline_commit)])),
+                 "best": float(np.mean(means[list(groups).index(best_commit)])),
+                 "baseline_runs": len(groups[baseline_commit]), "best_runs": len(groups[best_commit])}
+        aa = [group for group in groups.values() if len(group) > 1]
         if aa:
             arrays = gate.as_arrays([g[name] for g in aa[0]])
             entry["per_query_sd_of_aa_difference"] = float(np.mean([np.std(a[0] - a[1], ddof=1) for a in arrays.values()]))
         if best_commit != baseline_commit:
-            verdict = gate.decide([r[name] for r in by_commit[best_commit]], [r[name] for r in by_commit[baseline_commit]],
+            verdict = gate.decide([r[name] for r in groups[best_commit]], [r[name] for r in groups[baseline_commit]],
                                   sd if sd is not None else gate.GateConfig().prior_run_sd, gate.GateConfig(max_runs=1))
             entry.update(diff=verdict.diff, ci_95=[verdict.ci_low, verdict.ci_high], se=verdict.se, se_query=verdict.se_query)
         out[name] = entry
     out["best"] = {"commit": best_commit, "description": kept[-1]["description"] if kept else "the baseline"}
     return out
+
+
+def loop_phases(sessions: list[dict]) -> dict:
+    """The loop's wall time by phase, summed over its sessions (the stop records' PhaseClock report): what is not
+    "trials" is the loop's overhead; "... (during trials)" ran beside the trials and cost no wall time."""
+    total: dict[str, float] = {}
+    for stop in (s for s in sessions if s["event"] == "stop" and s.get("phases")):
+        for phase, seconds in stop["phases"].items():
+            if phase != "counts":
+                total[phase] = round(total.get(phase, 0.0) + seconds, 2)
+    return total
+
+
+TRIAL_STAGES = ("sandbox_prepare_s", "scorer_prepare_s", "seed_s", "sandbox_start_s", "agent_seconds", "score_seconds")
+
+
+def inside_trials(run_dir: Path, trials: list[dict]) -> dict:
+    """Where a trial's own wall goes (its meta.json stages, summed over the run's trials): the agent's budget
+    is the useful part; seeding, sandbox start and scoring are overhead inside the trial."""
+    total = {stage: 0.0 for stage in TRIAL_STAGES}
+    wall = 0.0
+    for row in trials:
+        try:
+            meta = json.loads((run_dir / "trials" / row["trial_id"] / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        wall += row.get("wall_s") or 0.0
+        for stage in TRIAL_STAGES:
+            total[stage] += meta.get(stage) or 0.0
+    total = {k: round(v, 1) for k, v in total.items()}
+    total["other"] = round(wall - sum(total.values()), 1)
+    total["wall"] = round(wall, 1)
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,9 @@
 #   bash bench/gpu_box.sh loop MINUTES GPUS      (sets up, starts the loop with setsid, follows it ~9.5 min)
 #   bash bench/gpu_box.sh loop-wait              (follows it ~9.5 min more; repeat while it runs)
 #   bash bench/gpu_box.sh loop-collect           (waits for the end, writes bench_loop.json and the ledger to $OUT)
+# The RESULTS.md run (issue 10: about 20 minutes, 2-minute trials, one GPU) is three calls, ~23 device minutes:
+#   loop 20 0 (timeout 600), loop-wait (timeout 600), loop-collect (timeout 300). bench_loop.json then says where
+#   the wall time went: loop_phases_s (trials, record, propose, commit, smoke, heldout, other) and inside_trials_s.
 # The recipe's CPU gain on an idle 2-core slice of the box (the GPU hidden, taskset to two cores: the helper VM's
 # share without its neighbours' load): train for each budget, dev fast subsets, change with its paired CI
 # (bench/bench_recipe_cpu.py); one budget per call keeps each call under 10 minutes (~2 min base, then the budget
@@ -92,7 +95,9 @@ loop-collect)
   follow_loop 100
   kill -0 "$(cat /tmp/loop.pid)" 2>/dev/null && { echo "the loop is still running: call loop-collect again"; exit 1; }
   python3 bench/bench_loop.py /tmp/loop --json "$OUT/bench_loop.json"
-  cp /tmp/loop/ledger.jsonl /tmp/loop/results.tsv /tmp/loop/heldout.jsonl /tmp/loop/intents.jsonl /tmp/loop/config.json "$OUT"/
+  cp /tmp/loop/ledger.jsonl /tmp/loop/results.tsv /tmp/loop/heldout.jsonl /tmp/loop/intents.jsonl /tmp/loop/config.json \
+    /tmp/loop/progress.png /tmp/loop/summary.md "$OUT"/
+  for m in /tmp/loop/trials/*/meta.json; do t=$(basename "$(dirname "$m")"); cp "$m" "$OUT/meta-$t.json"; done
   grep '^\[loop\]' /tmp/loop.log | grep -v 'trial-[0-9]*: [a-z]*:' | tail -c 100000 > "$OUT/loop_tail.log"
   (cd /tmp/loop/view/repo && git log --all --format='%h %s' > "$OUT/git_log.txt") ;;
 overhead)

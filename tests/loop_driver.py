@@ -26,7 +26,9 @@ from autoembed.smoke import SmokeResult
 TASKS = {"validation": ["v1", "v2", "v3"], "dev": ["d1", "d2"], "heldout": ["heldout_secret_alpha", "heldout_secret_beta"]}
 QUERIES = 400
 HELDOUT_MARK = 0.31415  # every held-out score is this plus a little: easy to look for in the meta-agent's inputs
-STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best")
+STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best", "heldout")
+PENDING = "deferred_tiers.json"  # where a simulated trial keeps the tiers it deferred
+SCORED_LATER: list[str] = []  # trial ids whose deferred held-out fake_heldout scored, in this process
 
 
 def quality(source: str) -> float:
@@ -41,7 +43,10 @@ class FakeResult:
         self.run_dir, self.meta, self.score = run_dir, meta, score
 
 
-def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = None) -> FakeResult:
+def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = None,
+               tiers: tuple[str, ...] = ("dev", "validation", "heldout")) -> FakeResult:
+    """A scored trial, instantly; a tier left out of `tiers` is deferred as the real scorer defers it (its values
+    wait in a file of the trial's own until fake_heldout adds them)."""
     source = Path(agent_spec.split(":", 1)[1]).read_text()
     out.mkdir(parents=True, exist_ok=False)
     meta = {"status": "running", "exit_reason": None}
@@ -67,8 +72,15 @@ def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = No
         score[split] = {"mean": {"ndcg@10": float(np.mean(list(means.values())))},
                         "tasks": {task: {"ndcg@10": m} for task, m in means.items()}}
         score["base"][split] = score[split]
+    submission = dict(per_query)
+    score["deferred"] = [split for split in TASKS if split not in tiers]
+    if score["deferred"]:
+        (out / PENDING).write_text(json.dumps({split: {"per_query": per_query[split], "score": score[split]}
+                                               for split in score["deferred"]}))
+        for split in score["deferred"]:
+            del submission[split], score[split]
     with gzip.open(out / "per_query.json.gz", "wt") as fh:
-        json.dump({"submission": per_query, "base": per_query}, fh)
+        json.dump({"submission": submission, "base": per_query}, fh)
     (out / "score.json").write_text(json.dumps(score))
     (out / "trace.md").write_text(f"# simulated trial\nquality {quality(source):.3f}\n")
     meta = {"status": "scored", "exit_reason": "finished", "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}}
@@ -76,6 +88,27 @@ def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = No
     if kill_at == "scored":
         os.kill(os.getpid(), signal.SIGKILL)
     return FakeResult(out, meta, score)
+
+
+def fake_heldout(trial_dir: Path, gpu, say) -> dict:
+    """The loop's deferred held-out scoring for a simulated trial: what fake_trial held back, merged in."""
+    trial_dir = Path(trial_dir)
+    score = json.loads((trial_dir / "score.json").read_text())
+    pending = trial_dir / PENDING
+    if not score.get("deferred"):
+        return score
+    held = json.loads(pending.read_text())
+    with gzip.open(trial_dir / "per_query.json.gz", "rt") as fh:
+        body = json.load(fh)
+    for split, part in held.items():
+        body["submission"][split] = part["per_query"]
+        score[split] = part["score"]
+    with gzip.open(trial_dir / "per_query.json.gz", "wt") as fh:
+        json.dump(body, fh)
+    score["deferred"] = []
+    (trial_dir / "score.json").write_text(json.dumps(score))
+    SCORED_LATER.append(trial_dir.name)
+    return score
 
 
 def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
@@ -99,12 +132,13 @@ def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kil
                         gpus=gpus or [])
     counter = {"n": 0}
 
-    def trial(agent_spec, out, gpu, say_, hours=None):
+    def trial(agent_spec, out, gpu, say_, hours=None, tiers=("dev", "validation", "heldout")):
         counter["n"] += 1
         due = kill_at in ("trial", "scored") and counter["n"] == kill_after + 2  # after the two baseline runs
-        return fake_trial(agent_spec, out, gpu, say_, kill_at=kill_at if due else None)
+        return fake_trial(agent_spec, out, gpu, say_, kill_at=kill_at if due else None, tiers=tiers)
 
-    loop = Loop(run_dir, config, meta_agent, say or (lambda msg: None), trial_runner=trial, smoke=smoke)
+    loop = Loop(run_dir, config, meta_agent, say or (lambda msg: None), trial_runner=trial, smoke=smoke,
+                heldout_scorer=fake_heldout)
     if kill_at:
         _arm(loop, kill_at, kill_after)
     return loop
@@ -151,6 +185,13 @@ def _arm(loop, stage: str, after: int) -> None:
                 die()  # main moved; the working file is still the old one
             original_set_best(sha)
         loop.repo.set_best = set_best
+    elif stage == "heldout":  # while the first kept candidate's deferred held-out is being scored
+        original_scorer = loop.heldout_scorer
+
+        def heldout_scorer(trial_dir, gpu, say):
+            die()
+            return original_scorer(trial_dir, gpu, say)
+        loop.heldout_scorer = heldout_scorer
     elif stage == "partial-row":
         original_append = ledger_module._append_jsonl
 

@@ -40,12 +40,13 @@ class SimulatedFile:
         return [float(r.mean()) for r in self.runs]  # equal task sizes: the mean over tasks of task means
 
 
-def gated_outcome(seed: int, effect: float, config: gate.GateConfig) -> tuple[str, int]:
+def gated_outcome(seed: int, effect: float, config: gate.GateConfig, queries: int = QUERIES,
+                  baseline_runs: int = BASELINE_RUNS) -> tuple[str, int]:
     """The loop's procedure for one candidate: A/A incumbent runs, then the candidate and its re-runs."""
     rng = np.random.default_rng(seed)
-    difficulty = rng.uniform(0, 1, (TASKS, QUERIES))
+    difficulty = rng.uniform(0, 1, (TASKS, queries))
     incumbent, candidate = SimulatedFile(rng, difficulty, 0.0), SimulatedFile(rng, difficulty, effect)
-    for _ in range(BASELINE_RUNS):
+    for _ in range(baseline_runs):
         incumbent.run()
     while True:
         candidate.run()
@@ -63,6 +64,18 @@ def test_gate_keeps_few_aa_candidates_and_most_real_improvements(effect, low, hi
     mean_runs = np.mean([n for _, n in outcomes])
     print(f"effect {effect}: kept {keep_rate:.3f}, {mean_runs:.2f} runs per candidate")
     assert low <= keep_rate <= high, f"effect {effect}: kept {keep_rate:.1%} (wanted {low:.0%}..{high:.0%})"
+
+
+def test_gate_on_cpu_fast_subsets_with_one_baseline_run_keeps_few_aa_candidates():
+    """The offline CPU loop's setting: the fast subsets (200 queries per task) and one A/A run (the loop's
+    CPU_BASELINE_RUNS), the run-to-run noise known only from the gate's prior until the incumbent is re-measured."""
+    from autoembed.loop import CPU_BASELINE_RUNS
+
+    config = gate.GateConfig(n_boot=200)
+    outcomes = [gated_outcome(seed, 0.0, config, queries=200, baseline_runs=CPU_BASELINE_RUNS) for seed in range(1000)]
+    keep_rate = sum(o == "keep" for o, _ in outcomes) / len(outcomes)
+    print(f"CPU fast subsets, {CPU_BASELINE_RUNS} baseline run: A/A kept {keep_rate:.3f}")
+    assert keep_rate <= 0.05, f"kept {keep_rate:.1%} of A/A candidates"
 
 
 def test_bootstrap_se_matches_the_analytic_standard_error():

@@ -52,6 +52,10 @@ def check_consistent(run_dir: Path, iterations: int) -> list[dict]:
     assert repo.repo.git.status("--porcelain") == ""
     heldout_ids = [h["row_id"] for h in Ledger(run_dir).heldout()]
     assert len(heldout_ids) == len(set(heldout_ids)) and set(heldout_ids) <= set(row_ids)
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    assert set(heldout_ids) == {r["row_id"] for r in rows if r["status"] in ("keep", "discard", "inconclusive")
+                                and r["commit"] in incumbents}, \
+        "held-out is scored for every run of the baseline and of kept commits, and for no other"
     return rows
 
 
@@ -79,6 +83,29 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
     numbers = [c["handle"]["trial_number"] for c in loop.candidates().values()]
     assert all(states[n] in (TrialState.COMPLETE, TrialState.FAIL) for n in numbers)
     assert (tmp_path / "run" / "results.tsv").read_text().count("\n") == len(rows) + 1
+    # held-out: scored for every run of the baseline and of kept commits, never for a discarded candidate
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    with_heldout = {h["row_id"] for h in Ledger(tmp_path / "run").heldout()}
+    assert with_heldout == {r["row_id"] for r in rows if r["trial_id"] and r["commit"] in incumbents}
+    for row in rows:
+        if row["kind"] == "candidate" and row["status"] == "discard" and row["commit"] not in incumbents:
+            assert row["heldout"].startswith("deferred"), row
+            score = json.loads((tmp_path / "run" / "trials" / row["trial_id"] / "score.json").read_text())
+            assert score["deferred"] == ["heldout"] and "heldout" not in score
+        elif row["status"] == "keep":
+            assert row["heldout"].startswith("scored"), row
+
+
+def test_on_one_gpu_the_loop_records_where_its_wall_time_goes(tmp_path):
+    """The phase clock in the session's stop record (bench/bench_loop.py reads it): proposals made while a trial
+    runs are counted apart, and the phases account for the wall."""
+    loop = loop_driver.make_loop(tmp_path / "run", 6, gpus=["0"])
+    assert loop.run() == 0
+    check_consistent(tmp_path / "run", 6)
+    stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
+    counts = stop["phases"]["counts"]
+    assert counts["propose (during trials)"] >= 1 and counts["propose"] + counts["propose (during trials)"] >= 6
+    assert stop["phases"]["wall"] >= stop["phases"]["trials"] + stop["phases"]["record"]
 
 
 @pytest.mark.parametrize("gpus", ["", "0,1"], ids=["cpu", "two-gpus"])
@@ -191,7 +218,7 @@ class RecordingLLM(ScriptedLLM):
         return super().complete(messages, system=system, tools=tools, max_tokens=max_tokens)
 
 
-def harness_trial(agent_spec, out, gpu, say, hours=None):
+def harness_trial(agent_spec, out, gpu, say, hours=None, tiers=("dev", "validation", "heldout")):
     """A simulated harness trial: the file's MAX_TURNS and prompt decide its quality."""
     source = Path(agent_spec.split(":", 1)[1]).read_text()
     fake_recipe = editable.set_knobs(RECIPE, {"SYMMETRIC_LOSS": "Evaluate before and after" in source,
@@ -199,7 +226,7 @@ def harness_trial(agent_spec, out, gpu, say, hours=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe_file = out.parent / f"{out.name}-as-recipe.py"
     recipe_file.write_text(fake_recipe)
-    return loop_driver.fake_trial(f"recipe:{recipe_file}", out, gpu, say)
+    return loop_driver.fake_trial(f"recipe:{recipe_file}", out, gpu, say, tiers=tiers)
 
 
 def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldout(tmp_path):
@@ -210,7 +237,8 @@ def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldo
     meta = LLMMetaAgent("scripted:meta-script", run_dir / "meta", llm=llm)
     config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=1.0, trial_hours=0.001,
                         max_iterations=2, baseline_runs=2, sandbox="none")
-    loop = Loop(run_dir, config, meta, lambda msg: None, trial_runner=harness_trial)  # the real smoke check
+    loop = Loop(run_dir, config, meta, lambda msg: None, trial_runner=harness_trial,  # the real smoke check
+                heldout_scorer=loop_driver.fake_heldout)
     assert loop.run() == 0
 
     rows = Ledger(run_dir).rows()
@@ -290,26 +318,36 @@ def test_report_writes_the_plot_and_a_summary_from_the_ledger(tmp_path):
 
 
 @pytest.mark.slow
-def test_offline_loop_end_to_end_with_real_training(tmp_path):
+def test_offline_loop_end_to_end_with_real_training(tmp_path_factory, tmp_path):
     """The issue's offline command, shrunk: the search meta-agent on the recipe, real (tiny) CPU training and
-    sealed scoring of every trial, then the report."""
+    sealed scoring (held-out only for the baseline, and for the candidate only if it is kept), then the report.
+    One candidate is enough to show a real commit kept or reverted; the session's harness-side home is shared,
+    so the scorer's one-time preparation for the tiny task is paid once per test session."""
     from tests.tiny_task import shared_tiny_task
 
-    task = shared_tiny_task(tmp_path)
+    base = tmp_path_factory.getbasetemp()
+    task = shared_tiny_task(base)
     run_dir = tmp_path / "loop"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces")}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_TRACES": str(tmp_path / "traces"),
+           "AUTOEMBED_HOME": str(base / "autoembed_home")}
     proc = subprocess.run([sys.executable, "-m", "autoembed.loop", "--hours", "0.3", "--trial-hours", "0.025",
-                           "--task", str(task), "--sandbox", "none", "--baseline-runs", "1", "--max-iterations", "2",
-                           "--out", str(run_dir)], env=env, capture_output=True, text=True, timeout=1500)
+                           "--task", str(task), "--sandbox", "none", "--max-iterations", "1", "--out", str(run_dir)],
+                          env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = check_consistent(run_dir, 2)
-    assert [r["kind"] for r in rows if r["trial_id"]][:1] == ["baseline"]
+    rows = check_consistent(run_dir, 1)
+    assert [r["kind"] for r in rows if r["trial_id"]][:1] == ["baseline"]  # one A/A run: the CPU default
+    assert json.loads((run_dir / "config.json").read_text())["baseline_runs"] == 1
     assert all(r["status"] != "crash" for r in rows), [r["reason"] for r in rows]
     trials = [r for r in rows if r["trial_id"]]
     assert len(trials) >= 2 and all(r["gate_value"] is not None for r in trials)
+    heldout = {h["row_id"] for h in Ledger(run_dir).heldout()}
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    assert heldout == {r["row_id"] for r in trials if r["commit"] in incumbents} and trials[0]["row_id"] in heldout
     assert (run_dir / "progress.png").is_file() and (run_dir / "summary.md").is_file()
     meta = json.loads((run_dir / "trials" / trials[-1]["trial_id"] / "meta.json").read_text())
     assert meta["exit_reason"] == "finished" and meta["agent"].startswith("recipe:")
+    phases = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines()][-1]["phases"]
+    assert phases["trials"] > 0 and phases["wall"] >= phases["trials"]
 
 
 class CostlyMeta(ScriptedMeta):
@@ -353,3 +391,11 @@ def test_a_crashed_trial_is_recorded_with_its_reason_and_the_loop_goes_on(tmp_pa
     assert crash["status"] == "crash" and "CUDA out of memory" in crash["reason"] and not crash.get("interrupted")
     assert next(r for r in rows if r.get("candidate") == 2)["status"] == "keep"
     assert meta.told[0].status == "crash" and meta.told[0].value is None
+
+
+def test_a_trial_stopped_while_scoring_counts_as_interrupted_not_as_a_crash_of_its_file():
+    from autoembed.loop import _interrupted
+
+    assert _interrupted({"status": "interrupted_while_scoring", "exit_reason": "finished"})  # SIGTERM during scoring
+    assert _interrupted({"status": "interrupted_while_preparing", "exit_reason": "interrupted"})
+    assert not _interrupted({"status": "scored", "exit_reason": "crashed"})

@@ -1,12 +1,16 @@
 """The loop's own gateway for an LLM meta-agent: a real SDK (anthropic) talks to the fake server only through
 the gateway the loop starts, and the gateway's own log of every request body proves that no held-out number
-or text reached the meta-agent's model. Trials are simulated (tests/loop_driver.py) so the test is fast."""
+or text reached the meta-agent's model. Trials are simulated (tests/loop_driver.py) for dev and validation;
+their held-out is deferred and then scored by the real sealed scorer (the loop's own path for kept commits),
+on a tiny task's subsets of the real held-out data, so the numbers looked for are the ones a loop records."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from autoembed.ledger import Ledger
 from autoembed.meta.repo import TargetRepo
 from autoembed.paths import REPO_ROOT
 from tests.fakellm import FakeLLM, Turn
+from tests.loop_driver import PENDING, fake_heldout
 from tests.test_loop import harness_trial, scripted_meta_script
 
 REAL_KEY = "sk-ant-REAL-meta-0001"
@@ -37,19 +42,57 @@ def number_forms(x: float) -> set[str]:
     return {repr(x), f"{x:.4f}", f"{x:.3f}", f"{x:.6f}", f"{x:.2%}", f"{x * 100:.1f}"}
 
 
-def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reaches_them(tmp_path, monkeypatch):
-    from autoembed.loop import Loop, LoopConfig
+def real_heldout_scorer(task: Path):
+    """The loop's deferred held-out scoring, for real: the base model stands in as each trial's frozen final_model
+    and the sealed scorer evaluates it on the tiny task's held-out subsets (real held-out data). The first call
+    scores; the later ones (the same model) reuse its result, as the cheap cached scoring a test can afford."""
+    from autoembed import nofollow
+    from autoembed.run import score_deferred
+    from autoembed.task.base_model import resolve_base_model
+    from autoembed.task.spec import load_spec
+
+    spec = load_spec(task)
+    base = Path(resolve_base_model(spec.base_model, spec.base_model_sha256))
+
+    first: dict = {}
+
+    def score(trial_dir, gpu, say):
+        trial_dir = Path(trial_dir)
+        if first:  # the same frozen model again: the first real scoring's held-out, merged as the loop would
+            (trial_dir / PENDING).write_text(json.dumps(first))
+            return fake_heldout(trial_dir, gpu, say)
+        frozen = trial_dir / "final_model"
+        if not frozen.exists():
+            shutil.copytree(base, frozen, copy_function=os.link)
+        meta = json.loads((trial_dir / "meta.json").read_text())
+        meta["final_model"] = {"path": str(frozen), "files": nofollow.tree_hashes(frozen)}
+        (trial_dir / "meta.json").write_text(json.dumps(meta))
+        score_path = trial_dir / "score.json"
+        (score_path).write_text(json.dumps({**json.loads(score_path.read_text()), "mode": "fast"}))
+        result = score_deferred(trial_dir, task=str(task), progress=say)
+        with gzip.open(trial_dir / "per_query.json.gz", "rt") as fh:
+            first["heldout"] = {"per_query": json.load(fh)["submission"]["heldout"], "score": result["heldout"]}
+        return result
+
+    return score
+
+
+def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reaches_them(tmp_path, tmp_path_factory,
+                                                                                        monkeypatch):
+    from autoembed.loop import TRIAL_TIERS, Loop, LoopConfig
+    from autoembed.report import report
+    from tests.tiny_task import make_tiny_task
 
     texts = heldout_texts()
     assert len(texts) > 20
+    # held-out subsets of 40 queries x 200 documents: means that are not round numbers
+    task = make_tiny_task(tmp_path / "task", fast_queries=40, fast_docs=200)
+    monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path_factory.getbasetemp() / "autoembed_home"))
 
-    def trial(agent_spec, out, gpu, say, hours=None):
-        """A simulated harness trial whose held-out part also carries held-out text (as its task names)."""
-        result = harness_trial(agent_spec, out, gpu, say, hours)
-        held = result.score["heldout"]
-        held["tasks"] = {texts[i]: v for i, v in enumerate(held["tasks"].values())}
-        (out / "score.json").write_text(json.dumps(result.score))
-        return result
+    def trial(agent_spec, out, gpu, say, hours=None, tiers=None):
+        """A simulated harness trial (dev and validation from the file); held-out always deferred, so every
+        held-out number the loop records comes from the real scorer."""
+        return harness_trial(agent_spec, out, gpu, say, hours, tiers=TRIAL_TIERS)
 
     script = [Turn(tool_calls=[(c["name"], c["arguments"]) for c in step["tool_calls"]], input_tokens=2000,
                    output_tokens=300) for step in scripted_meta_script()]
@@ -61,7 +104,8 @@ def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reache
         run_dir = tmp_path / "run"
         config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
                             trial_hours=0.001, max_iterations=2, baseline_runs=2, sandbox="none", max_cost=50.0)
-        loop = Loop(run_dir, config, None, lambda msg: None, trial_runner=trial)  # the loop builds its meta-agent
+        loop = Loop(run_dir, config, None, lambda msg: None, trial_runner=trial,  # the loop builds its meta-agent
+                    heldout_scorer=real_heldout_scorer(task))
         assert loop.meta.llm.client.api_key == loop.meta_gateway.token != REAL_KEY
         assert loop.meta.llm.client.base_url.host == "127.0.0.1"
         assert loop.run() == 0
@@ -88,21 +132,39 @@ def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reache
     assert abs(ledger_meta - summary["total"]["cost_usd"]) < 1e-9
     assert abs(loop.total_cost() - summary["total"]["cost_usd"]) < 1e-9
 
+    # `autoembed report` shows the meta-agent's LLM use by the gateway's log
+    lines = []
+    reported = report(run_dir, out=lines.append)["llm"]["meta"]
+    assert reported["calls"] == len(received) and reported["input_tokens"] == 2000 * len(received)
+    assert abs(reported["cost_usd"] - summary["total"]["cost_usd"]) < 1e-9
+    assert any(line.startswith(f"meta-agent LLM: {len(received)} calls") for line in lines), lines
+    assert "## LLM usage" in (run_dir / "summary.md").read_text()
+
+    # held-out was scored by the real scorer, for the baseline and kept runs only
+    heldout = Ledger(run_dir).heldout()
+    scored_later = {h["row_id"] for h in heldout}
+    incumbents = {r["commit"] for r in rows if r["status"] == "keep"}
+    assert scored_later == {r["row_id"] for r in rows if r["commit"] in incumbents and r.get("trial_id")}
+    secrets = set()
+    for h in heldout:
+        trial_score = json.loads((run_dir / "trials" / h["row_id"] / "score.json").read_text())
+        assert trial_score["deferred"] == [] and h["heldout"]["mean"] == trial_score["heldout"]["mean"]["ndcg@10"]
+        for value in [h["heldout"]["mean"], *h["heldout"]["tasks"].values()]:
+            secrets |= {form for form in number_forms(value) if len(form) >= 5 and value not in (0.0, 0.5, 1.0)}
+        with gzip.open(run_dir / "trials" / h["row_id"] / "per_query.json.gz", "rt") as fh:
+            secrets |= {qid for task in json.load(fh)["submission"]["heldout"].values() for qid in task if len(qid) >= 6}
+    really = json.loads((run_dir / "trials" / "trial-0001" / "score.json").read_text())
+    assert really["deferred_scored"]["tiers"] == ["heldout"], "the first held-out was not scored by the sealed scorer"
+    assert sorted(really["heldout"]["tasks"]) == sorted(p.name for p in SEALED_HELDOUT.iterdir() if p.is_dir())
+    assert len(secrets) > 20, secrets
+    secrets |= set(texts)
+
     requests = [json.dumps(b["request"], ensure_ascii=False) for b in bodies]
     everything = "\n".join(requests)
     # positive controls: what the meta-agent may see did reach it, so the checks below can fail
     validation = [r["validation"]["mean"] for r in rows if (r.get("validation") or {}).get("mean") is not None]
     assert validation and any(f"{v:.4f}" in everything for v in validation), "no validation score reached the model"
     assert "MAX_TURNS" in everything and "outside the view" in everything
-    heldout = Ledger(run_dir).heldout()
-    assert heldout and texts[0] in json.dumps(heldout, ensure_ascii=False), "the trials wrote no held-out text"
-
-    secrets = set()
-    for h in heldout:
-        secrets |= number_forms(h["heldout"]["mean"])
-        for value in (h["heldout"].get("tasks") or {}).values():
-            secrets |= number_forms(value)
-    secrets |= set(texts) | {"heldout_secret"}
     for i, request in enumerate(requests):
         leaked = sorted(s for s in secrets if s in request)
         assert not leaked, f"request {i} to the meta-agent's model carried held-out: {leaked[:5]}"
@@ -117,7 +179,7 @@ def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkey
     config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
                         trial_hours=0.001, max_iterations=1, baseline_runs=1, sandbox="none")
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
-        Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial)
+        Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial, heldout_scorer=fake_heldout)
     override = LoopConfig(**{**config.__dict__, "meta_base_url": "http://127.0.0.1:9"})
     assert start_meta_gateway(override, tmp_path / "x") is None  # --meta-base-url: the user's own gateway
 
@@ -130,7 +192,8 @@ def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkey
         with FakeLLM(one_edit(new)) as fake:
             monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
             config.max_iterations = iterations
-            assert Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial).run() == 0
+            loop = Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial, heldout_scorer=fake_heldout)
+            assert loop.run() == 0
             assert len(fake.requests) == 2
     gw_dir = run_dir / "meta" / "gateway"
     assert len((gw_dir / "gateway.jsonl").read_text().splitlines()) == 4

@@ -268,3 +268,44 @@ def test_tier_gap_end_to_end(tmp_path, tiny, base_path, gap_spec, trained_on):
         assert [t for t, row in gap["tasks"].items() if row["flagged"]] == [trained_on]
         assert result["reasons"][0].startswith(f"contamination_gap: {trained_on}: the dev gain")
         assert gap["tasks"][trained_on]["gap"] > 0.1
+
+
+def test_heldout_deferred_then_scored_later_matches_a_direct_evaluation(seeded, tiny, base_path, tmp_path):
+    """The loop's path: a trial scores dev and validation only; held-out is added later on the frozen copy, and
+    equals evaluating that model on the held-out subsets directly. A second call does nothing; a copy that changed
+    since the freeze is refused; held-out alone cannot be kept while dev or validation is deferred."""
+    from autoembed import nofollow
+    from autoembed.sealed.scorer import ScorerError, score_deferred_tiers
+    from autoembed.sealed.submission import load_submission
+    from autoembed.task.evaluate import evaluate_model
+
+    final = copy_model(base_path, seeded / "final_model")
+    edit_weights(final, lambda k, v: v * 1.05 if k.endswith("layer.5.output.dense.weight") else v)  # not the base file
+    frozen = copy_model(final, tmp_path / "frozen")
+    hashes = nofollow.tree_hashes(frozen)
+    out = tmp_path / "trial" / "score.json"
+    first = _score(seeded, tiny, out=out, final_model=frozen, final_model_hashes=hashes, tiers=("dev", "validation"))
+    assert first["status"] == "ok" and first["deferred"] == ["heldout"] and "heldout" not in first
+    assert "heldout" in first["base"] and set(read_per_query(out.with_name("per_query.json.gz"))["submission"]) == \
+        {"dev", "validation"}
+
+    later = score_deferred_tiers(out, frozen, hashes, task=tiny.spec, device="cpu", heldout_root=tiny.heldout_root,
+                                 bootstrap=200)
+    assert later["deferred"] == [] and later["deferred_scored"]["tiers"] == ["heldout"]
+    assert json.loads(out.read_text()) == later and later["dev"] == first["dev"]
+    direct = evaluate_model(load_submission(frozen, "cpu"),
+                            {n: t.subset(tiny.spec.fast_queries, tiny.spec.fast_docs) for n, t in tiny.heldout.items()},
+                            device="cpu", max_seq_length=tiny.spec.max_seq_length, bootstrap=200)
+    for name, row in direct["tasks"].items():
+        assert later["heldout"]["tasks"][name]["ndcg@10"] == pytest.approx(row["ndcg@10"], abs=1e-6)
+    per_query = read_per_query(out.with_name("per_query.json.gz"))["submission"]["heldout"]
+    assert {n: sum(q.values()) / len(q) for n, q in per_query.items()} == pytest.approx(
+        {n: row["ndcg@10"] for n, row in later["heldout"]["tasks"].items()})
+
+    assert score_deferred_tiers(out, frozen, {}, task=tiny.spec, heldout_root=tiny.heldout_root) == later  # done already
+    out.write_text(json.dumps({**first}))  # deferred again, but the frozen copy has changed since
+    (frozen / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ScorerError, match="differs from the hashes"):
+        score_deferred_tiers(out, frozen, hashes, task=tiny.spec, device="cpu", heldout_root=tiny.heldout_root)
+    with pytest.raises(ScorerError, match="only held-out can be deferred"):
+        _score(seeded, tiny, tiers=("dev", "heldout"))

@@ -16,6 +16,7 @@ from autoembed.llm.registry import parse_model
 
 GATEWAY_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "openai-responses": "openai", "google": "gemini"}
 TOTALS = ("calls", "input_tokens", "output_tokens", "cost_usd")
+TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 class MetaGateway:
@@ -57,6 +58,40 @@ class MetaGateway:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
         os.replace(tmp, self.summary_path)
         return summary
+
+
+def usage_from_log(log_dir: Path) -> dict | None:
+    """The meta-agent's LLM use from the gateway's own log (gateway.jsonl, one row per call, every session of
+    the loop): calls, failed or refused calls, tokens and estimated dollars, in all and per model. None when
+    the loop ran no gateway."""
+    path = Path(log_dir) / "gateway.jsonl"
+    if not path.is_file():
+        return None
+    total = {"calls": 0, "failed_calls": 0, "unpriced_calls": 0, "input_tokens": 0, "output_tokens": 0,
+             "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": 0.0}
+    models: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        usage = record.get("usage")
+        if usage is None:
+            total["failed_calls"] += 1
+            continue
+        per_model = models.setdefault(record.get("model") or "?", {"calls": 0, "tokens": 0, "cost_usd": 0.0})
+        tokens = sum(usage.get(k) or 0 for k in TOKEN_KINDS)
+        total["calls"] += 1
+        per_model["calls"] += 1
+        per_model["tokens"] += tokens
+        for key in TOKEN_KINDS:
+            total[key] += usage.get(key) or 0
+        if usage.get("cost_usd") is None:
+            total["unpriced_calls"] += 1
+        else:
+            total["cost_usd"] += usage["cost_usd"]
+            per_model["cost_usd"] += usage["cost_usd"]
+    return {**total, "models": models, "log": str(path)}
 
 
 def _read(path: Path) -> dict:

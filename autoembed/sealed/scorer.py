@@ -72,7 +72,8 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
                   manifest: dict | str | os.PathLike | None = None, device: str | None = None,
                   out: str | os.PathLike | None = None, heldout_root: Path | None = None, bootstrap: int = 1000,
                   progress: Callable[[str], None] | None = None, final_model: Path | None = None,
-                  final_model_hashes: dict[str, str] | None = None, base_path: Path | None = None) -> dict:
+                  final_model_hashes: dict[str, str] | None = None, base_path: Path | None = None,
+                  tiers: tuple[str, ...] = TIERS) -> dict:
     """Score and audit workdir; write score.json (default workdir/score.json) and return it.
 
     task: a task name, folder or TaskSpec (its fast_queries/fast_docs size the fast mode).
@@ -82,8 +83,12 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     the "validation" folder next to it.
     final_model: the frozen copy to score instead of workdir/final_model (a trial copies it out once the agent is
     gone), checked against final_model_hashes first: a copy that changed since the freeze is not scored.
-    base_path: the base model folder the trial already resolved and hash-checked (default: resolve it here)."""
+    base_path: the base model folder the trial already resolved and hash-checked (default: resolve it here).
+    tiers: the tiers to evaluate the submission on now (dev and validation always: the audits read them); a tier
+    left out is listed under "deferred" in score.json and scored later by score_deferred_tiers (the loop scores
+    held-out only for the commits it keeps)."""
     started = time.perf_counter()
+    deferred = _deferred(tiers)
     say = progress or (lambda line: None)
     clock = StageClock()
     offline_env()
@@ -131,11 +136,11 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     if overlap["flagged"]:
         findings.append({"code": "contamination", "status": "flagged", "message": "; ".join(overlap["reasons"])})
 
-    tiers = {tier: _sized(tasks, spec, fast) for tier, tasks in full.items()}
+    sized = {tier: _sized(tasks, spec, fast) for tier, tasks in full.items()}
     eval_kw = _eval_kw(spec, device, bootstrap, say)
     say("evaluate: base model (cached after the first time)")
     with clock("evaluate_base"):  # cached after the first time
-        base_scores = _base_scores(base, base_path, spec, tiers, fast, data_check, eval_kw)
+        base_scores = _base_scores(base, base_path, spec, sized, fast, data_check, eval_kw)
 
     submitted = None
     gap = None
@@ -143,7 +148,8 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         say("evaluate: final_model")
         try:
             with clock("evaluate_final_model"):
-                submitted = {tier: evaluator.evaluate_model(model, tasks, **eval_kw) for tier, tasks in tiers.items()}
+                submitted = {tier: evaluator.evaluate_model(model, tasks, **eval_kw)
+                             for tier, tasks in sized.items() if tier not in deferred}
         except Exception as exc:  # noqa: BLE001 - a model that cannot be evaluated is broken, never a crash
             findings.append({"code": "evaluation_failed", "status": "broken",
                              "message": f"evaluating final_model failed: {type(exc).__name__}: {str(exc)[:300]}"})
@@ -155,14 +161,16 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     statuses = {f["status"] for f in findings}
     status = "broken" if "broken" in statuses else "flagged" if "flagged" in statuses else "ok"
     counted = submitted if status == "ok" else base_scores
+    deferred = deferred if status == "ok" else ()  # a submission counted as the base model has every tier already
     result = {
         "status": status,
         "reasons": [f"{f['code']}: {f['message']}" for f in findings],
         "scored_as": "final_model" if status == "ok" else "base_model",
-        **{tier: _public(counted[tier]) for tier in TIERS},
+        **{tier: _public(counted[tier]) for tier in TIERS if tier in counted},
+        "deferred": list(deferred),
         "base": {tier: _public(base_scores[tier]) for tier in TIERS},
         "submitted": None if submitted is None or status == "ok" else
-        {tier: _public(submitted[tier]) for tier in TIERS},
+        {tier: _public(scores) for tier, scores in submitted.items()},
         "audits": {
             "submission": sub_report,
             "contamination": {"ngrams": overlap, "tier_gap": gap},
@@ -185,6 +193,56 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     return result
 
 
+def score_deferred_tiers(score_path: str | os.PathLike, final_model: Path, final_model_hashes: dict[str, str], *,
+                         task: str | TaskSpec = "embed", device: str | None = None, heldout_root: Path | None = None,
+                         bootstrap: int = 1000, progress: Callable[[str], None] | None = None) -> dict:
+    """Evaluate the tiers a score.json lists under "deferred" on the frozen final_model it scored (checked against
+    the freeze's hashes first), in the same mode (fast subsets or full sets), and merge them into that score.json
+    and the per_query.json.gz beside it. Returns the updated score.json; one without deferred tiers is returned
+    as it is, so a second call (a loop resumed after a kill) does nothing."""
+    score_path = Path(score_path)
+    score = json.loads(score_path.read_text())
+    deferred = [tier for tier in score.get("deferred") or [] if tier in TIERS]
+    if not deferred:
+        return score
+    started = time.perf_counter()
+    say = progress or (lambda line: None)
+    offline_env()
+    fast = score.get("mode") == "fast"
+    spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
+    _check_harness_data(spec, heldout_root)
+    _check_frozen(Path(final_model), final_model_hashes)
+    clock = StageClock()
+    full = _load_eval_data(spec, heldout_root, clock)
+    say(f"evaluate: final_model on the deferred tier(s) {', '.join(deferred)}")
+    model = submission.load_submission(Path(final_model), device)
+    eval_kw = _eval_kw(spec, device, bootstrap, say)
+    scored = {tier: evaluator.evaluate_model(model, _sized(full[tier], spec, fast), **eval_kw) for tier in deferred}
+    per_query_path = score_path.with_name(PER_QUERY_FILE)
+    body = read_per_query(per_query_path)
+    for tier, result in scored.items():
+        body["submission"][tier] = {task_name: dict(zip(row["query_ids"], (float(v) for v in row[spec.main_metric])))
+                                    for task_name, row in result["per_query"].items()}
+        score[tier] = _public(result)
+    _write_per_query_body(per_query_path, body)  # before score.json: a kill between the two repeats the work
+    score["deferred"] = []
+    score["deferred_scored"] = {"tiers": deferred, "seconds": round(time.perf_counter() - started, 2)}
+    tmp = score_path.with_name(score_path.name + ".tmp")
+    tmp.write_text(json.dumps(score, indent=2, default=_json_default, allow_nan=False) + "\n")
+    os.replace(tmp, score_path)
+    return score
+
+
+def _deferred(tiers) -> tuple[str, ...]:
+    unknown = sorted(set(tiers) - set(TIERS))
+    if unknown:
+        raise ScorerError(f"unknown tier(s) {unknown}: choose from {list(TIERS)}")
+    if not {"dev", "validation"} <= set(tiers):
+        raise ScorerError("dev and validation are always scored (the tier-gap audit compares them); "
+                          "only held-out can be deferred")
+    return tuple(tier for tier in TIERS if tier not in tiers)
+
+
 def write_per_query(path: Path, counted: dict, base_scores: dict, metric: str, scored_as: str) -> None:
     """per_query.json.gz: {"submission"|"base": {tier: {task: {query_id: metric value}}}, "metric", "scored_as"}.
     "submission" holds what score.json counts (the base model's values when the submission was not scored
@@ -192,11 +250,16 @@ def write_per_query(path: Path, counted: dict, base_scores: dict, metric: str, s
     def table(scores: dict) -> dict:
         out = {}
         for tier in TIERS:
-            out[tier] = {task: dict(zip(row["query_ids"], (float(v) for v in row[metric])))
-                         for task, row in scores[tier]["per_query"].items()}
+            if tier in scores:
+                out[tier] = {task: dict(zip(row["query_ids"], (float(v) for v in row[metric])))
+                             for task, row in scores[tier]["per_query"].items()}
         return out
 
-    body = {"metric": metric, "scored_as": scored_as, "submission": table(counted), "base": table(base_scores)}
+    _write_per_query_body(path, {"metric": metric, "scored_as": scored_as, "submission": table(counted),
+                                 "base": table(base_scores)})
+
+
+def _write_per_query_body(path: Path, body: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
         gz.write(json.dumps(body, sort_keys=True).encode())
