@@ -32,6 +32,8 @@
 # plus ~2 min scoring); then the README's main command itself, on the same slice:
 #   bash bench/gpu_box.sh cpugain 3      (then 5, then 8; results accumulate in /tmp/cpugain while the box is warm)
 #   bash bench/gpu_box.sh cpugain-trial 0.05
+# Both at once, the CPU gain in the background on two cores the loop's trials leave mostly idle:
+#   bash bench/gpu_box.sh cpugain-bg 3,6 && bash bench/gpu_box.sh loop 20 0
 set -x
 export PYTHONUNBUFFERED=1
 setup() {
@@ -111,6 +113,11 @@ cpugain)
   setup || exit 1
   CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_recipe_cpu.py --minutes "${2:-3}" --out /tmp/cpugain \
     2>&1 | tee -a "$OUT/cpugain.log"; cp /tmp/cpugain/results.jsonl "$OUT/" ;;
+cpugain-bg)  # the CPU gain on two cores left to it (taskset 14,15) while a GPU loop runs: results in /tmp/cpugain
+  setup || exit 1
+  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 setsid nohup taskset -c 14,15 python3 bench/bench_recipe_cpu.py \
+    --minutes "${2:-3,6}" --out /tmp/cpugain > /tmp/cpugain.log 2>&1 < /dev/null &
+  echo "cpugain started: pid $!" ;;
 cpugain-trial)
   setup || exit 1
   (time CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 taskset -c 0,1 python3 -m autoembed.cli run recipe --hours "${2:-0.05}" --sandbox bwrap) \
