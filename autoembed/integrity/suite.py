@@ -1,7 +1,7 @@
 """The whole audit: every case group in order, one table, one exit code.
 
 Groups: bad input (fresh CLI processes), the escape program on each engine, the dishonest submissions, the
-injected faults, and the clean controls. A group that raises is an AUDIT ERROR row, never a silent pass.
+injected faults, the clean controls, and a real loop killed mid-score and resumed (a fault and a clean control). A group that raises is an AUDIT ERROR row, never a silent pass.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 from autoembed.integrity.bench import Bench
 from autoembed.integrity.outcome import ATTACK, ERROR, Row, exit_code, table, tally
 
-GROUPS = ("bad-input", "escape", "cheats", "faults", "clean")
+GROUPS = ("bad-input", "escape", "cheats", "faults", "clean", "loop")
 
 
 def engines() -> tuple[list[str], list[Row]]:
@@ -37,7 +37,7 @@ def engines() -> tuple[list[str], list[Row]]:
 
 def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[str, Callable[[], list[Row]]]]:
     """(label, thunk) per unit of work, in order; `only` keeps the units whose label holds that text."""
-    from autoembed.integrity import bad_input, cheats, clean, escape, faults
+    from autoembed.integrity import bad_input, cheats, clean, escape, faults, loop_case
 
     units: list[tuple[str, Callable[[], list[Row]]]] = []
     if "bad-input" in groups:
@@ -57,6 +57,8 @@ def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[
     if "clean" in groups:
         for name, control in clean.CONTROLS.items():
             units.append((f"clean {name}", lambda control=control: control(bench)))
+    if "loop" in groups:
+        units.append(("loop killed mid-score, resumed; clean loop", lambda: loop_case.loop_killed_mid_score(bench)))
     return [(label, thunk) for label, thunk in units if not only or only in label]
 
 
