@@ -88,8 +88,11 @@ shutil.copytree(task.BASE_MODEL, "final_model")
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
-        os.execvp("bash", ["bash", "-c",
-                           f"while true; do echo swapped-$RANDOM > final_model/swapped.txt; sleep {DAEMON_MARK}; done"])
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # let go of the tool call's output, as a daemon does
+            os.dup2(null, fd)
+        os.execvp("bash", ["bash", "-c", f"MARK={DAEMON_MARK}; while true; do "
+                                         "echo swapped-$RANDOM > final_model/swapped.txt; sleep 0.2; done"])
     os._exit(0)
 time.sleep(1)
 report["daemon_started"] = os.path.exists("final_model/swapped.txt")
