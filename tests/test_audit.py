@@ -105,3 +105,20 @@ def test_a_damaged_ledger_is_named_in_one_line_not_a_decoder_message(tmp_path):
         from autoembed.ledger import Ledger
 
         Ledger(tmp_path).rows()
+
+
+def test_the_suite_covers_every_group_and_an_only_filter_narrows_it(monkeypatch):
+    from autoembed.integrity import suite
+
+    monkeypatch.setattr(suite, "engines", lambda: (["bwrap", "docker"], []))
+    labels = [label for label, _ in suite.plan(object(), suite.GROUPS, None)]
+    assert labels[0] == "bad input" and {"escape bwrap", "escape docker"} <= set(labels)
+    for needle in ("re-initialised", "another architecture", "tokenizer changed", "link out", "huge", "NaN",
+                   "runs the submitter's code", "train on dev", "gzip", "base64", "edit task.py", "sandbox killed",
+                   "gpu oom", "disk full", "llm api errors", "clean recipe", "loop killed mid-score"):
+        assert any(needle in label for label in labels), needle
+    assert [label for label, _ in suite.plan(object(), suite.GROUPS, "escape")] == ["escape bwrap", "escape docker"]
+    # an engine that is missing is a failing row, never a skipped one
+    monkeypatch.setattr(suite, "engines", lambda: (["bwrap"], [Row("sandbox engine docker", ATTACK, ERROR, "no engine")]))
+    [(label, thunk)] = [u for u in suite.plan(object(), ("escape",), None) if u[0] == "engines"]
+    assert [r.ok for r in thunk()] == [False]
