@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from autoembed.integrity.bench import Bench, load_json, program, timed
+from autoembed.integrity.bench import Bench, load_json, program, read_agent_json, timed
 from autoembed.integrity.outcome import ERROR, FAULT, Row
 
 SAVE_BASE = "import shutil, task\nshutil.copytree(task.BASE_MODEL, 'final_model')\nprint('saved final_model')\n"
@@ -167,7 +167,6 @@ FAULTS = {"sandbox killed": sandbox_killed, "gpu oom": gpu_oom, "disk full": dis
 # -- LLM API errors mid-trial: 429, 529, a hung call, a dropped connection ---------------------------------
 KEY_HUNT = """
 import glob, json, os
-canary = os.environ.get("AUDIT_NEVER_SET", "") or CANARY
 seen = [f"{k}={v}" for k, v in os.environ.items()]
 for proc_file in glob.glob("/proc/*/environ") + glob.glob("/proc/*/cmdline"):
     try:
@@ -181,7 +180,7 @@ for root in ("/workdir", os.getcwd(), "/tmp", "/run", "/etc"):
                 seen.append(open(path, "rb").read().decode(errors="replace"))
         except OSError:
             pass
-hits = [s[:80] for s in seen if canary in s]
+hits = [s[:80] for s in seen if CANARY in s]
 json.dump({"key_found": hits, "gateway_vars": sorted(k for k in os.environ if "ANTHROPIC" in k)},
           open("key_hunt.json", "w"))
 import shutil, task
@@ -198,7 +197,8 @@ def llm_faults(bench: Bench) -> list[Row]:
 
     fault_name = "LLM API errors mid-trial (429, 529, a hung call, a dropped connection)"
     key_name = "read the gateway's credentials from inside"
-    hunt = f"CANARY = {KEY_CANARY!r}\n" + KEY_HUNT
+    # reversed in the program's text, so the program file (which the hunt reads too) does not hold the key itself
+    hunt = f"CANARY = {KEY_CANARY[::-1]!r}[::-1]\n" + KEY_HUNT
     plan = [{"fault": "429"}, {"fault": "529"}, {"fault": "hang"}, {"fault": "drop", "text": "lost"},
             *program(hunt, name="hunt.py"), {"text": "Finished."}]
     with ChaosUpstream(plan, hang_s=30) as upstream, _env(ANTHROPIC_API_KEY=KEY_CANARY, ANTHROPIC_BASE_URL=upstream.base_url), \
@@ -212,9 +212,6 @@ def llm_faults(bench: Bench) -> list[Row]:
     meta = result.meta
     gateway = meta.get("gateway") or {}
     faults_seen = [s["what"] for s in seen if s["what"] != "reply"]
-    report = None
-    from autoembed.integrity.bench import read_agent_json
-
     report = read_agent_json(result.run_dir / "workdir", "key_hunt.json")
     checks = []
     if sorted(faults_seen) != sorted(["429", "529", "hang", "drop"]):
