@@ -222,7 +222,7 @@ def llm_faults(bench: Bench) -> list[Row]:
         checks.append("the agent's work after the faults is missing (no key_hunt.json)")
     rows = [_verdict(fault_name, result.run_dir, clock(), checks,
                      f"the upstream served {faults_seen}; the agent retried and finished; the gateway counted "
-                     f"{gateway.get('calls')} calls, {gateway.get('errors')} errors, {gateway.get('timeouts')} timeouts "
+                     f"{gateway.get('calls')} calls, {gateway.get('errors')} errors, {gateway.get('call_timeouts')} call timeouts "
                      f"(meta.json gateway)")]
     keys_upstream = {s["key"] for s in seen}
     if report is None:
@@ -232,8 +232,8 @@ def llm_faults(bench: Bench) -> list[Row]:
                                                            f"{keys_upstream}", clock()))
     else:
         rows.append(Row(key_name, "attack", "blocked",
-                        f"the gateway sent the key upstream on every call, and it is in no environment, /proc "
-                        f"entry or file inside (the agent holds {report.get('gateway_vars')}: a per-trial token)", clock()))
+                        "the gateway sent the key upstream on every call, and it is in no environment, /proc "
+                        "entry or file inside: the agent holds a per-trial token", clock()))
     return rows
 
 
