@@ -70,17 +70,19 @@ def loop_killed_mid_score(bench: Bench) -> list[Row]:
                     f"({killed_row[0].get('status') if killed_row else 'no row'}: {(killed_row[0].get('reason') or '')[:80] if killed_row else ''}), "
                     f"{len(rows_after)} ledger rows, every trial begun has exactly one row, main is the last kept commit, "
                     "the working tree is clean", seconds, evidence)
-    return [fault, _clean_row(run_dir, rows_after, seconds, evidence)]
+    return [fault, _clean_row(run_dir, rows_after, seconds, evidence, killed_trial)]
 
 
-def _clean_row(run_dir: Path, rows: list[dict], seconds: float, evidence: dict) -> Row:
+def _clean_row(run_dir: Path, rows: list[dict], seconds: float, evidence: dict, killed_trial: str) -> Row:
+    """No trial of the honest loop flagged, invalid or crashed, save the one the audit killed (the loop records it
+    as a crash: the loop stopped during it)."""
     flagged = []
     for trial in sorted(run_dir.glob("trials/*/score.json")):
         score = load_json(trial) or {}
         if score.get("status") != "ok" or score.get("reasons"):
             flagged.append(f"{trial.parent.name}: {score.get('status')} {score.get('reasons')}")
     bad = [f"{r.get('trial_id')}: {r['status']} {r.get('reason')}" for r in rows
-           if r.get("status") in ("invalid", "crash") and r.get("trial_id")]
+           if r.get("status") in ("invalid", "crash") and r.get("trial_id") and r["trial_id"] != killed_trial]
     if flagged or bad:
         return Row(CLEAN_ROW, CLEAN, "flagged", "; ".join(flagged + bad), seconds, evidence)
     if not rows:
