@@ -52,13 +52,22 @@ def loop_killed_mid_score(bench: Bench) -> list[Row]:
         return [Row(FAULT_ROW, FAULT, ERROR, reason, time.perf_counter() - start),
                 Row(CLEAN_ROW, CLEAN, ERROR, reason, time.perf_counter() - start)]
     bench.say(f"  [loop] killed the loop while trial {killed_trial} was scoring; resuming")
-    done = subprocess.run([sys.executable, "-m", "autoembed.loop", "--resume", str(run_dir)], cwd=REPO_ROOT, env=env,
-                          stdout=log, stderr=subprocess.STDOUT, timeout=LOOP_TIMEOUT_S)
-    log.close()
+    resume = subprocess.Popen([sys.executable, "-m", "autoembed.loop", "--resume", str(run_dir)], cwd=REPO_ROOT,
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        resume.wait(timeout=LOOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # the whole process group: the loop and the trial it runs
+        os.killpg(resume.pid, signal.SIGKILL)
+        resume.wait()
+        reason = f"the resumed loop did not finish in {LOOP_TIMEOUT_S} s; see {folder / 'loop.log'}"
+        return [Row(FAULT_ROW, FAULT, ERROR, reason, time.perf_counter() - start),
+                Row(CLEAN_ROW, CLEAN, ERROR, reason, time.perf_counter() - start)]
+    finally:
+        log.close()
     seconds = time.perf_counter() - start
     problems = consistency_problems(run_dir)
-    if done.returncode != 0:
-        problems.insert(0, f"--resume exited {done.returncode} (see {folder / 'loop.log'})")
+    if resume.returncode != 0:
+        problems.insert(0, f"--resume exited {resume.returncode} (see {folder / 'loop.log'})")
     rows_after = _ledger_rows(run_dir)
     killed_row = [r for r in rows_after if r.get("trial_id") == killed_trial]
     evidence = {"run_dir": str(run_dir), "killed_trial": killed_trial}
