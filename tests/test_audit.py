@@ -55,6 +55,9 @@ def test_a_clean_agent_must_be_scored_as_itself_with_no_finding():
     assert outcome.clean_verdict(meta, score("ok", "final_model", ["note"]))[0] == "flagged"
     assert outcome.clean_verdict({**meta, "result": "not clean"}, score())[0] == "not clean"
     assert outcome.clean_verdict(meta, None)[0] == "not clean"
+    # an honest agent that never saved a model proves nothing either way: an audit error, not a pass
+    missing = score("broken", "base_model", ["missing_final_model: final_model/ is missing"])
+    assert outcome.clean_verdict(meta, missing)[0] == ERROR
 
 
 def test_table_tally_and_exit_code():

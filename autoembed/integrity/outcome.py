@@ -61,6 +61,8 @@ def clean_verdict(meta: dict, score: dict | None) -> tuple[str, str]:
     """A clean agent's trial: scored as its own final_model, no finding, the trial's result clean."""
     if score is None:
         return "not clean", f"no score.json (status {meta.get('status')})"
+    if any(r.startswith("missing_final_model") for r in score.get("reasons") or []):  # the control never ran to the end
+        return ERROR, f"the clean agent left no final_model ({meta.get('exit_reason')}): the control proves nothing"
     if score.get("status") != "ok" or score.get("scored_as") != "final_model" or score.get("reasons"):
         return "flagged", f"score.json {score.get('status')}: {score.get('reasons')}"
     if meta.get("result") != "clean":
