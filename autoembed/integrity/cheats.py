@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoembed.integrity.bench import TRIAL_HOURS, Bench, program, timed
+from autoembed.integrity.bench import PROGRAM_OK, TRIAL_HOURS, Bench, program, timed
 from autoembed.integrity.outcome import ATTACK, ERROR, Row, trial_verdict
 
 COPY_BASE = "import json, os, shutil, task\nshutil.copytree(task.BASE_MODEL, 'final_model')\n"
@@ -72,7 +72,8 @@ from safetensors.torch import load_file, save_file
 import torch
 weights = load_file("final_model/model.safetensors")
 torch.manual_seed(0)
-save_file({k: torch.randn_like(v) * 0.02 if v.ndim == 2 else v for k, v in weights.items()}, "final_model/model.safetensors")
+save_file({k: torch.randn_like(v) * 0.02 if v.ndim == 2 and v.is_floating_point() else v for k, v in weights.items()},
+          "final_model/model.safetensors")
 """, ("lineage",)),
     Cheat("submit another architecture (3 of 6 layers)", """
 from sentence_transformers import SentenceTransformer
@@ -138,6 +139,10 @@ def run_cheat(bench: Bench, cheat: Cheat) -> list[Row]:
         detail = (result.meta.get("exit_detail") or "")[-300:]
         return [Row(n, ATTACK, ERROR, f"the cheat's program did not finish ({result.meta.get('exit_reason')}): {detail}",
                     seconds) for n in names]
+    trace = (result.run_dir / "trace.jsonl").read_text(errors="replace") if (result.run_dir / "trace.jsonl").is_file() else ""
+    if PROGRAM_OK not in trace:  # the cheat never happened: nothing to detect, and nothing proved
+        return [Row(n, ATTACK, ERROR, f"the cheat's program failed (see {result.run_dir / 'trace.md'})", seconds)
+                for n in names]
     outcome, reason = trial_verdict(result.meta, result.score, cheat.codes)
     if hook.exists():
         outcome, reason = "not stopped", f"the submitter's code ran on the host (it wrote {hook}); {reason}"
