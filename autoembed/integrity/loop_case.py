@@ -78,7 +78,7 @@ def loop_killed_mid_score(bench: Bench) -> list[Row]:
                     f"killed while trial {killed_trial} was scoring; --resume recorded it "
                     f"({killed_row[0].get('status') if killed_row else 'no row'}: {(killed_row[0].get('reason') or '')[:80] if killed_row else ''}), "
                     f"{len(rows_after)} ledger rows, every trial begun has exactly one row, main is the last kept commit, "
-                    "the working tree is clean", seconds, evidence)
+                    "the working tree is clean" + _leaked_mounts(run_dir), seconds, evidence)
     return [fault, _clean_row(run_dir, rows_after, seconds, evidence, killed_trial)]
 
 
@@ -99,6 +99,13 @@ def _clean_row(run_dir: Path, rows: list[dict], seconds: float, evidence: dict, 
     statuses = sorted({r["status"] for r in rows})
     return Row(CLEAN_ROW, CLEAN, "clean", f"{len(rows)} ledger rows ({', '.join(statuses)}), every trial scored as "
                                           "its own final_model with no finding", seconds, evidence)
+
+
+def _leaked_mounts(run_dir: Path) -> str:
+    """Trial workdirs still mounted after the loop ended (a SIGKILL skips the fixed-size workdir's release): no
+    record is lost, but the mount and its image's space stay until unmounted; reported, not (yet) failed."""
+    mounted = [str(p) for p in sorted(run_dir.glob("trials/*/workdir")) if os.path.ismount(p)]
+    return f"; NOTE: workdirs still mounted: {mounted} (umount them)" if mounted else ""
 
 
 def _ledger_rows(run_dir: Path) -> list[dict]:
