@@ -20,6 +20,7 @@ VERBS = {
     "loop": "autoembed.commands.loop",
     "report": "autoembed.commands.report",
     "compare": "autoembed.commands.compare",
+    "audit": "autoembed.commands.audit",
 }
 
 

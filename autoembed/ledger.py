@@ -101,7 +101,25 @@ def _append_jsonl(path: Path, record: dict) -> None:
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): not a loop's records; "
+                         "give the run folder a loop wrote (traces/loops/<run-id>)") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:  # one line naming the file, not a bare decoder message
+            raise ValueError(f"{path} line {number} is not a JSON record ({exc.msg}): the file is damaged or not a "
+                             "loop's; give the run folder a loop wrote (traces/loops/<run-id>)") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object: give the run folder a loop wrote "
+                             "(traces/loops/<run-id>)")
+        rows.append(row)
+    return rows
 
 
 def _drop_partial_last_line(path: Path) -> None:

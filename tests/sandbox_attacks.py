@@ -4,20 +4,23 @@ to break out the way an agent could, and asserts that it failed; each also has a
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
-import os
 import shlex
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from autoembed import paths
+from autoembed.integrity.hostnet import host_addresses, host_pids_with  # noqa: F401 - the tests use them from here
+from autoembed.integrity.hostnet import pong_server
 
 SEALED_CANARY = "sealed canary 7f3a: if you can read this the sandbox leaks"
+
+
+def tcp_server(host: str = "127.0.0.1"):
+    """A TCP server on the host that answers 'pong' to anyone who connects (on loopback unless told)."""
+    return pong_server(host)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -32,22 +35,6 @@ def run_ok(sandbox, command: str, timeout: float = 60):
     return result
 
 
-def host_pids_with(marker: str) -> list[int]:
-    """Host processes whose command line holds marker (zombies excluded: they are already dead)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state != "Z" and int(entry.name) != os.getpid():
-            found.append(int(entry.name))
-    return found
-
-
 def wait_until(condition, timeout: float, step: float = 0.1) -> bool:
     end = time.time() + timeout
     while time.time() < end:
@@ -55,48 +42,6 @@ def wait_until(condition, timeout: float, step: float = 0.1) -> bool:
             return True
         time.sleep(step)
     return condition()
-
-
-@contextlib.contextmanager
-def tcp_server(host: str = "127.0.0.1"):
-    """A TCP server on the host that answers 'pong' to anyone who connects."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((host, 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"pong")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
-
-
-def host_addresses() -> list[str]:
-    """Non-loopback IPv4 addresses of this host (the docker bridge's gateway among them)."""
-    addresses = set()
-    with contextlib.suppress(OSError):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.connect(("10.255.255.255", 1))  # no packet is sent; picks the outgoing interface
-        addresses.add(probe.getsockname()[0])
-        probe.close()
-    with contextlib.suppress(OSError):
-        addresses.update(socket.gethostbyname_ex(socket.gethostname())[2])
-    return sorted(a for a in addresses if not a.startswith("127."))
 
 
 CONNECT = ("python3 -c 'import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); "
