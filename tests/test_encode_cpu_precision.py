@@ -1,7 +1,7 @@
-"""The CPU default precision: bf16 Linear layers from weights cast once. They give exactly what torch's own bf16
-autocast gives (an independent computation), stay within the tolerance of the exact fp32 path on a real slice,
-are rebuilt when the weights change, fall back to fp32 where they cannot run, and the exact path stays one
-environment variable away."""
+"""bf16 on CPU (AUTOEMBED_CPU_PRECISION=bf16: the Linear layers from weights cast once; bf16-all: the whole model).
+The Linear twin gives exactly what torch's own bf16 autocast gives (an independent computation); both stay within
+the tolerance of the exact fp32 path on a real slice, are rebuilt when the weights change, fall back to fp32 where
+they cannot run, and the exact path stays the default."""
 
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ def fp32(model, texts):
 
 def test_precision_choice_and_its_bad_value(monkeypatch):
     monkeypatch.setattr(encode, "cpu_has_bf16", lambda: True)
+    assert encode.DEFAULT_CPU_PRECISION == "fp32" and encode.default_amp_dtype(CPU) is None  # exact by default
+    monkeypatch.setenv(encode.CPU_PRECISION_ENV, "bf16")
     assert encode.default_amp_dtype(CPU) == torch.bfloat16
-    monkeypatch.setenv(encode.CPU_PRECISION_ENV, "fp32")
-    assert encode.default_amp_dtype(CPU) is None
+    assert encode.encoder_name(CPU, torch.bfloat16) == "torch-bf16-linear"
     assert encode.default_amp_dtype(torch.device("cuda")) == torch.float16  # the GPU path does not read it
-    monkeypatch.setenv(encode.CPU_PRECISION_ENV, "auto")
     monkeypatch.setattr(encode, "cpu_has_bf16", lambda: False)  # no oneDNN bf16 kernels: bf16 would be emulated
     assert encode.default_amp_dtype(CPU) is None
     monkeypatch.setenv(encode.CPU_PRECISION_ENV, "half")
@@ -74,17 +74,19 @@ def test_bf16_twin_is_torch_autocast_without_the_casts(model, pycode):
     assert (ours * exact).sum(dim=1).min().item() > 0.999
 
 
-def test_default_scores_a_slice_within_tolerance_of_fp32(model, pycode, monkeypatch):
-    """The scorer's default on this CPU against the exact path, on a real slice (24 queries x 96 pycode docs)."""
+@pytest.mark.parametrize("mode, encoder", [("bf16", "torch-bf16-linear"), ("bf16-all", "torch-bf16-all")])
+def test_bf16_scores_a_slice_within_tolerance_of_fp32(model, pycode, monkeypatch, mode, encoder):
+    """What the scorer runs with AUTOEMBED_CPU_PRECISION=bf16 (or bf16-all) against the default exact path, on a
+    real slice (24 queries x 96 pycode docs)."""
     monkeypatch.setattr(encode, "cpu_has_bf16", lambda: True)
     tasks = {"pycode": pycode}
-    default = evaluate_model(model, tasks, device="cpu", bootstrap=0, cache_dir=None)
-    monkeypatch.setenv(encode.CPU_PRECISION_ENV, "fp32")
-    exact = evaluate_model(model, tasks, device="cpu", bootstrap=0, cache_dir=None)
-    assert (default["dtype"], default["encoder"]) == ("bfloat16", "torch-bf16-linear")
+    exact = evaluate_model(model, tasks, device="cpu", bootstrap=0)
+    monkeypatch.setenv(encode.CPU_PRECISION_ENV, mode)
+    fast = evaluate_model(model, tasks, device="cpu", bootstrap=0)
     assert (exact["dtype"], exact["encoder"]) == ("float32", "torch-float32")
+    assert (fast["dtype"], fast["encoder"]) == ("bfloat16", encoder)
     for metric in ("ndcg@10", "mrr@10", "recall@10", "recall@100"):
-        assert default["mean"][metric] == pytest.approx(exact["mean"][metric], abs=0.002), metric
+        assert fast["mean"][metric] == pytest.approx(exact["mean"][metric], abs=0.002), metric
 
 
 def test_changed_weights_rebuild_the_twin(model, pycode):

@@ -5,8 +5,8 @@ preprocessing (SentenceTransformer.preprocess, the path encode_query / encode_do
 the model's "query" / "document" prompts) and cached on disk, keyed by a fingerprint of the
 tokenizer, max_seq_length, prompt and the texts. Encoding sorts texts by token count, packs
 batches up to a token budget (little padding), and runs SentenceTransformer.forward under
-inference_mode, with fp16 autocast on GPU; on a CPU with native bf16 (oneDNN) every nn.Linear runs in bf16
-from weights cast once per model state (cpu_precision(); the rest in fp32, as bf16 autocast would), else fp32.
+inference_mode, with fp16 autocast on GPU and fp32 on CPU; AUTOEMBED_CPU_PRECISION=bf16 runs every nn.Linear in
+bf16 from weights cast once per model state (cpu_precision(); the rest in fp32, as bf16 autocast would).
 Any module stack works (Transformer + Pooling + Normalize, Dense, ...): only the tokenization is taken apart,
 the forward is the model's.
 
@@ -279,20 +279,22 @@ def default_token_budget(device: torch.device) -> int:
 
 
 CPU_PRECISION_ENV = "AUTOEMBED_CPU_PRECISION"
-CPU_PRECISIONS = ("auto", "bf16", "fp32")
+CPU_PRECISIONS = ("fp32", "bf16", "bf16-all")
+# The exact path stays the default until bench/bench_cpu_scoring.py has shown a bf16 mode within 0.002 nDCG@10 of
+# fp32 on all ten fast subsets for the base model and a fine-tuned one (bench/RESULTS.md says how far it got).
+DEFAULT_CPU_PRECISION = "fp32"
 
 
 def cpu_precision() -> str:
-    """How the CPU encodes by default: "bf16" (the Linear layers in bf16, within 0.002 nDCG@10 of fp32 on every fast
-    subset and 2-4x faster on this project's CPUs, bench/RESULTS.md) where oneDNN has bf16 kernels, else "fp32".
-    AUTOEMBED_CPU_PRECISION=fp32 asks for the exact fp32 path, =bf16 for bf16 on any CPU."""
-    choice = os.environ.get(CPU_PRECISION_ENV, "auto").strip().lower() or "auto"
+    """How the CPU encodes: AUTOEMBED_CPU_PRECISION, else DEFAULT_CPU_PRECISION.
+    fp32: the exact path. bf16: every nn.Linear in bf16 from weights cast once (the numbers of bf16 autocast;
+    LayerNorm, softmax inputs and the residual sums in fp32). bf16-all: the whole model cast to bf16.
+    A bf16 mode on a CPU without oneDNN bf16 kernels runs fp32 (emulated bf16 would be slower)."""
+    choice = os.environ.get(CPU_PRECISION_ENV, "").strip().lower() or DEFAULT_CPU_PRECISION
     if choice not in CPU_PRECISIONS:
         raise ValueError(f"{CPU_PRECISION_ENV}={choice!r}: expected one of {list(CPU_PRECISIONS)} "
                          "(fp32 is the exact path)")
-    if choice == "auto":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    return choice
+    return choice if choice == "fp32" or cpu_has_bf16() else "fp32"
 
 
 def cpu_has_bf16() -> bool:
@@ -306,7 +308,7 @@ def default_amp_dtype(device: torch.device) -> torch.dtype | None:
     # fp16 keeps 3 more mantissa bits than bf16, so rankings move less against fp32; CPUs have no fast fp16
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if cpu_precision() == "bf16" else None
+    return None if cpu_precision() == "fp32" else torch.bfloat16
 
 
 def encoder_name(device: torch.device, amp_dtype: torch.dtype | None) -> str:
@@ -314,7 +316,7 @@ def encoder_name(device: torch.device, amp_dtype: torch.dtype | None) -> str:
     if device.type == "cpu" and os.environ.get("AUTOEMBED_OPENVINO", "0") == "1" and amp_dtype in OPENVINO_PRECISION:
         return f"openvino-{OPENVINO_PRECISION[amp_dtype]}"
     if device.type == "cpu" and amp_dtype == torch.bfloat16:
-        return "torch-bf16-linear"
+        return "torch-bf16-all" if cpu_precision() == "bf16-all" else "torch-bf16-linear"
     return f"torch-{str(amp_dtype or torch.float32).removeprefix('torch.')}" + ("-autocast" if amp_dtype else "")
 
 
@@ -445,7 +447,7 @@ def _attention_kernels(device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------
-# bf16 Linear layers on CPU: the CPU default where oneDNN has bf16 kernels (AMX / AVX512-BF16 make them 2-4x fp32)
+# bf16 on CPU, opt-in (AUTOEMBED_CPU_PRECISION=bf16 | bf16-all): oneDNN's bf16 kernels (AMX, AVX512-BF16)
 # ---------------------------------------------------------------------------------------------
 
 _bf16_twins: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -474,8 +476,9 @@ def bf16_linear_forward(model, role: str, fallback, on_fallback=lambda: None):
     try:
         state = tuple((p.data_ptr(), p._version) for p in model.parameters())
         cached = _bf16_twins.get(model)
-        if cached is None or cached[0] != state:
-            cached = [state, _bf16_twin(model)]
+        whole = cpu_precision() == "bf16-all"
+        if cached is None or cached[0] != (state, whole):
+            cached = [(state, whole), _bf16_twin(model, whole)]
             _bf16_twins[model] = cached
     except Exception:  # noqa: BLE001 - a model we cannot copy is encoded exactly
         cached = [None, None]
@@ -494,8 +497,10 @@ def bf16_linear_forward(model, role: str, fallback, on_fallback=lambda: None):
     return forward
 
 
-def _bf16_twin(model):
+def _bf16_twin(model, whole: bool = False):
     twin = copy.deepcopy(model)
+    if whole:
+        return twin.to(torch.bfloat16).eval()
     for parent in list(twin.modules()):
         for name, child in parent.named_children():
             if type(child) is torch.nn.Linear:

@@ -111,8 +111,8 @@ def evaluate_model(
       across models, for paired comparisons (metrics.paired_bootstrap).
     max_seq_length: cap on the model's max_seq_length during evaluation (restored afterwards).
     token_budget: padded tokens per batch (default 65536 on GPU, 8192 on CPU).
-    amp_dtype: autocast dtype; "auto" is fp16 on GPU and, on CPU, encode.cpu_precision(): bf16 Linear layers where
-      oneDNN has bf16 kernels (AUTOEMBED_CPU_PRECISION=fp32: the exact fp32 path). None: fp32 everywhere.
+    amp_dtype: autocast dtype; "auto" is fp16 on GPU and, on CPU, encode.cpu_precision() (fp32 unless
+      AUTOEMBED_CPU_PRECISION asks for bf16). None: fp32 everywhere.
     """
     started = time.perf_counter()
     if not tasks:
