@@ -315,6 +315,8 @@ def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, boo
     heldout_root = Path(heldout_root) if heldout_root else heldout_data.HELDOUT_DIR
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fast = (not device.startswith("cuda")) if fast is None else fast
+    if device == "cpu":
+        encode.cpu_precision()  # a bad AUTOEMBED_CPU_PRECISION fails here, before anything runs
     return spec, heldout_root, device, fast
 
 

@@ -6,7 +6,7 @@ the model's "query" / "document" prompts) and cached on disk, keyed by a fingerp
 tokenizer, max_seq_length, prompt and the texts. Encoding sorts texts by token count, packs
 batches up to a token budget (little padding), and runs SentenceTransformer.forward under
 inference_mode, with fp16 autocast on GPU and fp32 on CPU; AUTOEMBED_CPU_PRECISION=bf16 runs every nn.Linear in
-bf16 from weights cast once per model state (cpu_precision(); the rest in fp32, as bf16 autocast would).
+bf16 from weights cast once per model state (cpu_precision(); LayerNorm and residuals in fp32, as bf16 autocast).
 Any module stack works (Transformer + Pooling + Normalize, Dense, ...): only the tokenization is taken apart,
 the forward is the model's.
 
@@ -288,7 +288,7 @@ DEFAULT_CPU_PRECISION = "fp32"
 def cpu_precision() -> str:
     """How the CPU encodes: AUTOEMBED_CPU_PRECISION, else DEFAULT_CPU_PRECISION.
     fp32: the exact path. bf16: every nn.Linear in bf16 from weights cast once (the numbers of bf16 autocast;
-    LayerNorm, softmax inputs and the residual sums in fp32). bf16-all: the whole model cast to bf16.
+    attention runs on their bf16 outputs, LayerNorm and the residual sums in fp32). bf16-all: the whole model in bf16.
     A bf16 mode on a CPU without oneDNN bf16 kernels runs fp32 (emulated bf16 would be slower)."""
     choice = os.environ.get(CPU_PRECISION_ENV, "").strip().lower() or DEFAULT_CPU_PRECISION
     if choice not in CPU_PRECISIONS:
@@ -455,8 +455,8 @@ _bf16_twins: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 class Bf16Linear(torch.nn.Module):
     """An nn.Linear whose weight and bias were cast to bf16 once: the numbers of bf16 autocast (inputs cast to
-    bf16, bf16 out) without autocast's cast and dispatch on every call. LayerNorm, softmax and the residual sums
-    stay in fp32, since a bf16 output added to an fp32 residual promotes back to fp32."""
+    bf16, bf16 out) without autocast's cast and dispatch on every call. Attention runs on the bf16 outputs; LayerNorm
+    and the residual sums stay in fp32, since a bf16 output added to an fp32 residual promotes back to fp32."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
