@@ -280,8 +280,9 @@ def default_token_budget(device: torch.device) -> int:
 
 CPU_PRECISION_ENV = "AUTOEMBED_CPU_PRECISION"
 CPU_PRECISIONS = ("fp32", "bf16", "bf16-all")
-# The exact path stays the default until bench/bench_cpu_scoring.py has shown a bf16 mode within 0.002 nDCG@10 of
-# fp32 on all ten fast subsets for the base model and a fine-tuned one (bench/RESULTS.md says how far it got).
+# The exact path stays the default until bench/bench_cpu_scoring.py shows a bf16 mode within 0.002 nDCG@10 of fp32
+# on all ten fast subsets for the base model and a fine-tuned one: bf16 moved a fine-tuned model's dev/wordnet by
+# 0.0027; bf16-all was within it on the five subsets measured so far (bench/RESULTS.md).
 DEFAULT_CPU_PRECISION = "fp32"
 
 
