@@ -281,7 +281,8 @@ def default_token_budget(device: torch.device) -> int:
 CPU_PRECISION_ENV = "AUTOEMBED_CPU_PRECISION"
 CPU_PRECISIONS = ("fp32", "bf16", "bf16-all")
 # The exact path stays the default: neither bf16 mode keeps every fast subset within 0.002 nDCG@10 of fp32 (bf16
-# moved a fine-tuned model's dev/wordnet by 0.0027, bf16-all the base model's heldout/pydoc by 0.0043; bench/RESULTS.md).
+# moved a fine-tuned model's dev/wordnet by 0.0027, bf16-all the base model's heldout/pydoc by 0.0043;
+# bench/RESULTS.md).
 DEFAULT_CPU_PRECISION = "fp32"
 
 
@@ -630,7 +631,8 @@ def encode_texts(
     except UnsupportedFeatures as why:
         _note(stats, f"fallback: {why}")
         if stats is not None:
-            stats.setdefault("encoder", []).append(f"sentence-transformers-{str(amp_dtype or torch.float32).removeprefix('torch.')}")
+            precision = str(amp_dtype or torch.float32).removeprefix("torch.")
+            stats.setdefault("encoder", []).append(f"sentence-transformers-{precision}")
         encode = model.encode_query if role == "query" else model.encode_document
         with _autocast(device, amp_dtype):
             emb = encode(texts, batch_size=64, convert_to_tensor=True, device=str(device))
