@@ -47,7 +47,8 @@ def st_evaluator_class():
 
 
 def test_agrees_with_sentence_transformers(model, task, tmp_path):
-    ours = evaluate_model(model, {"stdlib": task}, device="cpu", bootstrap=200, cache_dir=tmp_path)
+    # the exact path, whatever AUTOEMBED_CPU_PRECISION says (bf16 is checked in test_encode_cpu_precision)
+    ours = evaluate_model(model, {"stdlib": task}, device="cpu", bootstrap=200, cache_dir=tmp_path, amp_dtype=None)
     evaluator = st_evaluator_class()(
         task.queries, task.corpus, {q: set(rel) for q, rel in task.qrels.items()},
         precision_recall_at_k=[10, 100], write_csv=False,

@@ -32,6 +32,7 @@ from autoembed.sealed import heldout as heldout_data
 from autoembed.sealed import scorer_cache, submission
 from autoembed.sealed.audits import contamination, lineage, tampering
 from autoembed.sealed.errors import ScorerError
+from autoembed.task import encode
 from autoembed.task import evaluate as evaluator
 from autoembed.task.base_model import file_sha256, offline_env, resolve_base_model
 from autoembed.task.data import load_retrieval_task
@@ -314,6 +315,8 @@ def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, boo
     heldout_root = Path(heldout_root) if heldout_root else heldout_data.HELDOUT_DIR
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fast = (not device.startswith("cuda")) if fast is None else fast
+    if device == "cpu":
+        encode.cpu_precision()  # a bad AUTOEMBED_CPU_PRECISION fails here, before anything runs
     return spec, heldout_root, device, fast
 
 
@@ -387,6 +390,8 @@ def _base_scores(base, base_path: Path, spec: TaskSpec, tiers: dict[str, dict], 
         "sizes": [spec.fast_queries, spec.fast_docs] if fast else None,
         "max_seq_length": spec.max_seq_length,
         "device_type": str(eval_kw["device"]).split(":")[0],
+        # the precision "auto" picks (AUTOEMBED_CPU_PRECISION on CPU): base and submission are paired at one precision
+        "amp_dtype": str(encode.default_amp_dtype(torch.device(str(eval_kw["device"]).split(":")[0]))),
         "bootstrap": eval_kw["bootstrap"],
         "evaluator": _evaluator_sha(),
         "manifests": data_check,

@@ -5,8 +5,10 @@ preprocessing (SentenceTransformer.preprocess, the path encode_query / encode_do
 the model's "query" / "document" prompts) and cached on disk, keyed by a fingerprint of the
 tokenizer, max_seq_length, prompt and the texts. Encoding sorts texts by token count, packs
 batches up to a token budget (little padding), and runs SentenceTransformer.forward under
-inference_mode, with fp16 autocast on GPU (fp32 on CPU). Any module stack works (Transformer +
-Pooling + Normalize, Dense, ...): only the tokenization is taken apart, the forward is the model's.
+inference_mode, with fp16 autocast on GPU and fp32 on CPU; AUTOEMBED_CPU_PRECISION=bf16 runs every nn.Linear in
+bf16 from weights cast once per model state (cpu_precision(); LayerNorm and residuals in fp32, as bf16 autocast).
+Any module stack works (Transformer + Pooling + Normalize, Dense, ...): only the tokenization is taken apart,
+the forward is the model's.
 
 A model whose preprocessing yields something other than padded per-token tensors (images,
 flattened varlen batches) is encoded through model.encode_query / encode_document instead.
@@ -15,6 +17,7 @@ flattened varlen batches) is encoded through model.encode_query / encode_documen
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -275,9 +278,47 @@ def default_token_budget(device: torch.device) -> int:
     return 65536 if device.type == "cuda" else 8192
 
 
+CPU_PRECISION_ENV = "AUTOEMBED_CPU_PRECISION"
+CPU_PRECISIONS = ("fp32", "bf16", "bf16-all")
+# The exact path stays the default: neither bf16 mode keeps every fast subset within 0.002 nDCG@10 of fp32 (bf16
+# moved a fine-tuned model's dev/wordnet by 0.0027, bf16-all the base model's heldout/pydoc by 0.0043;
+# bench/RESULTS.md).
+DEFAULT_CPU_PRECISION = "fp32"
+
+
+def cpu_precision() -> str:
+    """How the CPU encodes: AUTOEMBED_CPU_PRECISION, else DEFAULT_CPU_PRECISION.
+    fp32: the exact path. bf16: every nn.Linear in bf16 from weights cast once (the numbers of bf16 autocast;
+    attention runs on their bf16 outputs, LayerNorm and the residual sums in fp32). bf16-all: the whole model in bf16.
+    A bf16 mode on a CPU without oneDNN bf16 kernels runs fp32 (emulated bf16 would be slower)."""
+    choice = os.environ.get(CPU_PRECISION_ENV, "").strip().lower() or DEFAULT_CPU_PRECISION
+    if choice not in CPU_PRECISIONS:
+        raise ValueError(f"{CPU_PRECISION_ENV}={choice!r}: expected one of {list(CPU_PRECISIONS)} "
+                         "(fp32 is the exact path)")
+    return choice if choice == "fp32" or cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def default_amp_dtype(device: torch.device) -> torch.dtype | None:
-    # fp16 keeps 3 more mantissa bits than bf16, so rankings move less against fp32
-    return torch.float16 if device.type == "cuda" else None
+    # fp16 keeps 3 more mantissa bits than bf16, so rankings move less against fp32; CPUs have no fast fp16
+    if device.type == "cuda":
+        return torch.float16
+    return None if cpu_precision() == "fp32" else torch.bfloat16
+
+
+def encoder_name(device: torch.device, amp_dtype: torch.dtype | None) -> str:
+    """Which forward encode_tokens runs for (device, amp_dtype), as recorded in a score."""
+    if device.type == "cpu" and os.environ.get("AUTOEMBED_OPENVINO", "0") == "1" and amp_dtype in OPENVINO_PRECISION:
+        return f"openvino-{OPENVINO_PRECISION[amp_dtype]}"
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        return "torch-bf16-all" if cpu_precision() == "bf16-all" else "torch-bf16-linear"
+    return f"torch-{str(amp_dtype or torch.float32).removeprefix('torch.')}" + ("-autocast" if amp_dtype else "")
 
 
 def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int = 16384) -> list[np.ndarray]:
@@ -300,8 +341,11 @@ def encode_tokens(
     device: torch.device,
     token_budget: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
-    """(n_texts, dim) float32 L2-normalized embeddings on device, in the original text order."""
+    """(n_texts, dim) float32 L2-normalized embeddings on device, in the original text order.
+    stats (optional) records the forward that ran under "encoder" (encoder_name, "+fp32-fallback" where the fast
+    forward could not run)."""
     device = torch.device(device)
     token_budget = token_budget or default_token_budget(device)
     n = len(tokens.lengths)
@@ -314,7 +358,10 @@ def encode_tokens(
     outputs = []
     torch_forward = lambda features: model(features, task=role)  # noqa: E731
     forward = openvino_forward(model, amp_dtype, torch_forward) if device.type == "cpu" else None
-    autocast_dtype = None if forward is not None else amp_dtype  # OpenVINO runs its own precision
+    fell_back = []
+    if forward is None and device.type == "cpu" and amp_dtype == torch.bfloat16:
+        forward = bf16_linear_forward(model, role, torch_forward, on_fallback=lambda: fell_back.append(1))
+    autocast_dtype = None if forward is not None else amp_dtype  # OpenVINO and the bf16 twin run their own precision
     forward = forward or torch_forward
     with torch.inference_mode(), _autocast(device, autocast_dtype), _attention_kernels(device):
         for offset, rows, width in spans:
@@ -325,6 +372,9 @@ def encode_tokens(
             features.update(constants)
             out = forward(features)
             outputs.append(out["sentence_embedding"].float())
+    if stats is not None:
+        name = encoder_name(device, amp_dtype) + ("+fp32-fallback" if fell_back else "")
+        stats.setdefault("encoder", []).append(name)
     sorted_emb = torch.cat(outputs)
     position = torch.from_numpy(np.concatenate(batches)).to(device)
     text_index = torch.from_numpy(tokens.text_index).to(device)[position]
@@ -336,7 +386,7 @@ def encode_tokens(
         redo = np.flatnonzero(np.isin(tokens.text_index, bad.nonzero().flatten().cpu().numpy()))
         sub = _select(tokens, redo)
         embeddings[torch.from_numpy(sub.text_index).to(device)] = encode_tokens(
-            model, _reindex(sub), role, device, token_budget, None
+            model, _reindex(sub), role, device, token_budget, None, stats
         )[: len(redo)]
     return F.normalize(embeddings, dim=-1)
 
@@ -395,6 +445,68 @@ def _attention_kernels(device: torch.device):
     except ImportError:
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 on CPU, opt-in (AUTOEMBED_CPU_PRECISION=bf16 | bf16-all): oneDNN's bf16 kernels (AMX, AVX512-BF16)
+# ---------------------------------------------------------------------------------------------
+
+_bf16_twins: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class Bf16Linear(torch.nn.Module):
+    """An nn.Linear whose weight and bias were cast to bf16 once: the numbers of bf16 autocast (inputs cast to
+    bf16, bf16 out) without autocast's cast and dispatch on every call. Attention runs on the bf16 outputs; LayerNorm
+    and the residual sums stay in fp32, since a bf16 output added to an fp32 residual promotes back to fp32."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        bias = linear.bias
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias)
+
+
+def bf16_linear_forward(model, role: str, fallback, on_fallback=lambda: None):
+    """A drop-in for model(features) that runs a twin of model whose nn.Linear layers are Bf16Linear; the twin is
+    kept per model object and rebuilt when any weight changes (an optimizer step bumps a tensor's version). Where
+    the twin cannot be built, or its forward fails (a module that wants fp32 inputs), fallback(features) runs, for
+    that batch and every later one of this model state."""
+    try:
+        state = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        cached = _bf16_twins.get(model)
+        whole = cpu_precision() == "bf16-all"
+        if cached is None or cached[0] != (state, whole):
+            cached = [(state, whole), _bf16_twin(model, whole)]
+            _bf16_twins[model] = cached
+    except Exception:  # noqa: BLE001 - a model we cannot copy is encoded exactly
+        cached = [None, None]
+
+    def forward(features: dict) -> dict:
+        if cached[1] is not None:
+            try:
+                out = cached[1](features, task=role)
+                out["sentence_embedding"] = out["sentence_embedding"].float()
+                return out
+            except Exception:  # noqa: BLE001
+                cached[1] = None
+        on_fallback()
+        return fallback(features)
+
+    return forward
+
+
+def _bf16_twin(model, whole: bool = False):
+    twin = copy.deepcopy(model)
+    if whole:
+        return twin.to(torch.bfloat16).eval()
+    for parent in list(twin.modules()):
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, Bf16Linear(child))
+    return twin.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,10 +630,13 @@ def encode_texts(
         tokens = tokenize(model, texts, role, cache_dir, stats)
     except UnsupportedFeatures as why:
         _note(stats, f"fallback: {why}")
+        if stats is not None:
+            precision = str(amp_dtype or torch.float32).removeprefix("torch.")
+            stats.setdefault("encoder", []).append(f"sentence-transformers-{precision}")
         encode = model.encode_query if role == "query" else model.encode_document
         with _autocast(device, amp_dtype):
             emb = encode(texts, batch_size=64, convert_to_tensor=True, device=str(device))
         return F.normalize(emb.float().to(device), dim=-1)
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + tokens.n_tokens
-    return encode_tokens(model, tokens, role, device, token_budget, amp_dtype)
+    return encode_tokens(model, tokens, role, device, token_budget, amp_dtype, stats)

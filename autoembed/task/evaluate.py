@@ -111,7 +111,8 @@ def evaluate_model(
       across models, for paired comparisons (metrics.paired_bootstrap).
     max_seq_length: cap on the model's max_seq_length during evaluation (restored afterwards).
     token_budget: padded tokens per batch (default 65536 on GPU, 8192 on CPU).
-    amp_dtype: autocast dtype; "auto" is fp16 on GPU and fp32 (None) on CPU.
+    amp_dtype: autocast dtype; "auto" is fp16 on GPU and, on CPU, encode.cpu_precision() (fp32 unless
+      AUTOEMBED_CPU_PRECISION asks for bf16). None: fp32 everywhere.
     """
     started = time.perf_counter()
     if not tasks:
@@ -129,6 +130,7 @@ def evaluate_model(
     restore = _prepare(model, run_device, max_seq_length)
     timing = {"load_model": loaded - started, "tokenize_encode": 0.0, "search_metrics": 0.0}
     sources: list[str] = []
+    encoders: list[str] = []
     per_task: dict[str, dict[str, np.ndarray]] = {}
     shapes: dict[str, tuple[int, int]] = {}
     query_ids: dict[str, list[str]] = {}
@@ -154,6 +156,7 @@ def evaluate_model(
             timing["tokenize_encode"] += t1 - t0
             timing["search_metrics"] += t2 - t1
             sources += stats.get("source", [])
+            encoders += stats.get("encoder", [])
             shapes[name] = (len(qids), len(doc_ids))
             query_ids[name] = qids
             say(
@@ -168,6 +171,7 @@ def evaluate_model(
     result["seconds"] = time.perf_counter() - started
     result["device"] = str(run_device)
     result["dtype"] = str(amp_dtype or torch.float32).removeprefix("torch.")
+    result["encoder"] = "+".join(dict.fromkeys(encoders))  # which forward scored it (encode.encoder_name)
     result["timing"] = {**timing, "token_cache": sources}
     if return_per_query:
         result["per_query"] = {
