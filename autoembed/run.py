@@ -78,19 +78,21 @@ def new_run_id(agent: str) -> str:
 def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
         progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0,
-        max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True) -> TrialResult:
+        max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True,
+        placement: dict | None = None) -> TrialResult:
     """Run one trial and return its result; never raises for agent failures (they are recorded).
     Bad input raises PreflightError before a run folder exists (check_key: ask the provider whether the key is
     accepted); a start that fails after that raises TrialFailedToStart, its folder saying failed_to_start.
     SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended.
-    max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway."""
+    max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway. placement: where the trial
+    runs (autoembed.placement records place, kind, gpu and attempts), kept in meta.json from the start."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     volumes: list[WorkdirVolume] = []
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
                     progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens,
-                    check_key=check_key, volumes=volumes)
+                    check_key=check_key, volumes=volumes, placement=placement)
     finally:
         for volume in volumes:  # the fixed-size workdir's content goes back to a plain folder, whatever happened
             try:
@@ -102,7 +104,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
-         max_tokens, check_key, volumes: list) -> TrialResult:
+         max_tokens, check_key, volumes: list, placement: dict | None = None) -> TrialResult:
     say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
     for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
         if cap is not None and not cap > 0:
@@ -117,6 +119,8 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     workdir = run_dir / "workdir"
     meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
             "main_metric": spec.main_metric, "status": "starting", "started": _now(), "versions": _versions(agent_obj)}
+    if placement is not None:
+        meta["placement"] = placement
     _write_json(run_dir / "meta.json", meta)
     try:
         box, manifest = _start(plan, task, fast, gpus, workdir, meta, run_dir, say, volumes)
