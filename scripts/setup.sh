@@ -13,7 +13,8 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { echo "[setup] $*" >&2; }
 
 apt_pkgs=(bubblewrap)
-[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2)  # iproute2: the escape test's second network namespace
+# iproute2: the escape test's second network namespace; slurm-wlm, munge: the single-host Slurm of the placement tests
+[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2 slurm-wlm munge)
 missing=()
 for pkg in "${apt_pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if (( ${#missing[@]} )); then

@@ -35,6 +35,7 @@ DEFAULT_URL = "unix:///var/run/docker.sock"
 
 class DockerPlace(Place):
     kind = "docker"
+    recheck_after_every_trial = True
 
     def __init__(self, name: str, url: str, gpus: list[str] | tuple[str, ...] = (), cpu_slots: int = 1):
         super().__init__(name, gpus, cpu_slots)

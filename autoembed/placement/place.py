@@ -36,6 +36,9 @@ class Place:
     cpu_slots trials at a time on its CPUs."""
 
     kind = "local"
+    # whether the place is checked after every trial, clean or not: a trial whose Docker engine went away under it
+    # may still end "clean" (its commands failed, the scripted or real model carried on), so it is rerun
+    recheck_after_every_trial = False
 
     def __init__(self, name: str, gpus: list[str] | tuple[str, ...] = (), cpu_slots: int = 1):
         if not name or not all(c.isalnum() or c in "-_." for c in name):
@@ -100,7 +103,8 @@ def outcome_run_dir(outcome: dict, place: Place) -> Path:
         raise BadTrial(outcome["error"])
     if outcome.get("error"):
         raise PlaceFailed(outcome["error"], run_dir)
-    if not outcome.get("clean"):  # the trial's own failure, unless the place itself went away under it
+    if not outcome.get("clean") or place.recheck_after_every_trial:  # the trial's own result, unless the place
+        # itself went away under it
         problem = place.problem()
         if problem:
             raise PlaceFailed(f"the place stopped working during the trial: {problem}", run_dir)
