@@ -1,5 +1,9 @@
 """A second, private Docker engine on this machine for tests: its own --data-root, --exec-root, --pidfile and
-unix socket, no bridge and no iptables (trials run with network none). Started as root, stopped after."""
+unix socket, no bridge and no iptables (trials run with network none). Started as root, stopped after.
+
+It runs in a network namespace of its own (unshare --net): a dockerd started with --bridge=none deletes the
+docker0 interface it finds, which in the shared namespace is the first engine's bridge (its builds then fail
+with "could not find bridge docker0"). The Unix socket is a file, reachable from any namespace."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pathlib import Path
 def problem() -> str | None:
     if shutil.which("dockerd") is None or shutil.which("docker") is None:
         return "dockerd missing: apt-get install -y docker.io"
+    if shutil.which("unshare") is None:
+        return "unshare missing: apt-get install -y util-linux"
     if os.geteuid() != 0:
         return "a second dockerd runs as root"
     return None
@@ -29,7 +35,7 @@ class SecondEngine:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "dockerd.log", "ab")
         self.proc = subprocess.Popen(
-            ["dockerd", f"--data-root={self.root}/data", f"--exec-root={self.root}/exec", f"--pidfile={self.root}/pid",
+            ["unshare", "--net", "--", "dockerd", f"--data-root={self.root}/data", f"--exec-root={self.root}/exec", f"--pidfile={self.root}/pid",
              f"-H={self.url}", "--bridge=none", "--iptables=false", "--ip6tables=false"],
             stdout=log, stderr=log, start_new_session=True)
         end = time.time() + timeout

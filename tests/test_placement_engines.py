@@ -81,7 +81,8 @@ def test_a_grid_runs_through_two_docker_engines_each_trial_where_its_record_says
         assert meta["sandbox"]["kind"] == "docker" and meta["placement"]["attempts"] == 1
         assert meta["placement"]["kind"] == "docker" and meta["placement"]["failed"] == []
         placed[meta["placement"]["place"]].add(container_id(run_dir))
-    assert len(placed["engine1"]) == 2 and len(placed["engine2"]) == 2, placed
+    # both engines ran trials (a free slot takes the next trial, so the split depends on which finished first)
+    assert placed["engine1"] and placed["engine2"] and len(placed["engine1"] | placed["engine2"]) == 4, placed
     assert placed["engine2"] == started_containers(two, t0), "engine2 ran exactly the trials placed on it"
     assert placed["engine1"] <= started_containers(one, t0)  # the shared engine also runs other tests' containers
 

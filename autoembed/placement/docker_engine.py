@@ -11,9 +11,10 @@ those paths on a filesystem both hosts mount at the same place, as Slurm needs a
 socket that reaches across hosts, which a Unix socket does not: on a remote engine only model-free agents
 (recipe, search) work. Trials of LLM agents on other hosts go through Slurm, where the whole trial runs there.
 
-The task image must exist on every engine: before the first trial there, the image this machine's default engine
-has (built when missing) is streamed over with `docker save | docker load` (about 6 GB today), or built on that
-engine when no local engine answers.
+The task image must exist on every engine: before the first trial there, the base image this machine's default
+engine has (built when missing) is streamed over with `docker save | docker load` (about 6 GB today, once per
+engine and base version), and the small task image is built on top there; with no local engine, both are built on
+the place's engine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from autoembed.placement.place import Place, PlaceFailed, Say, outcome_run_dir
 SCHEMES = ("unix://", "tcp://", "ssh://")
 PING_TIMEOUT_S = 10
 DEFAULT_URL = "unix:///var/run/docker.sock"
+_SOURCE_LOCK = threading.Lock()  # places prepared side by side build or read the local image once, not once each
 
 
 class DockerPlace(Place):
@@ -108,9 +110,11 @@ def _forward(stream, say: Say) -> None:
 
 
 def ensure_image_on(place: DockerPlace, task: str, say: Say) -> str:
-    """The task image's tag, present on the place's engine: streamed from this machine's default engine when that
-    is another engine and answers, else built on the place's engine itself."""
-    from autoembed.sandbox.image import BUILD_TIMEOUT_S, ensure_base_image, ensure_task_image, image_exists
+    """The task image's tag, present on the place's engine. The base image (this machine's software, ~6 GB) is
+    streamed from this machine's default engine when that is another engine and has it; the small task image on
+    top is then built on the place's engine itself (seconds), as it is everywhere when no local engine answers."""
+    from autoembed.sandbox.image import BASE_REPOSITORY, BUILD_TIMEOUT_S, _prune, ensure_base_image, ensure_task_image
+    from autoembed.sandbox.image import image_exists
 
     target = place.client(BUILD_TIMEOUT_S)
     source_url = os.environ.get("DOCKER_HOST", DEFAULT_URL)
@@ -123,15 +127,17 @@ def ensure_image_on(place: DockerPlace, task: str, say: Say) -> str:
             source.ping()
         except Exception:  # noqa: BLE001 - no local engine: build on the place's engine instead
             source = None
-    if source is None:
-        return ensure_task_image(task, target, progress=say)
-    tag = ensure_task_image(task, source, progress=say)
-    base = ensure_base_image(source, progress=say)
-    missing = [t for t in (base, tag) if not image_exists(target, t)]
-    if missing:
-        say(f"{place.name}: copying {' and '.join(missing)} from {source_url} to {place.url} (docker save | docker load)")
-        ship_images(missing, source_url, place.url)
-    return tag
+    if source is not None:
+        with _SOURCE_LOCK:
+            base = ensure_base_image(source, progress=say)
+        if not image_exists(target, base):
+            say(f"{place.name}: copying {base} from {source_url} to {place.url} (docker save | docker load)")
+            ship_images([base], source_url, place.url)
+            _prune(target, BASE_REPOSITORY, keep=base)  # the versions it replaces: 6 GB each
+    if source is None and place.url == source_url:  # the default engine itself: one build however many ask
+        with _SOURCE_LOCK:
+            return ensure_task_image(task, target, progress=say)
+    return ensure_task_image(task, target, progress=say)
 
 
 def ship_images(tags: list[str], source_url: str, target_url: str) -> None:

@@ -104,7 +104,7 @@ class Pool:
                 return place.run_trial({**run_kwargs, "out": out, "placement": placement}, gpu,
                                        lambda line, w=where: say(f"{out.name} @ {w}: {line}"))
             except PlaceFailed as exc:
-                say(f"{out.name}: {where} failed: {exc.reason.splitlines()[-1] if exc.reason else ''}")
+                say(f"{out.name}: {where} failed: {exc.reason.splitlines()[0] if exc.reason else ''}")
                 failure = {"place": place.name, "kind": place.kind, "gpu": gpu, "reason": exc.reason, "at": _now()}
                 last = attempt == self.max_attempts
                 failure["run_dir"] = str(out if last else _set_aside(out, attempt))
