@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autoembed.paths import REPO_ROOT
-from autoembed.placement import BadTrial, DockerPlace, LocalPlace, Place, Pool, SlurmPlace, run_pool
+from autoembed.placement import BadTrial, DockerPlace, LocalPlace, Place, Pool, SlurmPlace, run_pool, trial_result
 from autoembed.placement.config import load_places
 from autoembed.sandbox.bwrap import bwrap_problem
 from tests.tiny_task import keyless_tiny_task
@@ -49,6 +49,8 @@ def test_a_trial_whose_engine_does_not_answer_is_retried_here_and_both_attempts_
     assert meta["sandbox"]["kind"] == "bwrap" and meta["exit_reason"] == "finished", meta.get("exit_detail")
     assert any("gone takes no more trials" in m for m in messages), messages
     assert [p.name for p, _ in pool._free] == ["here"], "the dead engine's slot must be gone"
+    result = trial_result(run_dir)  # what the loop gets back from a pool
+    assert result.run_id == meta["run_id"] and result.score["dev"] and result.meta["placement"] == placement
 
 
 def test_when_every_place_fails_the_trial_folder_says_where_and_why(tmp_path):
@@ -81,6 +83,7 @@ def test_a_grid_fills_every_slot_of_every_place(tmp_path):
             return Path(run_kwargs["out"])
 
     places = [Probe("x", gpus=["0", "1"]), Probe("y", gpus=["7"])]
+    assert Pool(places).slot_labels() == ["x:0", "x:1", "y:7"]  # what a loop given --places plans over
     dirs = run_pool([{"agent": "recipe", "out": tmp_path / f"t{i}"} for i in range(6)], places, say=lambda m: None)
     seen = [(meta_of(d)["placement"]["place"], meta_of(d)["placement"]["gpu"]) for d in dirs]
     assert peak[0] == 3 and set(seen) == {("x", "0"), ("x", "1"), ("y", "7")}
@@ -111,3 +114,7 @@ def test_bad_places_and_specs_are_refused_with_the_fix(tmp_path):
     conf.write_text('[[place]]\nname = "box"\nkind = "docker"\ngpu = ["0"]\nurl = "unix:///x.sock"\n')
     with pytest.raises(ValueError, match=r"places.toml place 1: unknown key\(s\) gpu"):
         load_places(conf)
+    from autoembed.loop import LoopConfig, _validate
+
+    with pytest.raises(ValueError, match=r"places.toml place 1: unknown key"):  # the loop refuses it before it starts
+        _validate(LoopConfig(places=str(conf)))

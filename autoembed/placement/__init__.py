@@ -8,8 +8,8 @@ written in a TOML file (autoembed.placement.config).
 
 from autoembed.placement.docker_engine import DockerPlace
 from autoembed.placement.place import KINDS, BadTrial, LocalPlace, Place, PlaceFailed
-from autoembed.placement.pool import NoPlaceLeft, Pool, run_pool
+from autoembed.placement.pool import NoPlaceLeft, Pool, run_pool, trial_result
 from autoembed.placement.slurm import SlurmPlace
 
 __all__ = ["KINDS", "BadTrial", "DockerPlace", "LocalPlace", "NoPlaceLeft", "Place", "PlaceFailed", "Pool",
-           "SlurmPlace", "run_pool"]
+           "SlurmPlace", "run_pool", "trial_result"]

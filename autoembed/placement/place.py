@@ -101,8 +101,9 @@ def outcome_run_dir(outcome: dict, place: Place) -> Path:
     run_dir = Path(outcome["run_dir"]) if outcome.get("run_dir") else None
     if outcome.get("bad_input"):
         raise BadTrial(outcome["error"])
-    if outcome.get("error"):
-        raise PlaceFailed(outcome["error"], run_dir)
+    if outcome.get("error"):  # no agent ran, or the trial's process broke: say first whether the place is gone
+        problem = place.problem()
+        raise PlaceFailed(f"{problem}\n{outcome['error']}" if problem else outcome["error"], run_dir)
     if not outcome.get("clean") or place.recheck_after_every_trial:  # the trial's own result, unless the place
         # itself went away under it
         problem = place.problem()

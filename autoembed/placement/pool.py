@@ -49,6 +49,14 @@ class Pool:
         self._retired: dict[str, str] = {}
         self._cond = threading.Condition()
 
+    def slot_labels(self) -> list[str]:
+        """One label per slot ("place:gpu", or "place:cpuN"): what a loop plans its parallel candidates over."""
+        labels = []
+        for place in self.places:
+            labels += [f"{place.name}:{gpu}" if gpu is not None else f"{place.name}:cpu{i}"
+                       for i, gpu in enumerate(place.slots())]
+        return labels
+
     # -- slots ------------------------------------------------------------------------------------
     def _acquire(self, avoid: set[str]) -> tuple[Place, str | None]:
         with self._cond:
@@ -107,7 +115,7 @@ class Pool:
                 say(f"{out.name}: {where} failed: {exc.reason.splitlines()[0] if exc.reason else ''}")
                 failure = {"place": place.name, "kind": place.kind, "gpu": gpu, "reason": exc.reason, "at": _now()}
                 last = attempt == self.max_attempts
-                failure["run_dir"] = str(out if last else _set_aside(out, attempt))
+                failure["run_dir"] = str(out if last else _set_aside(out, attempt, exc.reason))
                 failed.append(failure)
                 self._retire_if_broken(place)
             finally:
@@ -131,11 +139,18 @@ def run_pool(specs: list[dict], places: list[Place] | None = None, *, max_attemp
     return Pool(places or [LocalPlace("local")], max_attempts=max_attempts, say=say).run_all(specs)
 
 
-def _set_aside(out: Path, attempt: int) -> Path:
-    """Move a failed attempt's folder out of the way of the next attempt, keeping it for the record."""
+def _set_aside(out: Path, attempt: int, reason: str) -> Path:
+    """Move a failed attempt's folder out of the way of the next attempt, keeping it for the record; its meta.json
+    says the place failed (a trial whose process died with its engine never got to say how it ended)."""
     aside = out.with_name(f"{out.name}.attempt{attempt}")
     if out.exists():
         out.rename(aside)
+        meta = read_meta(aside)
+        if meta:
+            if meta.get("status") in ("starting", "running", "scoring"):
+                meta["status"] = "place_failed"
+            meta.setdefault("placement", {})["place_failed"] = reason
+            _write_meta(aside, meta)
     return aside
 
 
@@ -151,10 +166,14 @@ def _record_unplaced(out: Path, failed: list[dict], reason: str) -> Path:
     meta["placement"] = {"place": last.get("place"), "kind": last.get("kind"), "gpu": last.get("gpu"),
                          "attempts": len(failed), "failed": failed, "gave_up": reason}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(out / "meta.json")
+    _write_meta(out, meta)
     return out
+
+
+def _write_meta(run_dir: Path, meta: dict) -> None:
+    tmp = run_dir / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(run_dir / "meta.json")
 
 
 def _zip_longest(rows: list[list]) -> list[list]:
@@ -164,3 +183,16 @@ def _zip_longest(rows: list[list]) -> list[list]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def trial_result(run_dir: Path):
+    """The TrialResult (run_dir, meta, score) of a folder a place returned, as autoembed.run.run() gives it."""
+    from autoembed.run import TrialResult
+
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    try:
+        score = json.loads((run_dir / "score.json").read_text())
+    except (OSError, ValueError):
+        score = None
+    return TrialResult(meta.get("run_id", run_dir.name), run_dir, meta, score)
