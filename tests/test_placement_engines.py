@@ -138,6 +138,12 @@ def test_trials_run_as_slurm_jobs_through_submitit(slurm, tmp_path_factory, monk
     task = keyless_tiny_task(tmp_path_factory, monkeypatch)
     for key, value in slurm.env.items():
         monkeypatch.setenv(key, value)
+    # the scorer's caches are prepared once here first, as the loop does: two jobs preparing them at once in a shared
+    # AUTOEMBED_HOME race on the same temporary file, and one fails to start (it is then retried, but not on purpose)
+    from autoembed.run import _prepare_scorer_once
+    from autoembed.task.spec import load_spec
+
+    _prepare_scorer_once(load_spec(task), None, None, lambda msg: None)
     place = SlurmPlace("cluster", jobs=2, folder=tmp_path / "jobs", timeout_min=20)
     dirs = run_pool([quick_trial(tmp_path, task, f"s{i}", [HOSTNAME_STEP, DONE]) for i in range(2)], [place])
 
