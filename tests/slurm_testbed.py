@@ -114,6 +114,17 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
         return "\n".join(parts)
 
     def stop(self) -> None:
+        """Cancel what is still queued or running while the daemons can still end it (a job step outlives a
+        stopped slurmd), then stop the daemons."""
+        env = {**os.environ, **self.env}
+        if self.procs and all(p.poll() is None for p in self.procs):
+            subprocess.run(["scancel", "--user", str(os.getuid())], env=env, capture_output=True, timeout=30)
+            end = time.time() + 60
+            while time.time() < end:
+                queue = subprocess.run(["squeue", "--noheader"], env=env, capture_output=True, text=True, timeout=30)
+                if queue.returncode != 0 or not queue.stdout.strip():
+                    break
+                time.sleep(1)
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
