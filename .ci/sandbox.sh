@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the sandbox tests need on a fresh Debian machine, as root: bubblewrap, a running Docker
-# engine, and the task image (built from this machine's own filesystem: nothing is pulled).
+# engine, and the task image (a minimal Debian made by mmdebstrap from the Debian mirror, plus this
+# machine's Python packages and agent CLIs: nothing is pulled from a registry).
 # Idempotent: installed tools, a running engine and an image with the same content hash are reused.
 #   bash .ci/sandbox.sh            then: python -m pytest tests/test_sandbox_*.py
 set -euo pipefail
@@ -13,6 +14,7 @@ SUDO=""
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v dockerd >/dev/null || missing+=(docker.io)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 if (( ${#missing[@]} )); then
   say "apt: ${missing[*]}"
   $SUDO apt-get update -qq
@@ -27,7 +29,7 @@ if ! engine_up; then
   engine_up || { say "dockerd did not answer within 60 s:"; tail -n 30 /tmp/dockerd.log >&2; exit 1; }
 fi
 
-# Minutes the first time on a machine (a tar of /usr, /etc and this Python piped into docker
-# import), seconds afterwards. The tests reuse this image.
+# Minutes the first time on a machine (mmdebstrap, then docker import; bench/RESULTS.md has the
+# figures), seconds afterwards. The tests reuse this image.
 say "task image"
 python3 -m autoembed.sandbox.image --task embed

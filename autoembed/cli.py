@@ -19,6 +19,7 @@ VERBS = {
     "run": "autoembed.commands.run",
     "loop": "autoembed.commands.loop",
     "report": "autoembed.commands.report",
+    "compare": "autoembed.commands.compare",
 }
 
 

@@ -798,15 +798,23 @@ def _validate(config: LoopConfig) -> None:
 
 def main_from_args(args) -> int:
     run_dir, config = config_from_args(args)
+    return run_loop(run_dir, config)
+
+
+def run_loop(run_dir: Path, config: LoopConfig, *, say=None, trial_runner=None, smoke=None, report_out=print,
+             write_report: bool = True) -> int:
+    """Run (or resume) the loop in run_dir, then write its report (unless write_report is False): the one path of
+    the CLI, the notebook's loop() and the cells of `autoembed compare`. say, trial_runner and smoke go to Loop."""
     print(f"[loop] run folder: {run_dir}", file=sys.stderr, flush=True)
     try:
-        code = Loop(run_dir, config).run()
+        code = Loop(run_dir, config, say=say, trial_runner=trial_runner, smoke=smoke).run()
     except LoopError as exc:
         print(f"[loop] stopped: {exc}", file=sys.stderr, flush=True)
         code = 1
-    from autoembed.report import report
+    if write_report:
+        from autoembed.report import report
 
-    report(run_dir)
+        report(run_dir, out=report_out)
     return code
 
 

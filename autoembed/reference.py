@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from autoembed import ladder
 from autoembed.paths import home, traces_dir
 
 RUNGS = ("base", "bm25", "mpnet", "recipe")  # table order
@@ -133,6 +134,7 @@ def run_reference(task: str = "embed", *, minutes: float = 4.0, fast: bool | Non
 
     result: dict = {
         "task": spec.name, "main_metric": spec.main_metric, "fast": fast, "minutes": minutes, "created": now.isoformat(timespec="seconds"),
+        "fast_queries": spec.fast_queries if fast else None, "fast_docs": spec.fast_docs if fast else None,
         "machine": machine(device),
         "splits": {s: {n: {"queries": len(t.queries), "docs": len(t.corpus)} for n, t in ts.items()}
                    for s, ts in task_sets.items()},
@@ -162,6 +164,9 @@ def run_reference(task: str = "embed", *, minutes: float = 4.0, fast: bool | Non
     result["table"] = format_table(result)
     _write(out, result)
     say(f"wrote {out}")
+    saved = ladder.save_from_reference(result)
+    if saved:  # what normalized scores of trials on these sets are read against (autoembed/ladder.py)
+        say(f"saved the ladder {saved.stem} to {saved}")
     return result
 
 

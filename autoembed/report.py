@@ -70,13 +70,11 @@ def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
 
 
 def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: switching the backend to Agg would end a notebook's inline plots
 
     scored = [r for r in rows if r["status"] in SCORED and r.get("gate_value") is not None]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     if scored:
         split = scored[0].get("gate_split", "validation")
         xs = [r["iteration"] for r in scored]
@@ -107,7 +105,6 @@ def plot(rows: list[dict], heldout: dict[str, dict], path: Path) -> None:
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def markdown(summary: dict, run_dir: Path) -> str:

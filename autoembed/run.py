@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from autoembed import __version__, nofollow, summary, trajectory
+from autoembed import __version__, ladder, nofollow, summary, trajectory
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
@@ -60,6 +60,29 @@ class TrialResult:
         """A grep-able block (one key: value per line) for the end of a run."""
         return summary.render(self.run_id, self.run_dir, self.meta, self.score)
 
+    def _repr_html_(self) -> str:  # a notebook shows the trial as a table (autoembed/results.py)
+        from autoembed.results import TrialView
+
+        return TrialView(self.run_dir)._repr_html_()
+
+    def plot(self, ax=None):
+        from autoembed.results import TrialView
+
+        return TrialView(self.run_dir).plot(ax)
+
+
+NOTEBOOK_API = ("loop", "compare", "load", "trials_df", "ledger_df", "scores_df")
+
+
+def __getattr__(name: str):
+    """autoembed.run.loop, .compare, .load and the frames, for `import autoembed.run` in a notebook
+    (autoembed/notebook.py); loaded on first use so a trial's own imports stay as they were."""
+    if name in NOTEBOOK_API:
+        from autoembed import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'autoembed.run' has no attribute {name!r}")
+
 
 class TrialFailedToStart(RuntimeError):
     """The trial's folder exists but no agent ran; meta.json says failed_to_start with the reason."""
@@ -77,23 +100,28 @@ def new_run_id(agent: str) -> str:
 
 def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox: str = "auto", model: str | None = None,
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
-        progress: Callable[[str], None] | None = None, reprompt_margin_s: float = 300.0,
+        progress: Callable[[str], None] | str | None = None, reprompt_margin_s: float = 300.0,
         max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True,
         placement: dict | None = None) -> TrialResult:
     """Run one trial and return its result; never raises for agent failures (they are recorded).
     Bad input raises PreflightError before a run folder exists (check_key: ask the provider whether the key is
     accepted); a start that fails after that raises TrialFailedToStart, its folder saying failed_to_start.
     SIGTERM is treated like Ctrl-C for the whole trial, so a killed trial records why it ended.
-    max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway. placement: where the trial
-    runs (autoembed.placement records place, kind, gpu and attempts), kept in meta.json from the start."""
+    max_usd / max_tokens override the task's [budget] caps on the trial's LLM gateway.
+    progress: a callable that gets each progress line (default: print to stderr), or "bar" for a progress bar
+    over the agent's budget that works in Jupyter and in a terminal (tqdm.auto). placement: where the trial runs (autoembed.placement records place, kind, gpu and
+    attempts), kept in meta.json from the start."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     volumes: list[WorkdirVolume] = []
+    bars: list = []
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
                     progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens,
-                    check_key=check_key, volumes=volumes, placement=placement)
+                    check_key=check_key, volumes=volumes, bars=bars, placement=placement)
     finally:
+        for bar in bars:
+            bar.close()
         for volume in volumes:  # the fixed-size workdir's content goes back to a plain folder, whatever happened
             try:
                 volume.release()
@@ -104,8 +132,8 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
-         max_tokens, check_key, volumes: list, placement: dict | None = None) -> TrialResult:
-    say = progress or (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
+         max_tokens, check_key, volumes: list, bars: list, placement: dict | None = None) -> TrialResult:
+    say = progress if callable(progress) else (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
     for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
         if cap is not None and not cap > 0:
             raise ValueError(f"{flag} must be positive, got {cap} (leave it out for the task's [budget])")
@@ -113,6 +141,11 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     for notice in plan.notices:
         say(notice)
     spec, agent_obj, hours = plan.spec, plan.agent, plan.hours
+    if progress == "bar":
+        from autoembed.progress import Bar
+
+        say = Bar(hours * 3600, f"trial {agent.split(':')[0]}")
+        bars.append(say)  # closed by run() when the trial ends, however it ends
     run_id = new_run_id(agent)
     run_dir = Path(out) if out else traces_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -169,6 +202,7 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     meta.update(score_seconds=round(time.time() - t1, 3), ended=_now())
     if score is not None:
         meta["scores"] = summary.headline(score, summary.load_per_query(run_dir), spec.main_metric)
+        meta["normalized"] = ladder.normalized(score, spec.name)  # base model 0, reference recipe 1, or why not
     meta["result"] = "clean" if summary.exit_code(meta, score) == 0 else "not clean"
     meta["problems"] = summary.problems(meta, score)
     _write_json(run_dir / "meta.json", meta)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +56,12 @@ def _recipe(source: str, workdir: Path, sandbox: str, task: str) -> tuple[bool, 
     (workdir / "train.py").write_text(source)
     _write_pool_slice(spec.pool_path, workdir / "pool.jsonl.gz", POOL_ROWS)
     base = resolve_base_model(spec.base_model, spec.base_model_sha256)
-    python = sys.executable
-    argv = [python, "train.py", "--pool", "pool.jsonl.gz", "--base", str(base), "--out", "final_model",
+    args = ["train.py", "--pool", "pool.jsonl.gz", "--base", str(base), "--out", "final_model",
             "--minutes", f"{RECIPE_TIMEOUT_S / 60:.1f}", "--max-steps", "2", "--device", "cpu", "--batch-size", "4",
             "--max-seq-length", "32"]
     config = SandboxConfig(workdir=workdir, deadline=time.time() + RECIPE_TIMEOUT_S + 30)
     with make_sandbox(smoke_sandbox_kind(sandbox), config, task=task, progress=lambda _: None) as box:
+        argv = [box.python, *args]
         result = box.exec(argv, timeout=RECIPE_TIMEOUT_S, env={"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
     output = (result.stdout + "\n" + result.stderr).strip()
     if result.timed_out:

@@ -132,11 +132,22 @@ def render(run_id: str, run_dir: Path, meta: dict, score: dict | None) -> str:
     scores = meta.get("scores")
     if score is not None and scores:
         lines += score_lines(scores)
+        if meta.get("normalized"):
+            lines.append(normalized_line(meta["normalized"]))
     issues = problems(meta, score)
     lines.append("result: clean" if score is not None and not issues else "result: NOT CLEAN")
     lines += [f"reason: {issue}" for issue in issues]
     lines.append(f"run_dir: {run_dir}")
     return "\n".join(lines)
+
+
+def normalized_line(normalized: dict) -> str:
+    """`normalized: dev 0.81 ...` (base model 0, reference recipe 1) or why there is none."""
+    values = [f"{split} {normalized[split]:.2f}" for split in SPLITS if normalized.get(split) is not None]
+    if not values:
+        return f"normalized: none: {normalized.get('reason')}"
+    note = f"; {normalized['reason']}" if normalized.get("reason") else ""
+    return f"normalized: {', '.join(values)} (base model 0, reference recipe 1; ladder {normalized['key']}{note})"
 
 
 def score_lines(scores: dict) -> list[str]:

@@ -102,14 +102,14 @@ def render(results: dict[str, dict]) -> str:
                      f"{r['spawn_to_first_line']:.3f} | {r['stop']:.3f} | {100 * total / TRIAL_S:.2f}% |")
     docker = results.get("docker", {})
     if "image" in docker:
-        lines += ["", f"docker also checks its image before each trial (content hash of the host's package lists "
-                      f"and the task's build context): {docker['cached_image_check']:.2f} s when cached, included "
+        lines += ["", f"docker also checks its image before each trial (content hash of its inputs): "
+                      f"{docker['cached_image_check']:.2f} s when cached, included "
                       f"in the share above. Image `{docker['image']}`: {docker['image_gb']:.2f} GB."]
         if "cold_build_s" in docker:
-            lines[-1] += (f" Building it from scratch (tar of /usr, /etc and this Python piped into `docker import`, "
-                          f"then the task Dockerfile) took {docker['cold_build_s']:.0f} s; it happens once per machine "
-                          "and again only when installed packages change; the small task layer on top is rebuilt "
-                          "(about 30 s) whenever the autoembed package changes.")
+            lines[-1] += (f" Building it from scratch (mmdebstrap's Debian plus this machine's trial stack into "
+                          f"`docker import`, then the task Dockerfile) took {docker['cold_build_s']:.0f} s; it happens "
+                          "once per machine and again only when its inputs change; the small task layer on top is "
+                          "rebuilt whenever the autoembed package changes.")
     return "\n".join(lines) + "\n"
 
 

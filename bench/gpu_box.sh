@@ -23,6 +23,12 @@
 #   bash bench/gpu_box.sh loop MINUTES GPUS      (sets up, starts the loop with setsid, follows it ~9.5 min)
 #   bash bench/gpu_box.sh loop-wait              (follows it ~9.5 min more; repeat while it runs)
 #   bash bench/gpu_box.sh loop-collect           (waits for the end, writes bench_loop.json and the ledger to $OUT)
+# The recipe's CPU gain on an idle 2-core slice of the box (the GPU hidden, taskset to two cores: the helper VM's
+# share without its neighbours' load): train for each budget, dev fast subsets, change with its paired CI
+# (bench/bench_recipe_cpu.py); one budget per call keeps each call under 10 minutes (~2 min base, then the budget
+# plus ~2 min scoring); then the README's main command itself, on the same slice:
+#   bash bench/gpu_box.sh cpugain 3      (then 5, then 8; results accumulate in /tmp/cpugain while the box is warm)
+#   bash bench/gpu_box.sh cpugain-trial 0.05
 set -x
 export PYTHONUNBUFFERED=1
 setup() {
@@ -96,5 +102,13 @@ tiers)
   setup || exit 1
   python3 bench/bench_tier_gap.py --full --device cuda --honest-steps 100,200 --seeds 0,1 --planted-steps 100 \
     --batch-size 256 --json "$OUT/tier_gap.json" 2>&1 | tee "$OUT/tier_gap.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect" >&2; exit 2 ;;
+cpugain)
+  setup || exit 1
+  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_recipe_cpu.py --minutes "${2:-3}" --out /tmp/cpugain \
+    2>&1 | tee -a "$OUT/cpugain.log"; cp /tmp/cpugain/results.jsonl "$OUT/" ;;
+cpugain-trial)
+  setup || exit 1
+  (time CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 taskset -c 0,1 python3 -m autoembed.cli run recipe --hours "${2:-0.05}" --sandbox bwrap) \
+    2>&1 | tee "$OUT/cpugain_trial.log" ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS]" >&2; exit 2 ;;
 esac

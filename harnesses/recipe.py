@@ -32,8 +32,15 @@ from collections import deque
 
 LR = 5e-5  # knob: log 5e-6..3e-4
 BATCH_SIZE = 256  # knob: choice 32,64,128,256,512
-CPU_BATCH_SIZE = 16  # on a CPU (tests, smoke checks): small enough for a few steps in seconds
 MAX_SEQ_LENGTH = 128  # knob: choice 64,96,128,192,256
+# On a CPU a run has minutes for a few dozen steps, not hours for thousands: short texts (64 tokens and batch 32
+# cost 0.58x the CPU time per pair of 128 tokens and batch 16, measured), a batch that still gives in-batch
+# negatives, and a larger LR so few steps move the model. bf16 autocast (only where the CPU has AMX/AVX512-BF16)
+# is off: on the shared 2-core VM it saved no CPU time per step; a search may turn it on.
+CPU_LR = 1e-4  # knob: log 5e-6..1e-3
+CPU_BATCH_SIZE = 32  # knob: choice 8,16,32,64,128
+CPU_MAX_SEQ_LENGTH = 64  # knob: choice 32,48,64,96,128
+CPU_BF16 = False  # knob: choice False,True
 SCALE = 20.0  # knob: float 5..50
 WARMUP_FRACTION = 0.1  # knob: float 0.0..0.3
 WEIGHT_DECAY = 0.01  # knob: log 1e-4..0.1
@@ -166,6 +173,25 @@ def contrastive_loss(torch, q, d):
     return loss
 
 
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """AMX or AVX512-BF16 (Sapphire Rapids and later, Zen 4): where bf16 matmuls beat fp32 on a CPU."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def device_settings(on_gpu: bool) -> dict:
+    """The learning rate, batch size, training length and autocast dtype for where the run trains."""
+    if on_gpu:
+        return {"lr": LR, "batch_size": BATCH_SIZE, "max_seq_length": MAX_SEQ_LENGTH, "autocast_dtype": "bfloat16"}
+    bf16 = CPU_BF16 and cpu_has_fast_bf16()
+    return {"lr": CPU_LR, "batch_size": CPU_BATCH_SIZE, "max_seq_length": CPU_MAX_SEQ_LENGTH,
+            "autocast_dtype": "bfloat16" if bf16 else None}
+
+
 def train(run) -> dict:
     """Train run.model in place until run.should_stop(step) gives a reason; return the summary's numbers."""
     import math
@@ -175,13 +201,15 @@ def train(run) -> dict:
 
     model, device = run.model, run.device
     queries, positives, groups = load_pairs(run.pool, run.pool_limit)
-    batch_size = min(BATCH_SIZE if run.on_gpu else CPU_BATCH_SIZE, len(set(groups)))
+    settings = device_settings(run.on_gpu)
+    base_lr, max_seq_length = settings["lr"], settings["max_seq_length"]
+    batch_size = min(settings["batch_size"], len(set(groups)))
     run.log(f"pool: {len(queries)} pairs in {len(set(groups))} groups from {run.pool}")
-    model.max_seq_length = MAX_SEQ_LENGTH
+    model.max_seq_length = max_seq_length
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    run.log(f"batch {batch_size}, lr {LR}, max {MAX_SEQ_LENGTH} tokens, {run.seconds_left() / 60:.2f} min to train"
-            + (f", at most {run.max_steps} steps" if run.max_steps else ""))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=WEIGHT_DECAY)
+    run.log(f"batch {batch_size}, lr {base_lr}, max {max_seq_length} tokens, autocast {settings['autocast_dtype']}, "
+            f"{run.seconds_left() / 60:.2f} min to train" + (f", at most {run.max_steps} steps" if run.max_steps else ""))
 
     def batches():
         for epoch, indices in batch_stream(groups, batch_size, run.seed):
@@ -195,14 +223,15 @@ def train(run) -> dict:
         if stop_reason:
             break
         progress = max(run.progress(), step / run.max_steps if run.max_steps else 0.0)
-        lr = LR * lr_factor(min(progress, 1.0))
+        lr = base_lr * lr_factor(min(progress, 1.0))
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         epoch, q_features, d_features = next(stream)
         q_features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in q_features.items()}
         d_features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in d_features.items()}
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.on_gpu):
+        with torch.autocast(device_type="cuda" if run.on_gpu else "cpu", dtype=torch.bfloat16,
+                            enabled=settings["autocast_dtype"] is not None):
             q = model(q_features)["sentence_embedding"]
             d = model(d_features)["sentence_embedding"]
         loss = contrastive_loss(torch, q, d)
@@ -260,8 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="final_model", help="where the trained model is saved")
     p.add_argument("--minutes", type=float, required=True, help="wall-clock budget for the whole script")
     p.add_argument("--batch-size", type=int, default=None, help="override BATCH_SIZE and CPU_BATCH_SIZE")
-    p.add_argument("--lr", type=float, default=None, help="override LR")
-    p.add_argument("--max-seq-length", type=int, default=None, help="override MAX_SEQ_LENGTH (tokens while training)")
+    p.add_argument("--lr", type=float, default=None, help="override LR (and CPU_LR)")
+    p.add_argument("--max-seq-length", type=int, default=None, help="override MAX_SEQ_LENGTH and CPU_MAX_SEQ_LENGTH (tokens while training)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: budget only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -345,6 +374,8 @@ def _apply_overrides(args) -> None:
             if name not in globals():
                 raise SystemExit(f"an override needs the constant {name} above the banner, and it is gone")
             globals()[name] = value
+            if f"CPU_{name}" in globals():  # an override holds on every device
+                globals()[f"CPU_{name}"] = value
 
 
 def main(argv: list[str] | None = None) -> int:

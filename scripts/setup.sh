@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up this machine for autoembed (Debian/Ubuntu, Python >= 3.11, as root or with sudo).
 #   bash scripts/setup.sh          what a trial needs: bubblewrap, PyTorch, the package and the base model
-#   bash scripts/setup.sh --test   also what the tests need: a Docker engine and its task image, and the
+#   bash scripts/setup.sh --test   also what the tests need: a Docker engine and its task image (a minimal Debian
+#                                  made by mmdebstrap from the Debian mirror), and the
 #                                  claude, codex and gemini CLIs (run against a fake server by the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +14,9 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { echo "[setup] $*" >&2; }
 
 apt_pkgs=(bubblewrap)
-# iproute2: the escape test's second network namespace; slurm-wlm, munge: the single-host Slurm of the placement tests
-[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2 slurm-wlm munge)
+# iproute2: the escape test's second network namespace; mmdebstrap: the task image's Debian root filesystem;
+# slurm-wlm, munge: the single-host Slurm of the placement tests
+[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2 mmdebstrap slurm-wlm munge)
 missing=()
 for pkg in "${apt_pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if (( ${#missing[@]} )); then

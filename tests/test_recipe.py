@@ -129,6 +129,44 @@ def test_load_pairs_reads_groups_per_domain_and_rejects_bad_rows(tmp_path):
         recipe_train.load_pairs(str(path))
 
 
+def fresh_recipe():
+    """A new copy of the recipe module, so a test may change its constants."""
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("recipe_fresh", TRAIN_SCRIPT))
+    module.__spec__.loader.exec_module(module)
+    return module
+
+
+def test_cpu_trains_with_its_own_settings_and_overrides_hold_on_both_devices(monkeypatch):
+    recipe = fresh_recipe()
+    monkeypatch.setattr(recipe, "CPU_BF16", True)
+    monkeypatch.setattr(recipe, "cpu_has_fast_bf16", lambda: True)
+    assert recipe.device_settings(True) == {"lr": recipe.LR, "batch_size": recipe.BATCH_SIZE,
+                                                   "max_seq_length": recipe.MAX_SEQ_LENGTH, "autocast_dtype": "bfloat16"}
+    assert recipe.device_settings(False) == {"lr": recipe.CPU_LR, "batch_size": recipe.CPU_BATCH_SIZE,
+                                                    "max_seq_length": recipe.CPU_MAX_SEQ_LENGTH, "autocast_dtype": "bfloat16"}
+    assert recipe.CPU_MAX_SEQ_LENGTH < recipe.MAX_SEQ_LENGTH and recipe.CPU_LR != recipe.LR
+    monkeypatch.setattr(recipe, "cpu_has_fast_bf16", lambda: False)
+    assert recipe.device_settings(False)["autocast_dtype"] is None  # bf16 only where the CPU runs it fast
+    monkeypatch.setattr(recipe, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(recipe, "CPU_BF16", False)
+    assert recipe.device_settings(False)["autocast_dtype"] is None  # and only when the knob asks for it
+
+    recipe._apply_overrides(recipe.parse_args(["--pool", "p", "--base", "b", "--minutes", "1", "--lr", "1e-5",
+                                               "--max-seq-length", "32", "--batch-size", "4"]))
+    for on_gpu in (True, False):
+        settings = recipe.device_settings(on_gpu)
+        assert (settings["lr"], settings["max_seq_length"], settings["batch_size"]) == (1e-5, 32, 4)
+
+
+def test_fast_bf16_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_tile amx_bf16\n")
+    assert recipe_train.cpu_has_fast_bf16(str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not recipe_train.cpu_has_fast_bf16(str(cpuinfo))
+    assert not recipe_train.cpu_has_fast_bf16(str(tmp_path / "missing"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The training script, for real (CPU, tiny)
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +199,8 @@ def test_train_script_runs_a_few_steps_and_saves_a_trained_model(tmp_path):
     out = tmp_path / "final_model"
     proc = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), "--pool", str(pool), "--base", str(base_model_path()), "--out", str(out),
-         "--minutes", "8", "--batch-size", "8", "--max-steps", "5", "--max-seq-length", "64", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600, env=offline_env(), cwd=tmp_path)
+         "--minutes", "15", "--batch-size", "8", "--max-steps", "5", "--max-seq-length", "64", "--device", "cpu"],
+        capture_output=True, text=True, timeout=1000, env=offline_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 1 |" in proc.stdout and "pairs/s" in proc.stdout and "min left" in proc.stdout
     assert "steps: 5" in proc.stdout and "stop_reason: max_steps" in proc.stdout

@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -114,7 +113,7 @@ class HarnessAgent(Agent):
     def _run(self, ctx: TrialContext, harness_file: Path) -> AgentOutcome:
         trial = {"prompt": ctx.prompt, "model": self._model_inside(), "deadline": ctx.deadline,
                  "workdir": ctx.sandbox.workdir_inside, "secret_names": sorted(ctx.env)}
-        python = sys.executable
+        python = ctx.sandbox.python
         reader = _EventReader(ctx)
         try:
             proc = ctx.sandbox.spawn([python, "-u", str(harness_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

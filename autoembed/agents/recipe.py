@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from autoembed.trace import Event
 
 TRAIN_SCRIPT = REPO_ROOT / "harnesses" / "recipe.py"
 # sha256 of everything below the banner in harnesses/recipe.py; change both together, on purpose
-FIXED_ADAPTER_SHA256 = "46cb5e1be3b0460be9b72ebd3d1d5e52ace4feccf7092d058527ead62aa66360"
+FIXED_ADAPTER_SHA256 = "b6dafa71f5b4f139c53e4abcfda6a464afe7e6d306f6683a8614a99c3f21117b"
 RESULT_CHARS = 6000  # tail of a command's output kept in its tool_result event
 PROGRESS_EVERY_S = 60.0
 TERM_GRACE_S = 8.0  # SIGTERM this long before the deadline if the script is still running (it saves on SIGTERM)
@@ -93,7 +92,7 @@ class RecipeAgent(Agent):
 
         self._tool(ctx, "write_file", {"path": "train.py", "bytes": len(script.encode())}, write_script)
 
-        python = sys.executable if box.kind in ("none", "bwrap") else "python3"
+        python = box.python
         probe = self._exec(ctx, [python, "-c", PROBE], timeout=min(300.0, max(box.seconds_left() / 4, 30.0)))
         info = _parse_probe(probe[1])
         base, pool = ctx.base_model, ctx.pool

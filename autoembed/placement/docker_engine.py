@@ -11,10 +11,10 @@ those paths on a filesystem both hosts mount at the same place, as Slurm needs a
 socket that reaches across hosts, which a Unix socket does not: on a remote engine only model-free agents
 (recipe, search) work. Trials of LLM agents on other hosts go through Slurm, where the whole trial runs there.
 
-The task image must exist on every engine: before the first trial there, the base image this machine's default
-engine has (built when missing) is streamed over with `docker save | docker load` (about 6 GB today, once per
-engine and base version), and the small task image is built on top there; with no local engine, both are built on
-the place's engine.
+The task image must exist on every engine: before the first trial there, the root filesystem image this machine's
+default engine has (made when missing) is streamed over with `docker save | docker load` (the large part, once per
+engine and rootfs version), and the thin task image is built on top there; with no local engine, both are built
+on the place's engine.
 """
 
 from __future__ import annotations
@@ -110,11 +110,11 @@ def _forward(stream, say: Say) -> None:
 
 
 def ensure_image_on(place: DockerPlace, task: str, say: Say) -> str:
-    """The task image's tag, present on the place's engine. The base image (this machine's software, ~6 GB) is
-    streamed from this machine's default engine when that is another engine and has it; the small task image on
-    top is then built on the place's engine itself (seconds), as it is everywhere when no local engine answers."""
-    from autoembed.sandbox.image import BASE_REPOSITORY, BUILD_TIMEOUT_S, _prune, ensure_base_image, ensure_task_image
-    from autoembed.sandbox.image import image_exists
+    """The task image's tag, present on the place's engine. The root filesystem image (the large part) is streamed
+    from this machine's default engine when that is another engine and has it (made there when missing); the thin
+    task image on top is then built on the place's engine itself (seconds), as everything is when no local engine
+    answers."""
+    from autoembed.sandbox.image import BUILD_TIMEOUT_S, ensure_rootfs, ensure_task_image, image_exists
 
     target = place.client(BUILD_TIMEOUT_S)
     source_url = os.environ.get("DOCKER_HOST", DEFAULT_URL)
@@ -129,11 +129,11 @@ def ensure_image_on(place: DockerPlace, task: str, say: Say) -> str:
             source = None
     if source is not None:
         with _SOURCE_LOCK:
-            base = ensure_base_image(source, progress=say)
-        if not image_exists(target, base):
-            say(f"{place.name}: copying {base} from {source_url} to {place.url} (docker save | docker load)")
-            ship_images([base], source_url, place.url)
-            _prune(target, BASE_REPOSITORY, keep=base)  # the versions it replaces: 6 GB each
+            rootfs_id = ensure_rootfs(source, task, progress=say)
+        if not image_exists(target, rootfs_id):  # image ids are content hashes: the same on both engines
+            say(f"{place.name}: copying the task's root filesystem image from {source_url} to {place.url} "
+                "(docker save | docker load)")
+            ship_images([rootfs_id], source_url, place.url)
     if source is None and place.url == source_url:  # the default engine itself: one build however many ask
         with _SOURCE_LOCK:
             return ensure_task_image(task, target, progress=say)

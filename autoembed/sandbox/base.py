@@ -63,6 +63,12 @@ class Sandbox(abc.ABC):
     def workdir_inside(self) -> str:
         """Path of the workdir as processes inside the sandbox see it."""
 
+    @property
+    def python(self) -> str:
+        """The interpreter inside, with torch and sentence-transformers: this one, where the sandbox shows
+        the host's own install (bwrap, none); the image's own in Docker."""
+        return sys.executable
+
     @abc.abstractmethod
     def start(self) -> None: ...
 
@@ -105,7 +111,7 @@ class Sandbox(abc.ABC):
     def start_forwarder(self, port: int = GATEWAY_PORT) -> None:
         """Start the forwarder inside (its own network namespace): 127.0.0.1:port -> the gateway's socket;
         waits until it listens (port 0: a free one, for a sandbox that shares the host's network)."""
-        argv = [sys.executable, "-I", "-S", "-c", FORWARDER_SOURCE, "127.0.0.1", str(port), self.gateway_socket_inside()]
+        argv = [self.python, "-I", "-S", "-c", FORWARDER_SOURCE, "127.0.0.1", str(port), self.gateway_socket_inside()]
         proc = self.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         line = read_until(proc.stdout.fileno(), lambda b: b"\n" in b, FORWARDER_START_S).decode("utf-8", "replace")
         if not line.startswith("listening "):

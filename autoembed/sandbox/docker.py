@@ -1,7 +1,7 @@
 """Docker, through the `docker` Python SDK: one container per trial, killed and removed at the deadline.
 
-The image (image.py) is this machine's own software without the hidden paths, so nothing hidden is
-there to find; the container adds only the workdir (writable, at /workdir), a read-only root,
+The image (image.py) is a minimal Debian with what a trial needs and none of the hidden paths, so
+nothing hidden is there to find; the container adds only the workdir (writable, at /workdir), a read-only root,
 private tmpfs for /tmp and /run, no capabilities, no-new-privileges, memory and pid limits, and no
 network: only loopback, where a forwarder serves the LLM gateway's socket (mounted at /gateway).
 PID 1 is the same reaper as in bwrap: it exits at the deadline, so the container dies on time even if the harness itself is gone.
@@ -19,7 +19,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from autoembed.sandbox.hidden import default_hidden
 from autoembed.sandbox.image import docker_client
 from autoembed.sandbox.limits import cgroup_dirs_of, cgroup_events
 from autoembed.sandbox.procs import REAPER
+from autoembed.sandbox.rootfs import IMAGE_PYTHON
 
 WORKDIR_INSIDE = "/workdir"
 SPAWN_MARKER = "AUTOEMBED_SPAWN"
@@ -58,6 +58,10 @@ class DockerSandbox(Sandbox):
         return WORKDIR_INSIDE
 
     @property
+    def python(self) -> str:
+        return IMAGE_PYTHON
+
+    @property
     def user(self) -> str:
         # The host user's ids, so files the agent leaves in the workdir are the user's to delete.
         return f"{os.getuid()}:{os.getgid()}"
@@ -78,7 +82,7 @@ class DockerSandbox(Sandbox):
 
         self._client = self._client or docker_client()
         self._stream_client = docker_client(timeout=None)
-        layout.prepare_home(workdir)
+        layout.prepare_home(workdir, self.python)
         try:
             self._container = self._client.containers.run(**self.container_kwargs(workdir))
         except docker.errors.DockerException as exc:
@@ -106,7 +110,7 @@ class DockerSandbox(Sandbox):
                 mounts.append(docker.types.Mount(str(path), "/dev/null", type="bind", read_only=True))
         kwargs = dict(
             image=self.config.image,
-            command=[sys.executable, "-I", "-S", "-c", REAPER, repr(self.config.deadline)],
+            command=[self.python, "-I", "-S", "-c", REAPER, repr(self.config.deadline)],
             name=f"autoembed-{uuid.uuid4().hex[:12]}",
             labels={"autoembed.sandbox": "1"},
             detach=True,
@@ -128,7 +132,9 @@ class DockerSandbox(Sandbox):
         if self.config.memory_gb:
             kwargs["mem_limit"] = f"{int(self.config.memory_gb * 1024)}m"
             kwargs["memswap_limit"] = kwargs["mem_limit"]
-        kwargs.update(self._gpu_kwargs())
+        gpu = self._gpu_kwargs()
+        kwargs["mounts"] = mounts + gpu.pop("mounts", [])
+        kwargs.update(gpu)
         return kwargs
 
     def stop(self) -> None:
@@ -231,7 +237,7 @@ class DockerSandbox(Sandbox):
     def _base_env(self) -> dict[str, str]:
         gpus = self.config.gpus or []
         visible = ",".join(str(i) for i in range(len(gpus))) if self._uses_device_requests() else ",".join(gpus)
-        return layout.clean_env(WORKDIR_INSIDE, visible, self.config.env)
+        return layout.clean_env(WORKDIR_INSIDE, visible, self.config.env, python=self.python)
 
     def _extra_hidden(self) -> list[Path]:
         defaults = {str(p) for p in default_hidden()}
@@ -253,13 +259,15 @@ class DockerSandbox(Sandbox):
             self._gpu_mode = "device_requests"
             return {"device_requests": [docker.types.DeviceRequest(device_ids=list(self.config.gpus),
                                                                    capabilities=[["gpu"]])]}
-        # No NVIDIA container toolkit: the image is this machine's own filesystem, so the driver's
-        # user-space libraries are in it already and only the device nodes are missing. All GPUs'
-        # nodes are passed; CUDA_VISIBLE_DEVICES selects (as in bwrap).
+        # No NVIDIA container toolkit: the image has the host's CUDA torch (rootfs.py copies this
+        # machine's install) but not the driver, which must match the kernel's: its user-space
+        # libraries are bound read-only at their host paths, and all GPUs' device nodes passed;
+        # CUDA_VISIBLE_DEVICES selects (as in bwrap).
         self._gpu_mode = "device nodes"
         nodes = [n for n in sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/nvidia-caps/*"))
                  if stat.S_ISCHR(os.stat(n).st_mode)]
-        return {"devices": [f"{n}:{n}:rwm" for n in nodes]}
+        mounts = [docker.types.Mount(str(f), str(f), type="bind", read_only=True) for f in driver_files()]
+        return {"devices": [f"{n}:{n}:rwm" for n in nodes], "mounts": mounts}
 
     def describe(self) -> dict:
         info = {**super().describe(), "workdir_inside": WORKDIR_INSIDE, "image": self.config.image,
@@ -273,6 +281,17 @@ class DockerSandbox(Sandbox):
         except Exception as exc:  # describing must never break a trial record
             info["engine_error"] = str(exc)
         return info
+
+
+DRIVER_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+DRIVER_PATTERNS = ("libcuda.so*", "libnvidia-*.so*", "libcudadebugger.so*", "libnvcuvid.so*")
+
+
+def driver_files(library_dirs=DRIVER_LIBRARY_DIRS, binaries=("nvidia-smi",)) -> list[Path]:
+    """The NVIDIA driver's user-space files on this host (what the container toolkit would inject)."""
+    found = [Path(f) for d in library_dirs for pattern in DRIVER_PATTERNS for f in glob.glob(os.path.join(d, pattern))]
+    found += [Path(exe) for exe in map(shutil.which, binaries) if exe]
+    return sorted(dict.fromkeys(f for f in found if f.is_file()))
 
 
 class DockerExecPopen(subprocess.Popen):

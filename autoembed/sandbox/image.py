@@ -1,10 +1,11 @@
-"""The Docker task image, built offline.
+"""The Docker task image: a minimal Debian root filesystem plus what a trial needs, tagged once.
 
-Images cannot be pulled here, so the base image is this machine's own software: a tar of the
-system trees and this Python's install (the hidden paths and a few big unused trees left out),
-streamed into `docker import`. tasks/<name>/environment/Dockerfile is then built on top with the
-base as the BASE_IMAGE build argument, adding the autoembed package without autoembed/sealed/.
-Both images are tagged by a content hash and reused while it holds; a new build prunes the old tags.
+The root filesystem is made by mmdebstrap from the Debian mirror (rootfs.py says what goes in: Python 3,
+this machine's torch, sentence-transformers and LLM clients, node and the agent CLIs) and streamed into
+`docker import` as an untagged image labelled with its content hash. tasks/<name>/environment/Dockerfile
+is then built on top (BASE_IMAGE: that image), adding the autoembed package without autoembed/sealed/;
+only this result is tagged, autoembed-<task>:<hash>. Both are reused while their hash holds, so a code
+change rebuilds only the thin top layer; a new build prunes the old tag.
 
     python -m autoembed.sandbox.image [--task embed] [--force]
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -21,16 +21,15 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from autoembed import paths
-from autoembed.sandbox import layout
-from autoembed.sandbox.hidden import hidden_paths, is_within
+from autoembed.sandbox import rootfs
 
-BASE_REPOSITORY = "autoembed-base"
-FORMAT = "2"  # bump when the rootfs recipe changes in a way the fingerprint cannot see
-# Big trees no trial uses; leaving them out saves minutes of build on a fresh CI machine.
-IMAGE_SKIP = ("/usr/lib/google-cloud-sdk", "/usr/lib/jvm", "/usr/lib/debug")
+ROOTFS_LABEL = "autoembed.rootfs"  # its value: the rootfs recipe's fingerprint
+PART_LABEL = "autoembed.part"  # rootfs on the imported base; the Dockerfile sets task on the tagged image
+PREFIX_VAR = "AUTOEMBED_IMAGE_PREFIX"
 BUILD_TIMEOUT_S = 3600
 
 
@@ -38,54 +37,16 @@ class ImageBuildError(RuntimeError):
     pass
 
 
+def image_prefix() -> str:
+    """Repository prefix; two checkouts sharing one engine can keep their images apart with another."""
+    return os.environ.get(PREFIX_VAR) or "autoembed"
+
+
 def task_repository(task: str) -> str:
-    return f"autoembed-{Path(task).name}"
+    return f"{image_prefix()}-{Path(task).name}"
 
 
-# -- what goes into the base image -----------------------------------------------------------------
-def rootfs_members() -> list[str]:
-    """Paths (relative to /) archived into the base image."""
-    members = [root for root in layout.SYSTEM_ROOTS if os.path.isdir(root)]
-    members += [name for name in layout.MERGED_USR if os.path.lexists(name)]
-    members += [str(p) for p in layout.runtime_paths() if p.exists()]
-    return [m.lstrip("/") for m in dict.fromkeys(members)]
-
-
-def rootfs_excludes(members: list[str]) -> list[str]:
-    """Hidden paths and skipped trees inside the archived members, plus the harness's own copy of
-    autoembed (the Dockerfile adds one without sealed/)."""
-    trees = [Path("/", m) for m in members]
-    candidates = [*hidden_paths(), *map(Path, IMAGE_SKIP), paths.PACKAGE_DIR]
-    excludes = [str(p).lstrip("/") for p in candidates if any(is_within(p, t) for t in trees)]
-    for prefix in layout.python_prefixes():  # the editable install's hooks point at the repo
-        for site in prefix.glob("lib/python3*/site-packages"):
-            rel = str(site).lstrip("/")
-            excludes += [f"{rel}/__editable__*autoembed*", f"{rel}/autoembed-*.dist-info", f"{rel}/autoembed.pth"]
-    return sorted(dict.fromkeys(excludes))
-
-
-def base_fingerprint(members: list[str], excludes: list[str]) -> str:
-    """Cheap content hash of what the base image mirrors: the recipe, the installed Python
-    distributions, the Debian packages, and the agent CLIs' files."""
-    digest = hashlib.sha256()
-    digest.update(f"{FORMAT}\n{sys.version}\n{sys.executable}\n".encode())
-    digest.update("\n".join(members + ["--"] + excludes).encode())
-    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
-                   if d.metadata["Name"] and d.metadata["Name"].lower() != "autoembed")
-    digest.update("\n".join(dists).encode())
-    dpkg_status = Path("/var/lib/dpkg/status")
-    if dpkg_status.is_file():
-        digest.update(hashlib.sha256(dpkg_status.read_bytes()).digest())
-    for name in layout.AGENT_BINARIES:
-        exe = shutil.which(name)
-        if exe:
-            real = Path(exe).resolve()
-            stat = real.stat()
-            digest.update(f"{name} {real} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-# -- building ----------------------------------------------------------------------------------------
+# -- the root filesystem -------------------------------------------------------------------------------
 def docker_client(timeout: int = 60):
     import docker  # imported here: bwrap and none must work without an engine
 
@@ -102,39 +63,89 @@ def image_exists(client, tag: str) -> bool:
         return False
 
 
-def ensure_base_image(client=None, *, force: bool = False, progress=print) -> str:
-    client = client or docker_client(BUILD_TIMEOUT_S)
-    members = rootfs_members()
-    excludes = rootfs_excludes(members)
-    tag = f"{BASE_REPOSITORY}:{base_fingerprint(members, excludes)}"
-    if image_exists(client, tag) and not force:
-        return tag
-    replaced = _image_id(client, tag)
-    progress(f"building {tag} from this machine's filesystem ({', '.join('/' + m for m in members)}); "
-             "this takes a few minutes once")
-    argv = ["tar", "--create", "--file=-", "--directory=/", "--numeric-owner", "--anchored",
-            "--warning=no-file-changed", "--warning=no-file-removed", "--warning=no-file-ignored",
-            *(f"--exclude={x}" for x in excludes), "--", *members]
-    tar = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(tar.stderr.read()), daemon=True)
-    reader.start()
+def find_rootfs(client, fingerprint: str) -> str | None:
+    """The id of the imported rootfs with this fingerprint, if this engine has it. Images built on it inherit
+    its labels; it alone has no parent."""
+    for image in client.images.list(all=True, filters={"label": f"{ROOTFS_LABEL}={fingerprint}"}):
+        if image.labels.get(PART_LABEL) == "rootfs" and not image.attrs.get("Parent"):
+            return image.id
+    return None
+
+
+def ensure_rootfs(client, task: str, *, force: bool = False, progress=print) -> str:
+    """The id of the task's rootfs image, made by mmdebstrap if this engine lacks it."""
     try:
-        chunks = iter(lambda: tar.stdout.read(1 << 20), b"")
-        client.api.import_image_from_stream(chunks, repository=BASE_REPOSITORY, tag=tag.split(":", 1)[1],
-                                            changes=["WORKDIR /", "ENV LANG=C.UTF-8"])
+        recipe = rootfs.recipe(paths.task_dir(task) / "environment")
+    except rootfs.RootfsError as exc:
+        raise ImageBuildError(str(exc)) from None
+    fingerprint = recipe.fingerprint()
+    found = find_rootfs(client, fingerprint)
+    if found and not force:
+        return found
+    check_build_tools(recipe.mirror, recipe.suite)
+    with tempfile.TemporaryDirectory(prefix="autoembed-rootfs-") as tmp:
+        staged = rootfs.stage(recipe, Path(tmp))
+        progress(f"building the task's root filesystem: Debian {recipe.suite} from {recipe.mirror} with "
+                 f"{len(recipe.debian_packages)} packages, {len(recipe.distributions)} Python distributions from "
+                 f"this machine and the agent CLIs ({staged / 1e9:.1f} GB); a few minutes, once")
+        image_id = _import_rootfs(client, recipe, Path(tmp), fingerprint, progress)
+    if found and found != image_id:
+        _remove_quietly(client, found)
+    return image_id
+
+
+def check_build_tools(mirror: str, suite: str) -> None:
+    """mmdebstrap installed and the mirror answering, or one clear error before minutes are spent."""
+    if shutil.which("mmdebstrap") is None:
+        raise ImageBuildError("mmdebstrap is not installed, and the task image is built with it: "
+                              "apt-get install mmdebstrap (scripts/setup.sh --test does)")
+    url = f"{mirror}/dists/{suite}/InRelease"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=20):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+        raise ImageBuildError(f"the Debian mirror does not answer ({url}: {exc}); the task image is built from "
+                              f"it: set {rootfs.MIRROR_VAR} to a reachable mirror") from None
+
+
+def _import_rootfs(client, recipe, staging: Path, fingerprint: str, progress) -> str:
+    env = {**os.environ, "SOURCE_DATE_EPOCH": rootfs.SOURCE_DATE_EPOCH}
+    proc = subprocess.Popen(recipe.mmdebstrap_argv(staging), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    log: list[str] = []
+    start = time.time()
+
+    def read_log() -> None:
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            log.append(line)
+            if line.startswith(("I: running", "I: downloading", "I: extracting", "I: installing", "I: creating")):
+                progress(f"  [{time.time() - start:4.0f} s] mmdebstrap: {line[3:100]}")
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    answer = ""
+    try:
+        chunks = iter(lambda: proc.stdout.read(1 << 20), b"")
+        answer = client.api.import_image_from_stream(
+            chunks, changes=["WORKDIR /", "ENV LANG=C.UTF-8", f"LABEL {ROOTFS_LABEL}={fingerprint}",
+                             f"LABEL {PART_LABEL}=rootfs"])
+    except Exception as exc:  # noqa: BLE001 - mmdebstrap's own error says more; raised below
+        answer = f"docker import failed: {exc}"
     finally:
-        tar.stdout.close()
-        code = tar.wait()
+        proc.stdout.close()
+        code = proc.wait()
         reader.join()
-    if code not in (0, 1):  # 1: a file changed while being read (logs), harmless
-        _remove_quietly(client, tag)
-        raise ImageBuildError(f"tar of the rootfs failed ({code}): {b''.join(errors).decode(errors='replace')[-2000:]}")
-    _drop_replaced(client, tag, replaced)
-    _prune(client, BASE_REPOSITORY, keep=tag)
-    return tag
+    if code != 0:
+        raise ImageBuildError(f"mmdebstrap could not make the root filesystem from {recipe.mirror} (exit {code}; "
+                              f"is the mirror reachable? {rootfs.MIRROR_VAR} sets another):\n" + "\n".join(log[-15:]))
+    image_id = find_rootfs(client, fingerprint)
+    if image_id is None:
+        raise ImageBuildError(f"docker import of the root filesystem produced no image: {str(answer)[-500:]}")
+    progress(f"  [{time.time() - start:4.0f} s] root filesystem imported: {image_id[7:19]}")
+    return image_id
 
 
+# -- the task image --------------------------------------------------------------------------------------
 def task_context(task: str, dest: Path) -> Path:
     """The build context: the task's environment/ folder plus autoembed without sealed/."""
     env_dir = paths.task_dir(task) / "environment"
@@ -154,13 +165,14 @@ def context_hash(context: Path, build_args: dict[str, str]) -> str:
 
 
 def ensure_task_image(task: str = paths.DEFAULT_TASK, client=None, *, force: bool = False, progress=print) -> str:
-    """The tag of the task's image, building the base and/or the task image if missing."""
+    """The tag of the task's image, building the rootfs and/or the top layer if missing."""
     client = client or docker_client(BUILD_TIMEOUT_S)
-    base = ensure_base_image(client, force=force, progress=progress)
+    base = ensure_rootfs(client, task, force=force, progress=progress)
+    repository = task_repository(task)
     with tempfile.TemporaryDirectory(prefix="autoembed-image-") as tmp:
         context = task_context(task, Path(tmp))
-        build_args = {"BASE_IMAGE": base, "PYTHON": sys.executable}
-        tag = f"{task_repository(task)}:{context_hash(context, build_args)}"
+        build_args = {"BASE_IMAGE": base, "PYTHON": rootfs.IMAGE_PYTHON}
+        tag = f"{repository}:{context_hash(context, build_args)}"
         if image_exists(client, tag) and not force:
             return tag
         replaced = _image_id(client, tag)
@@ -175,8 +187,8 @@ def ensure_task_image(task: str = paths.DEFAULT_TASK, client=None, *, force: boo
     if not image_exists(client, tag):
         raise ImageBuildError(f"docker build of {tag} produced no image:\n{''.join(log[-20:])}")
     _drop_replaced(client, tag, replaced)
-    _prune(client, task_repository(task), keep=tag)
-    _prune(client, BASE_REPOSITORY, keep=base)  # old bases are free once their task images are gone
+    _prune(client, repository, keep=tag)  # their rootfs goes with them unless this tag stands on it
+    _prune(client, f"{image_prefix()}-base", keep="")  # the two-tag layout before the mmdebstrap rootfs
     return tag
 
 
@@ -213,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     client = docker_client(BUILD_TIMEOUT_S)
-    tag = ensure_task_image(args.task, client, force=args.force)
+    try:
+        tag = ensure_task_image(args.task, client, force=args.force, progress=lambda line: print(line, flush=True))
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     size_gb = client.images.get(tag).attrs["Size"] / 1e9
     print(f"image {tag}: {size_gb:.2f} GB, ready in {time.time() - start:.0f} s")
     return 0

@@ -43,15 +43,16 @@ def runtime_paths(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
     return _unique([p for p in paths if not _under_system_roots(p)])
 
 
-def inside_path_var() -> str:
-    """PATH inside: this Python first (so `python3` has torch), then node/CLI bins, then the system."""
+def inside_path_var(python: str | None = None) -> str:
+    """PATH inside: the sandbox's Python first (so `python3` has torch), then the system, then node/CLI bins."""
     tools = [str(Path(exe).parent) for exe in map(shutil.which, AGENT_BINARIES) if exe]
-    return ":".join(dict.fromkeys([str(Path(sys.executable).parent), *STANDARD_PATH, *tools]))
+    return ":".join(dict.fromkeys([str(Path(python or sys.executable).parent), *STANDARD_PATH, *tools]))
 
 
-def clean_env(workdir_inside: str, cuda_visible_devices: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+def clean_env(workdir_inside: str, cuda_visible_devices: str, extra: dict[str, str] | None = None,
+              python: str | None = None) -> dict[str, str]:
     env = {
-        "PATH": inside_path_var(),
+        "PATH": inside_path_var(python),
         "HOME": f"{workdir_inside}/{HOME_NAME}",
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
@@ -63,14 +64,14 @@ def clean_env(workdir_inside: str, cuda_visible_devices: str, extra: dict[str, s
     return env
 
 
-def prepare_home(workdir: Path) -> Path:
+def prepare_home(workdir: Path, python: str | None = None) -> Path:
     """The writable HOME inside (CLIs keep their state there). Its .profile restores PATH, because
     Debian's /etc/profile resets it for every login shell (`bash -lc`, which exec and codex use)."""
     home = workdir / HOME_NAME
     home.mkdir(parents=True, exist_ok=True)
     (home / ".profile").write_text(
         "# written by autoembed: /etc/profile resets PATH, this puts the sandbox's Python first again\n"
-        f"export PATH={inside_path_var()}\n"
+        f"export PATH={inside_path_var(python)}\n"
     )
     return home
 

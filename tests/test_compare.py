@@ -1,0 +1,207 @@
+"""`autoembed compare`: the offline 2x2 grid (search and a scripted meta-agent x two scripted task models, two
+repeats) with simulated trials (tests/compare_driver.py), killed with SIGKILL in the middle of a cell's trial,
+resumed, and its report's numbers recomputed here from the cells' ledger.jsonl / heldout.jsonl with code of
+this test's own (json, numpy, scipy), not the report's."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from autoembed.paths import REPO_ROOT
+from tests import compare_driver
+
+SCORED = ("keep", "discard", "inconclusive")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("AUTOEMBED_HOME", str(home))
+    compare_driver.register_ladder(home)
+    return home
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def recompute_cell(cell: Path) -> dict:
+    """best - baseline on dev and held-out, each the mean over that commit's scored runs."""
+    rows = _jsonl(cell / "ledger.jsonl")
+    held = {h["row_id"]: h["heldout"]["mean"] for h in _jsonl(cell / "heldout.jsonl") if h.get("heldout")}
+    scored = [r for r in rows if r["status"] in SCORED and r["trial_id"]]
+    baseline = [r for r in scored if r["kind"] == "baseline"][0]["commit"]
+    kept = [r["commit"] for r in rows if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
+    best = kept[-1] if kept else baseline
+    out = {}
+    for split, value in (("dev", lambda r: r["dev"]["mean"]), ("heldout", lambda r: held[r["row_id"]])):
+        means = [np.mean([value(r) for r in scored if r["commit"] == c]) for c in (baseline, best)]
+        out[split] = means[1] - means[0]
+    return out
+
+
+def t_interval(xs):
+    m, sd = np.mean(xs), np.std(xs, ddof=1)
+    half = stats.t.ppf(0.975, len(xs) - 1) * sd / math.sqrt(len(xs))
+    return m, m - half, m + half
+
+
+def table(markdown: str, header_start: str) -> list[list[str]]:
+    lines = markdown.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[+-]?\d+\.\d+", cell)]
+
+
+def test_compare_killed_mid_trial_resumes_and_its_report_is_recomputed_from_the_ledgers(tmp_path, home):
+    out = tmp_path / "cmp"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_HOME": str(home)}
+    killed = subprocess.run([sys.executable, "-m", "tests.compare_driver", str(out), "--kill-after-cells", "3"],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    done = sorted(p.parent.name for p in out.glob("cells/*/done.json"))
+    assert len(done) == 3 and not (out / "report").exists()
+    cut = [p for p in out.glob("cells/*") if not (p / "done.json").exists()]
+    assert len(cut) == 1 and (cut[0] / "intents.jsonl").is_file(), "the fourth cell's loop had begun when it was killed"
+
+    result = compare_driver.run_comparison(out, resume=True)
+    assert result.exit_code == 0
+    cells = sorted(out.glob("cells/*"))
+    assert len(cells) == 8 and all((c / "done.json").is_file() for c in cells)
+    cut_rows = _jsonl(cut[0] / "ledger.jsonl")
+    assert cut_rows[0]["status"] == "crash" and "loop stopped during this trial" in cut_rows[0]["reason"]
+    assert len({r["row_id"] for r in cut_rows}) == len(cut_rows), "a row was written twice across the kill"
+    for name in ("report.md", "report.json", "improvement.png", "leaderboard.png"):
+        assert (out / "report" / name).stat().st_size > 200, name
+
+    # recompute every pairing's numbers from the ledgers
+    report = (out / "report" / "report.md").read_text()
+    by_pairing: dict[tuple[str, str], list[dict]] = {}
+    for cell in cells:
+        info = json.loads((cell / "cell.json").read_text())
+        by_pairing.setdefault((Path(info["meta"].split(":")[-1]).name, Path(info["task_model"].split(":")[-1]).name),
+                              []).append({**info, **recompute_cell(cell)})
+    rows = table(report, "| meta-agent | task model |")
+    assert len(rows) == 4
+    for row in rows:
+        key = (row[0].split(":")[-1], row[1].split(":")[-1])
+        repeats = by_pairing[key]
+        assert int(row[3]) == len(repeats) == 2
+        for split, mean_col, ci_col in (("dev", 4, 5), ("heldout", 6, 7)):
+            m, lo, hi = t_interval([r[split] for r in repeats])
+            assert numbers(row[mean_col])[0] == pytest.approx(m, abs=1e-4), (key, split)
+            assert numbers(row[ci_col]) == pytest.approx([lo, hi], abs=1e-4), (key, split)
+        assert numbers(row[8])[0] == pytest.approx(np.mean([r["heldout"] for r in repeats]) / 0.10, abs=0.01)
+    same = by_pairing[("alpha.meta.json", "alpha.task.json")]
+    assert all(r["heldout"] > 0.02 for r in same), "the simulated same-family gain was not found"
+    assert all(r["dev"] == 0 and r["heldout"] == 0 for k, v in by_pairing.items() if k[0] == "search" for r in v)
+
+    # the same-vs-cross contrast per repeat, its interval and the exact sign-flip p
+    test_rows = {r[0]: r for r in table(report, "| split | repeats |")}
+    for split in ("dev", "heldout"):
+        diffs = []
+        for rep in range(2):
+            cellsr = [c for v in by_pairing.values() for c in v if c["repeat"] == rep]
+            same_ = [c[split] for c in cellsr if "alpha.meta" in c["meta"] and "alpha.task" in c["task_model"]]
+            cross = [c[split] for c in cellsr if not ("alpha.meta" in c["meta"] and "alpha.task" in c["task_model"])]
+            diffs.append(np.mean(same_) - np.mean(cross))
+        m, lo, hi = t_interval(diffs)
+        flips = [abs(np.mean(np.array(s) * diffs)) for s in itertools.product((1, -1), repeat=len(diffs))]
+        p = np.mean([f >= abs(np.mean(diffs)) - 1e-12 for f in flips])
+        row = test_rows[split]
+        assert numbers(row[2])[0] == pytest.approx(m, abs=1e-4)
+        assert numbers(row[3]) == pytest.approx([lo, hi], abs=1e-4)
+        assert float(row[4]) == pytest.approx(p, abs=1e-3)
+    assert "NOT balanced" in report and "smallest p 2 repeats can give is 0.500" in report
+
+    # the leaderboard: every cell's baseline runs per task model, anchored on the ladder
+    board = table(report, "| agent | model | trials |")
+    assert board[0][0] == "anchor: base model" and board[1][0].startswith("anchor: reference recipe")
+    for row in board[2:]:
+        task_model = row[1].split(":")[-1]
+        values = []
+        for cell in cells:
+            if json.loads((cell / "cell.json").read_text())["task_model"].endswith(task_model):
+                held = {h["row_id"]: h["heldout"]["mean"] for h in _jsonl(cell / "heldout.jsonl")}
+                values += [held[r["row_id"]] for r in _jsonl(cell / "ledger.jsonl")
+                           if r["kind"] == "baseline" and r["status"] in SCORED]
+        assert int(row[2]) == len(values)
+        assert numbers(row[4])[0] == pytest.approx(np.mean(values), abs=1e-4)
+        assert numbers(row[7])[0] == pytest.approx((np.mean(values) - 0.5) / 0.1, abs=0.01)
+
+
+def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
+    from autoembed.cli import main
+
+    cases = [(["--meta", "search", "--task", "scripted:x.json"], "--hours"),
+             (["--meta", "search", "--task", "search", "--hours", "1"], "'search' is a meta-agent"),
+             (["--meta", "search,search", "--task", "scripted:x.json", "--hours", "1"], "lists a name twice"),
+             (["--meta", "nosuch:model", "--task", "scripted:x.json", "--hours", "1"], "nosuch"),
+             (["--meta", "search", "--task", "scripted:x.json", "--hours", "1", "--agents", "nosuch"], "unknown agent 'nosuch'"),
+             (["--resume", str(tmp_path / "nothing")], "no compare.json")]
+    for argv, words in cases:
+        assert main(["compare", *argv, "--out", str(tmp_path / "out")] if "--resume" not in argv else ["compare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and words in err, (argv, err)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_offline_compare_with_real_scripted_harness_trials_is_killed_resumed_and_reported(tmp_path):
+    """The README's offline grid with real trials (scripted harnesses training on the CPU in bwrap, sealed scoring
+    of a tiny copy of the task), through the command line: SIGKILL once the first cell is done, --resume, report."""
+    import time
+
+    from tests.tiny_task import shared_tiny_task
+
+    task = shared_tiny_task(tmp_path)
+    out, examples = tmp_path / "cmp", REPO_ROOT / "examples" / "compare"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+           "AUTOEMBED_TRACES": str(tmp_path / "traces")}
+    argv = [sys.executable, "-m", "autoembed.cli", "compare", "--meta", f"search,scripted:{examples / 'alpha.meta.json'}",
+            "--task", f"scripted:{examples / 'alpha.task.json'},scripted:{examples / 'beta.task.json'}", "--hours", "0.5",
+            "--trial-hours", "0.05", "--repeats", "1", "--baseline-runs", "1", "--max-iterations", "1",
+            "--sandbox", "bwrap", "--bench", str(task), "--out", str(out)]
+    proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while not list(out.glob("cells/*/done.json")) and proc.poll() is None:
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "-m", "autoembed.cli", "compare", "--resume", str(out)], env=env,
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=5400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = (out / "report" / "report.md").read_text()
+    for row in table(report, "| meta-agent | task model |"):
+        cell = next(out.glob(f"cells/{_cell_prefix(row[0])}__{row[1].split(':')[-1]}__r0"))
+        rows = _jsonl(cell / "ledger.jsonl")
+        if any(r["status"] in SCORED and r["kind"] == "baseline" for r in rows):
+            expected = recompute_cell(cell)
+            assert numbers(row[4])[0] == pytest.approx(expected["dev"], abs=1e-4)
+            assert numbers(row[6])[0] == pytest.approx(expected["heldout"], abs=1e-4)
+        else:
+            assert row[4] == "n/a"
+
+
+def _cell_prefix(meta_label: str) -> str:
+    return meta_label.split(":")[-1]
