@@ -105,6 +105,7 @@ class LoopConfig:
     max_cost: float | None = None
     max_iterations: int | None = None
     gpus: list[str] = field(default_factory=list)
+    places: str | None = None  # a TOML file of places (autoembed.placement.config): candidates fill all their slots
     sandbox: str = "auto"
     fast: bool | None = None
     baseline_runs: int = 3  # A/A runs of the baseline at the start: the first estimate of run-to-run noise
@@ -147,6 +148,7 @@ class Loop:
         self._lock = threading.Lock()
         self.deadline = time.time() + config.hours * 3600
         self.trial_runner = trial_runner or self._run_trial
+        self.pool = _pool_of(config.places, self.say) if config.places else None
         self.smoke = smoke or self._smoke_check
         self.heldout_scorer = heldout_scorer or self._score_heldout_of_trial
         # a runner without a tiers argument (an older simulation) scores every tier, as run() does by default
@@ -237,7 +239,7 @@ class Loop:
         self.replay()
         self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
         self.clock = PhaseClock()
-        slots = self.config.gpus or [None]
+        slots = self.pool.slot_labels() if self.pool else (self.config.gpus or [None])
         try:
             while True:
                 stop = self._budget_stop()
@@ -442,9 +444,13 @@ class Loop:
         from autoembed.run import run
 
         model = self.config.task_model if self.target.name == "harness" else None
-        return run(agent_spec, task=self.config.task, hours=hours or self.config.trial_hours, sandbox=self.config.sandbox,
-                   model=model, gpus=[gpu] if gpu else None, out=out, fast=self.config.fast, progress=say,
-                   tiers=tiers)
+        kwargs = dict(task=self.config.task, hours=hours or self.config.trial_hours, sandbox=self.config.sandbox,
+                      model=model, out=out, fast=self.config.fast, tiers=tiers)
+        if self.pool:  # the pool picks the free slot (gpu is only its label) and retries elsewhere if a place fails
+            from autoembed.placement import trial_result
+
+            return trial_result(self.pool.run_trial({"agent": agent_spec, **kwargs}, say))
+        return run(agent_spec, gpus=[gpu] if gpu else None, progress=say, **kwargs)
 
     def _score_heldout_of_trial(self, trial_dir: Path, gpu: str | None, say) -> dict:
         from autoembed.run import score_deferred
@@ -816,6 +822,13 @@ def make_meta_agent(config: LoopConfig, run_dir: Path, gateway=None) -> MetaAgen
                         token=os.environ.get(META_TOKEN_ENV) or None)
 
 
+def _pool_of(places: str, say):
+    from autoembed.placement import Pool
+    from autoembed.placement.config import load_places
+
+    return Pool(load_places(Path(places)), say=lambda msg: say(f"placement: {msg}"))
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -852,6 +865,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cost", type=float, default=None, help="stop after this many dollars (trials + meta-agent)")
     p.add_argument("--max-iterations", type=int, default=None, help="stop after this many candidates")
     p.add_argument("--gpus", default=None, help="GPU ids, one trial per GPU side by side, e.g. 0,1 (default: CPU)")
+    p.add_argument("--places", default=None, metavar="TOML",
+                   help="run trials on these places (local GPUs, Docker engines, Slurm), one per slot; see README")
     p.add_argument("--sandbox", default=None, choices=["auto", "docker", "bwrap", "none"])
     p.add_argument("--baseline-runs", type=int, default=None,
                    help=f"A/A runs of the baseline at the start (default 3 with --gpus, {CPU_BASELINE_RUNS} on a CPU)")
@@ -866,7 +881,7 @@ def config_from_args(args) -> tuple[Path, LoopConfig]:
     given = {"hours": args.hours, "trial_hours": args.trial_hours, "target": args.target, "meta": args.meta,
              "task_model": args.task_model, "max_cost": args.max_cost, "max_iterations": args.max_iterations,
              "sandbox": args.sandbox, "baseline_runs": args.baseline_runs, "seed": args.seed, "task": args.task,
-             "fast": args.fast, "meta_base_url": args.meta_base_url}
+             "fast": args.fast, "meta_base_url": args.meta_base_url, "places": args.places}
     if args.gpus is not None:
         given["gpus"] = [g.strip() for g in args.gpus.split(",") if g.strip()]
     given = {k: v for k, v in given.items() if v is not None}
@@ -908,6 +923,12 @@ def _validate(config: LoopConfig) -> None:
         from autoembed.llm.registry import parse_model
 
         parse_model(config.meta)  # a clear error for a malformed provider:model now, not mid-run
+    if config.places:
+        from autoembed.placement.config import load_places
+
+        load_places(Path(config.places))  # a clear error for a bad places file now, not when the first trial starts
+        if config.gpus:
+            raise ValueError("--places and --gpus both say where trials run: list this machine's GPUs as a local place")
     if len(set(config.gpus)) != len(config.gpus):
         raise ValueError(f"--gpus lists a GPU twice: {','.join(config.gpus)}")
 

@@ -102,7 +102,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
         gpus: list[str] | None = None, out: Path | None = None, fast: bool | None = None,
         progress: Callable[[str], None] | str | None = None, reprompt_margin_s: float = 300.0,
         max_usd: float | None = None, max_tokens: int | None = None, check_key: bool = True,
-        tiers: tuple[str, ...] | None = None) -> TrialResult:
+        tiers: tuple[str, ...] | None = None, placement: dict | None = None) -> TrialResult:
     """Run one trial and return its result; never raises for agent failures (they are recorded).
     Bad input raises PreflightError before a run folder exists (check_key: ask the provider whether the key is
     accepted); a start that fails after that raises TrialFailedToStart, its folder saying failed_to_start.
@@ -111,7 +111,9 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
     progress: a callable that gets each progress line (default: print to stderr), or "bar" for a progress bar
     over the agent's budget that works in Jupyter and in a terminal (tqdm.auto).
     tiers: the tiers scored now (default all three); ("dev", "validation") defers held-out, which score_deferred
-    adds later (the loop scores held-out only for the commits it keeps)."""
+    adds later (the loop scores held-out only for the commits it keeps).
+    placement: where the trial runs (autoembed.placement records place, kind, gpu and attempts), kept in
+    meta.json from the start."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     volumes: list[WorkdirVolume] = []
@@ -119,7 +121,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
     try:
         return _run(agent, task=task, hours=hours, sandbox=sandbox, model=model, gpus=gpus, out=out, fast=fast,
                     progress=progress, reprompt_margin_s=reprompt_margin_s, max_usd=max_usd, max_tokens=max_tokens,
-                    check_key=check_key, volumes=volumes, bars=bars, tiers=tiers)
+                    check_key=check_key, volumes=volumes, bars=bars, tiers=tiers, placement=placement)
     finally:
         for bar in bars:
             bar.close()
@@ -133,7 +135,7 @@ def run(agent: str, *, task: str = "embed", hours: float | None = None, sandbox:
 
 
 def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, reprompt_margin_s, max_usd,
-         max_tokens, check_key, volumes: list, bars: list, tiers=None) -> TrialResult:
+         max_tokens, check_key, volumes: list, bars: list, tiers=None, placement: dict | None = None) -> TrialResult:
     say = progress if callable(progress) else (lambda msg: print(f"[autoembed] {msg}", file=sys.stderr, flush=True))
     for flag, cap in (("--max-usd", max_usd), ("--max-tokens", max_tokens)):  # input first, then the environment
         if cap is not None and not cap > 0:
@@ -153,6 +155,8 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
     workdir = run_dir / "workdir"
     meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
             "main_metric": spec.main_metric, "status": "starting", "started": _now(), "versions": _versions(agent_obj)}
+    if placement is not None:
+        meta["placement"] = placement
     _write_json(run_dir / "meta.json", meta)
     try:
         box, manifest = _start(plan, task, fast, gpus, workdir, meta, run_dir, say, volumes)

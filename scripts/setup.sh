@@ -14,8 +14,9 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { echo "[setup] $*" >&2; }
 
 apt_pkgs=(bubblewrap)
-# iproute2: the escape test's second network namespace; mmdebstrap: the task image's Debian root filesystem
-[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2 mmdebstrap)
+# iproute2: the escape test's second network namespace; mmdebstrap: the task image's Debian root filesystem;
+# slurm-wlm, munge: the single-host Slurm of the placement tests
+[[ $WANT_TEST == 1 ]] && apt_pkgs+=(docker.io iproute2 mmdebstrap slurm-wlm munge)
 missing=()
 for pkg in "${apt_pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if (( ${#missing[@]} )); then

@@ -178,8 +178,9 @@ def ensure_task_image(task: str = paths.DEFAULT_TASK, client=None, *, force: boo
         replaced = _image_id(client, tag)
         progress(f"building {tag} from {paths.task_dir(task)}/environment/Dockerfile")
         log: list[str] = []
+        # network none: the build needs none, and an engine without a bridge (a placement engine) can build too
         for chunk in client.api.build(path=str(context), tag=tag, buildargs=build_args, rm=True, forcerm=True,
-                                      pull=False, decode=True):
+                                      pull=False, decode=True, network_mode="none"):
             if "error" in chunk:
                 raise ImageBuildError(f"docker build of {tag} failed: {chunk['error']}\n{''.join(log[-20:])}")
             log.append(chunk.get("stream", ""))

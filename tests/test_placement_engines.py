@@ -1,0 +1,160 @@
+"""Placement on real engines (no fakes of Docker or Slurm), opt in: AUTOEMBED_TEST_ENGINES=1 (.ci/run runs it after
+the default suite; the second engine's first start copies the ~6 GB task image into it, minutes).
+
+- Two Docker engines: this machine's, and a second dockerd the test starts with its own data root, exec root, pid
+  file and socket. A grid runs through both; each trial's container is found among the start events of the engine
+  its record names. Then the second engine is stopped while a trial runs there: that trial is run again on the
+  other engine, and its record lists both attempts.
+- A single-host Slurm the test starts (munged, slurmctld, slurmd from Debian's packages, a generated slurm.conf):
+  trials go through submitit as Slurm jobs, and each record names its job and node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from autoembed.placement import DockerPlace, Pool, SlurmPlace, run_pool
+from autoembed.sandbox.bwrap import bwrap_problem
+from autoembed.sandbox.factory import docker_problem
+from autoembed.trace import read_trace
+from tests import docker_engines, slurm_testbed
+from tests.test_placement import meta_of, quick_trial
+from tests.tiny_task import keyless_tiny_task
+
+pytestmark = pytest.mark.skipif(not os.environ.get("AUTOEMBED_TEST_ENGINES"),
+                                reason="real-engine placement tests: set AUTOEMBED_TEST_ENGINES=1 (minutes)")
+
+HOSTNAME_STEP = {"tool_calls": [{"name": "bash", "arguments": {"command": "hostname"}}]}
+DONE = {"text": "Done."}
+
+
+def container_id(run_dir: Path) -> str:
+    """The container's hostname, which Docker sets to its id's first 12 characters, from the trial's trace."""
+    results = [e.text for e in read_trace(Path(run_dir) / "trace.jsonl") if e.kind == "tool_result"]
+    found = re.search(r"\b([0-9a-f]{12})\b", results[0])
+    assert found, results
+    return found.group(1)
+
+
+def started_containers(place: DockerPlace, since: float) -> set[str]:
+    events = place.client().events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
+                                   filters={"type": "container", "event": "start", "label": "autoembed.sandbox=1"})
+    return {e["id"][:12] for e in events}
+
+
+@pytest.fixture(scope="module")
+def second_engine():
+    if docker_problem() or docker_engines.problem():
+        pytest.skip(docker_problem() or docker_engines.problem())
+    # a lasting data root: the task image is copied into it once per machine, not once per run
+    engine = docker_engines.SecondEngine(Path(os.environ.get("AUTOEMBED_TEST_ENGINE_ROOT", "/var/tmp/ae-engine2")))
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def engines(second_engine, tmp_path_factory, monkeypatch):
+    task = keyless_tiny_task(tmp_path_factory, monkeypatch)
+    here = DockerPlace("engine1", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    return task, here, DockerPlace("engine2", second_engine.url)
+
+
+def test_a_grid_runs_through_two_docker_engines_each_trial_where_its_record_says(engines, tmp_path):
+    task, one, two = engines
+    t0 = time.time()
+    specs = [{**quick_trial(tmp_path, task, f"t{i}", [HOSTNAME_STEP, DONE]), "sandbox": "auto"} for i in range(4)]
+    dirs = run_pool(specs, [one, two])
+
+    placed = {"engine1": set(), "engine2": set()}
+    for run_dir in dirs:
+        meta = meta_of(run_dir)
+        assert meta["status"] == "scored" and meta["exit_reason"] == "finished", meta.get("reason")
+        assert meta["sandbox"]["kind"] == "docker" and meta["placement"]["attempts"] == 1
+        assert meta["placement"]["kind"] == "docker" and meta["placement"]["failed"] == []
+        placed[meta["placement"]["place"]].add(container_id(run_dir))
+    # both engines ran trials (a free slot takes the next trial, so the split depends on which finished first)
+    assert placed["engine1"] and placed["engine2"] and len(placed["engine1"] | placed["engine2"]) == 4, placed
+    assert placed["engine2"] == started_containers(two, t0), "engine2 ran exactly the trials placed on it"
+    assert placed["engine1"] <= started_containers(one, t0)  # the shared engine also runs other tests' containers
+
+
+def test_a_trial_on_an_engine_that_goes_down_is_rerun_on_the_other(engines, second_engine, tmp_path):
+    task, one, two = engines
+    slow = {"tool_calls": [{"name": "bash", "arguments": {"command": "hostname; sleep 25"}}]}
+    specs = [{**quick_trial(tmp_path, task, name, [slow, DONE]), "sandbox": "auto"} for name in ("a", "b")]
+    messages: list[str] = []
+    pool = Pool([one, two], say=messages.append)
+
+    def stop_engine_when_b_runs():
+        end = time.time() + 600
+        while time.time() < end:
+            try:
+                meta = meta_of(tmp_path / "b")
+            except (OSError, ValueError):
+                meta = {}
+            if meta.get("status") == "running" and meta["placement"]["place"] == "engine2":
+                time.sleep(3)  # the agent's command is under way in the container
+                second_engine.stop()
+                return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=stop_engine_when_b_runs)
+    killer.start()
+    a, b = pool.run_all(specs)
+    killer.join()
+
+    assert meta_of(a)["placement"]["place"] == "engine1" and meta_of(a)["placement"]["attempts"] == 1
+    meta = meta_of(b)
+    assert meta["status"] == "scored" and meta["exit_reason"] == "finished", meta.get("reason")
+    placement = meta["placement"]
+    assert (placement["place"], placement["attempts"]) == ("engine1", 2), placement
+    [failure] = placement["failed"]
+    assert failure["place"] == "engine2" and "does not answer" in failure["reason"]
+    aside = Path(failure["run_dir"])
+    assert aside == tmp_path / "b.attempt1" and meta_of(aside)["placement"]["place"] == "engine2"
+    assert any("engine2 takes no more trials" in m for m in messages)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if slurm_testbed.problem():
+        pytest.skip(slurm_testbed.problem())
+    cluster = slurm_testbed.TestSlurm(Path(f"/tmp/ae-slurm-{secrets.token_hex(3)}")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}")
+def test_trials_run_as_slurm_jobs_through_submitit(slurm, tmp_path_factory, monkeypatch, tmp_path):
+    task = keyless_tiny_task(tmp_path_factory, monkeypatch)
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    # the scorer's caches are prepared once here first, as the loop does: two jobs preparing them at once in a shared
+    # AUTOEMBED_HOME race on the same temporary file, and one fails to start (it is then retried, but not on purpose)
+    from autoembed.run import _prepare_scorer_once
+    from autoembed.task.spec import load_spec
+
+    _prepare_scorer_once(load_spec(task), None, None, lambda msg: None)
+    place = SlurmPlace("cluster", jobs=2, folder=tmp_path / "jobs", timeout_min=20)
+    dirs = run_pool([quick_trial(tmp_path, task, f"s{i}", [HOSTNAME_STEP, DONE]) for i in range(2)], [place])
+
+    jobs = set()
+    for run_dir in dirs:
+        meta = meta_of(run_dir)
+        assert meta["status"] == "scored" and meta["exit_reason"] == "finished", (meta.get("reason"), slurm.logs())
+        placement = meta["placement"]
+        assert (placement["place"], placement["kind"], placement["attempts"]) == ("cluster", "slurm", 1)
+        assert placement["node"] == socket.gethostname() and placement["gpu"] is None  # no GPUs: no gres here
+        assert placement["job_id"].isdigit() and (tmp_path / "jobs" / placement["job_id"]).is_dir()
+        assert meta["sandbox"]["kind"] == "bwrap"  # inside the job, the sandbox stays in the job's allocation
+        jobs.add(placement["job_id"])
+    assert len(jobs) == 2, "each trial is its own Slurm job"
