@@ -89,7 +89,7 @@ PROGRAM_OK = "[audit] the agent program ran to its end"  # echoed after it: a ca
 
 def program(code: str, name: str = "agent_program.py", then: str = "") -> list[dict]:
     """Scripted steps that write a Python program into the workdir and run it there (then: more shell after it)."""
-    command = f"python {name} && echo '{PROGRAM_OK}'" + (f" ; {then}" if then else "")
+    command = f"python3 {name} && echo '{PROGRAM_OK}'" + (f" ; {then}" if then else "")
     return [{"tool_calls": [{"name": "write_file", "arguments": {"path": name, "content": code}}]},
             {"tool_calls": [{"name": "bash", "arguments": {"command": command}}]}]
 

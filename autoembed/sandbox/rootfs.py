@@ -34,9 +34,10 @@ FORMAT = "3"  # bump when staging changes in a way the fingerprint cannot see
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}  # Debian suite whose python3 is that version
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_VAR = "AUTOEMBED_DEBIAN_MIRROR"
-# bash/coreutils/grep/sed/findutils/util-linux come with minbase (Essential); mount: the sandbox tests try it.
-DEBIAN_PACKAGES = ("python3", "git", "procps", "ca-certificates", "tzdata", "mount", "ripgrep", "xz-utils",
-                   "libstdc++6")
+# bash/coreutils/grep/sed/findutils/util-linux come with minbase (Essential); mount: the sandbox tests try it;
+# python-is-python3: agents type `python` (the audit's escape program did, and found no such command).
+DEBIAN_PACKAGES = ("python3", "python-is-python3", "git", "procps", "ca-certificates", "tzdata", "mount", "ripgrep",
+                   "xz-utils", "libstdc++6")
 # What autoembed's in-sandbox code imports: the harness process's LLM clients (autoembed.llm).
 RUNTIME_REQUIREMENTS = ("anthropic", "openai", "google-genai", "tenacity")
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
