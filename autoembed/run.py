@@ -303,6 +303,8 @@ def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say
     try:
         meta["limits"] = {**vars(limits), "workdir": _fixed_size_workdir(workdir, limits, volumes)}
         base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)  # its weights hashed once per trial
+        if Path(base_path).is_dir():  # task.py names this path: a task image need not hold the model there
+            box.config.readonly_extra.append(Path(base_path))
         manifest = seed_workdir(workdir, plan.hours, spec, base_model=str(base_path))
     except Exception as exc:
         _failed_to_start(meta, run_dir, "seeding the workdir", exc)
