@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,7 @@ class BadTrial(ValueError):
     """The trial's own arguments are wrong (preflight refused them): no place would run it, so no retry."""
 
 
-class Place:
+class Place(ABC):
     """name: how records and messages call it; gpus: its GPU ids, one trial per GPU at a time; without GPUs,
     cpu_slots trials at a time on its CPUs."""
 
@@ -72,9 +73,9 @@ class Place:
         """Why the place cannot run trials now (the engine does not answer), or None."""
         return None
 
+    @abstractmethod
     def run_trial(self, run_kwargs: dict, gpu: str | None = None, say: Say | None = None) -> Path:
         """Run one trial here on that GPU slot; its folder is run_kwargs["out"]."""
-        raise NotImplementedError
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "gpus": self.gpus}
