@@ -193,6 +193,8 @@ def test_offline_compare_with_real_scripted_harness_trials_is_killed_resumed_and
     resumed = subprocess.run([sys.executable, "-m", "autoembed.cli", "compare", "--resume", str(out)], env=env,
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=5400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    mounted = [p for p in out.glob("cells/*/trials/*/workdir") if os.path.ismount(p)]
+    assert not mounted and not list(out.glob("cells/*/trials/*/workdir.img")), "the killed trial's workdir leaked"
     report = (out / "report" / "report.md").read_text()
     for row in table(report, "| meta-agent | task model |"):
         cell = next(out.glob(f"cells/{_cell_prefix(row[0])}__{row[1].split(':')[-1]}__r0"))

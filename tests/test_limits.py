@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,3 +100,56 @@ def test_docker_limit_hits_are_read_back_before_the_container_goes(tmp_path):
     assert "survived" not in hog.stdout and "forks-done" in bomb.stdout
     events = box.describe()["limits"]["events"]
     assert events["oom_kills"] >= 1 and events["pids_refused"] >= 1, events
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from autoembed.sandbox.limits import WorkdirVolume
+volume = WorkdirVolume(Path(sys.argv[1]), size_gb=0.1)
+volume.create()
+(volume.workdir / "final_model").mkdir()
+(volume.workdir / "final_model" / "weights.bin").write_bytes(b"w" * 4096)
+(volume.workdir / "link").symlink_to("/etc/hostname")
+print("mounted", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a fixed-size workdir needs root (loop mount)")
+def test_a_sigkilled_owner_leaves_no_mount_and_loses_no_output(tmp_path):
+    """The loop or a trial killed with SIGKILL (its whole process group): the guard releases the workdir."""
+    workdir = tmp_path / "trial-0001" / "workdir"
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(workdir)], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        assert owner.stdout.readline().strip() == "mounted"
+        assert os.path.ismount(workdir)
+    finally:
+        os.killpg(owner.pid, signal.SIGKILL)
+        owner.wait()
+    deadline = time.time() + 60
+    while (os.path.ismount(workdir) or workdir.with_name("workdir.img").exists()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not os.path.ismount(workdir), "the workdir is still mounted after its owner was killed"
+    assert not workdir.with_name("workdir.img").exists() and not workdir.with_name("workdir.out").exists()
+    assert (workdir / "final_model" / "weights.bin").read_bytes() == b"w" * 4096
+    assert (workdir / "link").is_symlink()
+    shutil.rmtree(tmp_path / "trial-0001")  # nothing busy is left behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a fixed-size workdir needs root (loop mount)")
+def test_a_release_cut_short_finishes_when_run_again(tmp_path):
+    from autoembed.sandbox import workdir_guard
+
+    volume = WorkdirVolume(tmp_path / "workdir", size_gb=0.1)
+    volume.create()
+    (volume.workdir / "kept.txt").write_text("agent output")
+    partial = tmp_path / "workdir.out"
+    partial.mkdir()
+    (partial / "half-copied").write_text("x")  # a first release killed mid-copy
+    workdir_guard.release(volume.workdir, volume.image)
+    assert not os.path.ismount(volume.workdir) and not volume.image.exists() and not partial.exists()
+    assert sorted(p.name for p in volume.workdir.iterdir()) == ["kept.txt"]
+    volume.release()  # the owner's own release after that: the guard finds nothing left to do
+    assert (volume.workdir / "kept.txt").read_text() == "agent output"

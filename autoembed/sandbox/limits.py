@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -149,8 +150,8 @@ def cgroup_dirs_of(pid: int) -> list[Path]:
 # -- disk -----------------------------------------------------------------------------------------
 class WorkdirVolume:
     """A fixed-size ext4 image loop-mounted at the workdir's path for the trial. The image is sparse: it takes
-    only what the agent writes. release() copies the workdir's content back out to a plain folder at the same
-    path (links kept as links), unmounts and deletes the image, so the run folder reads as before."""
+    only what the agent writes. A guard process (workdir_guard) does the release, when asked or when this process
+    dies without asking: the content goes back to a plain folder at the same path, the image is deleted."""
 
     def __init__(self, workdir: Path, size_gb: float):
         self.workdir = Path(workdir)
@@ -177,6 +178,10 @@ class WorkdirVolume:
             raise
         self.mounted = True
         (self.workdir / "lost+found").rmdir()
+        # in a session of its own, so a SIGKILL of the trial's process group leaves it to release the workdir
+        guard = Path(__file__).with_name("workdir_guard.py")  # standard library only: run as a script
+        self._guard = subprocess.Popen([sys.executable, str(guard), str(self.workdir), str(self.image)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True, cwd="/")
 
     def usage(self) -> dict:
         st = os.statvfs(self.workdir)
@@ -185,23 +190,20 @@ class WorkdirVolume:
                 "full": free < max(64 * 2**20, 0.002 * total)}
 
     def release(self) -> None:
+        """Asks the guard to release the workdir and waits for it: one code path whether or not the owner lives."""
         if not self.mounted:
             return
-        keep = self.workdir.with_name(self.workdir.name + ".out")
-        _run(["cp", "-a", "--no-dereference", f"{self.workdir}/.", str(keep)], mkdir=keep)
-        try:
-            _run(["umount", str(self.workdir)])
-        except LimitError:  # still busy (a stray process of a `none` sandbox): detach it, the copy is out already
-            _run(["umount", "--lazy", str(self.workdir)])
         self.mounted = False
-        self.image.unlink(missing_ok=True)
-        self.workdir.rmdir()
-        keep.rename(self.workdir)
+        try:
+            self._guard.communicate(b"release\n", timeout=900)
+        except subprocess.TimeoutExpired:
+            raise LimitError(f"the workdir guard of {self.workdir} did not finish in 15 min") from None
+        if self._guard.returncode != 0:
+            raise LimitError(f"the workdir guard of {self.workdir} failed (exit {self._guard.returncode}; "
+                             "its reason is on stderr above)")
 
 
-def _run(argv: list[str], mkdir: Path | None = None) -> None:
-    if mkdir is not None:
-        mkdir.mkdir()
+def _run(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise LimitError(f"{' '.join(argv[:2])} failed: {done.stderr.strip()[-300:]}")
