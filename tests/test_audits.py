@@ -460,3 +460,44 @@ def test_tampering_without_manifest_recomputes(workdir, tiny, base_path):
     with open(wd / "task.py", "a") as fh:
         fh.write("\nFAST_QUERIES = 1\n")
     assert tampering.check_tampering(wd, None, tiny.spec, str(base_path))["modified"] == ["task.py"]
+
+
+def test_cached_index_built_by_threads_side_by_side_in_one_home(tmp_path, monkeypatch):
+    """Trials scoring side by side share the home's cache: each writer needs a temporary file of its own."""
+    import threading
+    import time
+
+    savez = np.savez
+
+    def slow_savez(*args, **kwargs):  # widens the window between writing the temporary file and renaming it
+        savez(*args, **kwargs)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(np, "savez", slow_savez)
+
+    from autoembed.task.data import RetrievalTask
+
+    task = RetrievalTask("t", queries={"q": "how to list the files of a folder recursively"},
+                         corpus={"d": "ls -R lists the files of a folder and of every folder below it, recursively"},
+                         qrels={"q": {"d": 1}})
+
+    def build():
+        time.sleep(0.2)  # every thread is inside build() before any saves
+        return ngrams.build_index({"t": task})
+
+    path, errors, results = tmp_path / "cache" / "index.npz", [], []
+
+    def worker():
+        try:
+            results.append(ngrams.cached_index(path, build))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(results) == 6 and path.is_file() and not list(path.parent.glob("*.tmp*"))
+    assert np.array_equal(ngrams.cached_index(path, build).hashes, results[0].hashes)

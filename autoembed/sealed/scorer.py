@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -405,7 +406,7 @@ def _base_scores(base, base_path: Path, spec: TaskSpec, tiers: dict[str, dict], 
             pass
     scores = {tier: evaluator.evaluate_model(base, tasks, **eval_kw) for tier, tasks in tiers.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # trials side by side share the home
     tmp.write_text(json.dumps(scores, default=_json_default))
     os.replace(tmp, path)
     return scores

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,8 @@ def cached_index(path: Path | None, build: Callable[[], NgramIndex]) -> NgramInd
     index = build()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        # a name of its own: trials scoring side by side in one home each build it, and the last rename wins
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
         np.savez(tmp, **index.to_arrays())
         os.replace(tmp, path)
     return index

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import uuid
 import warnings
 import weakref
 import zipfile
@@ -250,7 +251,7 @@ def _padding_side(mask: torch.Tensor, row_len: torch.Tensor) -> str:
 
 def _save(path: Path, tokens: Tokens) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.npz")  # threads of one process too
     arrays = {f"f_{name}": values for name, values in tokens.features.items()}
     np.savez(tmp, lengths=tokens.lengths, text_index=tokens.text_index, meta=np.array(json.dumps(tokens.meta)), **arrays)
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
