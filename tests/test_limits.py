@@ -153,3 +153,15 @@ def test_a_release_cut_short_finishes_when_run_again(tmp_path):
     assert sorted(p.name for p in volume.workdir.iterdir()) == ["kept.txt"]
     volume.release()  # the owner's own release after that: the guard finds nothing left to do
     assert (volume.workdir / "kept.txt").read_text() == "agent output"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a fixed-size workdir needs root (loop mount)")
+def test_a_dead_guard_does_not_leave_the_workdir_mounted(tmp_path):
+    volume = WorkdirVolume(tmp_path / "workdir", size_gb=0.1)
+    volume.create()
+    (volume.workdir / "kept.txt").write_text("agent output")
+    volume._guard.kill()  # e.g. the kernel's OOM killer chose it
+    volume._guard.wait()
+    volume.release()
+    assert not os.path.ismount(volume.workdir) and not volume.image.exists()
+    assert (volume.workdir / "kept.txt").read_text() == "agent output"

@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoembed.sandbox import workdir_guard
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GIB = 1024**3
 
@@ -198,9 +200,12 @@ class WorkdirVolume:
             self._guard.communicate(b"release\n", timeout=900)
         except subprocess.TimeoutExpired:
             raise LimitError(f"the workdir guard of {self.workdir} did not finish in 15 min") from None
-        if self._guard.returncode != 0:
-            raise LimitError(f"the workdir guard of {self.workdir} failed (exit {self._guard.returncode}; "
-                             "its reason is on stderr above)")
+        if self._guard.returncode != 0:  # the guard died or failed: one more try from here
+            try:
+                workdir_guard.release(self.workdir, self.image)
+            except (workdir_guard.ReleaseError, OSError) as exc:
+                raise LimitError(f"the workdir guard of {self.workdir} failed (exit {self._guard.returncode}), "
+                                 f"and so did releasing it from here: {exc}") from None
 
 
 def _run(argv: list[str]) -> None:
