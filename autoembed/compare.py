@@ -3,7 +3,7 @@ family ("model empathy")? The grid of meta-loops, meta model x task model, each 
 trials for a leaderboard; then a report derived from the records (autoembed/compare_report.py).
 
     autoembed compare --meta anthropic:claude-opus-4-5,openai:gpt-5 \\
-        --task anthropic:claude-sonnet-4-5,openai:gpt-5-mini --hours 2 --repeats 5 --gpus 0
+        --task anthropic:claude-sonnet-4-6,openai:gpt-5-mini --hours 2 --repeats 5 --gpus 0
     autoembed compare --resume traces/compare/<run-id>       # after a kill: finished cells are kept
     autoembed.compare(meta=[...], task=[...], hours=2, repeats=5)   # the same from a notebook
 

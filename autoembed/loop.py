@@ -2,7 +2,7 @@
 
     python -m autoembed.loop --hours 24                       # search meta-agent on the recipe (no key needed)
     python -m autoembed.loop --hours 24 --target harness --meta anthropic:claude-opus-4-5 \\
-        --task-model anthropic:claude-sonnet-4-5 --trial-hours 0.5 --gpus 0
+        --task-model anthropic:claude-sonnet-4-6 --trial-hours 0.5 --gpus 0
     python -m autoembed.loop --resume traces/loops/<run-id>
 
 Each iteration: propose -> commit (a ref per candidate) -> smoke check (invalid: no trial) -> duplicate check

@@ -2,7 +2,7 @@
 
 It trains an embedding model autonomously: the model sees the task's instructions, a bash tool, file tools
 and a timer; this loop runs until the model stops calling tools, the turn limit, or the deadline. The whole
-file runs as a process inside the trial's sandbox, so its tools act there. Run it with:  autoembed run harness:harnesses/baseline.py --model anthropic:claude-sonnet-4-5
+file runs as a process inside the trial's sandbox, so its tools act there. Run it with:  autoembed run harness:harnesses/baseline.py --model anthropic:claude-sonnet-4-6
 """
 
 from __future__ import annotations

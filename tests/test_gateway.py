@@ -48,7 +48,7 @@ def keys_seen(fake: FakeLLM) -> list[str]:
             if k.lower() in ("x-api-key", "authorization", "x-goog-api-key")] + [r["path"] for r in fake.requests]
 
 
-@pytest.mark.parametrize("model", ["anthropic:claude-sonnet-4-5", "openai:gpt-5", "openai-responses:gpt-5",
+@pytest.mark.parametrize("model", ["anthropic:claude-sonnet-4-6", "openai:gpt-5", "openai-responses:gpt-5",
                                    "google:gemini-2.5-flash"])
 def test_sdks_through_the_gateway_swap_the_key_and_log_usage(tmp_path, fake, model, monkeypatch):
     fake.script = [Turn(text="hello", input_tokens=1000, output_tokens=200, cache_read_tokens=300)]
@@ -81,7 +81,7 @@ def test_streams_pass_through_untouched_and_their_usage_is_counted(tmp_path, fak
     with start(tmp_path, fake) as gateway:
         base, token = gateway.tcp_url, gateway.token
         client = anthropic.Anthropic(api_key=token, base_url=f"{base}/anthropic", max_retries=0)
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=50,
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=50,
                                     messages=[{"role": "user", "content": "hi"}]) as stream:
             message = stream.get_final_message()
         assert message.content[0].text == "streamed reply" and message.content[1].input == {"command": "ls"}
@@ -113,7 +113,7 @@ def test_a_wrong_or_missing_token_is_refused_in_the_api_shape(tmp_path, fake):
     with start(tmp_path, fake) as gateway:
         client = anthropic.Anthropic(api_key=REAL["anthropic"], base_url=f"{gateway.tcp_url}/anthropic", max_retries=0)
         with pytest.raises(anthropic.AuthenticationError, match="gateway token"):
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
         ok = urllib.request.urlopen(urllib.request.Request(
             f"{gateway.tcp_url}/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={gateway.token}",
             data=b'{"contents": [{"parts": [{"text": "hi"}]}]}', headers={"content-type": "application/json"}))
@@ -143,7 +143,7 @@ def test_token_cap_stops_the_trial_with_a_readable_error(tmp_path, fake):
 def test_dollar_cap(tmp_path, fake):
     fake.script = lambda body: Turn(text="x", input_tokens=100_000, output_tokens=0)  # $0.30 on sonnet-4
     with start(tmp_path, fake, max_usd=0.5) as gateway:
-        llm = get_llm("anthropic:claude-sonnet-4-5", api_key=gateway.token, base_url=f"{gateway.tcp_url}/anthropic")
+        llm = get_llm("anthropic:claude-sonnet-4-6", api_key=gateway.token, base_url=f"{gateway.tcp_url}/anthropic")
         llm.complete([Message("user", text="a")])
         llm.complete([Message("user", text="b")])
         with pytest.raises(LLMError, match="dollar budget is spent"):
@@ -158,12 +158,12 @@ def test_per_call_timeout_and_deadline(tmp_path, fake):
         client = anthropic.Anthropic(api_key=gateway.token, base_url=f"{gateway.tcp_url}/anthropic", max_retries=0)
         t0 = time.monotonic()
         with pytest.raises(anthropic.APIStatusError) as err:
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
         assert err.value.status_code == 504 and "call timeout" in str(err.value) and time.monotonic() - t0 < 5
         assert gateway.summary()["stopped_by"] is None  # a slow call does not end the trial
         time.sleep(max(0.0, gateway.limits.deadline - time.time()) + 0.1)
         with pytest.raises(anthropic.PermissionDeniedError, match="deadline has passed"):
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     summary = gateway.summary()
     assert summary["call_timeouts"] == 1 and summary["stopped_by"] == "deadline"
     assert [r.get("limit") or r.get("refused") for r in log_rows(gateway)] == ["call_timeout", "deadline"]

@@ -20,7 +20,7 @@ from tests import sandbox_attacks as attacks
 from tests.fakellm import FakeLLM, Turn
 from tests.gated import LEAK_PROBE, assert_no_real_key_inside, assert_only_the_gateway_reached_the_fake, gated_sandbox
 
-MODELS = ["anthropic:claude-sonnet-4-5", "openai:gpt-5", "openai-responses:gpt-5", "google:gemini-2.5-flash"]
+MODELS = ["anthropic:claude-sonnet-4-6", "openai:gpt-5", "openai-responses:gpt-5", "google:gemini-2.5-flash"]
 CALL_EACH = """
 import sys
 from autoembed.llm.base import Message

@@ -61,7 +61,7 @@ BAD_INPUT = {
                            "no API key for anthropic: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"),
     "codex without key": (["codex", "--hours", "0.01"], "no API key for openai: set OPENAI_API_KEY or CODEX_API_KEY"),
     "gemini without key": (["gemini", "--hours", "0.01"], "no API key for google: set GEMINI_API_KEY or GOOGLE_API_KEY"),
-    "harness without key": ([f"harness:{BASELINE}", "--model", "anthropic:claude-sonnet-4-5", "--hours", "0.01"],
+    "harness without key": ([f"harness:{BASELINE}", "--model", "anthropic:claude-sonnet-4-6", "--hours", "0.01"],
                             "no API key for anthropic: set ANTHROPIC_API_KEY"),
 }
 

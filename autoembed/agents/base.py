@@ -19,7 +19,7 @@ class TrialContext:
     sandbox: Sandbox  # started; tools and CLI processes run inside it
     deadline: float  # epoch seconds
     prompt: str  # instructions.md as seeded
-    model: str | None  # agent-specific model name ("claude-sonnet-4-5", "anthropic:claude-sonnet-4-5", ...)
+    model: str | None  # agent-specific model name ("claude-sonnet-4-6", "anthropic:claude-sonnet-4-6", ...)
     trace: TraceWriter  # normalized events -> trace.jsonl
     raw_log: Path  # the agent's raw output (stream-json etc.)
     run_dir: Path  # traces/<run-id>/ (host side; never inside the sandbox)
