@@ -107,3 +107,53 @@ def _leaked_mounts(run_dir: Path) -> list[str]:
     mounted = [str(p) for p in sorted(run_dir.glob("trials/*/workdir")) if os.path.ismount(p)]
     images = [str(p) for p in sorted(run_dir.glob("trials/*/workdir.img"))]
     return ([f"workdirs still mounted: {mounted}"] if mounted else []) + ([f"images left: {images}"] if images else [])
+
+
+def _ledger_rows(run_dir: Path) -> list[dict]:
+    from autoembed.ledger import Ledger
+
+    return Ledger(run_dir).rows()
+
+
+def consistency_problems(run_dir: Path) -> list[str]:
+    """Where a loop's records disagree: the ledger, the intents it wrote before each step, and its git repository."""
+    from autoembed.ledger import Ledger
+    from autoembed.meta.repo import TargetRepo
+
+    problems = []
+    try:
+        rows = Ledger(run_dir).rows()
+        intents = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines() if line.strip()]
+        config = load_json(run_dir / "config.json") or {}
+    except (OSError, ValueError) as exc:
+        return [f"the loop's records cannot be read: {exc}"]
+    row_ids = [r["row_id"] for r in rows]
+    if len(row_ids) != len(set(row_ids)):
+        problems.append("a ledger row was written twice")
+    begun = sorted(i["trial_id"] for i in intents if i["op"] == "trial")
+    recorded = sorted(r["trial_id"] for r in rows if r.get("trial_id"))
+    if begun != recorded:
+        problems.append(f"trials begun {begun} != trials with a row {recorded}")
+    from autoembed.loop import TARGETS
+
+    filename = TARGETS[config.get("target", "recipe")].filename
+    try:
+        repo = TargetRepo.open(run_dir / "view" / "repo", filename)
+    except Exception as exc:  # noqa: BLE001
+        return problems + [f"the loop's git repository cannot be opened: {exc}"]
+    refs = repo.candidates()
+    for cand in (i for i in intents if i["op"] == "candidate"):
+        if refs.get(cand["id"]) != cand["commit"]:
+            problems.append(f"candidate {cand['id']}'s ref does not hold its commit")
+        mine = [r for r in rows if r.get("candidate") == cand["id"]]
+        if not mine or mine[-1]["status"] not in ("keep", "discard", "invalid", "crash", "duplicate"):
+            problems.append(f"candidate {cand['id']} was left undecided")
+    kept = [r["commit"] for r in rows if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
+    baseline = repo.repo.git.rev_list("--max-parents=0", "main")
+    if repo.best() != (kept[-1] if kept else baseline):
+        problems.append("git's main is not the last kept commit")
+    if repo.work_file.read_text() != repo.read(repo.best()):
+        problems.append("the working file is not main's")
+    if repo.repo.git.status("--porcelain"):
+        problems.append("the loop's working tree has uncommitted changes")
+    return problems
