@@ -259,6 +259,11 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
         outcome = agent_obj.run(ctx)
         if outcome.exit_reason != "crashed" and time.time() >= ctx.deadline:
             outcome.exit_reason = "deadline"
+        lost = gateway.lost() if gateway is not None else None
+        if lost:  # the agent's one way to its model went away under it: however it ended, the trial is broken
+            meta["gateway_lost"] = lost
+            outcome = AgentOutcome("crashed", f"{outcome.detail or ''}\nthe agent ended {outcome.exit_reason} after "
+                                              f"the trial's LLM gateway stopped answering ({lost})".strip(), outcome.turns)
         return outcome
     except KeyboardInterrupt:
         say("interrupted: stopping the agent and recording the trial as interrupted")

@@ -125,6 +125,7 @@ class Gateway:
         self.token = "aegw-" + secrets.token_urlsafe(32)  # worthless anywhere but this gateway, for this trial
         self.tcp_port: int | None = None
         self.stopped_by: str | None = None  # the first cap that refused a request
+        self.ended: float | None = None  # epoch seconds when its server stopped, however it stopped
         self._tcp = tcp
         self._totals = _Totals()
         self._lock = threading.Lock()
@@ -172,9 +173,12 @@ class Gateway:
                 loop.close()
                 return
             ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._close())
-            loop.close()
+            try:
+                loop.run_forever()
+                loop.run_until_complete(self._close())
+                loop.close()
+            finally:
+                self.ended = time.time()
 
         self._thread = threading.Thread(target=serve, name="llm-gateway", daemon=True)
         self._thread.start()
@@ -189,6 +193,17 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)
         self.socket_path.unlink(missing_ok=True)
+
+    def lost(self) -> str | None:
+        """Why a started gateway no longer answers (its server ended, or its socket is gone), else None."""
+        if self._thread is None:
+            return None
+        if self.ended is not None or not self._thread.is_alive():
+            when = time.strftime("%H:%M:%S", time.gmtime(self.ended)) + " UTC" if self.ended else "an unknown time"
+            return f"its server stopped at {when}"
+        if not self.socket_path.exists():
+            return f"its socket {self.socket_path} is gone"
+        return None
 
     def __enter__(self) -> "Gateway":
         return self.start()

@@ -238,3 +238,73 @@ def llm_faults(bench: Bench) -> list[Row]:
 
 
 FAULTS["llm api errors"] = llm_faults
+
+
+# -- the gateway killed mid-trial ---------------------------------------------------------------------
+def gateway_killed(bench: Bench) -> list[Row]:
+    """The harness saves a model, then waits on a model call that hangs upstream; the audit stops the trial's LLM
+    gateway (its real server, in the trial's process) under it. The agent's retries meet no gateway; the trial must
+    end crashed with the reason naming the gateway, its records and the gateway's log up to the stop kept, and the
+    trial's exit code non-zero."""
+    from autoembed import summary
+    from autoembed.integrity.chaos_upstream import ChaosUpstream
+    from autoembed.integrity.escape import KEY_CANARY, _env
+
+    name = "the trial's LLM gateway stopped mid-trial (its server shut while the agent waits on a call)"
+    folder = bench.cases / "fault-gateway-killed"
+    stopped: list[str] = []
+    done = threading.Event()
+
+    def stop_gateway(upstream: ChaosUpstream) -> None:
+        if not upstream.hanging.wait(600) or done.is_set():
+            return
+        gateway = _gateway_under(folder)
+        if gateway is not None:
+            gateway.stop()
+            stopped.append(str(gateway.log_dir))
+
+    plan = [*program(SAVE_BASE, name="save.py"), {"fault": "hang"}]
+    with ChaosUpstream(plan, hang_s=120) as upstream, \
+            _env(ANTHROPIC_API_KEY=KEY_CANARY, ANTHROPIC_BASE_URL=upstream.base_url), timed() as clock:
+        thread = threading.Thread(target=stop_gateway, args=(upstream,), daemon=True)
+        thread.start()
+        try:
+            result, _ = bench.scripted_trial("fault-gateway-killed", [], model="anthropic:claude-audit-chaos", hours=0.08)
+        except Exception as exc:  # noqa: BLE001
+            return [Row(name, FAULT, ERROR, f"the trial did not run: {type(exc).__name__}: {exc}")]
+        finally:
+            done.set()
+            upstream.hanging.set()
+            thread.join()
+    meta = result.meta
+    if not stopped:
+        return [Row(name, FAULT, ERROR, f"the gateway was never stopped (exit {meta.get('exit_reason')})", clock())]
+    log = result.run_dir / "gateway.jsonl"
+    calls = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    detail = (meta.get("exit_detail") or "").strip().splitlines()
+    checks = []
+    if meta.get("exit_reason") != "crashed" or not detail or "gateway" not in detail[-1]:
+        checks.append(f"exit_reason {meta.get('exit_reason')} does not name the gateway: {detail[-1:] or 'no detail'}")
+    if len(calls) < 2:
+        checks.append(f"the gateway's log holds {len(calls)} calls, not the 2 answered before it stopped")
+    code = summary.exit_code(meta, result.score)
+    if code == 0:
+        checks.append("the trial's exit code is 0: a trial cut off from its model counted as clean")
+    return [_verdict(name, result.run_dir, clock(), checks,
+                     f"meta.json: crashed ({detail[-1][:140] if detail else ''}); the gateway's log kept its "
+                     f"{len(calls)} calls up to the stop; trace, trajectory and score.json written; exit code {code}")]
+
+
+def _gateway_under(folder: Path):
+    """The running LLM gateway of the trial in folder: the trial runs in this process, its Gateway among its objects."""
+    import gc
+
+    from autoembed.gateway.server import Gateway
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Gateway) and folder in obj.log_dir.parents and obj.lost() is None:
+            return obj
+    return None
+
+
+FAULTS["gateway stopped"] = gateway_killed
