@@ -21,13 +21,15 @@ FAULTS = ("429", "529", "hang", "drop")
 
 
 class ChaosUpstream:
-    """plan: a list of {"fault": one of FAULTS} or {"text": str?, "tool_calls": [{"name", "arguments"}]?} items,
-    one per call in order; past its end every call gets a final text. hang_s: how long a "hang" call waits."""
+    """plan: a list of {"fault": one of FAULTS} or {"text": str?, "tool_calls": [{"name", "arguments"}]?, "usage"?}
+    items, one per call in order; past its end every call gets a final text. hang_s: how long a "hang" call waits.
+    seen: per call, what it got, the key and the messages it arrived with, and the tool_use ids it was answered with."""
 
     def __init__(self, plan: list[dict], hang_s: float = 60.0):
         self.plan = list(plan)
         self.hang_s = hang_s
         self.seen: list[dict] = []  # per call: the fault or "reply", and the key it arrived with
+        self.hanging = threading.Event()  # set when a "hang" call begins: the agent is waiting on its model
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -42,9 +44,10 @@ class ChaosUpstream:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with upstream._lock:
-                    item = upstream.plan.pop(0) if upstream.plan else {"text": "Done."}
+                    item = dict(upstream.plan.pop(0) if upstream.plan else {"text": "Done."})
+                    item["ids"] = [f"toolu_{uuid.uuid4().hex[:20]}" for _ in item.get("tool_calls", [])]
                     upstream.seen.append({"what": item.get("fault", "reply"), "key": self.headers.get("x-api-key"),
-                                          "path": self.path})
+                                          "path": self.path, "messages": body.get("messages"), "tool_uses": item["ids"]})
                 upstream._answer(self, item, body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -69,16 +72,17 @@ class ChaosUpstream:
         if fault == "529":
             return _send(handler, 529, {"type": "error", "error": {"type": "overloaded_error", "message": "chaos: overloaded"}})
         if fault == "hang":
+            self.hanging.set()
             time.sleep(self.hang_s)
             handler.close_connection = True
             return None
         content = [{"type": "text", "text": item["text"]}] if item.get("text") else []
-        content += [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": call["name"],
-                     "input": call.get("arguments", {})} for call in item.get("tool_calls", [])]
+        content += [{"type": "tool_use", "id": use_id, "name": call["name"], "input": call.get("arguments", {})}
+                    for use_id, call in zip(item["ids"], item.get("tool_calls", []))]
         message = {"id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant",
                    "model": body.get("model", "chaos"), "content": content,
                    "stop_reason": "tool_use" if item.get("tool_calls") else "end_turn", "stop_sequence": None,
-                   "usage": {"input_tokens": 100, "output_tokens": 20}}
+                   "usage": item.get("usage") or {"input_tokens": 100, "output_tokens": 20}}
         if fault == "drop":  # the status and half the body, then the connection closes
             raw = json.dumps(message).encode()
             handler.send_response(200)
