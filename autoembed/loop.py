@@ -136,7 +136,7 @@ class Loop:
         self.intents_path = self.run_dir / "intents.jsonl"
         self.view_dir = self.run_dir / "view"
         self.repo = self._open_repo()
-        self.meta_gateway = None if meta_agent else start_meta_gateway(config, self.run_dir, self.total_cost())
+        self.meta_gateway = None if meta_agent else start_meta_gateway(config, self.run_dir, self.trials_cost())
         try:
             self.meta = meta_agent or make_meta_agent(config, self.run_dir, self.meta_gateway)
         except BaseException:
@@ -305,9 +305,12 @@ class Loop:
             return f"spent ${cost:.2f} of --max-cost ${self.config.max_cost:.2f}"
         return None
 
+    def trials_cost(self) -> float:
+        return sum(r.get("trial_cost_usd") or 0.0 for r in self.ledger.rows())
+
     def total_cost(self) -> float:
         """Dollars spent: every trial's task model, and the meta-agent's calls for every candidate it proposed."""
-        trials = sum(r.get("trial_cost_usd") or 0.0 for r in self.ledger.rows())
+        trials = self.trials_cost()
         if getattr(self, "meta_gateway", None) is not None:  # the gateway's count: failed proposals spend too
             return trials + self.meta_gateway.totals()["cost_usd"]
         meta = sum((c.get("meta_usage") or {}).get("cost_usd") or 0.0 for c in self.candidates().values())
@@ -798,7 +801,7 @@ def _copy_trial_view(src: Path, dest: Path, row: dict) -> None:
 
 def start_meta_gateway(config: LoopConfig, run_dir: Path, spent: float = 0.0):
     """The loop's own gateway for an LLM meta-agent (None for the search, a scripted one, or --meta-base-url),
-    capped at what is left of --max-cost."""
+    capped at what is left of --max-cost after `spent` (the trials'; the gateway counts its earlier sessions)."""
     from autoembed.llm.registry import parse_model
 
     if config.meta == "search" or config.meta_base_url or parse_model(config.meta)[0] == "scripted":

@@ -20,6 +20,9 @@ TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_writ
 
 
 class MetaGateway:
+    """max_usd: the dollars the meta-agent may spend over every session of the loop (what --max-cost leaves after
+    the trials); the calls of earlier sessions count against it."""
+
     def __init__(self, model: str, log_dir: Path, max_usd: float | None = None):
         provider = GATEWAY_PROVIDER[parse_model(model)[0]]
         upstream = upstreams_from_env().get(provider)
@@ -28,9 +31,12 @@ class MetaGateway:
                              f"gateway; set {KEY_ENV[provider][0][0]} (or {BASE_URL_ENV[provider]} for a local server)")
         self.log_dir = Path(log_dir)
         self.summary_path = self.log_dir / "summary.json"
-        earlier = _read(self.summary_path).get("total") or {}  # the sessions before this one (--resume)
+        # the sessions before this one (--resume), from the log itself: a session killed with SIGKILL never wrote
+        # summary.json, but every call it made is a row of gateway.jsonl
+        earlier = usage_from_log(self.log_dir) or {}
         self.before = {k: earlier.get(k) or 0 for k in TOTALS}
-        self.gateway = Gateway(self.log_dir, {provider: upstream}, Limits(max_usd=max_usd), tcp=True)
+        cap = None if max_usd is None else max(max_usd - self.before["cost_usd"], 0.0)
+        self.gateway = Gateway(self.log_dir, {provider: upstream}, Limits(max_usd=cap), tcp=True)
         self.provider = provider
 
     def start(self) -> "MetaGateway":
@@ -93,9 +99,3 @@ def usage_from_log(log_dir: Path) -> dict | None:
             per_model["cost_usd"] += usage["cost_usd"]
     return {**total, "models": models, "log": str(path)}
 
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
