@@ -37,7 +37,7 @@ def engines() -> tuple[list[str], list[Row]]:
 
 def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[str, Callable[[], list[Row]]]]:
     """(label, thunk) per unit of work, in order; `only` keeps the units whose label holds that text."""
-    from autoembed.integrity import bad_input, cheats, clean, escape, faults, loop_case
+    from autoembed.integrity import bad_input, cheats, clean, escape, faults, loop_case, meta_loop_case
 
     units: list[tuple[str, Callable[[], list[Row]]]] = []
     if "bad-input" in groups:
@@ -59,6 +59,8 @@ def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[
             units.append((f"clean {name}", lambda control=control: control(bench)))
     if "loop" in groups:
         units.append(("loop killed mid-score, resumed; clean loop", lambda: loop_case.loop_killed_mid_score(bench)))
+        units.append(("meta-agent loop: API errors, attacks, killed mid-commit, --max-cost",
+                      lambda: meta_loop_case.meta_loop(bench)))
     return [(label, thunk) for label, thunk in units if not only or only in label]
 
 
