@@ -152,6 +152,17 @@ def test_dollar_cap(tmp_path, fake):
     assert summary["stopped_by"] == "max_usd" and summary["usage"]["cost_usd"] == pytest.approx(0.6, abs=1e-3)
 
 
+def test_a_gateway_that_stopped_or_lost_its_socket_says_so(tmp_path):
+    gateway = Gateway(tmp_path, {"anthropic": Upstream("http://127.0.0.1:9")})
+    assert gateway.lost() is None  # not started: nothing to lose
+    gateway.start()
+    assert gateway.lost() is None
+    gateway.socket_path.unlink()  # what a temp-folder cleaner does to a long-lived socket
+    assert "socket" in gateway.lost()
+    gateway.stop()
+    assert "server stopped at" in gateway.lost()
+
+
 def test_per_call_timeout_and_deadline(tmp_path, fake):
     fake.faults = [Fault("hang", seconds=20.0)]
     with start(tmp_path, fake, call_timeout_s=1.0, deadline=time.time() + 6) as gateway:

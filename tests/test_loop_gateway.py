@@ -201,3 +201,20 @@ def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkey
     assert summary["total"]["calls"] == 4 and summary["last_session"]["calls"] == 2
     rows = Ledger(run_dir).rows()
     assert abs(sum(r.get("meta_cost_usd") or 0.0 for r in rows) - summary["total"]["cost_usd"]) < 1e-9
+
+
+def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monkeypatch):
+    """A session killed with SIGKILL never writes summary.json; its calls are in gateway.jsonl, and --max-cost
+    must still count them (the audit's mid-commit kill found them forgotten)."""
+    from autoembed.meta.gateway import MetaGateway
+
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    log_dir = tmp_path / "gateway"
+    log_dir.mkdir()
+    rows = [{"model": "claude-haiku-4-5", "usage": {"input_tokens": 300_000, "output_tokens": 0, "cost_usd": 0.3}},
+            {"model": "claude-haiku-4-5", "status": 502, "error": "upstream gone"}]  # a failed call: no usage
+    (log_dir / "gateway.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta_gateway = MetaGateway("anthropic:claude-haiku-4-5", log_dir, max_usd=1.0)
+    assert meta_gateway.before["calls"] == 1 and meta_gateway.before["cost_usd"] == pytest.approx(0.3)
+    assert meta_gateway.gateway.limits.max_usd == pytest.approx(0.7)  # what is left of the dollar
+    assert meta_gateway.totals()["cost_usd"] == pytest.approx(0.3)

@@ -302,7 +302,7 @@ def _gateway_under(folder: Path):
     from autoembed.gateway.server import Gateway
 
     for obj in gc.get_objects():
-        if isinstance(obj, Gateway) and folder in obj.log_dir.parents and obj.lost() is None:
+        if type(obj) is Gateway and folder in obj.log_dir.parents and obj.lost() is None:  # type(): no lazy module wakes
             return obj
     return None
 
