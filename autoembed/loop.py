@@ -245,8 +245,9 @@ class Loop:
                 stop = self._budget_stop()
                 jobs = [] if stop else self.plan(slots)
                 if not jobs:
-                    stop = stop or ("the meta-agent has nothing more to propose" if self._iterations_left()
-                                    else f"reached --max-iterations {self.config.max_iterations}")
+                    stop = stop or self._budget_stop() or (  # a spent --max-cost can end a proposal half-way
+                        "the meta-agent has nothing more to propose" if self._iterations_left()
+                        else f"reached --max-iterations {self.config.max_iterations}")
                     break
                 if self._run_jobs(jobs):
                     stop = "interrupted"
@@ -383,6 +384,10 @@ class Loop:
             with self.clock("propose"):
                 proposal = self.meta.propose(ctx)
         except Exception as exc:  # retries are the LLM client's; what reaches here (a spent cap, a bad key) ends the loop
+            if self.meta_gateway is not None and self.meta_gateway.gateway.stopped_by == "max_usd":
+                self.repo.checkout_best()  # --max-cost reached mid-proposal: the budget stop, its proposal dropped
+                self.say(f"the meta-agent's gateway refused its call at --max-cost; proposal {number} dropped")
+                return None, None
             raise LoopError(f"the meta-agent failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
         self.repo.checkout_best()  # an LLM meta-agent edits the working file; the candidate lives on its ref
         if proposal is None:

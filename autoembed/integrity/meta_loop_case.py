@@ -12,8 +12,9 @@ One loop, four rows:
 - the loop killed mid-commit: a reference-transaction hook the audit puts in the loop's git repository SIGKILLs
   the loop's process group the moment a candidate's ref is committed (before the loop writes its intent), then
   `--resume`: records consistent, no row lost or doubled, no workdir left mounted.
-- spending past --max-cost: one reply's usage crosses the cap; the gateway must refuse the next call (403,
-  max_usd) and the loop stop, recorded in its intents, with the spend by the gateway's log within one call of it.
+- spending past --max-cost: one reply's usage crosses the cap (counting the killed session's spend); the gateway
+  must refuse the next call (403, max_usd), the loop drop that proposal and stop at its budget (exit 0, the reason
+  in its intents), and the spend by the gateway's log be within one call of the cap.
 """
 
 from __future__ import annotations
@@ -281,8 +282,10 @@ def _cost_row(run_dir: Path, seen: list[dict], code: int | None, seconds: float,
     problems = []
     if not refused:
         problems.append(f"the gateway refused no call past the cap (spent ${spent:.2f} of ${MAX_COST:.2f} by its log)")
-    if "budget is spent" not in last_stop and "max-cost" not in last_stop:
-        problems.append(f"the loop's last stop does not name the cap: {last_stop[:200]!r}")
+    if not stops or any("--max-cost" not in stop.get("reason", "") for stop in stops[-2:]):
+        problems.append(f"the loop's stops do not name the cap: {[s.get('reason', '')[:120] for s in stops[-2:]]}")
+    if code != 0:
+        problems.append(f"the loop exited {code} at the cap, not 0 (a spent budget is the loop's end, not a failure)")
     if spent > MAX_COST + 0.8 + 1e-6:  # the cap may be crossed by the one call that crosses it, never by more
         problems.append(f"spent ${spent:.2f}, more than one call past the ${MAX_COST:.2f} cap")
     if answered_after:
