@@ -36,6 +36,7 @@ from autoembed.sandbox.limits import LimitError, WorkdirVolume
 from autoembed.sandbox.limits import Limits as ResourceLimits
 from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
 
+GATEWAY_CHECK_S = 2.0  # how often a trial checks that its LLM gateway still answers
 PROGRESS_EVERY_S = 30.0
 EVALS_TAIL_BYTES = 1 << 20
 
@@ -256,6 +257,8 @@ def _run_agent(agent_obj, ctx: TrialContext, box, meta: dict, run_dir: Path, say
         _write_json(run_dir / "meta.json", meta)
         threading.Thread(target=_report_progress, args=(ctx, stop_progress, say), daemon=True).start()
         threading.Thread(target=_preload_scorer, daemon=True).start()
+        if gateway is not None:
+            threading.Thread(target=_watch_gateway, args=(gateway, box, stop_progress, say), daemon=True).start()
         outcome = agent_obj.run(ctx)
         if outcome.exit_reason != "crashed" and time.time() >= ctx.deadline:
             outcome.exit_reason = "deadline"
@@ -366,6 +369,17 @@ def _preload_scorer() -> None:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _watch_gateway(gateway: Gateway, box, stop: threading.Event, say) -> None:
+    """A gateway lost mid-trial never comes back: stop the sandbox at once (as the deadline does) rather than let
+    the agent spend the rest of its budget retrying calls that cannot go out."""
+    while not stop.wait(GATEWAY_CHECK_S):
+        lost = gateway.lost()
+        if lost:
+            say(f"the trial's LLM gateway stopped answering ({lost}): stopping the agent")
+            box.stop()
+            return
 
 
 def _report_progress(ctx: TrialContext, stop: threading.Event, say) -> None:

@@ -243,9 +243,9 @@ FAULTS["llm api errors"] = llm_faults
 # -- the gateway killed mid-trial ---------------------------------------------------------------------
 def gateway_killed(bench: Bench) -> list[Row]:
     """The harness saves a model, then waits on a model call that hangs upstream; the audit stops the trial's LLM
-    gateway (its real server, in the trial's process) under it. The agent's retries meet no gateway; the trial must
-    end crashed with the reason naming the gateway, its records and the gateway's log up to the stop kept, and the
-    trial's exit code non-zero."""
+    gateway (its real server, in the trial's process) under it. The trial must notice, stop the agent rather than
+    let it retry into nothing, and end crashed with the reason naming the gateway, its records and the gateway's log
+    up to the stop kept, and the trial's exit code non-zero."""
     from autoembed import summary
     from autoembed.integrity.chaos_upstream import ChaosUpstream
     from autoembed.integrity.escape import KEY_CANARY, _env
