@@ -1,7 +1,9 @@
 """The whole audit: every case group in order, one table, one exit code.
 
 Groups: bad input (fresh CLI processes), the escape program on each engine, the dishonest submissions, the
-injected faults, the clean controls, and a real loop killed mid-score and resumed (a fault and a clean control). A group that raises is an AUDIT ERROR row, never a silent pass.
+injected faults, the clean controls, and two real loops: one killed mid-score and resumed (a fault and a clean
+control), one whose LLM meta-agent is scripted through the chaos upstream (API errors, its attacks, a kill
+mid-commit, --max-cost). A group that raises is an AUDIT ERROR row, never a silent pass.
 """
 
 from __future__ import annotations
