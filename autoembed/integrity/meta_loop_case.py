@@ -126,7 +126,7 @@ def meta_loop(bench: Bench) -> list[Row]:
                 [(API_ROW, FAULT), (COMMIT_ROW, FAULT), *((a, ATTACK) for a, _, _ in ATTACKS), (COST_ROW, ATTACK)]]
     records = consistency_problems(run_dir) + _leaked_mounts(run_dir)
     return [_api_row(run_dir, seen, records, seconds, evidence),
-            _commit_row(run_dir, records, first_code, seconds, evidence),
+            _commit_row(run_dir, seen, records, first_code, seconds, evidence),
             *_attack_rows(run_dir, seen, seconds, evidence),
             _cost_row(run_dir, seen, second_code, seconds, evidence)]
 
@@ -186,11 +186,17 @@ def _api_row(run_dir: Path, seen: list[dict], records: list[str], seconds: float
                "intents and git agree", seconds, evidence)
 
 
-def _commit_row(run_dir: Path, records: list[str], first_code: int, seconds: float, evidence: dict) -> Row:
+def _commit_row(run_dir: Path, seen: list[dict], records: list[str], first_code: int, seconds: float,
+                evidence: dict) -> Row:
     from autoembed.ledger import Ledger
+    from autoembed.meta.gateway import usage_from_log
 
     rows = _rows(run_dir)
     problems = list(records)
+    answered = sum(1 for s in seen if s["what"] == "reply")
+    logged = (usage_from_log(run_dir / "meta" / "gateway") or {}).get("calls")
+    if logged != answered:  # the killed session's calls included: the log is written as each call ends
+        problems.append(f"the meta-agent's gateway log holds {logged} answered calls, the upstream answered {answered}")
     if first_code != -signal.SIGKILL:
         problems.append(f"the first session ended with exit {first_code}, not by the SIGKILL")
     numbers = [r["candidate"] for r in rows if r.get("candidate") is not None and r.get("trial_id")]
@@ -204,7 +210,8 @@ def _commit_row(run_dir: Path, records: list[str], first_code: int, seconds: flo
                "killed by a git hook as candidate 1's ref was committed, before its intent; --resume proposed it "
                f"again and moved the ref to the new commit; {len(rows)} ledger rows "
                f"({', '.join(r['status'] for r in rows)}), each trial begun has one row, every candidate's ref holds "
-               "its commit, main is the last kept commit, the working tree is clean, no workdir left mounted",
+               f"its commit, main is the last kept commit, the working tree is clean, no workdir left mounted; the "
+               f"gateway's log holds all {answered} answered calls of both sessions",
                seconds, evidence)
 
 
