@@ -40,7 +40,8 @@ HANG_S = 15  # the hung call: the upstream answers nothing for this long, then c
 MILLION = 1_000_000
 KEY = "sk-ant-audit-meta-loop-key"
 
-API_ROW = "LLM API errors mid-loop (the meta-agent's gateway: 429, 529, a hung call, a dropped connection)"
+API_ROW = ("LLM API errors mid-loop (the meta-agent's gateway: 429, 529, a call hung 15 s then cut, a dropped "
+           "connection)")
 COMMIT_ROW = "the loop process killed (SIGKILL) mid-commit, then --resume"
 COST_ROW = "spending past --max-cost (the meta-agent's gateway, the loop)"
 # attack rows: (row, tool call, what the tool result must say)
