@@ -5,6 +5,7 @@ trials for a leaderboard; then a report derived from the records (autoembed/comp
     autoembed compare --meta anthropic:claude-opus-4-5,openai:gpt-5 \\
         --task anthropic:claude-sonnet-4-6,openai:gpt-5-mini --hours 2 --repeats 5 --gpus 0
     autoembed compare --resume traces/compare/<run-id>       # after a kill: finished cells are kept
+    autoembed compare ... --places places.toml               # trials on Docker engines, Slurm, local GPUs
     autoembed.compare(meta=[...], task=[...], hours=2, repeats=5)   # the same from a notebook
 
 The folder traces/compare/<run-id>/ holds compare.json (the grid's options), cells/<cell>/ (one loop run folder
@@ -15,6 +16,11 @@ own records (the loop's write-ahead intents), and runs the cells not started yet
 
 Cells run in repeat-major order (every pairing once, then every pairing again), so a comparison stopped early
 still has balanced repeats. Repeat r seeds every cell's loop with seed + r.
+
+With places (a TOML file, autoembed/placement/config.py), every cell's loop gets them as `autoembed loop --places`
+does: its trials fill every slot of every place, a trial whose place fails is run again on another, and each
+trial's meta.json (and its ledger row) says where it ran. The leaderboard's single-agent trials go through the
+same places.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class CompareConfig:
     fast: bool | None = None
     sandbox: str = "auto"
     gpus: list[str] = field(default_factory=list)
+    places: str | None = None  # a TOML file of places (autoembed.placement.config), its absolute path
     max_iterations: int | None = None
     baseline_runs: int | None = None
     max_cost: float | None = None  # per cell
@@ -81,8 +88,8 @@ def compare(*, meta=None, task=None, hours: float | None = None, repeats: int | 
             progress: bool = True, trial_runner=None, smoke=None, say=None, cell_reports: bool = True, **options):
     """Run (or resume) a comparison and write its report; returns a Comparison. meta / task: lists (or
     comma-separated strings) of meta-agents and task models; the other options are `autoembed compare`'s
-    (trial_hours, target, bench for the benchmark task, fast, sandbox, gpus, max_iterations, baseline_runs,
-    max_cost, seed, agents, agent_hours). trial_runner / smoke go to every cell's Loop (tests, simulations,
+    (trial_hours, target, bench for the benchmark task, fast, sandbox, gpus, places (a TOML file of places),
+    max_iterations, baseline_runs, max_cost, seed, agents, agent_hours). trial_runner / smoke go to every cell's Loop (tests, simulations,
     or a runner that places trials elsewhere); cell_reports=False skips each cell's own loop report (its
     progress.png; `autoembed report <cell>` writes it later)."""
     if resume:
@@ -122,12 +129,14 @@ def make_config(meta, task, hours, repeats, options: dict) -> CompareConfig:
     bench = options.pop("bench", None)
     gpus = options.pop("gpus", None)
     agents = options.pop("agents", None)
+    places = options.pop("places", None)
     unknown = set(options) - {f.name for f in CompareConfig.__dataclass_fields__.values()}
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}")
     config = CompareConfig(metas=metas, task_models=task_models, hours=float(hours), repeats=int(repeats),
                            task=bench or "embed", gpus=_names(gpus, "--gpus") if gpus else [],
                            agents=_names(agents, "--agents") if agents else [],
+                           places=_places_file(places, gpus) if places else None,
                            **{k: v for k, v in options.items() if v is not None})
     if config.target != "harness":
         raise ValueError("--target: a pairing needs a task model, which only the harness target has")
@@ -141,6 +150,18 @@ def make_config(meta, task, hours, repeats, options: dict) -> CompareConfig:
     if "search" in task_models:
         raise ValueError("--task: 'search' is a meta-agent, not a task model")
     return config
+
+
+def _places_file(places, gpus) -> str:
+    """The places file's absolute path (a resume from another folder finds it), checked now: a bad file is one
+    error line before any cell starts."""
+    from autoembed.placement.config import load_places
+
+    if gpus:
+        raise ValueError("--places and --gpus both say where trials run: list this machine's GPUs as a local place")
+    path = Path(places).resolve()
+    load_places(path)
+    return str(path)
 
 
 def check_agents(config: CompareConfig) -> None:
@@ -228,7 +249,7 @@ def run_cell(cell_dir: Path, cell: dict, config: CompareConfig, *, say, trial_ru
         _write_json(cell_dir / "cell.json", cell)
         options = {"out": str(cell_dir), "hours": config.hours, "trial_hours": config.trial_hours,
                    "target": config.target, "meta": cell["meta"], "task_model": cell["task_model"], "task": config.task,
-                   "fast": config.fast, "sandbox": config.sandbox, "gpus": config.gpus or None,
+                   "fast": config.fast, "sandbox": config.sandbox, "gpus": config.gpus or None, "places": config.places,
                    "max_iterations": config.max_iterations, "baseline_runs": config.baseline_runs,
                    "max_cost": config.max_cost, "seed": config.seed + cell["repeat"]}
     args = parse_options(add_arguments, "autoembed loop", options)
@@ -252,9 +273,16 @@ def run_agent_trial(trial_dir: Path, spec: dict, config: CompareConfig, say) -> 
         say(f"{spec['id']}: the trial was cut off ({meta.get('status', 'no record')}); kept as {aside.name}, running it again")
         os.replace(trial_dir, aside)
     trial_dir.parent.mkdir(parents=True, exist_ok=True)
-    result = run(spec["agent"], task=config.task, hours=config.agent_hours or config.trial_hours, sandbox=config.sandbox,
-                 model=spec["model"], gpus=config.gpus[:1] or None, out=trial_dir, fast=config.fast,
-                 progress=lambda msg: say(f"{spec['id']}: {msg}"))
+    kwargs = dict(task=config.task, hours=config.agent_hours or config.trial_hours, sandbox=config.sandbox,
+                  model=spec["model"], out=trial_dir, fast=config.fast)
+    if config.places:  # on the first free slot of the places, retried elsewhere if its place fails
+        from autoembed.placement import Pool
+        from autoembed.placement.config import load_places
+
+        pool = Pool(load_places(Path(config.places)), say=lambda msg: say(f"{spec['id']}: placement: {msg}"))
+        meta = _read_json(pool.run_trial({"agent": spec["agent"], **kwargs}) / "meta.json")
+        return INTERRUPTED if meta.get("exit_reason") == "interrupted" else 0
+    result = run(spec["agent"], gpus=config.gpus[:1] or None, progress=lambda msg: say(f"{spec['id']}: {msg}"), **kwargs)
     return INTERRUPTED if result.exit_reason == "interrupted" else 0
 
 
@@ -337,6 +365,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "codex, gemini, recipe, harness:<file>@provider:model")
     p.add_argument("--agent-hours", type=float, default=None, help="their budget (default --trial-hours)")
     p.add_argument("--gpus", default=None, help="GPU ids for the trials, e.g. 0,1 (default: CPU)")
+    p.add_argument("--places", default=None, metavar="TOML",
+                   help="run the trials on these places (local GPUs, Docker engines, Slurm), one per slot; see README")
     p.add_argument("--sandbox", default=None, choices=["auto", "docker", "bwrap", "none"])
     p.add_argument("--seed", type=int, default=None, help="repeat r's loops are seeded with seed + r (default 0)")
     p.add_argument("--out", default=None, help="the comparison's folder (default traces/compare/<run-id>)")
@@ -353,7 +383,7 @@ def main_from_args(args) -> int:
         result = compare(resume=args.resume, repeats=args.repeats)
     else:
         options = {k: getattr(args, k) for k in ("trial_hours", "max_iterations", "baseline_runs", "max_cost", "agents",
-                                                 "agent_hours", "gpus", "sandbox", "seed", "fast", "bench")}
+                                                 "agent_hours", "gpus", "places", "sandbox", "seed", "fast", "bench")}
         result = compare(meta=args.meta, task=args.task, hours=args.hours, repeats=args.repeats, out=args.out,
                          **{k: v for k, v in options.items() if v is not None})
     if result.exit_code == INTERRUPTED:

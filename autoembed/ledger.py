@@ -22,7 +22,7 @@ VIEW_COLUMNS = ("iteration", "kind", "commit", "parent", "status", "gate_split",
                 "ci_high", "runs", "reason", "description")
 TSV_COLUMNS = ("row_id", "iteration", "kind", "commit", "parent", "target", "meta", "task_model", "status", "gate_split",
                "validation", "dev", "diff", "ci_low", "ci_high", "runs", "incumbent_runs", "cost_usd", "tokens", "meta_tokens",
-               "wall_s", "gpu_s", "gpu", "reason", "description")
+               "wall_s", "gpu_s", "gpu", "place", "reason", "description")
 
 
 class Ledger:

@@ -577,10 +577,12 @@ class Loop:
         meta = result.meta if result is not None else {}
         score = getattr(result, "score", None)
         usage = meta.get("usage") or {}
+        gpu = _gpu_here(job.gpu, meta)
         common = {"trial_cost_usd": usage.get("cost_usd"),
                   "tokens": (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0),
                   "wall_s": round(wall_s, 1) if wall_s is not None else None,
-                  "gpu_s": round(wall_s, 1) if wall_s is not None and job.gpu else 0.0}
+                  "gpu": gpu, "gpu_s": round(wall_s, 1) if wall_s is not None and gpu else 0.0,
+                  **_placement_columns(meta)}
         problem = _trial_problem(result)
         if problem:  # an interrupted trial says nothing about its file: its candidate is tried again
             interrupted = _interrupted(meta)
@@ -592,7 +594,7 @@ class Loop:
         scores = {"validation": _split_scores(score, "validation"), "dev": _split_scores(score, "dev"),
                   "gate_split": split, "gate_value": value, **common}
         if job.kind in ("baseline", "remeasure"):  # the incumbent's runs: people compare held-out against them
-            heldout = self._heldout_of(job.trial_id, job.gpu)
+            heldout = self._heldout_of(job.trial_id, gpu)
             self._append_row(job, "keep", reason="A/A baseline run" if job.kind == "baseline" else "incumbent re-measured",
                              extra={**scores, "heldout": HELDOUT_SCORED}, heldout=heldout)
             return
@@ -828,6 +830,27 @@ def make_meta_agent(config: LoopConfig, run_dir: Path, gateway=None) -> MetaAgen
         return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=gateway.base_url, token=gateway.token)
     return LLMMetaAgent(config.meta, Path(run_dir) / "meta", base_url=config.meta_base_url,
                         token=os.environ.get(META_TOKEN_ENV) or None)
+
+
+def _gpu_here(slot: str | None, meta: dict) -> str | None:
+    """The GPU of this machine that a trial used, for its row and its deferred held-out scoring (which runs here):
+    the slot itself without --places; with them the slot is a label ("place:gpu") and the trial's placement record
+    says which GPU it had, one of this machine's only on a local place or a unix:// Docker engine."""
+    placement = meta.get("placement")
+    if not placement:
+        return slot
+    here = placement.get("kind") == "local" or str(placement.get("url", "")).startswith("unix://")
+    return placement.get("gpu") if here else None
+
+
+def _placement_columns(meta: dict) -> dict:
+    """Where a placed trial ran, from its meta.json: the place that finished it, its attempts and the places that
+    failed it before (with --places the row's gpu is only the slot the loop planned on; the pool picks the place)."""
+    placement = meta.get("placement")
+    if not placement:
+        return {}
+    return {"place": placement.get("place"), "place_attempts": placement.get("attempts"),
+            "place_failed": [f.get("place") for f in placement.get("failed") or []]}
 
 
 def _pool_of(places: str, say):

@@ -69,8 +69,21 @@ def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
         "kept": [{"iteration": r["iteration"], "commit": r["commit"], "description": r["description"],
                   "diff": r.get("diff")} for r in kept],
         "trial_wall_s": trial_wall, "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
-        "heldout_runs": len(heldout),
+        "heldout_runs": len(heldout), "placement": placement_of(rows),
     }
+
+
+def placement_of(rows: list[dict]) -> dict | None:
+    """Trials per place and the trials retried after a place failed (the rows' place columns; --places only)."""
+    placed = [r for r in rows if r.get("place")]
+    if not placed:
+        return None
+    trials: dict[str, int] = {}
+    for r in placed:
+        trials[r["place"]] = trials.get(r["place"], 0) + 1
+    retried = [{"trial_id": r["trial_id"], "failed_on": r.get("place_failed") or [], "ran_on": r["place"]}
+               for r in placed if (r.get("place_attempts") or 1) > 1]
+    return {"trials": trials, "retried": retried}
 
 
 def llm_usage(run_dir: Path, rows: list[dict]) -> dict:
@@ -168,6 +181,12 @@ def markdown(summary: dict, run_dir: Path) -> str:
     if best.get("diff") is not None:
         lo, hi = best["ci"]
         lines.append(f"Best over its incumbent when kept: {best['diff']:+.4f} (CI {lo:+.4f} .. {hi:+.4f}): {best['description']}")
+    placement = summary.get("placement")
+    if placement:
+        lines.append("Placement: " + ", ".join(f"{n} trials on {place}" for place, n in sorted(placement["trials"].items()))
+                     + f"; {len(placement['retried'])} retried after their place failed"
+                     + "".join(f"; {r['trial_id']}: {', '.join(map(str, r['failed_on']))} failed, ran on {r['ran_on']}"
+                               for r in placement["retried"]) + ".")
     lines += ["", "## LLM usage", ""] + [f"- {line}" for line in llm_lines(summary.get("llm") or {})]
     lines += ["", "## Kept steps", ""] + [f"- {k['iteration']}: `{k['commit'][:10]}` {k['description']} ({k['diff']:+.4f})"
                                           for k in summary["kept"]]

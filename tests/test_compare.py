@@ -153,11 +153,17 @@ def test_compare_killed_mid_trial_resumes_and_its_report_is_recomputed_from_the_
 def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
     from autoembed.cli import main
 
+    places = tmp_path / "places.toml"
+    places.write_text('[[place]]\nname = "here"\nkind = "local"\n')
     cases = [(["--meta", "search", "--task", "scripted:x.json"], "--hours"),
              (["--meta", "search", "--task", "search", "--hours", "1"], "'search' is a meta-agent"),
              (["--meta", "search,search", "--task", "scripted:x.json", "--hours", "1"], "lists a name twice"),
              (["--meta", "nosuch:model", "--task", "scripted:x.json", "--hours", "1"], "nosuch"),
              (["--meta", "search", "--task", "scripted:x.json", "--hours", "1", "--agents", "nosuch"], "unknown agent 'nosuch'"),
+             (["--meta", "search", "--task", "scripted:x.json", "--hours", "1", "--places", str(tmp_path / "none.toml")],
+              "cannot read places"),
+             (["--meta", "search", "--task", "scripted:x.json", "--hours", "1", "--places", str(places), "--gpus", "0"],
+              "--places and --gpus"),
              (["--resume", str(tmp_path / "nothing")], "no compare.json")]
     for argv, words in cases:
         assert main(["compare", *argv, "--out", str(tmp_path / "out")] if "--resume" not in argv else ["compare", *argv]) == 2
@@ -209,3 +215,55 @@ def test_offline_compare_with_real_scripted_harness_trials_is_killed_resumed_and
 
 def _cell_prefix(meta_label: str) -> str:
     return meta_label.split(":")[-1]
+
+
+def test_compare_through_places_runs_every_trial_there_and_retries_a_dead_engines_trial(tmp_path, home, monkeypatch):
+    """`autoembed compare --places FILE` (in this process): every cell's loop and the leaderboard's trial go through
+    the real pool and places; only the trial itself is simulated (autoembed.run.run is the one call every place
+    makes). The first place is a Docker engine that does not answer: a trial placed there first runs again on a
+    local place, and its meta.json, its ledger row and the cell's report say so alike."""
+    import autoembed.run
+    from autoembed.cli import main
+
+    monkeypatch.setattr(autoembed.run, "run", compare_driver.placed_run)
+    monkeypatch.setattr(autoembed.run, "_prepare_scorer_once", lambda *args, **kwargs: None)
+    monkeypatch.setattr("autoembed.smoke.smoke_check",
+                        lambda target, source, sha, workdir, **kw: compare_driver.quick_smoke(target, source, workdir))
+    places = tmp_path / "places.toml"
+    places.write_text(f'[[place]]\nname = "gone"\nkind = "docker"\nurl = "unix://{tmp_path}/no-engine.sock"\n'
+                      '[[place]]\nname = "left"\nkind = "local"\n[[place]]\nname = "right"\nkind = "local"\n')
+    out = tmp_path / "cmp"
+    grid = compare_driver.GRID
+    agent = f"harness:{compare_driver.BASELINE}@{grid['task'][0]}"
+    code = main(["compare", "--meta", ",".join(grid["meta"]), "--task", ",".join(grid["task"]), "--hours", "1",
+                 "--repeats", "1", "--trial-hours", "0.001", "--max-iterations", "2", "--baseline-runs", "2",
+                 "--sandbox", "none", "--agents", agent, "--places", str(places), "--out", str(out)])
+    assert code == 0
+    assert json.loads((out / "compare.json").read_text())["config"]["places"] == str(places)
+
+    cells = sorted(out.glob("cells/*"))
+    assert len(cells) == 4
+    for cell in cells:
+        assert json.loads((cell / "config.json").read_text())["places"] == str(places)
+        rows = {r["trial_id"]: r for r in _jsonl(cell / "ledger.jsonl") if r.get("trial_id")}
+        trials = sorted(cell.glob("trials/*"))
+        assert sorted(t.name for t in trials) == sorted(rows), "every trial has exactly one ledger row"
+        runs_on = {}
+        for trial in trials:
+            placement = json.loads((trial / "meta.json").read_text())["placement"]
+            assert placement["place"] in ("left", "right") and placement["kind"] == "local", placement
+            failed = [f["place"] for f in placement["failed"]]
+            assert placement["attempts"] == len(failed) + 1 and set(failed) <= {"gone"}
+            row = rows[trial.name]
+            assert (row["place"], row["place_attempts"], row["place_failed"]) == (placement["place"],
+                                                                                  placement["attempts"], failed)
+            runs_on[placement["place"]] = runs_on.get(placement["place"], 0) + 1
+        retried = [t for t in rows.values() if t["place_failed"] == ["gone"]]
+        assert retried, f"{cell.name}: no trial records the dead engine's attempt"
+        assert all(r["gpu"] is None and r["gpu_s"] == 0.0 for r in rows.values()), "CPU slots, not the loop's labels"
+        summary = (cell / "summary.md").read_text()
+        assert all(f"{n} trials on {p}" in summary for p, n in runs_on.items()), summary
+        assert f"{len(retried)} retried after their place failed" in summary
+    [board] = [json.loads((t / "meta.json").read_text()) for t in out.glob("agents/*") if (t / "meta.json").exists()]
+    assert board["placement"]["place"] in ("left", "right") and board["status"] == "scored"
+    assert (out / "report" / "report.md").is_file()
