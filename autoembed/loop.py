@@ -553,7 +553,8 @@ class Loop:
         path = self._candidate_file(self.repo.read(job.commit))
         started = time.time()
         label = f"{job.kind}{'' if job.candidate is None else ' ' + str(job.candidate)}"
-        self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {'GPU ' + job.gpu if job.gpu else 'CPU'}")
+        where = f"slot {job.gpu}" if self.pool else f"GPU {job.gpu}" if job.gpu else "CPU"  # a pool's slot is a label
+        self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {where}")
         try:
             result = self.trial_runner(self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
                                        lambda msg: self.say(f"{job.trial_id}: {msg}"),

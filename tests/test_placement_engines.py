@@ -1,5 +1,6 @@
 """Placement on real engines (no fakes of Docker or Slurm), opt in: AUTOEMBED_TEST_ENGINES=1 (.ci/run runs it after
-the default suite; the second engine's first start copies the ~6 GB task image into it, minutes).
+the default suite; the second engine's first start copies the task's root filesystem image, ~2.6 GB, into it:
+about a minute here).
 
 - Two Docker engines: this machine's, and a second dockerd the test starts with its own data root, exec root, pid
   file and socket. A grid runs through both; each trial's container is found among the start events of the engine
@@ -11,6 +12,7 @@ the default suite; the second engine's first start copies the ~6 GB task image i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -21,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from autoembed.integrity.second_engine import SecondEngine, engine_problem
 from autoembed.placement import DockerPlace, Pool, SlurmPlace, run_pool
 from autoembed.sandbox.bwrap import bwrap_problem
 from autoembed.sandbox.factory import docker_problem
 from autoembed.trace import read_trace
-from tests import docker_engines, slurm_testbed
+from tests import slurm_testbed
 from tests.test_placement import meta_of, quick_trial
 from tests.tiny_task import keyless_tiny_task
 
@@ -52,10 +55,10 @@ def started_containers(place: DockerPlace, since: float) -> set[str]:
 
 @pytest.fixture(scope="module")
 def second_engine():
-    if docker_problem() or docker_engines.problem():
-        pytest.skip(docker_problem() or docker_engines.problem())
+    if docker_problem() or engine_problem():
+        pytest.skip(docker_problem() or engine_problem())
     # a lasting data root: the task image is copied into it once per machine, not once per run
-    engine = docker_engines.SecondEngine(Path(os.environ.get("AUTOEMBED_TEST_ENGINE_ROOT", "/var/tmp/ae-engine2")))
+    engine = SecondEngine(Path(os.environ.get("AUTOEMBED_TEST_ENGINE_ROOT", "/var/tmp/ae-engine2")))
     engine.start()
     yield engine
     engine.stop()
@@ -158,3 +161,75 @@ def test_trials_run_as_slurm_jobs_through_submitit(slurm, tmp_path_factory, monk
         assert meta["sandbox"]["kind"] == "bwrap"  # inside the job, the sandbox stays in the job's allocation
         jobs.add(placement["job_id"])
     assert len(jobs) == 2, "each trial is its own Slurm job"
+
+
+def test_a_docker_engine_lost_mid_grid_loses_nothing(second_engine, tmp_path, monkeypatch):
+    """The audit's case (autoembed/integrity/grid_case.py), on this module's second engine: `autoembed compare
+    --places` over both engines, engine2 stopped while its trial's command runs; the trial runs again on engine1 and
+    meta.json, the ledger, the cell's report and the comparison's leaderboard all say so."""
+    from autoembed.integrity import bench as audit_bench, grid_case
+
+    for name in ("AUTOEMBED_HOME", "AUTOEMBED_TRACES", "HF_HUB_OFFLINE"):  # the audit bench sets them: restored after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    for name in audit_bench.KEY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    [row] = grid_case.engine_lost_mid_grid(audit_bench.Bench(tmp_path / "audit", say=print), second_engine)
+    assert row.outcome == "survived", (row.reason, row.evidence)
+    out = Path(row.evidence["compare"])
+    [cell] = out.glob("cells/*")
+    stopped = row.evidence["stopped_during"]
+    assert json.loads((cell / "trials" / stopped / "meta.json").read_text())["placement"]["attempts"] == 2
+    assert (cell / "trials" / f"{stopped}.attempt1").is_dir()
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}")
+def test_a_trial_whose_slurm_job_is_cancelled_is_rerun_elsewhere(slurm, tmp_path_factory, monkeypatch, tmp_path):
+    """The single-host Slurm's stand-in for a lost node: the trial's job is cancelled (scancel, as an admin or a
+    preemption does) while its command runs. submitit raises it, the pool retries the trial on the other place (this
+    machine), and the record lists both attempts, the first with its job."""
+    import subprocess
+
+    task = keyless_tiny_task(tmp_path_factory, monkeypatch)
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    from autoembed.placement import LocalPlace
+    from autoembed.run import _prepare_scorer_once
+    from autoembed.task.spec import load_spec
+
+    _prepare_scorer_once(load_spec(task), None, None, lambda msg: None)
+    slow = {"tool_calls": [{"name": "bash", "arguments": {"command": "hostname; sleep 25"}}]}
+    cancelled: list[str] = []
+
+    def cancel_the_job_mid_command():
+        end = time.time() + 600
+        while time.time() < end and not cancelled:
+            meta = {}
+            try:
+                meta = meta_of(tmp_path / "c")
+            except (OSError, ValueError):
+                pass
+            trace = tmp_path / "c" / "trace.jsonl"
+            job = (meta.get("placement") or {}).get("job_id")
+            if job and meta.get("status") == "running" and trace.is_file() and "sleep 25" in trace.read_text():
+                time.sleep(3)
+                subprocess.run(["scancel", job], env={**os.environ, **slurm.env}, check=True, timeout=30)
+                cancelled.append(job)
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=cancel_the_job_mid_command)
+    killer.start()
+    messages: list[str] = []
+    pool = Pool([SlurmPlace("cluster", jobs=1, folder=tmp_path / "jobs", timeout_min=20), LocalPlace("here")],
+                say=messages.append)
+    [run_dir] = pool.run_all([quick_trial(tmp_path, task, "c", [slow, DONE])])
+    killer.join()
+
+    assert cancelled, ("the job was never seen running its command", slurm.logs())
+    meta = meta_of(run_dir)
+    assert meta["status"] == "scored" and meta["exit_reason"] == "finished", meta.get("reason")
+    placement = meta["placement"]
+    assert (placement["place"], placement["kind"], placement["attempts"]) == ("here", "local", 2), placement
+    [failure] = placement["failed"]
+    assert failure["place"] == "cluster" and failure["kind"] == "slurm" and cancelled[0] in failure["reason"]
+    aside = meta_of(failure["run_dir"])
+    assert aside["placement"]["job_id"] == cancelled[0] and aside["status"] == "place_failed", aside.get("status")

@@ -39,7 +39,7 @@ def engines() -> tuple[list[str], list[Row]]:
 
 def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[str, Callable[[], list[Row]]]]:
     """(label, thunk) per unit of work, in order; `only` keeps the units whose label holds that text."""
-    from autoembed.integrity import bad_input, cheats, clean, escape, faults, loop_case, meta_loop_case
+    from autoembed.integrity import bad_input, cheats, clean, escape, faults, grid_case, loop_case, meta_loop_case
 
     units: list[tuple[str, Callable[[], list[Row]]]] = []
     if "bad-input" in groups:
@@ -63,6 +63,7 @@ def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[
         units.append(("loop killed mid-score, resumed; clean loop", lambda: loop_case.loop_killed_mid_score(bench)))
         units.append(("meta-agent loop: API errors, attacks, killed mid-commit, --max-cost",
                       lambda: meta_loop_case.meta_loop(bench)))
+        units.append(("grid: a Docker engine lost mid-grid", lambda: grid_case.engine_lost_mid_grid(bench)))
     return [(label, thunk) for label, thunk in units if not only or only in label]
 
 

@@ -1,5 +1,6 @@
-"""A second, private Docker engine on this machine for tests: its own --data-root, --exec-root, --pidfile and
-unix socket, no bridge and no iptables (trials run with network none). Started as root, stopped after.
+"""A second, private Docker engine on this machine, for the audit's lost-engine case and the placement tests: its own
+--data-root, --exec-root, --pidfile and unix socket, no bridge and no iptables (trials run with network none).
+Started as root, stopped after.
 
 It runs in a network namespace of its own (unshare --net): a dockerd started with --bridge=none deletes the
 docker0 interface it finds, which in the shared namespace is the first engine's bridge (its builds then fail
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 
-def problem() -> str | None:
+def engine_problem() -> str | None:
     if shutil.which("dockerd") is None or shutil.which("docker") is None:
         return "dockerd missing: apt-get install -y docker.io"
     if shutil.which("unshare") is None:
@@ -33,6 +34,7 @@ class SecondEngine:
 
     def start(self, timeout: float = 120) -> "SecondEngine":
         self.root.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
         log = open(self.root / "dockerd.log", "ab")
         self.proc = subprocess.Popen(
             ["unshare", "--net", "--", "dockerd", f"--data-root={self.root}/data", f"--exec-root={self.root}/exec", f"--pidfile={self.root}/pid",
@@ -48,6 +50,24 @@ class SecondEngine:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"dockerd did not answer in {timeout} s: {(self.root / 'dockerd.log').read_text()[-3000:]}")
+
+    def _stop_leftover(self, timeout: float = 60) -> None:
+        """An engine on this root that a killed run left (its pid file names a live dockerd of this root): stopped,
+        since a second dockerd on the same pid file refuses to start."""
+        try:
+            pid = int((self.root / "pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            return
+        if "dockerd" not in cmdline or f"--data-root={self.root}/data" not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        end = time.time() + timeout
+        while time.time() < end and Path(f"/proc/{pid}").exists():
+            time.sleep(0.5)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         """SIGTERM, as an engine going down for maintenance: it stops its containers and exits."""
