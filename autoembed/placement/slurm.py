@@ -107,6 +107,10 @@ class SlurmPlace(Place):
         except BaseException:
             job.cancel(check=False)  # interrupted here: the job is not left running on the cluster
             raise
+        if outcome.get("exit_reason") == "interrupted":  # SIGTERM inside a job comes from Slurm: the job was cancelled,
+            # preempted or hit its time limit, or its node is going down; the trial ended early but did not fail itself
+            raise PlaceFailed(f"{self.cluster} job {job.job_id} was stopped by Slurm during the trial (cancelled, "
+                              "preempted, out of time or its node going down)", run_dir)
         return outcome_run_dir(outcome, self)
 
     def describe(self) -> dict:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 
 def run_trial_here(run_kwargs: dict, gpu: str | None = None) -> dict:
-    """{"run_dir", "clean", "error", "bad_input", "host"}: error is set when no agent ran (the place could not
-    start the trial), bad_input when the arguments were refused before a run folder existed."""
+    """{"run_dir", "clean", "error", "bad_input", "host", "exit_reason"}: error is set when no agent ran (the place
+    could not start the trial), bad_input when the arguments were refused before a run folder existed."""
     from autoembed.preflight import PreflightError
     from autoembed.run import TrialFailedToStart, run
 
@@ -34,7 +34,8 @@ def run_trial_here(run_kwargs: dict, gpu: str | None = None) -> dict:
     except Exception:  # noqa: BLE001 - anything else stopped the trial here: the place's failure, retried elsewhere
         outcome.update(error=traceback.format_exc(limit=8))
     else:
-        outcome.update(run_dir=str(result.run_dir), clean=result.exit_code == 0)
+        outcome.update(run_dir=str(result.run_dir), clean=result.exit_code == 0,
+                       exit_reason=result.exit_reason)
     return outcome
 
 
