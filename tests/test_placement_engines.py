@@ -236,3 +236,5 @@ def test_a_trial_whose_slurm_job_is_cancelled_is_rerun_elsewhere(slurm, tmp_path
     aside = meta_of(failure["run_dir"])  # the cut-off attempt: interrupted inside its job, kept for the record
     assert aside["placement"]["job_id"] == cancelled[0] and aside["exit_reason"] == "interrupted"
     assert "stopped by Slurm" in aside["placement"]["place_failed"]
+    # the job's every process got Slurm's SIGTERM, the workdir's guard too: it outlived the trial and released it
+    assert not os.path.ismount(Path(failure["run_dir"]) / "workdir") and not os.path.ismount(run_dir / "workdir")

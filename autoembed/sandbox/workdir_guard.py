@@ -13,6 +13,7 @@ Standard library only: it starts in a fraction of a second and imports nothing t
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,10 @@ def _run(argv: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     workdir, image = Path(argv[0]), Path(argv[1])
+    # its own session keeps a terminal's Ctrl-C and a SIGKILL of the trial's group away, but a scheduler signals
+    # every process of a job (scancel: SIGTERM to all of them): the guard outlives its owner to do its one job
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     asked = sys.stdin.readline()  # blocks until the owner asks, or its end of the pipe closes (it died)
     try:
         release(workdir, image)
