@@ -68,8 +68,9 @@ class SlurmPlace(Place):
                 params["slurm_partition"] = self.partition
             if self.gpu_per_job:
                 params["slurm_gres"] = "gpu:1"
-            if self.extra:
-                params["slurm_additional_parameters"] = self.extra
+            # the pool retries a trial whose job died, on whichever place is free: Slurm's own requeue (after a
+            # node failure) would rerun it a second time, into the same folder
+            params["slurm_additional_parameters"] = {"no-requeue": True, **self.extra}
         executor.update_parameters(**params)
         return executor
 
