@@ -207,6 +207,7 @@ def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monk
     """A session killed with SIGKILL never writes summary.json; its calls are in gateway.jsonl, and --max-cost
     must still count them (the audit's mid-commit kill found them forgotten)."""
     from autoembed.meta.gateway import MetaGateway
+    from autoembed.trace import Usage
 
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
     log_dir = tmp_path / "gateway"
@@ -218,3 +219,6 @@ def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monk
     assert meta_gateway.before["calls"] == 1 and meta_gateway.before["cost_usd"] == pytest.approx(0.3)
     assert meta_gateway.gateway.limits.max_usd == pytest.approx(0.7)  # what is left of the dollar
     assert meta_gateway.totals()["cost_usd"] == pytest.approx(0.3)
+    meta_gateway.gateway._totals.usage = Usage(cost_usd=0.7)  # this session spends what was left
+    limit, message = meta_gateway.gateway._cap_reached()
+    assert limit == "max_usd" and message.startswith("the loop's (--max-cost) dollar budget is spent"), message

@@ -112,7 +112,8 @@ class _Totals:
 
 class Gateway:
     def __init__(self, log_dir: Path, upstreams: dict[str, Upstream], limits: Limits | None = None, *,
-                 socket_dir: Path | None = None, tcp: bool = False):
+                 socket_dir: Path | None = None, tcp: bool = False, budget_name: str = "the trial's"):
+        """budget_name: whose caps its refusals name ("the trial's"; the loop's meta-agent gateway names --max-cost)."""
         unknown = sorted(set(upstreams) - set(WIRES))
         if unknown:
             raise ValueError(f"unknown gateway provider(s) {unknown}: use {sorted(WIRES)}")
@@ -121,6 +122,7 @@ class Gateway:
         self.bodies_path = self.log_dir / "gateway_bodies.jsonl"
         self.upstreams = dict(upstreams)
         self.limits = limits or Limits()
+        self.budget_name = budget_name
         self.socket_dir = Path(socket_dir) if socket_dir else socket_dir_for(self.log_dir)
         self.token = "aegw-" + secrets.token_urlsafe(32)  # worthless anywhere but this gateway, for this trial
         self.tcp_port: int | None = None
@@ -249,13 +251,13 @@ class Gateway:
         """(limit, message for the agent) when no further call may go out."""
         limits, t = self.limits, self._totals
         if limits.deadline is not None and time.time() >= limits.deadline:
-            return "deadline", "the trial's deadline has passed: no further model calls"
+            return "deadline", f"{self.budget_name} deadline has passed: no further model calls"
         if limits.max_usd is not None and (t.usage.cost_usd or 0.0) >= limits.max_usd:
-            return "max_usd", (f"the trial's dollar budget is spent (${t.usage.cost_usd:.4f} of ${limits.max_usd:.2f}): "
+            return "max_usd", (f"{self.budget_name} dollar budget is spent (${t.usage.cost_usd:.4f} of ${limits.max_usd:.2f}): "
                                "no further model calls; finish with what you have")
         used = _tokens(t.usage)
         if limits.max_tokens is not None and used >= limits.max_tokens:
-            return "max_tokens", (f"the trial's token budget is spent ({used} of {limits.max_tokens} tokens): "
+            return "max_tokens", (f"{self.budget_name} token budget is spent ({used} of {limits.max_tokens} tokens): "
                                   "no further model calls; finish with what you have")
         return None
 

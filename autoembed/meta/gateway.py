@@ -36,7 +36,8 @@ class MetaGateway:
         earlier = usage_from_log(self.log_dir) or {}
         self.before = {k: earlier.get(k) or 0 for k in TOTALS}
         cap = None if max_usd is None else max(max_usd - self.before["cost_usd"], 0.0)
-        self.gateway = Gateway(self.log_dir, {provider: upstream}, Limits(max_usd=cap), tcp=True)
+        self.gateway = Gateway(self.log_dir, {provider: upstream}, Limits(max_usd=cap), tcp=True,
+                               budget_name="the loop's (--max-cost)")
         self.provider = provider
 
     def start(self) -> "MetaGateway":
