@@ -17,10 +17,13 @@ own records (the loop's write-ahead intents), and runs the cells not started yet
 Cells run in repeat-major order (every pairing once, then every pairing again), so a comparison stopped early
 still has balanced repeats. Repeat r seeds every cell's loop with seed + r.
 
-With places (a TOML file, autoembed/placement/config.py), every cell's loop gets them as `autoembed loop --places`
-does: its trials fill every slot of every place, a trial whose place fails is run again on another, and each
-trial's meta.json (and its ledger row) says where it ran. The leaderboard's single-agent trials go through the
-same places.
+With places (a TOML file, autoembed/placement/config.py), the grid fills every slot of every place: as many cells
+run side by side as the places have slots (never more than there are cells), each cell's loop planning its
+parallel candidates over its share of the slots, and all of them sharing ONE pool of places (autoembed.placement
+.Pool), so that no more trials run at once than there are slots whatever each loop plans. A trial whose place
+fails is run again on another, and each trial's meta.json (and its ledger row) says where it ran. Cells still
+start in repeat-major order, and a kill leaves each running cell to resume from its own records. The
+leaderboard's single-agent trials then go through the same pool, side by side.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import json
 import os
 import secrets
 import sys
+import threading
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,6 +217,9 @@ def run_grid(run_dir: Path, config: CompareConfig, *, progress: bool = True, tri
                   echo=say)
     tell = bar or say or (lambda msg: print(f"[compare] {msg}", file=sys.stderr, flush=True))
     try:
+        if config.places:
+            return run_grid_on_places(run_dir, config, say=tell, step=bar.step if bar else None,
+                                      trial_runner=trial_runner, smoke=smoke, cell_reports=cell_reports)
         for cell in cells:
             code = run_cell(run_dir / "cells" / cell["cell"], cell, config, say=tell, trial_runner=trial_runner, smoke=smoke,
                             report=cell_reports)
@@ -231,9 +240,77 @@ def run_grid(run_dir: Path, config: CompareConfig, *, progress: bool = True, tri
     return 0
 
 
+def run_grid_on_places(run_dir: Path, config: CompareConfig, *, say, step=None, trial_runner=None, smoke=None,
+                       cell_reports: bool = True) -> int:
+    """The cells side by side over one shared pool of the places, one cell per share of their slots, then the
+    single-agent trials through that pool; 130 when interrupted (Ctrl-C stops every loop between its trials)."""
+    from autoembed.placement import Pool
+    from autoembed.placement.config import load_places
+
+    pool = Pool(load_places(Path(config.places)), say=lambda msg: say(f"placement: {msg}"))
+    cells = config.cells()
+    left = deque(c for c in cells if not (run_dir / "cells" / c["cell"] / "done.json").is_file())
+    step = step or (lambda n=1: None)
+    step(len(cells) - len(left))
+    stop, lock = threading.Event(), threading.Lock()
+    labels = pool.slot_labels()
+    width = max(1, min(len(labels), len(left)))
+
+    def cells_on(share: list[str]) -> int:
+        while not stop.is_set():
+            with lock:
+                if not left:
+                    return 0
+                cell = left.popleft()
+            code = run_cell(run_dir / "cells" / cell["cell"], cell, config, say=say, trial_runner=trial_runner,
+                            smoke=smoke, report=cell_reports, pool=pool, slots=share, stop=stop)
+            if code == INTERRUPTED:
+                stop.set()
+                return INTERRUPTED
+            with lock:
+                step()
+        return INTERRUPTED
+
+    if _side_by_side(stop, [lambda share=labels[i::width]: cells_on(share) for i in range(width)]):
+        return INTERRUPTED
+    agent_runs = config.agent_runs()
+    trials = [lambda spec=spec: run_agent_trial(run_dir / "agents" / spec["id"], spec, config, say, pool=pool)
+              for spec in agent_runs]
+    interrupted = _side_by_side(stop, trials, width=max(1, min(pool.size, len(trials))))
+    step(len(agent_runs))
+    return INTERRUPTED if interrupted else 0
+
+
+def _side_by_side(stop: threading.Event, work: list, width: int | None = None) -> bool:
+    """Run the callables in threads; True when one was interrupted (returned 130) or Ctrl-C came, after every
+    thread ended (stop is set at once, so each loop ends between its trials)."""
+    if not work:
+        return False
+    executor = ThreadPoolExecutor(width or len(work), thread_name_prefix="compare")
+    futures = [executor.submit(fn) for fn in work]
+    interrupted, running = False, set(futures)
+    try:
+        while running:
+            try:
+                done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                stop.set()
+                interrupted = True
+                continue
+            if any(f.exception() or f.result() == INTERRUPTED for f in done):
+                stop.set()  # the others end between their trials; a resume continues them all
+    finally:
+        executor.shutdown(wait=True)
+    for f in futures:
+        if f.exception():
+            raise f.exception()
+    return interrupted or any(f.result() == INTERRUPTED for f in futures)
+
+
 def run_cell(cell_dir: Path, cell: dict, config: CompareConfig, *, say, trial_runner=None, smoke=None,
-             report: bool = True) -> int:
-    """One cell's loop: skipped when done, resumed when begun, started otherwise. Its exit status."""
+             report: bool = True, pool=None, slots=None, stop=None) -> int:
+    """One cell's loop: skipped when done, resumed when begun, started otherwise. Its exit status. pool, slots and
+    stop go to the loop (cells side by side over shared places)."""
     from autoembed.loop import add_arguments, config_from_args, run_loop
     from autoembed.notebook import parse_options
 
@@ -255,13 +332,13 @@ def run_cell(cell_dir: Path, cell: dict, config: CompareConfig, *, say, trial_ru
     args = parse_options(add_arguments, "autoembed loop", options)
     loop_dir, loop_config = config_from_args(args)
     code = run_loop(loop_dir, loop_config, say=lambda msg: say(f"{cell['cell']}: {msg}"), trial_runner=trial_runner,
-                    smoke=smoke, report_out=lambda text: None, write_report=report)
+                    smoke=smoke, report_out=lambda text: None, write_report=report, pool=pool, slots=slots, stop=stop)
     if code != INTERRUPTED:
         _write_json(cell_dir / "done.json", {"exit_code": code, "time": _now()})
     return code
 
 
-def run_agent_trial(trial_dir: Path, spec: dict, config: CompareConfig, say) -> int:
+def run_agent_trial(trial_dir: Path, spec: dict, config: CompareConfig, say, pool=None) -> int:
     """One single-agent trial for the leaderboard; one cut off by a kill is kept aside (renamed) and run again."""
     from autoembed.run import run
 
@@ -279,8 +356,9 @@ def run_agent_trial(trial_dir: Path, spec: dict, config: CompareConfig, say) -> 
         from autoembed.placement import Pool
         from autoembed.placement.config import load_places
 
-        pool = Pool(load_places(Path(config.places)), say=lambda msg: say(f"{spec['id']}: placement: {msg}"))
-        meta = _read_json(pool.run_trial({"agent": spec["agent"], **kwargs}) / "meta.json")
+        pool = pool or Pool(load_places(Path(config.places)), say=lambda msg: say(f"{spec['id']}: placement: {msg}"))
+        meta = _read_json(pool.run_trial({"agent": spec["agent"], **kwargs},
+                                         lambda msg: say(f"{spec['id']}: placement: {msg}")) / "meta.json")
         return INTERRUPTED if meta.get("exit_reason") == "interrupted" else 0
     result = run(spec["agent"], gpus=config.gpus[:1] or None, progress=lambda msg: say(f"{spec['id']}: {msg}"), **kwargs)
     return INTERRUPTED if result.exit_reason == "interrupted" else 0

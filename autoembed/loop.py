@@ -62,6 +62,7 @@ SPOT_SHARE = 0.25
 CPU_BASELINE_RUNS = 1  # a spot check's short trial gets this share of a trial's budget
 META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+_PREPARE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,12 @@ class LoopConfig:
 
 class Loop:
     def __init__(self, run_dir: Path, config: LoopConfig, meta_agent: MetaAgent | None = None, say=None, *,
-                 trial_runner=None, smoke=None, heldout_scorer=None):
+                 trial_runner=None, smoke=None, heldout_scorer=None, pool=None, slots=None, stop=None):
         """trial_runner(agent_spec, out, gpu, say, hours=None, tiers=...) -> a result with run_dir, meta, score
         (default: autoembed.run.run, held-out deferred);
+        pool: a placement Pool shared with other loops (default: one of config.places' own); slots: the slot labels
+        this loop plans its parallel candidates over (default: every slot of the pool, or config.gpus); stop: an
+        Event that, once set, ends the loop between trials as an interruption (a grid running loops side by side);
         smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check);
         heldout_scorer(trial_dir, gpu, say) -> the trial's score.json with held-out (default:
         autoembed.run.score_deferred). Tests swap them."""
@@ -148,7 +152,9 @@ class Loop:
         self._lock = threading.Lock()
         self.deadline = time.time() + config.hours * 3600
         self.trial_runner = trial_runner or self._run_trial
-        self.pool = _pool_of(config.places, self.say) if config.places else None
+        self.pool = pool or (_pool_of(config.places, self.say) if config.places else None)
+        self.slots = list(slots) if slots else None
+        self.stop = stop
         self.smoke = smoke or self._smoke_check
         self.heldout_scorer = heldout_scorer or self._score_heldout_of_trial
         # a runner without a tiers argument (an older simulation) scores every tier, as run() does by default
@@ -172,7 +178,8 @@ class Loop:
         from autoembed.run import _prepare_scorer_once
         from autoembed.task.spec import load_spec
 
-        _prepare_scorer_once(load_spec(self.config.task), self.config.fast, self.config.gpus[:1] or None, self.say)
+        with _PREPARE_LOCK:  # loops side by side (a grid on places): one prepares, the others find it prepared
+            _prepare_scorer_once(load_spec(self.config.task), self.config.fast, self.config.gpus[:1] or None, self.say)
 
     # -- records ----------------------------------------------------------------------------------
 
@@ -239,7 +246,7 @@ class Loop:
         self.replay()
         self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
         self.clock = PhaseClock()
-        slots = self.pool.slot_labels() if self.pool else (self.config.gpus or [None])
+        slots = self.slots or (self.pool.slot_labels() if self.pool else (self.config.gpus or [None]))
         try:
             while True:
                 stop = self._budget_stop()
@@ -297,6 +304,8 @@ class Loop:
         return max(self.config.trial_hours * 3600, sum(walls) / len(walls) if walls else 0.0)
 
     def _budget_stop(self) -> str | None:
+        if self.stop is not None and self.stop.is_set():
+            return "interrupted"
         expected = self.expected_trial_s()
         if time.time() + expected > self.deadline:
             return (f"less than one trial left of the loop's budget (a trial takes {expected:.0f} s here: "
@@ -971,12 +980,14 @@ def main_from_args(args) -> int:
 
 
 def run_loop(run_dir: Path, config: LoopConfig, *, say=None, trial_runner=None, smoke=None, report_out=print,
-             write_report: bool = True) -> int:
+             write_report: bool = True, pool=None, slots=None, stop=None) -> int:
     """Run (or resume) the loop in run_dir, then write its report (unless write_report is False): the one path of
-    the CLI, the notebook's loop() and the cells of `autoembed compare`. say, trial_runner and smoke go to Loop."""
+    the CLI, the notebook's loop() and the cells of `autoembed compare`. say, trial_runner, smoke, pool, slots and
+    stop go to Loop."""
     print(f"[loop] run folder: {run_dir}", file=sys.stderr, flush=True)
     try:
-        code = Loop(run_dir, config, say=say, trial_runner=trial_runner, smoke=smoke).run()
+        code = Loop(run_dir, config, say=say, trial_runner=trial_runner, smoke=smoke, pool=pool, slots=slots,
+                    stop=stop).run()
     except LoopError as exc:
         print(f"[loop] stopped: {exc}", file=sys.stderr, flush=True)
         code = 1

@@ -220,8 +220,9 @@ def _cell_prefix(meta_label: str) -> str:
 def test_compare_through_places_runs_every_trial_there_and_retries_a_dead_engines_trial(tmp_path, home, monkeypatch):
     """`autoembed compare --places FILE` (in this process): every cell's loop and the leaderboard's trial go through
     the real pool and places; only the trial itself is simulated (autoembed.run.run is the one call every place
-    makes). The first place is a Docker engine that does not answer: a trial placed there first runs again on a
-    local place, and its meta.json, its ledger row and the cell's report say so alike."""
+    makes). The first place is a Docker engine that does not answer: the trial placed there first runs again on a
+    local place, and its meta.json, its ledger row and its cell's report say so alike; the cells share one pool, so
+    the dead engine is tried once for the whole grid and then takes no more trials."""
     import autoembed.run
     from autoembed.cli import main
 
@@ -243,6 +244,7 @@ def test_compare_through_places_runs_every_trial_there_and_retries_a_dead_engine
 
     cells = sorted(out.glob("cells/*"))
     assert len(cells) == 4
+    retried_in_grid = 0
     for cell in cells:
         assert json.loads((cell / "config.json").read_text())["places"] == str(places)
         rows = {r["trial_id"]: r for r in _jsonl(cell / "ledger.jsonl") if r.get("trial_id")}
@@ -259,11 +261,60 @@ def test_compare_through_places_runs_every_trial_there_and_retries_a_dead_engine
                                                                                   placement["attempts"], failed)
             runs_on[placement["place"]] = runs_on.get(placement["place"], 0) + 1
         retried = [t for t in rows.values() if t["place_failed"] == ["gone"]]
-        assert retried, f"{cell.name}: no trial records the dead engine's attempt"
+        retried_in_grid += len(retried)
         assert all(r["gpu"] is None and r["gpu_s"] == 0.0 for r in rows.values()), "CPU slots, not the loop's labels"
         summary = (cell / "summary.md").read_text()
         assert all(f"{n} trials on {p}" in summary for p, n in runs_on.items()), summary
         assert f"{len(retried)} retried after their place failed" in summary
+    assert retried_in_grid == 1, "the dead engine is tried once, then retired for every cell"
     [board] = [json.loads((t / "meta.json").read_text()) for t in out.glob("agents/*") if (t / "meta.json").exists()]
     assert board["placement"]["place"] in ("left", "right") and board["status"] == "scored"
+    assert (out / "report" / "report.md").is_file()
+
+
+def test_compare_through_places_runs_cells_side_by_side_never_more_trials_than_slots(tmp_path, home, monkeypatch):
+    """Two places of one slot each and a 2x2 grid: cells run side by side so both slots are busy (two cells' trials
+    overlap in time), yet at no moment do more trials run than the places have slots (one shared pool)."""
+    import threading
+    import time
+
+    import autoembed.run
+    from autoembed.compare import compare
+
+    running, spans, lock = [], [], threading.Lock()
+
+    def timed_run(agent, *, out, **kwargs):
+        cell = Path(out).parent.parent.name
+        with lock:
+            running.append(cell)
+            peak = len(running)
+        started = time.monotonic()
+        time.sleep(0.15)  # long enough for the other slot's trial to start meanwhile
+        try:
+            return compare_driver.placed_run(agent, out=out, **kwargs)
+        finally:
+            with lock:
+                running.remove(cell)
+                spans.append((cell, started, time.monotonic(), peak))
+
+    monkeypatch.setattr(autoembed.run, "run", timed_run)
+    monkeypatch.setattr(autoembed.run, "_prepare_scorer_once", lambda *args, **kwargs: None)
+    monkeypatch.setattr("autoembed.smoke.smoke_check",
+                        lambda target, source, sha, workdir, **kw: compare_driver.quick_smoke(target, source, workdir))
+    places = tmp_path / "places.toml"
+    places.write_text('[[place]]\nname = "a"\nkind = "local"\n[[place]]\nname = "b"\nkind = "local"\n')
+    out = tmp_path / "cmp"
+    result = compare(meta=compare_driver.GRID["meta"], task=compare_driver.GRID["task"], hours=1.0, repeats=1, out=out,
+                     trial_hours=0.001, max_iterations=2, baseline_runs=2, sandbox="none", places=str(places),
+                     progress=False, say=lambda msg: None, cell_reports=False)
+    assert result.exit_code == 0
+    assert len(list(out.glob("cells/*/done.json"))) == 4
+    trials = list(out.glob("cells/*/trials/*"))
+    assert len(spans) == len(trials) >= 8, "every trial ran through the timed run()"
+    assert max(peak for *_, peak in spans) <= 2, "more trials ran at once than the places have slots"
+    overlapping = [(a, b) for a in spans for b in spans
+                   if a[0] != b[0] and a[1] < b[2] and b[1] < a[2]]
+    assert overlapping, "no two cells' trials ran at the same time: the cells ran one after another"
+    per_place = {json.loads((t / "meta.json").read_text())["placement"]["place"] for t in trials}
+    assert per_place == {"a", "b"}
     assert (out / "report" / "report.md").is_file()
