@@ -6,9 +6,10 @@ A recipe trial scores the loop tests' simulated quality of its knobs (tests/loop
 per (cell, trial id), so every run of a test makes the same numbers and the cells differ from each other.
 The scores are on simulated fast subsets (SETS), with a ladder of that key written by register_ladder().
 
-Also a script: `python -m tests.compare_driver OUT [--kill-after-cells N] [--resume]` runs the offline 2x2
-comparison (search and a scripted meta-agent x two scripted task models) and, with --kill-after-cells, SIGKILLs
-itself in the middle of the trial after N cells were done (the kill -9 test resumes it).
+Also a script: `python -m tests.compare_driver OUT [--kill-after-cells N] [--resume] [--places TOML]` runs the
+offline 2x2 comparison (search and a scripted meta-agent x two scripted task models) and, with --kill-after-cells,
+SIGKILLs itself in the middle of the trial after N cells were done (the kill -9 test resumes it). With --places
+the trials go through the real pool and places (cells side by side); only autoembed.run.run is simulated.
 """
 
 from __future__ import annotations
@@ -129,22 +130,36 @@ def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
     return SmokeResult(True, "", 0.0)
 
 
-def run_comparison(out: Path, *, kill_after_cells: int | None = None, resume: bool = False, repeats: int = 2):
+def run_comparison(out: Path, *, kill_after_cells: int | None = None, resume: bool = False, repeats: int = 2,
+                   places: Path | None = None):
     from autoembed.compare import compare
 
-    calls = {"n": 0}
+    def kill_now() -> bool:
+        return kill_after_cells is not None and len(list(Path(out).glob("cells/*/done.json"))) >= kill_after_cells
 
     def trial(agent_spec, trial_out, gpu, say, hours=None):
-        done = len(list(Path(out).glob("cells/*/done.json")))
-        calls["n"] += 1
-        kill = kill_after_cells is not None and done >= kill_after_cells
-        return simulated_trial(agent_spec, trial_out, gpu, say, hours, kill=kill)
+        return simulated_trial(agent_spec, trial_out, gpu, say, hours, kill=kill_now())
 
     common = {"progress": False, "trial_runner": trial, "smoke": quick_smoke, "say": lambda msg: None, "cell_reports": False}
+    options = {}
+    if places:  # the real pool and places; the one call every place makes, run(), is the simulated trial
+        import autoembed.run
+        import autoembed.smoke
+
+        def placed(agent, *, out, model=None, placement=None, **kwargs):
+            if kill_now():
+                simulated_trial(agent, out, model=model, kill=True)
+            return placed_run(agent, out=out, model=model, placement=placement)
+
+        autoembed.run.run = placed
+        autoembed.run._prepare_scorer_once = lambda *args, **kwargs: None
+        autoembed.smoke.smoke_check = lambda target, source, sha, workdir, **kw: quick_smoke(target, source, workdir)
+        common["trial_runner"] = common["smoke"] = None
+        options["places"] = str(places)
     if resume:
         return compare(resume=out, **common)
     return compare(meta=GRID["meta"], task=GRID["task"], hours=1.0, repeats=repeats, out=out, trial_hours=0.001,
-                   max_iterations=2, baseline_runs=2, sandbox="none", **common)
+                   max_iterations=2, baseline_runs=2, sandbox="none", **options, **common)
 
 
 def _read_json(path: Path) -> dict:
@@ -160,9 +175,10 @@ def main(argv=None) -> int:
     p.add_argument("--kill-after-cells", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--places", type=Path, default=None)
     args = p.parse_args(argv)
     result = run_comparison(Path(args.out), kill_after_cells=args.kill_after_cells, resume=args.resume,
-                            repeats=args.repeats)
+                            repeats=args.repeats, places=args.places)
     return result.exit_code or 0
 
 

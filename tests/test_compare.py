@@ -318,3 +318,42 @@ def test_compare_through_places_runs_cells_side_by_side_never_more_trials_than_s
     per_place = {json.loads((t / "meta.json").read_text())["placement"]["place"] for t in trials}
     assert per_place == {"a", "b"}
     assert (out / "report" / "report.md").is_file()
+
+
+def test_compare_through_places_killed_with_cells_side_by_side_resumes_them_all(tmp_path, home):
+    """kill -9 while cells run side by side on two one-slot places (the real pool; trials simulated): every cell
+    that was running resumes from its own records, a finished cell is not run again, and the report's numbers are
+    those of the ledgers."""
+    places = tmp_path / "places.toml"
+    places.write_text('[[place]]\nname = "a"\nkind = "local"\n[[place]]\nname = "b"\nkind = "local"\n')
+    out = tmp_path / "cmp"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AUTOEMBED_HOME": str(home)}
+    argv = [sys.executable, "-m", "tests.compare_driver", str(out), "--repeats", "1", "--places", str(places)]
+    killed = subprocess.run([*argv, "--kill-after-cells", "1"], env=env, capture_output=True, text=True, timeout=600,
+                            cwd=REPO_ROOT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    done = {p.parent.name: p.parent for p in out.glob("cells/*/done.json")}
+    cut = [p.parent for p in out.glob("cells/*/config.json") if p.parent.name not in done]
+    assert 1 <= len(done) < 4 and cut and not (out / "report").exists()
+    assert any((c / "intents.jsonl").is_file() for c in cut), "no cell was mid-run when killed"
+    finished = {name: (cell / "ledger.jsonl").read_bytes() for name, cell in done.items()}
+
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    cells = sorted(out.glob("cells/*"))
+    assert len(cells) == 4 and all((c / "done.json").is_file() for c in cells)
+    assert all((done[n] / "ledger.jsonl").read_bytes() == b for n, b in finished.items()), "a finished cell ran again"
+    interrupted = [r for c in cut for r in _jsonl(c / "ledger.jsonl") if r.get("interrupted")]
+    assert interrupted and all("loop stopped during this trial" in r["reason"] for r in interrupted)
+    for cell in cells:
+        rows = _jsonl(cell / "ledger.jsonl")
+        assert len({r["row_id"] for r in rows}) == len(rows), f"{cell.name}: a row was written twice across the kill"
+        for row in rows:
+            if row.get("trial_id") and not row.get("interrupted"):
+                assert row["place"] in ("a", "b"), row
+    report = (out / "report" / "report.md").read_text()
+    for row in table(report, "| meta-agent | task model |"):
+        [cell] = [c for c in cells if c.name.startswith(f"{row[0].split(':')[-1]}__{row[1].split(':')[-1]}__")]
+        expected = recompute_cell(cell)
+        assert numbers(row[4])[0] == pytest.approx(expected["dev"], abs=1e-4), cell.name
+        assert numbers(row[6])[0] == pytest.approx(expected["heldout"], abs=1e-4), cell.name
