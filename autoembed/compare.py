@@ -255,15 +255,23 @@ def run_grid_on_places(run_dir: Path, config: CompareConfig, *, say, step=None, 
     stop, lock = threading.Event(), threading.Lock()
     labels = pool.slot_labels()
     width = max(1, min(len(labels), len(left)))
+    running: list[list[str]] = []  # the slot shares of the loops running now (each loop reads its list per batch)
 
     def cells_on(share: list[str]) -> int:
         while not stop.is_set():
             with lock:
-                if not left:
+                if not left:  # no cell left to start: this share's slots go to the running loop with the fewest
+                    if running:
+                        min(running, key=len).extend(share)
                     return 0
                 cell = left.popleft()
-            code = run_cell(run_dir / "cells" / cell["cell"], cell, config, say=say, trial_runner=trial_runner,
-                            smoke=smoke, report=cell_reports, pool=pool, slots=share, stop=stop)
+                running.append(share)
+            try:
+                code = run_cell(run_dir / "cells" / cell["cell"], cell, config, say=say, trial_runner=trial_runner,
+                                smoke=smoke, report=cell_reports, pool=pool, slots=share, stop=stop)
+            finally:
+                with lock:
+                    running.remove(share)
             if code == INTERRUPTED:
                 stop.set()
                 return INTERRUPTED

@@ -123,7 +123,8 @@ class Loop:
         """trial_runner(agent_spec, out, gpu, say, hours=None, tiers=...) -> a result with run_dir, meta, score
         (default: autoembed.run.run, held-out deferred);
         pool: a placement Pool shared with other loops (default: one of config.places' own); slots: the slot labels
-        this loop plans its parallel candidates over (default: every slot of the pool, or config.gpus); stop: an
+        this loop plans its parallel candidates over (default: every slot of the pool, or config.gpus), a list read
+        again at each batch, to which a grid adds the slots of cells that ended; stop: an
         Event that, once set, ends the loop between trials as an interruption (a grid running loops side by side);
         smoke(target, source, workdir) -> SmokeResult (default: autoembed.smoke.smoke_check);
         heldout_scorer(trial_dir, gpu, say) -> the trial's score.json with held-out (default:
@@ -153,7 +154,7 @@ class Loop:
         self.deadline = time.time() + config.hours * 3600
         self.trial_runner = trial_runner or self._run_trial
         self.pool = pool or (_pool_of(config.places, self.say) if config.places else None)
-        self.slots = list(slots) if slots else None
+        self.slots = slots or None
         self.stop = stop
         self.smoke = smoke or self._smoke_check
         self.heldout_scorer = heldout_scorer or self._score_heldout_of_trial
@@ -246,10 +247,10 @@ class Loop:
         self.replay()
         self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
         self.clock = PhaseClock()
-        slots = self.slots or (self.pool.slot_labels() if self.pool else (self.config.gpus or [None]))
         try:
             while True:
                 stop = self._budget_stop()
+                slots = list(self.slots or (self.pool.slot_labels() if self.pool else (self.config.gpus or [None])))
                 jobs = [] if stop else self.plan(slots)
                 if not jobs:
                     stop = stop or self._budget_stop() or (  # a spent --max-cost can end a proposal half-way

@@ -357,3 +357,32 @@ def test_compare_through_places_killed_with_cells_side_by_side_resumes_them_all(
         expected = recompute_cell(cell)
         assert numbers(row[4])[0] == pytest.approx(expected["dev"], abs=1e-4), cell.name
         assert numbers(row[6])[0] == pytest.approx(expected["heldout"], abs=1e-4), cell.name
+
+
+def test_a_cell_that_ends_gives_its_slots_to_a_running_cell_when_no_cell_is_left(tmp_path, monkeypatch):
+    """The grid's tail: two one-slot places, two cells; the first cell ends at once, and, no cell being left to
+    start, its slot goes to the loop still running (which reads its slot list at every batch)."""
+    import time
+
+    import autoembed.compare as compare_module
+    from autoembed.compare import CompareConfig, run_grid_on_places
+
+    places = tmp_path / "places.toml"
+    places.write_text('[[place]]\nname = "a"\nkind = "local"\n[[place]]\nname = "b"\nkind = "local"\n')
+    config = CompareConfig(metas=["search"], task_models=["x:one", "x:two"], hours=1.0, repeats=1, places=str(places))
+    seen = {}
+
+    def fake_cell(cell_dir, cell, config, *, slots, stop, **kwargs):
+        seen[cell["cell"]] = [list(slots)]
+        if cell["task_model"] == "x:one":
+            return 0
+        deadline = time.time() + 20
+        while len(slots) < 2 and time.time() < deadline and not stop.is_set():
+            time.sleep(0.01)
+        seen[cell["cell"]].append(list(slots))
+        return 0
+
+    monkeypatch.setattr(compare_module, "run_cell", fake_cell)
+    assert run_grid_on_places(tmp_path / "cmp", config, say=lambda msg: None) == 0
+    (first, [begun, later]) = seen["search__x-one__r0"], seen["search__x-two__r0"]
+    assert len(first[0]) == len(begun) == 1 and sorted(later) == ["a:cpu0", "b:cpu0"], seen
