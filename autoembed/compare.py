@@ -282,8 +282,8 @@ def run_grid_on_places(run_dir: Path, config: CompareConfig, *, say, step=None, 
     if _side_by_side(stop, [lambda share=labels[i::width]: cells_on(share) for i in range(width)]):
         return INTERRUPTED
     agent_runs = config.agent_runs()
-    trials = [lambda spec=spec: run_agent_trial(run_dir / "agents" / spec["id"], spec, config, say, pool=pool)
-              for spec in agent_runs]
+    trials = [lambda spec=spec: INTERRUPTED if stop.is_set() else  # a Ctrl-C: the trials not begun wait for a resume
+              run_agent_trial(run_dir / "agents" / spec["id"], spec, config, say, pool=pool) for spec in agent_runs]
     interrupted = _side_by_side(stop, trials, width=max(1, min(pool.size, len(trials))))
     step(len(agent_runs))
     return INTERRUPTED if interrupted else 0
@@ -307,6 +307,9 @@ def _side_by_side(stop: threading.Event, work: list, width: int | None = None) -
                 continue
             if any(f.exception() or f.result() == INTERRUPTED for f in done):
                 stop.set()  # the others end between their trials; a resume continues them all
+    except BaseException:  # a Ctrl-C outside the wait: the loops still stop between their trials
+        stop.set()
+        raise
     finally:
         executor.shutdown(wait=True)
     for f in futures:
