@@ -47,6 +47,13 @@ def check_consistent(run_dir: Path, iterations: int) -> list[dict]:
             f"candidate {number} was left undecided: {[r['status'] for r in mine]}"
     kept = [r["commit"] for r in rows if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
     baseline = repo.repo.git.rev_list("--max-parents=0", "main")
+    incumbent = baseline
+    for row in rows:  # each gated row names the incumbent it was measured against, which is its commit's git parent
+        if row["kind"] in ("candidate", "rerun") and row["status"] in ("keep", "discard", "inconclusive"):
+            assert row["parent"] == incumbent, f"{row['row_id']} names {row['parent'][:10]}, measured against {incumbent[:10]}"
+            assert repo.repo.commit(row["commit"]).parents[0].hexsha == incumbent
+            if row["status"] == "keep":
+                incumbent = row["commit"]
     assert repo.best() == (kept[-1] if kept else baseline), "main is not the last kept commit"
     assert repo.work_file.read_text() == repo.read(repo.best()), "the working file is not main's"
     assert repo.repo.git.status("--porcelain") == ""
@@ -96,16 +103,30 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
             assert row["heldout"].startswith("scored"), row
 
 
-def test_on_one_gpu_the_loop_records_where_its_wall_time_goes(tmp_path):
-    """The phase clock in the session's stop record (bench/bench_loop.py reads it): proposals made while a trial
-    runs are counted apart, and the phases account for the wall."""
-    loop = loop_driver.make_loop(tmp_path / "run", 6, gpus=["0"])
-    assert loop.run() == 0
-    check_consistent(tmp_path / "run", 6)
-    stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
-    counts = stop["phases"]["counts"]
-    assert counts["propose (during trials)"] >= 1 and counts["propose"] + counts["propose (during trials)"] >= 6
+def phase_counts(run_dir: Path) -> dict:
+    stop = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines()][-1]
     assert stop["phases"]["wall"] >= stop["phases"]["trials"] + stop["phases"]["record"]
+    return stop["phases"]["counts"]
+
+
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "prefetch-off"])
+def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, prefetch):
+    """The 1-GPU loop's overhead: every candidate is proposed and smoke-checked while a trial runs, also while a
+    candidate's trial runs (re-parented if that one is kept); with prefetch off, only while the incumbent cannot
+    change, so candidates after the A/A runs pay their proposal and smoke check between trials."""
+    loop = loop_driver.make_loop(tmp_path / "run", 8, gpus=["0"])
+    loop.config.prefetch = prefetch
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 8)
+    counts = phase_counts(tmp_path / "run")
+    if prefetch:
+        assert counts.get("propose", 0) == 0 and counts.get("smoke", 0) == 0, counts
+        assert counts["propose (during trials)"] >= 8 and counts["smoke (during trials)"] >= 8, counts
+        moved = [c for c in loop.candidates().values() if c.get("reparented_from")]
+        assert moved and all(c["same_file"] for c in moved), "a keep re-parented the waiting search candidate"
+        assert any(r["kind"] == "candidate" and r["status"] == "keep" for r in rows)
+    else:
+        assert counts["propose"] >= 6 and counts["smoke"] >= 6, counts
 
 
 @pytest.mark.parametrize("gpus", ["", "0,1"], ids=["cpu", "two-gpus"])

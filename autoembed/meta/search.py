@@ -42,6 +42,13 @@ class SearchMetaAgent(MetaAgent):
         description = "search (TPE): " + (", ".join(changed) if changed else "the incumbent's knob values again")
         return Proposal(source, description, {"trial_number": trial.number})
 
+    def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
+        """Its proposal is a set of knob values: the same values, set in the new incumbent."""
+        try:
+            return editable.set_knobs(new_parent, {k.name: k.value for k in editable.knobs(source)})
+        except editable.EditableError:
+            return None
+
     def observe(self, feedback: Feedback) -> None:
         if "baseline_source" in feedback.handle:
             self._add_baseline(feedback.handle["baseline_source"], feedback.value)
