@@ -585,10 +585,10 @@ class Loop:
         return interrupted
 
     def _pipelined(self) -> bool:
-        """Propose and smoke-check the next candidates while GPU trials run: the search meta-agent needs no result
-        to propose (Optuna knows which trials are running), and the CPU is free. Never on CPU trials (the smoke
-        check would take CPU time from a trial with a fixed budget) nor for an LLM meta-agent, which reads the
-        last results before it proposes."""
+        """Propose and smoke-check the next candidates while GPU trials run, for a meta-agent that says it may
+        (pipelined: the search, whose Optuna study knows which trials are running; the LLM, which reads the
+        ledger as it stands). Never on CPU trials: the smoke check would take CPU time from a trial with a fixed
+        budget."""
         return bool(self.config.gpus) and getattr(self.meta, "pipelined", False)
 
     def _prefetch(self, count: int, running: list[Job]) -> None:

@@ -129,9 +129,11 @@ def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, pre
         assert counts["propose"] >= 6 and counts["smoke"] >= 6, counts
 
 
-@pytest.mark.parametrize("gpus", ["", "0,1"], ids=["cpu", "two-gpus"])
+@pytest.mark.parametrize("gpus", ["", "0", "0,1"], ids=["cpu", "one-gpu", "two-gpus"])
 @pytest.mark.parametrize("stage", loop_driver.STAGES)
 def test_kill_9_at_each_stage_then_resume_leaves_consistent_records(tmp_path, stage, gpus):
+    if stage in loop_driver.GPU_STAGES and not gpus:
+        pytest.skip("a CPU loop proposes between trials only: nothing is re-parented")
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.loop_driver", str(run_dir), "--kill-at", stage,
@@ -169,6 +171,53 @@ class ScriptedMeta(MetaAgent):
 
     def observe(self, feedback):
         self.told.append(feedback)
+
+
+class EditingMeta(MetaAgent):
+    """Edits the incumbent it is given, as an LLM meta-agent does, and proposes while trials run; re-parenting is
+    the interface's default (a three-way merge)."""
+
+    name = "scripted-edits"
+    pipelined = True
+
+    def __init__(self, edits):
+        self.edits = list(edits)
+        self.told = []
+
+    def propose(self, ctx):
+        if not self.edits:
+            return None
+        knobs, description = self.edits.pop(0)
+        return Proposal(editable.set_knobs(ctx.incumbent_source, knobs), description)
+
+    def observe(self, feedback):
+        self.told.append(feedback)
+
+
+def test_a_prefetched_edit_is_merged_onto_a_kept_candidate_and_a_conflict_is_proposed_again(tmp_path):
+    """One GPU: candidate 2 is proposed on the baseline while candidate 1 runs; 1 is kept, so 2 is merged onto it
+    (that merge smoke-checked while 1 ran); candidate 3, proposed on 1 while 2 runs, edits the line 2 edits, so
+    when 2 is kept it conflicts: an invalid row (no trial), the meta-agent is told, and it proposes again."""
+    meta = EditingMeta([({"SYMMETRIC_LOSS": True}, "symmetric loss"), ({"LR": 1e-4}, "LR 1e-4"),
+                        ({"LR": 2e-4}, "LR 2e-4"), ({"SCALE": 30.0}, "scale 30")])
+    loop = loop_driver.make_loop(tmp_path / "run", 4, meta_agent=meta, gpus=["0"])
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 4)
+    status = {r["candidate"]: r["status"] for r in rows if r.get("candidate")}
+    assert status == {1: "keep", 2: "keep", 3: "invalid", 4: status[4]} and status[4] in ("keep", "discard"), status
+    cands = loop.candidates()
+    assert cands[2]["reparented_from"] and not cands[2]["same_file"]
+    best = {k.name: k.value for k in editable.knobs(loop.repo.read(cands[2]["commit"]))}
+    assert best["SYMMETRIC_LOSS"] is True and best["LR"] == pytest.approx(1e-4), "both edits in the merged file"
+    first = loop.repo.repo.git.rev_parse(f"refs/reparented/0002-{cands[2]['reparented_from'][:12]}")
+    assert first == cands[2]["reparented_from"], "the edit as first proposed keeps a ref"
+    invalid = next(r for r in rows if r.get("candidate") == 3)
+    assert "does not merge" in invalid["reason"] and invalid["trial_id"] is None
+    assert any(f.iteration == 3 and f.status == "invalid" for f in meta.told)
+    intents = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()]
+    assert any(i["op"] == "smoked" and i["id"] == 2 and i.get("merged_onto") == cands[1]["commit"] for i in intents)
+    counts = phase_counts(tmp_path / "run")
+    assert counts.get("smoke", 0) == 1 and counts.get("propose", 0) == 1, counts  # candidate 4's, after the conflict
 
 
 def test_invalid_and_duplicate_candidates_spend_no_trial(tmp_path):
