@@ -7,6 +7,9 @@
 
 Each iteration: propose -> commit (a ref per candidate) -> smoke check (invalid: no trial) -> duplicate check
 -> trial(s) through autoembed.run.run -> gate -> one ledger row per trial; the branch head is the best commit.
+On GPUs the next candidates are proposed, committed and smoke-checked while the trials run, so a freed GPU waits
+for no proposal; one built on an incumbent that a running candidate then replaced is re-parented onto the new
+incumbent before it is run or gated (the meta-agent's rebase), so each row's parent is what it was gated against.
 The run folder traces/loops/<run-id>/ holds everything: config.json, the write-ahead intents.jsonl, the
 ledger, the target's git repository and the meta-agent's view (view/), the trials (trials/<trial-id>/).
 
