@@ -129,11 +129,17 @@ def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, pre
         assert counts["propose"] >= 6 and counts["smoke"] >= 6, counts
 
 
-@pytest.mark.parametrize("gpus", ["", "0", "0,1"], ids=["cpu", "one-gpu", "two-gpus"])
-@pytest.mark.parametrize("stage", loop_driver.STAGES)
+# one GPU: the stages where a proposal made beside the running trial meets that trial's outcome (the other stages
+# run as on two GPUs); a CPU loop proposes between trials only, so it never re-parents
+KILL_CASES = [(stage, gpus) for stage in loop_driver.STAGES for gpus in ("", "0,1") if stage not in loop_driver.GPU_STAGES
+              or gpus] + [(stage, "0") for stage in ("trial", "scored", "row", "reparent")]
+
+
+GPU_LABELS = {"": "cpu", "0": "one-gpu", "0,1": "two-gpus"}
+
+
+@pytest.mark.parametrize("stage,gpus", KILL_CASES, ids=[f"{s}-{GPU_LABELS[g]}" for s, g in KILL_CASES])
 def test_kill_9_at_each_stage_then_resume_leaves_consistent_records(tmp_path, stage, gpus):
-    if stage in loop_driver.GPU_STAGES and not gpus:
-        pytest.skip("a CPU loop proposes between trials only: nothing is re-parented")
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.loop_driver", str(run_dir), "--kill-at", stage,
