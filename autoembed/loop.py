@@ -558,9 +558,11 @@ class Loop:
         files = self.run_dir / "files"
         files.mkdir(exist_ok=True)
         path = files / f"{editable.file_hash(source)[:16]}-{self.target.filename}"
-        if not path.is_file():
-            path.write_text(source)
-            path.chmod(0o444)
+        if not path.is_file():  # written whole, then renamed: trials side by side may ask for one file at once
+            tmp = files / f".{path.name}.{secrets.token_hex(4)}"
+            tmp.write_text(source)
+            tmp.chmod(0o444)
+            os.replace(tmp, path)
         return path
 
     def _run_jobs(self, jobs: list[Job]) -> bool:

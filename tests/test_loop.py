@@ -226,6 +226,22 @@ def test_a_prefetched_edit_is_merged_onto_a_kept_candidate_and_a_conflict_is_pro
     assert counts.get("smoke", 0) == 1 and counts.get("propose", 0) == 1, counts  # candidate 4's, after the conflict
 
 
+def test_side_by_side_a_candidate_whose_incumbent_was_kept_first_is_merged_and_tried_again(tmp_path):
+    """Two GPUs: candidates 1 and 2 run side by side on the baseline; 1 is recorded first and kept, so 2's trial
+    measured a file that is no change of the new incumbent: its row says so (interrupted, not gated against 1),
+    and 2 merged onto 1 is tried again and gated against 1."""
+    meta = EditingMeta([({"SYMMETRIC_LOSS": True}, "symmetric loss"), ({"LR": 1e-4}, "LR 1e-4")])
+    loop = loop_driver.make_loop(tmp_path / "run", 2, meta_agent=meta, gpus=["0", "1"])
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 2)
+    assert not any(r["status"] == "crash" for r in rows if r.get("candidate") != 2), [r["reason"] for r in rows]
+    first, *rest = [r for r in rows if r.get("candidate") == 2]
+    assert first["status"] == "crash" and first["interrupted"] and "merged onto the new incumbent" in first["reason"]
+    assert first["trial_id"] and rest and rest[-1]["status"] in ("keep", "discard")
+    cands = loop.candidates()
+    assert rest[-1]["parent"] == cands[1]["commit"] == cands[2]["parent"] and rest[-1]["commit"] == cands[2]["commit"]
+
+
 def test_invalid_and_duplicate_candidates_spend_no_trial(tmp_path):
     from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
     from autoembed.smoke import smoke_check
