@@ -234,10 +234,11 @@ def test_side_by_side_a_candidate_whose_incumbent_was_kept_first_is_merged_and_t
     loop = loop_driver.make_loop(tmp_path / "run", 2, meta_agent=meta, gpus=["0", "1"])
     assert loop.run() == 0
     rows = check_consistent(tmp_path / "run", 2)
-    assert not any(r["status"] == "crash" for r in rows if r.get("candidate") != 2), [r["reason"] for r in rows]
+    seen = [(r["row_id"], r.get("candidate"), r["status"], r["reason"][:200]) for r in rows]  # shown if it fails
+    assert not any(r["status"] == "crash" for r in rows if r.get("candidate") != 2), seen
     first, *rest = [r for r in rows if r.get("candidate") == 2]
-    assert first["status"] == "crash" and first["interrupted"] and "merged onto the new incumbent" in first["reason"]
-    assert first["trial_id"] and rest and rest[-1]["status"] in ("keep", "discard")
+    assert first["status"] == "crash" and first["interrupted"] and "merged onto the new incumbent" in first["reason"], seen
+    assert first["trial_id"] and rest and rest[-1]["status"] in ("keep", "discard"), seen
     cands = loop.candidates()
     assert rest[-1]["parent"] == cands[1]["commit"] == cands[2]["parent"] and rest[-1]["commit"] == cands[2]["commit"]
 
