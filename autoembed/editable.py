@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +102,16 @@ def _parse_knob(match: re.Match, lineno: int) -> Knob:
     return knob
 
 
+# Python 3.11 (3.11.7 here) can fail two threads building ASTs at once with "SystemError: AST constructor recursion
+# depth mismatch" (its counter is not per thread): the loop reads knobs in its main thread while trials run in
+# others (seen as a simulated trial that "did not start" on two GPUs, under load)
+_AST_LOCK = threading.Lock()
+
+
 def _literal(text: str, where: str) -> Any:
     try:
-        return ast.literal_eval(text.strip())
+        with _AST_LOCK:
+            return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
         raise EditableError(f"{where}: {text.strip()!r} is not a literal") from None
 

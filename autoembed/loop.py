@@ -7,6 +7,9 @@
 
 Each iteration: propose -> commit (a ref per candidate) -> smoke check (invalid: no trial) -> duplicate check
 -> trial(s) through autoembed.run.run -> gate -> one ledger row per trial; the branch head is the best commit.
+On GPUs the next candidates are proposed, committed and smoke-checked while the trials run, so a freed GPU waits
+for no proposal; one built on an incumbent that a running candidate then replaced is re-parented onto the new
+incumbent before it is run or gated (the meta-agent's rebase), so each row's parent is what it was gated against.
 The run folder traces/loops/<run-id>/ holds everything: config.json, the write-ahead intents.jsonl, the
 ledger, the target's git repository and the meta-agent's view (view/), the trials (trials/<trial-id>/).
 
@@ -115,6 +118,9 @@ class LoopConfig:
     seed: int = 0
     meta_base_url: str | None = None  # a gateway of the user's own for the LLM meta-agent (token from META_TOKEN_ENV);
     # without it the loop starts its own (autoembed.meta.gateway)
+    prefetch: bool = True  # on GPUs, propose and smoke-check the next candidates while any trial runs, re-parenting
+    # them if that trial is kept; False: only while the incumbent cannot change (A/A, re-measurement), which costs a
+    # proposal and a smoke check between trials (bench/bench_loop.py --simulate compares the two)
 
 
 class Loop:
@@ -148,6 +154,7 @@ class Loop:
             self.close()
             raise
         self.gate_config = gate.GateConfig(seed=config.seed)
+        self._prefetching = False  # the GPUs are busy with trials: a spot check may not start a short trial
         self._per_query: dict[str, dict] = {}
         self.clock = PhaseClock()
         self._lock = threading.Lock()
@@ -211,7 +218,18 @@ class Loop:
         return best
 
     def scored_rows(self, commit: str) -> list[dict]:
-        return [r for r in self.ledger.rows() if r["commit"] == commit and r["status"] in SCORED]
+        """The scored runs of this commit, and of the commits it was re-parented from with the file unchanged
+        (the same file measured, before its incumbent moved)."""
+        same = self._same_file_commits(commit)
+        return [r for r in self.ledger.rows() if r["commit"] in same and r["status"] in SCORED]
+
+    def _same_file_commits(self, commit: str) -> set[str]:
+        same = {commit}
+        for record in reversed(self.intents()):
+            if record["op"] == "candidate" and record["commit"] in same and record.get("reparented_from") \
+                    and record.get("same_file"):
+                same.add(record["reparented_from"])
+        return same
 
     def candidate_state(self, number: int) -> str:
         """pending (needs a smoke check and a trial) | rerun (inconclusive) | decided."""
@@ -292,6 +310,8 @@ class Loop:
                 self._append_row(job, "crash", reason=f"the loop stopped during this trial ({meta.get('status', 'not started')})",
                                  extra={"interrupted": True})
         self.repo.set_best(self.best_commit())
+        for number, cand in self.candidates().items():  # a kill between a re-parent's intent and its ref
+            self.repo.move_candidate(number, cand["commit"], cand.get("reparented_from") or cand["commit"])
         self.fill_heldout()
         for number, cand in self.candidates().items():
             rows = [r for r in self.ledger.rows() if r.get("candidate") == number]
@@ -349,10 +369,15 @@ class Loop:
             if len(jobs) == len(slots):
                 break
             state = self.candidate_state(number)
-            if state == "rerun":
-                jobs.append(Job("rerun", cand["commit"], number))
-            elif state == "pending":
-                job = self._checked_job(number, cand)
+            if state == "decided":
+                continue
+            moved = self._on_incumbent(number, cand)
+            if moved is None:  # its edit does not apply to the new incumbent: recorded; the meta-agent proposes again
+                continue
+            if state == "rerun" and self.scored_rows(moved["commit"]):  # its file measured already
+                jobs.append(Job("rerun", moved["commit"], number))
+            else:  # a new file (first run, or merged onto a new incumbent) passes the checks first
+                job = self._checked_job(number, moved)
                 if job:
                     jobs.append(job)
         if len(jobs) < len(slots) and self._remeasure_due():
@@ -402,7 +427,7 @@ class Loop:
         self.repo.checkout_best()  # an LLM meta-agent edits the working file; the candidate lives on its ref
         if proposal is None:
             return None, None
-        description = " ".join(proposal.description.split())[:200] or "(no description)"
+        description = " ".join(proposal.description.split())[:200].rstrip() or "(no description)"  # as git keeps it
         with self.clock("commit"):
             sha = self.repo.add_candidate(number, proposal.source, description, best)
         after = self._meta_usage()
@@ -412,6 +437,37 @@ class Loop:
         self._intend(cand)
         self.say(f"candidate {number}: {description}")
         return number, cand
+
+    def _on_incumbent(self, number: int, cand: dict, trial: tuple[Job, dict] | None = None) -> dict | None:
+        """The candidate built on the incumbent it will be measured against: itself if it is, else re-parented onto
+        it (a new commit on its ref, its intent re-written; the meta-agent's rebase: the search sets its knob values
+        in the new file, an LLM's edit is merged in three ways). None when the edit does not apply there: an
+        `invalid` row says so (it spent no trial; a `crash` row for the `trial` that measured it before the
+        incumbent moved) and the meta-agent is told."""
+        best = self.best_commit()
+        if cand["parent"] == best:
+            return cand
+        kept = next((c for c in self.candidates().values() if c["commit"] == best), None)
+        label = f"candidate {kept['id']}" if kept else best[:10]
+        source = self.repo.read(cand["commit"])
+        with self.clock("reparent"):
+            moved = self.meta.rebase(source, self.repo.read(cand["parent"]), self.repo.read(best))
+        if moved is None:
+            self.say(f"candidate {number}: built on {cand['parent'][:10]}, does not merge onto {label}; not run")
+            reason = (f"built on the incumbent before {label}, which was kept while this candidate waited or ran; its edit "
+                      f"does not merge onto {label} (conflict): propose again on the new incumbent")
+            job, common = trial or (Job("candidate", cand["commit"], number), {})
+            self._append_row(job, "crash" if trial else "invalid", reason=reason,
+                             extra={**common, "reparent_conflict": best})
+            return None
+        with self.clock("commit"):
+            sha = self.repo.commit(moved, cand["description"], best)
+        new = {**cand, "commit": sha, "parent": best, "file_hash": editable.file_hash(moved),
+               "reparented_from": cand["commit"], "same_file": moved == source}
+        self._intend(new)
+        self.repo.move_candidate(number, sha, cand["commit"])
+        self.say(f"candidate {number}: re-parented onto {label} ({'the same file' if new['same_file'] else 'merged'})")
+        return new
 
     def _meta_usage(self) -> dict:
         """The meta-agent's spend so far: by its gateway's count when the loop runs one, else its client's."""
@@ -432,11 +488,11 @@ class Loop:
                              reason=f"the same file as {label} ({same_as[:10]}); not run again",
                              extra={"duplicate_of": same_as, "gate_value": value})
             return None
-        if self._smoked_ok(number):
+        if self._smoked_ok(number, cand["file_hash"]):
             return Job("candidate", cand["commit"], number)
         result = self._smoke(number, source)
         if result.ok:
-            self._intend({"op": "smoked", "id": number, "seconds": round(result.seconds, 2)})
+            self._intend({"op": "smoked", "id": number, "file_hash": cand["file_hash"], "seconds": round(result.seconds, 2)})
         else:
             self._append_row(Job("candidate", cand["commit"], number), "invalid", reason=result.error,
                              extra={"smoke_s": round(result.seconds, 2)})
@@ -481,6 +537,8 @@ class Loop:
         result = self._smoke(number, source)
         if not result.ok:
             return f"failed the smoke check: {result.error}"
+        if self._prefetching:
+            return "passed the smoke check; no short trial now: the GPUs are running trials"
         if time.time() + self.config.trial_hours * 3600 * (1 + SPOT_SHARE) > self.deadline:
             return "passed the smoke check; no time left in the loop's budget for a short trial"
         spot_id = f"spot-{number:04d}-{secrets.token_hex(2)}"
@@ -510,9 +568,11 @@ class Loop:
         files = self.run_dir / "files"
         files.mkdir(exist_ok=True)
         path = files / f"{editable.file_hash(source)[:16]}-{self.target.filename}"
-        if not path.is_file():
-            path.write_text(source)
-            path.chmod(0o444)
+        if not path.is_file():  # written whole, then renamed: trials side by side may ask for one file at once
+            tmp = files / f".{path.name}.{secrets.token_hex(4)}"
+            tmp.write_text(source)
+            tmp.chmod(0o444)
+            os.replace(tmp, path)
         return path
 
     def _run_jobs(self, jobs: list[Job]) -> bool:
@@ -526,7 +586,11 @@ class Loop:
                 with ThreadPoolExecutor(len(jobs)) as pool:
                     futures = [pool.submit(self._trial, job) for job in jobs]
                     if self._pipelined():
-                        self._prefetch(len(self.config.gpus))
+                        self._prefetching = True
+                        try:
+                            self._prefetch(len(self.config.gpus), jobs)
+                        finally:
+                            self._prefetching = False
                     results = [f.result() for f in futures]
         interrupted = False
         with self.clock("record"):
@@ -536,28 +600,53 @@ class Loop:
         return interrupted
 
     def _pipelined(self) -> bool:
-        """Propose and smoke-check the next candidates while GPU trials run: the search meta-agent needs no result
-        to propose (Optuna knows which trials are running), and the CPU is free. Never on CPU trials (the smoke
-        check would take CPU time from a trial with a fixed budget) nor for an LLM meta-agent, which reads the
-        last results before it proposes."""
+        """Propose and smoke-check the next candidates while GPU trials run, for a meta-agent that says it may
+        (pipelined: the search, whose Optuna study knows which trials are running; the LLM, which reads the
+        ledger as it stands). Never on CPU trials: the smoke check would take CPU time from a trial with a fixed
+        budget."""
         return bool(self.config.gpus) and getattr(self.meta, "pipelined", False)
 
-    def _prefetch(self, count: int) -> None:
-        """Propose and smoke-check until `count` candidates wait for the next trials. A candidate whose trial is
-        running counts as waiting: a proposal made now would take the incumbent as its parent, and the running
-        candidate may replace that incumbent (main would then skip a kept commit). So on one GPU the next
-        candidate is proposed during A/A and re-measurement trials only (see bench/RESULTS.md)."""
-        ready = sum(1 for n in self.candidates() if self.candidate_state(n) == "pending" and self._smoked_ok(n))
+    def _prefetch(self, count: int, running: list[Job]) -> None:
+        """Propose and smoke-check until `count` candidates wait for the next trials, so each is ready when a GPU
+        frees. A proposal made now takes the incumbent of the moment as its parent; if a running candidate is
+        kept, plan() re-parents it onto the new incumbent before its trial (_on_incumbent), and the merge it would
+        get there is smoke-checked now too. With prefetch off, a running candidate counts as waiting, so the next
+        one is proposed during A/A and re-measurement trials only (the behaviour before re-parenting)."""
+        busy = {j.candidate for j in running if j.candidate is not None} if self.config.prefetch else set()
+        may_keep = [j for j in running if j.kind in ("candidate", "rerun")]
+        ready = sum(1 for n, c in self.candidates().items()
+                    if n not in busy and self.candidate_state(n) == "pending" and self._smoked_ok(n, c["file_hash"]))
         for _ in range(PROPOSALS_PER_SLOT * count):
             if ready >= count or not self._iterations_left() or self._budget_stop():
-                return
+                break
             number, cand = self._propose()
             if number is None:
-                return
+                break
             ready += self._checked_job(number, cand) is not None
+        if self.config.prefetch:
+            self._presmoke_merges(busy, may_keep)
 
-    def _smoked_ok(self, number: int) -> bool:
-        return any(r["op"] == "smoked" and r["id"] == number for r in self.intents())
+    def _presmoke_merges(self, busy: set[int], may_keep: list[Job]) -> None:
+        """Smoke-check now what a waiting candidate becomes if a running one is kept, when that changes its file
+        (an LLM's edit merged onto the kept one; the search's knob values give the same file), so a keep costs
+        the next trial no smoke check."""
+        for number, cand in self.candidates().items():
+            if number in busy or self.candidate_state(number) != "pending":
+                continue
+            source, parent = self.repo.read(cand["commit"]), self.repo.read(cand["parent"])
+            for job in may_keep:
+                merged = self.meta.rebase(source, parent, self.repo.read(job.commit))
+                if merged is None or merged == source or self._smoked_ok(number, editable.file_hash(merged)):
+                    continue
+                result = self._smoke(number, merged)
+                if result.ok:
+                    self._intend({"op": "smoked", "id": number, "file_hash": editable.file_hash(merged),
+                                  "seconds": round(result.seconds, 2), "merged_onto": job.commit})
+
+    def _smoked_ok(self, number: int, file_hash: str) -> bool:
+        """This file of this candidate passed the smoke check (records before re-parenting name no file)."""
+        return any(r["op"] == "smoked" and r["id"] == number and r.get("file_hash", file_hash) == file_hash
+                   for r in self.intents())
 
     def _trial(self, job: Job):
         path = self._candidate_file(self.repo.read(job.commit))
@@ -599,6 +688,8 @@ class Loop:
             interrupted = _interrupted(meta)
             self._append_row(job, "crash", reason=problem, extra={**common, "interrupted": interrupted or None})
             return
+        if job.candidate is not None and not self._measured_on_incumbent(job, common):
+            return
         per_query = self._load_per_query(job.trial_id)
         split = "validation" if "validation" in per_query["submission"] else "dev"
         value = gate.mean_score(per_query["submission"][split])
@@ -620,6 +711,25 @@ class Loop:
         if verdict.outcome == "keep":
             self.repo.set_best(job.commit)
             self.fill_heldout()
+
+    def _measured_on_incumbent(self, job: Job, common: dict) -> bool:
+        """Whether the candidate's trial measured a file built on the incumbent it is now gated against. Side by
+        side on several GPUs another candidate may be kept first: this one is re-parented onto it, and if its file
+        is unchanged (the search's knob values) the trial counts, with job.commit moved to the new commit; if the
+        merge changed the file, the trial measured no candidate of the new incumbent, so its row says so and the
+        merged file is tried again (or, when the edit does not merge, the row says that). False: the row is written."""
+        cand = self.candidates()[job.candidate]
+        ran = editable.file_hash(self.repo.read(job.commit))
+        moved = self._on_incumbent(job.candidate, cand, trial=(job, common))
+        if moved is None:
+            return False
+        if moved["file_hash"] == ran:
+            job.commit = moved["commit"]
+            return True
+        self._append_row(job, "crash", reason=f"the incumbent changed while this trial ran; its edit, merged onto the new "
+                                              f"incumbent, is another file ({moved['commit'][:10]}), tried again",
+                         extra={**common, "interrupted": True})
+        return False
 
     def _heldout_of(self, trial_id: str, gpu: str | None) -> dict:
         """The held-out entry of a scored trial, scoring its deferred held-out tier now if it has one."""

@@ -3,6 +3,13 @@ against the baseline recipe on the gated split and on held-out, with CIs. Reads 
 for people: it reads held-out, which no meta-agent sees).
 
     python bench/bench_loop.py traces/loops/<run-id> [--json out.json]
+    python bench/bench_loop.py --simulate [--trial-s 30] [--iterations 6]   # the loop's own overhead, before/after
+
+--simulate runs the loop twice on one (pretend) GPU with simulated trials of a fixed length (a sleep, then the
+scored files tests/loop_driver.py writes) and everything else real: the search meta-agent, commits, the real
+smoke check (bwrap, a few CPU steps), the gate, the ledger. Once with prefetch off (the next candidate is proposed
+during A/A and re-measurement trials only) and once on (also during a candidate's trial, re-parented if that one
+is kept), in the same run, and prints each one's share of wall time inside trials and where the rest went.
 
 - iterations/hour: candidates proposed per hour of loop wall time; trials/hour against the ideal of
   (slots / trial-hours), every slot always inside a trial's agent budget;
@@ -132,12 +139,61 @@ def inside_trials(run_dir: Path, trials: list[dict]) -> dict:
     return total
 
 
+def simulate(out: Path, *, trial_s: float, iterations: int, baseline_runs: int, heldout_s: float, smoke: str) -> dict:
+    """The loop's overhead on one GPU with fixed-length simulated trials, prefetch off then on."""
+    import os
+    import time
+
+    from autoembed.loop import Loop, LoopConfig
+    from tests import loop_driver
+
+    def trial(agent_spec, run_out, gpu, say, hours=None, tiers=("dev", "validation", "heldout")):
+        time.sleep(trial_s)
+        return loop_driver.fake_trial(agent_spec, run_out, gpu, say, tiers=tiers)
+
+    def heldout(trial_dir, gpu, say):
+        time.sleep(heldout_s)
+        return loop_driver.fake_heldout(trial_dir, gpu, say)
+
+    result = {"trial_s": trial_s, "iterations": iterations, "baseline_runs": baseline_runs, "heldout_s": heldout_s,
+              "smoke": smoke, "load_before": os.getloadavg()}
+    for prefetch in (False, True):
+        run_dir = Path(out) / ("prefetch" if prefetch else "prefetch-off")
+        config = LoopConfig(target="recipe", meta="search", hours=10.0, trial_hours=trial_s / 3600,
+                            max_iterations=iterations, baseline_runs=baseline_runs, sandbox="auto", gpus=["0"],
+                            prefetch=prefetch)
+        loop = Loop(run_dir, config, say=lambda msg: None, trial_runner=trial, heldout_scorer=heldout,
+                    smoke=loop_driver.quick_smoke if smoke == "instant" else None)
+        assert loop.run() == 0, f"the simulated loop in {run_dir} failed"
+        m = measure(run_dir)
+        result["prefetch" if prefetch else "prefetch_off"] = {
+            k: m[k] for k in ("wall_s", "trials", "candidates", "statuses", "share_of_wall_in_trials",
+                              "mean_trial_wall_s", "loop_phases_s")}
+    result["load_after"] = os.getloadavg()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
     p.add_argument("--json", default=None)
+    p.add_argument("--simulate", action="store_true", help="measure the loop's own overhead (run_dir: where to put the two loops)")
+    p.add_argument("--trial-s", type=float, default=30.0, help="each simulated trial's length (--simulate)")
+    p.add_argument("--iterations", type=int, default=6, help="candidates per loop (--simulate)")
+    p.add_argument("--baseline-runs", type=int, default=3, help="A/A runs, the GPU loop's default (--simulate)")
+    p.add_argument("--heldout-s", type=float, default=0.0, help="seconds a kept candidate's held-out scoring takes (--simulate)")
+    p.add_argument("--smoke", choices=("real", "instant"), default="real", help="the real smoke check or none (--simulate)")
     args = p.parse_args(argv)
-    result = measure(Path(args.run_dir))
+    if args.simulate:
+        import tempfile
+
+        out = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-loop-"))
+        result = simulate(out, trial_s=args.trial_s, iterations=args.iterations, baseline_runs=args.baseline_runs,
+                          heldout_s=args.heldout_s, smoke=args.smoke)
+    elif not args.run_dir:
+        p.error("give a loop's run folder, or --simulate")
+    else:
+        result = measure(Path(args.run_dir))
     text = json.dumps(result, indent=2, default=float)
     print(text)
     if args.json:

@@ -26,7 +26,8 @@ from autoembed.smoke import SmokeResult
 TASKS = {"validation": ["v1", "v2", "v3"], "dev": ["d1", "d2"], "heldout": ["heldout_secret_alpha", "heldout_secret_beta"]}
 QUERIES = 400
 HELDOUT_MARK = 0.31415  # every held-out score is this plus a little: easy to look for in the meta-agent's inputs
-STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best", "heldout")
+STAGES = ("commit", "intent", "trial", "scored", "row", "partial-row", "best", "heldout", "reparent")
+GPU_STAGES = ("reparent",)  # stages only a loop on GPUs reaches (CPU trials never run beside a proposal)
 PENDING = "deferred_tiers.json"  # where a simulated trial keeps the tiers it deferred
 SCORED_LATER: list[str] = []  # trial ids whose deferred held-out fake_heldout scored, in this process
 
@@ -185,6 +186,10 @@ def _arm(loop, stage: str, after: int) -> None:
                 die()  # main moved; the working file is still the old one
             original_set_best(sha)
         loop.repo.set_best = set_best
+    elif stage == "reparent":  # a waiting candidate's re-parented intent is written; its ref has not moved yet
+        def move_candidate(number, sha, old):
+            die()
+        loop.repo.move_candidate = move_candidate
     elif stage == "heldout":  # while the first kept candidate's deferred held-out is being scored
         original_scorer = loop.heldout_scorer
 

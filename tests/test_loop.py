@@ -47,6 +47,13 @@ def check_consistent(run_dir: Path, iterations: int) -> list[dict]:
             f"candidate {number} was left undecided: {[r['status'] for r in mine]}"
     kept = [r["commit"] for r in rows if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
     baseline = repo.repo.git.rev_list("--max-parents=0", "main")
+    incumbent = baseline
+    for row in rows:  # each gated row names the incumbent it was measured against, which is its commit's git parent
+        if row["kind"] in ("candidate", "rerun") and row["status"] in ("keep", "discard", "inconclusive"):
+            assert row["parent"] == incumbent, f"{row['row_id']} names {row['parent'][:10]}, measured against {incumbent[:10]}"
+            assert repo.repo.commit(row["commit"]).parents[0].hexsha == incumbent
+            if row["status"] == "keep":
+                incumbent = row["commit"]
     assert repo.best() == (kept[-1] if kept else baseline), "main is not the last kept commit"
     assert repo.work_file.read_text() == repo.read(repo.best()), "the working file is not main's"
     assert repo.repo.git.status("--porcelain") == ""
@@ -96,20 +103,42 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
             assert row["heldout"].startswith("scored"), row
 
 
-def test_on_one_gpu_the_loop_records_where_its_wall_time_goes(tmp_path):
-    """The phase clock in the session's stop record (bench/bench_loop.py reads it): proposals made while a trial
-    runs are counted apart, and the phases account for the wall."""
-    loop = loop_driver.make_loop(tmp_path / "run", 6, gpus=["0"])
-    assert loop.run() == 0
-    check_consistent(tmp_path / "run", 6)
-    stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
-    counts = stop["phases"]["counts"]
-    assert counts["propose (during trials)"] >= 1 and counts["propose"] + counts["propose (during trials)"] >= 6
+def phase_counts(run_dir: Path) -> dict:
+    stop = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines()][-1]
     assert stop["phases"]["wall"] >= stop["phases"]["trials"] + stop["phases"]["record"]
+    return stop["phases"]["counts"]
 
 
-@pytest.mark.parametrize("gpus", ["", "0,1"], ids=["cpu", "two-gpus"])
-@pytest.mark.parametrize("stage", loop_driver.STAGES)
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "prefetch-off"])
+def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, prefetch):
+    """The 1-GPU loop's overhead: every candidate is proposed and smoke-checked while a trial runs, also while a
+    candidate's trial runs (re-parented if that one is kept); with prefetch off, only while the incumbent cannot
+    change, so candidates after the A/A runs pay their proposal and smoke check between trials."""
+    loop = loop_driver.make_loop(tmp_path / "run", 8, gpus=["0"])
+    loop.config.prefetch = prefetch
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 8)
+    counts = phase_counts(tmp_path / "run")
+    if prefetch:
+        assert counts.get("propose", 0) == 0 and counts.get("smoke", 0) == 0, counts
+        assert counts["propose (during trials)"] >= 8 and counts["smoke (during trials)"] >= 8, counts
+        moved = [c for c in loop.candidates().values() if c.get("reparented_from")]
+        assert moved and all(c["same_file"] for c in moved), "a keep re-parented the waiting search candidate"
+        assert any(r["kind"] == "candidate" and r["status"] == "keep" for r in rows)
+    else:
+        assert counts["propose"] >= 6 and counts["smoke"] >= 6, counts
+
+
+# one GPU: the stages where a proposal made beside the running trial meets that trial's outcome (the other stages
+# run as on two GPUs); a CPU loop proposes between trials only, so it never re-parents
+KILL_CASES = [(stage, gpus) for stage in loop_driver.STAGES for gpus in ("", "0,1") if stage not in loop_driver.GPU_STAGES
+              or gpus] + [(stage, "0") for stage in ("trial", "scored", "row", "reparent")]
+
+
+GPU_LABELS = {"": "cpu", "0": "one-gpu", "0,1": "two-gpus"}
+
+
+@pytest.mark.parametrize("stage,gpus", KILL_CASES, ids=[f"{s}-{GPU_LABELS[g]}" for s, g in KILL_CASES])
 def test_kill_9_at_each_stage_then_resume_leaves_consistent_records(tmp_path, stage, gpus):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -148,6 +177,70 @@ class ScriptedMeta(MetaAgent):
 
     def observe(self, feedback):
         self.told.append(feedback)
+
+
+class EditingMeta(MetaAgent):
+    """Edits the incumbent it is given, as an LLM meta-agent does, and proposes while trials run; re-parenting is
+    the interface's default (a three-way merge)."""
+
+    name = "scripted-edits"
+    pipelined = True
+
+    def __init__(self, edits):
+        self.edits = list(edits)
+        self.told = []
+
+    def propose(self, ctx):
+        if not self.edits:
+            return None
+        knobs, description = self.edits.pop(0)
+        return Proposal(editable.set_knobs(ctx.incumbent_source, knobs), description)
+
+    def observe(self, feedback):
+        self.told.append(feedback)
+
+
+def test_a_prefetched_edit_is_merged_onto_a_kept_candidate_and_a_conflict_is_proposed_again(tmp_path):
+    """One GPU: candidate 2 is proposed on the baseline while candidate 1 runs; 1 is kept, so 2 is merged onto it
+    (that merge smoke-checked while 1 ran); candidate 3, proposed on 1 while 2 runs, edits the line 2 edits, so
+    when 2 is kept it conflicts: an invalid row (no trial), the meta-agent is told, and it proposes again."""
+    meta = EditingMeta([({"SYMMETRIC_LOSS": True}, "symmetric loss"), ({"LR": 1e-4}, "LR 1e-4"),
+                        ({"LR": 2e-4}, "LR 2e-4"), ({"SCALE": 30.0}, "scale 30")])
+    loop = loop_driver.make_loop(tmp_path / "run", 4, meta_agent=meta, gpus=["0"])
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 4)
+    status = {r["candidate"]: r["status"] for r in rows if r.get("candidate")}
+    assert status == {1: "keep", 2: "keep", 3: "invalid", 4: status[4]} and status[4] in ("keep", "discard"), status
+    cands = loop.candidates()
+    assert cands[2]["reparented_from"] and not cands[2]["same_file"]
+    best = {k.name: k.value for k in editable.knobs(loop.repo.read(cands[2]["commit"]))}
+    assert best["SYMMETRIC_LOSS"] is True and best["LR"] == pytest.approx(1e-4), "both edits in the merged file"
+    first = loop.repo.repo.git.rev_parse(f"refs/reparented/0002-{cands[2]['reparented_from'][:12]}")
+    assert first == cands[2]["reparented_from"], "the edit as first proposed keeps a ref"
+    invalid = next(r for r in rows if r.get("candidate") == 3)
+    assert "does not merge" in invalid["reason"] and invalid["trial_id"] is None
+    assert any(f.iteration == 3 and f.status == "invalid" for f in meta.told)
+    intents = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()]
+    assert any(i["op"] == "smoked" and i["id"] == 2 and i.get("merged_onto") == cands[1]["commit"] for i in intents)
+    counts = phase_counts(tmp_path / "run")
+    assert counts.get("smoke", 0) == 1 and counts.get("propose", 0) == 1, counts  # candidate 4's, after the conflict
+
+
+def test_side_by_side_a_candidate_whose_incumbent_was_kept_first_is_merged_and_tried_again(tmp_path):
+    """Two GPUs: candidates 1 and 2 run side by side on the baseline; 1 is recorded first and kept, so 2's trial
+    measured a file that is no change of the new incumbent: its row says so (interrupted, not gated against 1),
+    and 2 merged onto 1 is tried again and gated against 1."""
+    meta = EditingMeta([({"SYMMETRIC_LOSS": True}, "symmetric loss"), ({"LR": 1e-4}, "LR 1e-4")])
+    loop = loop_driver.make_loop(tmp_path / "run", 2, meta_agent=meta, gpus=["0", "1"])
+    assert loop.run() == 0
+    rows = check_consistent(tmp_path / "run", 2)
+    seen = [(r["row_id"], r.get("candidate"), r["status"], r["reason"][:200]) for r in rows]  # shown if it fails
+    assert not any(r["status"] == "crash" for r in rows if r.get("candidate") != 2), seen
+    first, *rest = [r for r in rows if r.get("candidate") == 2]
+    assert first["status"] == "crash" and first["interrupted"] and "merged onto the new incumbent" in first["reason"], seen
+    assert first["trial_id"] and rest and rest[-1]["status"] in ("keep", "discard"), seen
+    cands = loop.candidates()
+    assert rest[-1]["parent"] == cands[1]["commit"] == cands[2]["parent"] and rest[-1]["commit"] == cands[2]["commit"]
 
 
 def test_invalid_and_duplicate_candidates_spend_no_trial(tmp_path):

@@ -42,6 +42,13 @@ class MetaAgent(abc.ABC):
     def propose(self, ctx: ProposeContext) -> Proposal | None:
         """The next candidate, or None when it has nothing more to try."""
 
+    def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
+        """The same proposal made on `new_parent` instead of `old_parent` (the incumbent changed after it was
+        proposed), or None when it does not apply there. Default: a three-way merge of the edit onto the new file."""
+        from autoembed.meta.repo import three_way_merge
+
+        return three_way_merge(source, old_parent, new_parent)
+
     def observe(self, feedback: Feedback) -> None:
         """Told the outcome of one of its candidates (it must tolerate hearing about one twice after a resume)."""
 

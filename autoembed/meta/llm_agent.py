@@ -42,6 +42,11 @@ def make_llm(model: str, *, base_url: str | None = None, token: str | None = Non
 
 
 class LLMMetaAgent(MetaAgent):
+    # it proposes while GPU trials run (minutes of LLM calls the GPU would otherwise wait for): it reads the ledger as
+    # it stands, the running trial's outcome reaches it at its next proposal, and the loop merges its edit onto the
+    # running candidate if that one is kept; its spot check is then the smoke check alone (the GPU is busy)
+    pipelined = True
+
     def __init__(self, model: str, state_dir: Path, *, base_url: str | None = None, token: str | None = None,
                  llm: LLM | None = None, max_turns: int = MAX_TURNS):
         self.name = model

@@ -8,6 +8,8 @@ is involved, and a kill between steps leaves at worst an unreferenced object, wh
 from __future__ import annotations
 
 import io
+import subprocess
+import tempfile
 from pathlib import Path
 
 import git
@@ -60,6 +62,13 @@ class TargetRepo:
         self.repo.git.update_ref(candidate_ref(number), sha)
         return sha
 
+    def move_candidate(self, number: int, sha: str, old: str) -> None:
+        """Point candidate `number`'s ref at its re-parented commit (idempotent); the commit it replaces keeps a
+        ref of its own (refs/reparented/NNNN-<sha>), so the diff as first proposed is never lost."""
+        if old != sha:
+            self.repo.git.update_ref(f"refs/reparented/{number:04d}-{old[:12]}", old)
+        self.repo.git.update_ref(candidate_ref(number), sha)
+
     def best(self) -> str:
         return self.repo.git.rev_parse(f"refs/heads/{BRANCH}")
 
@@ -86,3 +95,18 @@ class TargetRepo:
 
 def candidate_ref(number: int) -> str:
     return f"refs/candidates/{number:04d}"
+
+
+def three_way_merge(ours: str, base: str, theirs: str) -> str | None:
+    """`ours` (an edit of `base`) with the changes from `base` to `theirs` merged in, by git merge-file; None when
+    the two edits conflict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            path = Path(tmp) / name
+            path.write_text(text)
+            paths.append(str(path))
+        proc = subprocess.run(["git", "merge-file", "-p", *paths], capture_output=True)
+    if proc.returncode != 0:  # >0: the number of conflicts; <0: an error
+        return None
+    return proc.stdout.decode("utf-8")

@@ -26,7 +26,11 @@ class SearchMetaAgent(MetaAgent):
     def __init__(self, state_dir: Path, *, seed: int = 0, startup_trials: int = 5):
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = JournalStorage(JournalFileBackend(str(Path(state_dir) / "optuna.journal")))
+        journal = Path(state_dir) / "optuna.journal"
+        # only this loop's process writes the journal, so a lock file at start was left by a kill (kill -9 while a
+        # proposal was being made beside a running trial); Optuna would wait its 30 s grace period for it
+        Path(f"{journal}.lock").unlink(missing_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
         self.study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, direction="maximize",
                                          load_if_exists=True)
@@ -41,6 +45,13 @@ class SearchMetaAgent(MetaAgent):
         changed = [f"{k.name}={editable.format_value(proposed[k.name])}" for k in knobs if proposed[k.name] != k.value]
         description = "search (TPE): " + (", ".join(changed) if changed else "the incumbent's knob values again")
         return Proposal(source, description, {"trial_number": trial.number})
+
+    def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
+        """Its proposal is a set of knob values: the same values, set in the new incumbent."""
+        try:
+            return editable.set_knobs(new_parent, {k.name: k.value for k in editable.knobs(source)})
+        except editable.EditableError:
+            return None
 
     def observe(self, feedback: Feedback) -> None:
         if "baseline_source" in feedback.handle:
