@@ -7,7 +7,8 @@ about a minute here).
   its record names. Then the second engine is stopped while a trial runs there: that trial is run again on the
   other engine, and its record lists both attempts.
 - A single-host Slurm the test starts (munged, slurmctld, slurmd from Debian's packages, a generated slurm.conf):
-  trials go through submitit as Slurm jobs, and each record names its job and node.
+  trials go through submitit as Slurm jobs, and each record names its job and node; a compare grid runs its trials
+  there the same way; a trial whose job is cancelled or whose node goes down is run again elsewhere.
 """
 
 from __future__ import annotations
@@ -249,3 +250,50 @@ def test_a_trial_whose_slurm_job_dies_is_rerun_elsewhere(stop, slurm, tmp_path_f
     assert aside["placement"]["job_id"] == cancelled[0] and aside["placement"]["place_failed"] == failure["reason"]
     # the job's every process got Slurm's SIGTERM, the workdir's guard too: it outlived the trial and released it
     assert not os.path.ismount(Path(failure["run_dir"]) / "workdir") and not os.path.ismount(run_dir / "workdir")
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}")
+def test_a_compare_grid_runs_its_trials_as_slurm_jobs(slurm, tmp_path_factory, monkeypatch, tmp_path):
+    """`autoembed compare --places` with a Slurm place: a 1x1 grid whose loop runs its two A/A baselines side by side,
+    each trial a Slurm job through submitit; every record names its job, the ledger names the place, and the
+    comparison's report is written."""
+    import subprocess
+    import sys
+
+    from autoembed.integrity.bench import shell
+    from autoembed.paths import REPO_ROOT
+    from autoembed.run import _prepare_scorer_once
+    from autoembed.task.spec import load_spec
+
+    task = keyless_tiny_task(tmp_path_factory, monkeypatch)
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    _prepare_scorer_once(load_spec(task), None, None, lambda msg: None)
+    script = tmp_path / "base.task.json"
+    script.write_text(json.dumps(shell("python3 -c \"import shutil, task; shutil.copytree(task.BASE_MODEL, "
+                                       "'final_model')\" && hostname") + [DONE]))
+    places = tmp_path / "places.toml"
+    places.write_text(f'[[place]]\nname = "cluster"\nkind = "slurm"\njobs = 2\nfolder = "{tmp_path / "jobs"}"\n'
+                      "timeout_min = 20\n")
+    out = tmp_path / "compare"
+    done = subprocess.run([sys.executable, "-m", "autoembed.cli", "compare", "--meta", "search", "--task",
+                           f"scripted:{script}", "--hours", "0.5", "--trial-hours", "0.06", "--repeats", "1",
+                           "--baseline-runs", "2", "--max-iterations", "0", "--sandbox", "bwrap", "--bench", str(task),
+                           "--places", str(places), "--out", str(out)],
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, (done.stderr[-3000:], slurm.logs())
+    [cell] = out.glob("cells/*")
+    metas = [meta_of(p.parent) for p in sorted(cell.glob("trials/*/meta.json"))]
+    assert len(metas) == 2, [m.get("run_id") for m in metas]
+    jobs = set()
+    for meta in metas:
+        assert meta["status"] == "scored" and meta["exit_reason"] == "finished", (meta.get("reason"), slurm.logs())
+        placement = meta["placement"]
+        assert (placement["place"], placement["kind"], placement["attempts"]) == ("cluster", "slurm", 1)
+        assert placement["job_id"].isdigit() and placement["node"] == socket.gethostname()
+        jobs.add(placement["job_id"])
+    assert len(jobs) == 2, "each trial is its own Slurm job"
+    rows = [json.loads(line) for line in (cell / "ledger.jsonl").read_text().splitlines() if line.strip()]
+    assert [r.get("place") for r in rows if r.get("trial_id")] == ["cluster", "cluster"], rows
+    assert (out / "report" / "report.md").is_file()
