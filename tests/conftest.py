@@ -11,6 +11,12 @@ from autoembed import paths
 from tests import sandbox_attacks as attacks
 
 
+def pytest_runtest_setup(item):
+    """Tests marked slow (real training or encoding, minutes on 2 cores) run only when asked for with -m slow."""
+    if item.get_closest_marker("slow") and "slow" not in (item.config.getoption("markexpr") or ""):
+        pytest.skip("marked slow (real training or encoding, minutes on CPU): run with -m slow")
+
+
 @pytest.fixture(scope="module")
 def sealed_canary():
     """A file planted in autoembed/sealed/ for the duration of a test module."""

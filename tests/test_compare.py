@@ -173,11 +173,9 @@ def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_offline_compare_with_real_scripted_harness_trials_is_killed_resumed_and_reported(tmp_path, request):
+def test_offline_compare_with_real_scripted_harness_trials_is_killed_resumed_and_reported(tmp_path):
     """The README's offline grid with real trials (scripted harnesses training on the CPU in bwrap, sealed scoring
     of a tiny copy of the task), through the command line: SIGKILL once the first cell is done, --resume, report."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("real trials on the tiny task, 4-5 min on 2 cores (the simulated variant runs by default): -m slow")
     import time
 
     from tests.tiny_task import shared_tiny_task

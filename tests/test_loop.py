@@ -411,15 +411,13 @@ def test_report_writes_the_plot_and_a_summary_from_the_ledger(tmp_path):
 
 
 @pytest.mark.slow
-def test_offline_loop_end_to_end_with_real_training(tmp_path_factory, tmp_path, request):
+def test_offline_loop_end_to_end_with_real_training(tmp_path_factory, tmp_path):
     """The issue's offline command, shrunk: the search meta-agent on the recipe, real (tiny) CPU training and
     sealed scoring (held-out only for the baseline, and for the candidate only if it is kept), then the report.
     One candidate is enough to show a real commit kept or reverted; the session's harness-side home is shared,
     so the scorer's one-time preparation for the tiny task is paid once per test session.
     Runs with -m slow (about 3 min on 2 cores): CI runs a real loop of the same kind in `autoembed audit` (its
     clean-loop and loop-killed rows), and the default suite keeps the loop's simulated-trial tests."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("real CPU training and scoring, about 3 min on 2 cores (the audit's loop rows run it in CI): -m slow")
     from tests.tiny_task import shared_tiny_task
 
     base = tmp_path_factory.getbasetemp()

@@ -64,9 +64,7 @@ def test_notebook_runs_a_trial_and_a_loop_with_simulated_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_notebook_runs_a_real_trial_and_loop_on_the_tiny_task(tmp_path, request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("real trials on the tiny task, 4-5 min on 2 cores (the simulated variant runs by default): -m slow")
+def test_notebook_runs_a_real_trial_and_loop_on_the_tiny_task(tmp_path):
     from tests.tiny_task import shared_tiny_task
 
     task = shared_tiny_task(tmp_path)

@@ -329,13 +329,10 @@ def test_recipe_agent_keeps_a_margin_before_the_deadline():
 
 
 @pytest.mark.slow
-def test_recipe_raises_dev_ndcg_on_cpu(tmp_path, request):
+def test_recipe_raises_dev_ndcg_on_cpu(tmp_path):
     """~30 minutes on 2 shared cores: runs only when asked for with `-m slow`."""
     from autoembed.task.evaluate import evaluate_model, load_dev_tasks
     from autoembed.task.spec import load_spec
-
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("trains 100 steps on CPU (~30 min): run with -m slow")
 
     spec = load_spec("embed")
     if not spec.pool_path.is_file():

@@ -239,14 +239,12 @@ def gap_spec(tiny):
 
 
 @pytest.mark.parametrize("trained_on", [pytest.param("pool", marks=pytest.mark.slow), "wordnet"])
-def test_tier_gap_end_to_end(tmp_path, tiny, base_path, gap_spec, trained_on, request):
+def test_tier_gap_end_to_end(tmp_path, tiny, base_path, gap_spec, trained_on):
     """Real training, then the scorer: MNRL on one dev task's own pairs is flagged with that task named;
     the same steps on the training pool are not. (Every dev task alone: test_audits' synthesized per-query
     scores, and bench/bench_tier_gap.py with real training on the real sets.)
     The pool variant (about a minute) runs with -m slow: in CI the audit's clean recipe agent, which trains on the
     pool through a real trial, must come out with no finding, tier gap included."""
-    if trained_on == "pool" and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("real training on the pool, about a minute (the audit's clean rows cover it in CI): -m slow")
     from sentence_transformers import SentenceTransformer
 
     from tests.sealed_fixtures import mnrl_steps
