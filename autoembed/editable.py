@@ -7,6 +7,10 @@ A knob is an ALL_CAPS constant above the banner with its range declared beside i
     BATCH_SIZE = 256  # knob: choice 32,64,128,256
     WARMUP_FRACTION = 0.1  # knob: float 0.0..0.3
     MAX_TURNS = 200  # knob: int 20..400
+    CPU_LR = 1e-4  # knob[cpu]: log 5e-6..1e-3
+
+A knob tagged `[cpu]` or `[gpu]` acts only when trials run on that device (the recipe reads CPU_LR on a CPU and LR
+on a GPU), so a search over trials on a GPU leaves the `[cpu]` knobs alone, and the other way round.
 
 Read as text, never imported: the host does not run code a model wrote.
 """
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 BANNER = "# ===== FIXED ADAPTER: the meta-agent must not edit below this line ====="
-KNOB_LINE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*(?P<value>[^#]+?)\s*#\s*knob:\s*(?P<kind>log|float|int|choice)\s+"
+KNOB_LINE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*(?P<value>[^#]+?)\s*#\s*knob(?:\[(?P<device>cpu|gpu)\])?:\s*"
+                       r"(?P<kind>log|float|int|choice)\s+"
                        r"(?P<range>[^#]+?)\s*(?:#.*)?$")
 ASSIGNMENT = re.compile(r"^[A-Z][A-Z0-9_]*\s*=")
+KNOB_MARK = re.compile(r"#\s*knob\b")
 KINDS = ("log", "float", "int", "choice")
 
 
@@ -60,6 +66,7 @@ class Knob:
     high: float | None = None
     choices: tuple[Any, ...] = ()
     value: Any = None  # as the file has it now
+    device: str | None = None  # "cpu" | "gpu": it acts only when trials run there; None: everywhere
 
     def contains(self, value: Any) -> bool:
         if self.kind == "choice":
@@ -74,8 +81,9 @@ def knobs(source: str) -> list[Knob]:
         match = KNOB_LINE.match(line)
         if match:
             found.append(_parse_knob(match, lineno))
-        elif "# knob:" in line and ASSIGNMENT.match(line):
-            raise EditableError(f"line {lineno}: a knob must read `NAME = value  # knob: log|float|int|choice RANGE`, "
+        elif KNOB_MARK.search(line) and ASSIGNMENT.match(line):
+            raise EditableError(f"line {lineno}: a knob must read `NAME = value  # knob: log|float|int|choice RANGE` "
+                                f"(or `# knob[cpu]:` / `# knob[gpu]:` for one that acts on one device only), "
                                 f"got {line.strip()!r}")
     names = [k.name for k in found]
     if len(names) != len(set(names)):
@@ -83,12 +91,17 @@ def knobs(source: str) -> list[Knob]:
     return found
 
 
+def knobs_for(source: str, device: str | None) -> list[Knob]:
+    """The knobs that act when trials run on `device` ("cpu" | "gpu"; None: unknown or mixed, so all of them)."""
+    return [k for k in knobs(source) if device is None or k.device in (None, device)]
+
+
 def _parse_knob(match: re.Match, lineno: int) -> Knob:
     name, kind, spec = match["name"], match["kind"], match["range"].strip()
     value = _literal(match["value"], f"line {lineno} ({name})")
     if kind == "choice":
         choices = tuple(_literal(part, f"line {lineno} ({name})") for part in spec.split(","))
-        knob = Knob(name, kind, choices=choices, value=value)
+        knob = Knob(name, kind, choices=choices, value=value, device=match["device"])
     else:
         low_text, sep, high_text = spec.partition("..")
         if not sep:
@@ -96,7 +109,7 @@ def _parse_knob(match: re.Match, lineno: int) -> Knob:
         low, high = _literal(low_text, name), _literal(high_text, name)
         if not low < high or (kind == "log" and low <= 0):
             raise EditableError(f"line {lineno} ({name}): bad range {spec!r} for a {kind} knob")
-        knob = Knob(name, kind, low=low, high=high, value=value)
+        knob = Knob(name, kind, low=low, high=high, value=value, device=match["device"])
     if not knob.contains(value):
         raise EditableError(f"line {lineno} ({name}): the value {value!r} is outside its declared range {spec!r}")
     return knob

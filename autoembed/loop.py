@@ -58,11 +58,11 @@ ALL_TIERS = ("dev", "validation", "heldout")
 TRIAL_TIERS = ("dev", "validation")  # what a trial scores; held-out only for the commits the loop keeps (fill_heldout)
 HELDOUT_SCORED = "scored: in heldout.jsonl"
 HELDOUT_DEFERRED = "deferred: scored only if this commit is kept"
-SPOT_SHARE = 0.25
+SPOT_SHARE = 0.25  # a spot check's short trial gets this share of a trial's budget
 # A/A runs on a CPU: one. Each costs minutes there, and the gate stays within its false-keep rate on the prior
 # run-to-run sd alone (tests/test_gate.py simulates the fast subsets with one baseline run); the incumbent's
 # periodic re-measurement adds repeats as the loop goes.
-CPU_BASELINE_RUNS = 1  # a spot check's short trial gets this share of a trial's budget
+CPU_BASELINE_RUNS = 1
 META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 _PREPARE_LOCK = threading.Lock()
@@ -406,6 +406,14 @@ class Loop:
         last = max((i for i, r in enumerate(rows) if r["commit"] == best), default=-1)
         return len(rows) - 1 - last >= self.config.remeasure_every
 
+    @property
+    def trial_device(self) -> str | None:
+        """Where trials run: "gpu", "cpu", or None when the places mix machines with and without GPUs."""
+        if self.pool is None:
+            return "gpu" if self.config.gpus else "cpu"
+        kinds = {"gpu" if place.gpus else "cpu" for place in self.pool.places}
+        return kinds.pop() if len(kinds) == 1 else None
+
     def _propose(self) -> tuple[int | None, dict | None]:
         number = len(self.candidates()) + 1
         best = self.best_commit()
@@ -413,7 +421,7 @@ class Loop:
         incumbent = self.repo.read(best)
         before = self._meta_usage()
         ctx = ProposeContext(iteration=number, incumbent_source=incumbent, view_dir=self.view_dir,
-                             spot_check=lambda source: self._spot_check(number, source))
+                             spot_check=lambda source: self._spot_check(number, source), device=self.trial_device)
         self._write_view()
         try:
             with self.clock("propose"):
@@ -781,7 +789,9 @@ class Loop:
         first_row = cand is not None and not any(r.get("candidate") == job.candidate for r in self.ledger.rows())
         meta_usage = (cand or {}).get("meta_usage", {}) if first_row else {}
         row = {"row_id": job.trial_id or f"candidate-{job.candidate:04d}-{status}", "trial_id": job.trial_id or None,
-               "iteration": job.candidate if job.candidate is not None else len(self.candidates()),
+               # the baseline is iteration 0 even when candidate 1 was proposed while it ran (prefetch)
+               "iteration": job.candidate if job.candidate is not None else (
+                   0 if job.kind == "baseline" else len(self.candidates())),
                "candidate": job.candidate, "kind": job.kind, "commit": job.commit,
                "parent": (cand or {}).get("parent"), "target": self.target.name, "meta": self.config.meta,
                "task_model": self.config.task_model if self.target.name == "harness" else None,

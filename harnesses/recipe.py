@@ -6,7 +6,8 @@ with no LLM (`autoembed run recipe`), and the file the `--target recipe` meta-lo
 
 Everything above the FIXED ADAPTER banner is the method and may change: data choice, batching, loss,
 optimizer, schedule, and the ALL_CAPS constants at the top. A constant with `# knob: KIND RANGE` beside it
-is one the search meta-agent turns (KIND: log | float | int | choice). The adapter below the banner is
+is one the search meta-agent turns (KIND: log | float | int | choice; `knob[cpu]` and `knob[gpu]` act only on
+that device, and a search turns only those of the device its trials run on). The adapter below the banner is
 checked by hash: it parses the arguments, loads the base model, keeps the wall-clock budget (which counts
 from the start of this script, so loading and saving fit inside it), and saves the model to --out at the
 end, on SIGTERM/SIGINT, and when the editable part overruns the budget.
@@ -30,17 +31,17 @@ import random
 import threading
 from collections import deque
 
-LR = 5e-5  # knob: log 5e-6..3e-4
-BATCH_SIZE = 256  # knob: choice 32,64,128,256,512
-MAX_SEQ_LENGTH = 128  # knob: choice 64,96,128,192,256
+LR = 5e-5  # knob[gpu]: log 5e-6..3e-4
+BATCH_SIZE = 256  # knob[gpu]: choice 32,64,128,256,512
+MAX_SEQ_LENGTH = 128  # knob[gpu]: choice 64,96,128,192,256
 # On a CPU a run has minutes for a few dozen steps, not hours for thousands: short texts (64 tokens and batch 32
 # cost 0.58x the CPU time per pair of 128 tokens and batch 16, measured), a batch that still gives in-batch
 # negatives, and a larger LR so few steps move the model. bf16 autocast (only where the CPU has AMX/AVX512-BF16)
 # is off: on the shared 2-core VM it saved no CPU time per step; a search may turn it on.
-CPU_LR = 1e-4  # knob: log 5e-6..1e-3
-CPU_BATCH_SIZE = 32  # knob: choice 8,16,32,64,128
-CPU_MAX_SEQ_LENGTH = 64  # knob: choice 32,48,64,96,128
-CPU_BF16 = False  # knob: choice False,True
+CPU_LR = 1e-4  # knob[cpu]: log 5e-6..1e-3
+CPU_BATCH_SIZE = 32  # knob[cpu]: choice 8,16,32,64,128
+CPU_MAX_SEQ_LENGTH = 64  # knob[cpu]: choice 32,48,64,96,128
+CPU_BF16 = False  # knob[cpu]: choice False,True
 SCALE = 20.0  # knob: float 5..50
 WARMUP_FRACTION = 0.1  # knob: float 0.0..0.3
 WEIGHT_DECAY = 0.01  # knob: log 1e-4..0.1

@@ -83,6 +83,14 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
         assert repo.repo.commit(row["commit"]).message.strip() == row["description"]
     # the kept file is the better one by the simulation's own measure
     assert loop_driver.quality(repo.read(repo.best())) > loop_driver.quality(RECIPE)
+    # knobs that act only on the other device are never turned (on GPUs the recipe ignores CPU_LR, and so on)
+    assert loop.trial_device == ("gpu" if gpus else "cpu")
+    # the baseline's rows are iteration 0 (the plot's x axis), also when candidate 1 was prefetched while they ran
+    assert {r["iteration"] for r in rows if r["kind"] == "baseline"} == {0}
+    idle = {k.name: k.value for k in editable.knobs(RECIPE) if k.device not in (None, loop.trial_device)}
+    for cand in loop.candidates().values():
+        values = {k.name: k.value for k in editable.knobs(repo.read(cand["commit"]))}
+        assert {n: values[n] for n in idle} == idle, cand["description"]
     # Optuna heard every decided candidate: no trial of a candidate is left running
     from optuna.trial import TrialState
 

@@ -33,6 +33,7 @@ class ProposeContext:
     incumbent_source: str  # the best file so far
     view_dir: Path  # the meta-agent's whole world: target repo, notes.md, ledger view, its trials' traces
     spot_check: Callable[[str], str] | None = None  # smoke-check a file's content now; returns a report
+    device: str | None = None  # where trials run: "gpu" | "cpu", None when places mix both
 
 
 class MetaAgent(abc.ABC):

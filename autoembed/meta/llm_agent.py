@@ -96,6 +96,8 @@ class LLMMetaAgent(MetaAgent):
                  "candidate: refs/candidates/*). Read ledger.tsv, notes.md and the trials' traces under trials/, "
                  "make ONE general change to the target file above the banner, and call finish with a one-line "
                  "description."]
+        if ctx.device:
+            lines.append(f"Trials run on a {ctx.device.upper()}: knobs tagged for the other device do not act there.")
         if len(self.pending) > BRIEF_FEEDBACK:  # after a resume it hears about every decided candidate again
             lines.append(f"- ({len(self.pending) - BRIEF_FEEDBACK} earlier outcomes: see ledger.tsv)")
         for fb in self.pending[-BRIEF_FEEDBACK:]:

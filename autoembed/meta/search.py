@@ -36,20 +36,23 @@ class SearchMetaAgent(MetaAgent):
                                          load_if_exists=True)
 
     def propose(self, ctx: ProposeContext) -> Proposal | None:
-        knobs = editable.knobs(ctx.incumbent_source)
+        knobs = editable.knobs_for(ctx.incumbent_source, ctx.device)  # a [cpu] knob turned for GPU trials is noise
         if not knobs:
             return None
         trial = self.study.ask({k.name: distribution(k) for k in knobs})
         source = editable.set_knobs(ctx.incumbent_source, trial.params)
-        proposed = {k.name: v for k, v in zip(knobs, _values(source))}
+        proposed = {k.name: k.value for k in editable.knobs(source)}
         changed = [f"{k.name}={editable.format_value(proposed[k.name])}" for k in knobs if proposed[k.name] != k.value]
         description = "search (TPE): " + (", ".join(changed) if changed else "the incumbent's knob values again")
         return Proposal(source, description, {"trial_number": trial.number})
 
     def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
-        """Its proposal is a set of knob values: the same values, set in the new incumbent."""
+        """Its proposal is a set of knob values: the same values, set in the new incumbent (only the lines whose
+        value differs are rewritten, so a knob it did not turn keeps its text)."""
         try:
-            return editable.set_knobs(new_parent, {k.name: k.value for k in editable.knobs(source)})
+            current = {k.name: k.value for k in editable.knobs(new_parent)}
+            return editable.set_knobs(new_parent, {k.name: k.value for k in editable.knobs(source)
+                                                   if k.name not in current or current[k.name] != k.value})
         except editable.EditableError:
             return None
 
@@ -87,7 +90,3 @@ def distribution(knob: editable.Knob):
     if knob.kind == "int":
         return IntDistribution(int(knob.low), int(knob.high))
     return FloatDistribution(float(knob.low), float(knob.high), log=knob.kind == "log")
-
-
-def _values(source: str) -> list:
-    return [k.value for k in editable.knobs(source)]
