@@ -365,8 +365,9 @@ class Loop:
             if not scored_baseline or len(jobs) == len(slots):  # candidates need a measured incumbent
                 return self._assign(jobs, slots)
         candidates = self.candidates()
+        fresh: list[Job] = []  # candidates proposed earlier (prefetched while a trial ran) and never run yet
         for number, cand in sorted(candidates.items()):
-            if len(jobs) == len(slots):
+            if len(jobs) + len(fresh) == len(slots):
                 break
             state = self.candidate_state(number)
             if state == "decided":
@@ -379,9 +380,11 @@ class Loop:
             else:  # a new file (first run, or merged onto a new incumbent) passes the checks first
                 job = self._checked_job(number, moved)
                 if job:
-                    jobs.append(job)
+                    fresh.append(job)
+        # before new candidates: with prefetch a proposed candidate always waits for the slot, and would starve it
         if len(jobs) < len(slots) and self._remeasure_due():
             jobs.append(Job("remeasure", self.best_commit()))
+        jobs += fresh[:len(slots) - len(jobs)]  # one left out waits, checked, for the next plan
         attempts = 0
         while len(jobs) < len(slots) and self._iterations_left() and attempts < PROPOSALS_PER_SLOT * len(slots):
             attempts += 1

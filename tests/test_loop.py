@@ -135,6 +135,14 @@ def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, pre
         assert any(r["kind"] == "candidate" and r["status"] == "keep" for r in rows)
     else:
         assert counts["propose"] >= 6 and counts["smoke"] >= 6, counts
+    # the candidate that waits ready for the GPU does not starve the incumbent's periodic re-measurement
+    best, since = None, 0
+    for row in (r for r in rows if r["trial_id"]):
+        if row["kind"] == "baseline" and best is None or row["status"] == "keep" and row["kind"] in ("candidate", "rerun"):
+            best = row["commit"]
+        since = 0 if row["commit"] == best else since + 1
+        assert since <= loop.config.remeasure_every, [(r["kind"], r["status"]) for r in rows]
+    assert any(r["kind"] == "remeasure" for r in rows)
 
 
 # one GPU: the stages where a proposal made beside the running trial meets that trial's outcome (the other stages
