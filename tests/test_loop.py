@@ -365,6 +365,7 @@ def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldo
     assert "passed the smoke check; a short trial" in texts and "validation 0." in texts
     assert list((run_dir / "view" / "spot").glob("spot-0001-*/summary.json")), "the spot check's trial is not in the view"
     assert "candidate 1: keep" in texts, "the second iteration was not told how the first went"
+    assert "Trials run on a CPU" in texts, "the brief does not say where trials run"
     assert (run_dir / "view" / "notes.md").read_text() == "tried fewer turns"
 
     # no held-out number or text in anything the meta-agent received, nor in its view folder
