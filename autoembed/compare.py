@@ -244,10 +244,9 @@ def run_grid_on_places(run_dir: Path, config: CompareConfig, *, say, step=None, 
                        cell_reports: bool = True) -> int:
     """The cells side by side over one shared pool of the places, one cell per share of their slots, then the
     single-agent trials through that pool; 130 when interrupted (Ctrl-C stops every loop between its trials)."""
-    from autoembed.placement import Pool
-    from autoembed.placement.config import load_places
+    from autoembed.placement.config import load_pool
 
-    pool = Pool(load_places(Path(config.places)), say=lambda msg: say(f"placement: {msg}"))
+    pool = load_pool(config.places, say)
     cells = config.cells()
     left = deque(c for c in cells if not (run_dir / "cells" / c["cell"] / "done.json").is_file())
     step = step or (lambda n=1: None)
@@ -364,10 +363,9 @@ def run_agent_trial(trial_dir: Path, spec: dict, config: CompareConfig, say, poo
     kwargs = dict(task=config.task, hours=config.agent_hours or config.trial_hours, sandbox=config.sandbox,
                   model=spec["model"], out=trial_dir, fast=config.fast)
     if config.places:  # on the first free slot of the places, retried elsewhere if its place fails
-        from autoembed.placement import Pool
-        from autoembed.placement.config import load_places
+        from autoembed.placement.config import load_pool
 
-        pool = pool or Pool(load_places(Path(config.places)), say=lambda msg: say(f"{spec['id']}: placement: {msg}"))
+        pool = pool or load_pool(config.places, lambda msg: say(f"{spec['id']}: {msg}"))
         meta = _read_json(pool.run_trial({"agent": spec["agent"], **kwargs},
                                          lambda msg: say(f"{spec['id']}: placement: {msg}")) / "meta.json")
         return INTERRUPTED if meta.get("exit_reason") == "interrupted" else 0

@@ -160,7 +160,11 @@ class Loop:
         self._lock = threading.Lock()
         self.deadline = time.time() + config.hours * 3600
         self.trial_runner = trial_runner or self._run_trial
-        self.pool = pool or (_pool_of(config.places, self.say) if config.places else None)
+        if pool is None and config.places:
+            from autoembed.placement.config import load_pool  # only a loop on places needs docker/submitit
+
+            pool = load_pool(config.places, self.say)
+        self.pool = pool
         self.slots = slots or None
         self.stop = stop
         self.smoke = smoke or self._smoke_check
@@ -985,13 +989,6 @@ def _placement_columns(meta: dict) -> dict:
         return {}
     return {"place": placement.get("place"), "place_attempts": placement.get("attempts"),
             "place_failed": [f.get("place") for f in placement.get("failed") or []]}
-
-
-def _pool_of(places: str, say):
-    from autoembed.placement import Pool
-    from autoembed.placement.config import load_places
-
-    return Pool(load_places(Path(places)), say=lambda msg: say(f"placement: {msg}"))
 
 
 def _mean(values: list[float]) -> float | None:

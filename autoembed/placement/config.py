@@ -35,6 +35,13 @@ KEYS = {
 }
 
 
+def load_pool(path: Path | str, say):
+    """A Pool over the places a TOML file lists; its messages go to say, prefixed "placement: "."""
+    from autoembed.placement.pool import Pool
+
+    return Pool(load_places(Path(path)), say=lambda msg: say(f"placement: {msg}"))
+
+
 def load_places(path: Path) -> list[Place]:
     """The places a TOML file lists; ValueError naming the file, the place and the fix on anything wrong."""
     path = Path(path)
