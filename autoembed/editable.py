@@ -31,6 +31,9 @@ KNOB_LINE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*(?P<value>[^#]+?)\s*#\
 ASSIGNMENT = re.compile(r"^[A-Z][A-Z0-9_]*\s*=")
 KNOB_MARK = re.compile(r"#\s*knob\b")
 KINDS = ("log", "float", "int", "choice")
+# The largest target file the loop takes (the baseline harness is ~20 KB): an edit over it is refused, and a proposal
+# over it is an invalid candidate, so no file a model writes makes the host compile, hash, diff or commit megabytes.
+MAX_TARGET_BYTES = 256 * 1024
 
 
 class EditableError(ValueError):
@@ -52,6 +55,14 @@ def adapter_hash(source: str) -> str:
 def check_adapter(source: str, expected_sha256: str, name: str = "the file") -> None:
     if adapter_hash(source) != expected_sha256:
         raise EditableError(f"{name}: the fixed adapter (below the banner) was edited; only the part above it may change")
+
+
+def check_size(source: str, name: str = "the file") -> None:
+    """EditableError when the file is over MAX_TARGET_BYTES (as UTF-8)."""
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if size > MAX_TARGET_BYTES:
+        raise EditableError(f"{name} is {size:,} bytes, over the target file's cap of {MAX_TARGET_BYTES // 1024} KB "
+                            "(editable.MAX_TARGET_BYTES): keep the file small, change it in place")
 
 
 def file_hash(source: str) -> str:
@@ -125,8 +136,8 @@ def _literal(text: str, where: str) -> Any:
     try:
         with _AST_LOCK:
             return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-        raise EditableError(f"{where}: {text.strip()!r} is not a literal") from None
+    except (ValueError, SyntaxError, RecursionError, MemoryError):  # 1+1+...+1 overflows the AST's recursion limit
+        raise EditableError(f"{where}: {text.strip()[:80]!r} is not a literal") from None
 
 
 def set_knobs(source: str, values: dict[str, Any]) -> str:

@@ -24,15 +24,24 @@ Resume after a kill at any point: intents are written before each step takes eff
 a trial's start) and ledger rows carry unique ids, so replaying a step is idempotent. A trial that had
 finished when the loop died is recorded from its folder; one that had not is recorded as a crash and its
 candidate is tried again.
+
+Nothing a candidate holds stops the loop: an exception while proposing, checking (the smoke check, re-parenting),
+gating or scoring held-out becomes that candidate's row (invalid or crash, naming the exception), written before
+anything else, so no --resume meets it again. One loop per run folder: loop.lock there is flock'ed for the loop's
+life, and a second loop exits 2 naming the first's pid. --max-cost counts the gateways' spend only (trials, spot
+checks, the meta-agent), never the usage an agent reports of itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import functools
 import gzip
 import inspect
 import json
+import math
 import os
 import secrets
 import shutil
@@ -45,11 +54,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from autoembed import editable, gate
+from autoembed import bounded, editable, gate, textsafe
 from autoembed.ledger import Ledger
 from autoembed.meta.base import Feedback, MetaAgent, ProposeContext
 from autoembed.meta.repo import TargetRepo
 from autoembed.paths import REPO_ROOT, traces_dir
+from autoembed.sandbox.identity import forbid_shared_writes
 
 SCORED = ("keep", "discard", "inconclusive")  # statuses of rows whose trial was scored
 PROPOSALS_PER_SLOT = 5  # invalid or duplicate proposals tolerated per free slot before the batch runs without it
@@ -66,6 +76,8 @@ CPU_BASELINE_RUNS = 1
 META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 _PREPARE_LOCK = threading.Lock()
+PROPOSAL_FAILURES = 3  # proposals in a row that raise before the loop stops (a bad key, a provider down)
+LOCK_NAME = "loop.lock"  # in the run folder, flock'ed for the loop's life: one loop per run folder
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,11 @@ class Target:
     name: str
     baseline: Path
     filename: str
+
+    @property
+    def uses_task_model(self) -> bool:
+        """Its trials call a task model through their gateway (and so spend against --max-cost)."""
+        return self.name == "harness"
 
     def adapter_sha256(self) -> str:
         if self.name == "recipe":
@@ -137,24 +154,32 @@ class Loop:
         autoembed.run.score_deferred). Tests swap them."""
         self.run_dir = Path(run_dir)
         self.config = config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        forbid_shared_writes()  # the ledger, the repository and every trial folder: not writable by other users
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.meta_gateway = None
+        self._lock_file = lock_run_folder(self.run_dir)  # before anything is written: a second loop here exits 2
+        try:
+            self._setup(config, meta_agent, say, trial_runner, smoke, heldout_scorer, pool, slots, stop)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, config, meta_agent, say, trial_runner, smoke, heldout_scorer, pool, slots, stop) -> None:
         tmp = self.run_dir / "config.json.tmp"
         tmp.write_text(json.dumps(config.__dict__, indent=2))
         os.replace(tmp, self.run_dir / "config.json")
         self.target = TARGETS[config.target]
-        self.say = say or (lambda msg: print(f"[loop] {msg}", file=sys.stderr, flush=True))
+        # the meta-agent's descriptions and the trials' lines are model-written: no control character reaches a terminal
+        self.say = textsafe.escaping(say or (lambda msg: print(f"[loop] {msg}", file=sys.stderr, flush=True)))
         self.ledger = Ledger(self.run_dir)
         self.intents_path = self.run_dir / "intents.jsonl"
         self.view_dir = self.run_dir / "view"
         self.repo = self._open_repo()
-        self.meta_gateway = None if meta_agent else start_meta_gateway(config, self.run_dir, self.trials_cost())
-        try:
-            self.meta = meta_agent or make_meta_agent(config, self.run_dir, self.meta_gateway)
-        except BaseException:
-            self.close()
-            raise
+        self.meta_gateway = None if meta_agent else start_meta_gateway(config, self.run_dir, self.trials_cost() + self.spot_cost())
+        self.meta = meta_agent or make_meta_agent(config, self.run_dir, self.meta_gateway)
         self.gate_config = gate.GateConfig(seed=config.seed)
         self._prefetching = False  # the GPUs are busy with trials: a spot check may not start a short trial
+        self._proposal_failures = 0  # proposals in a row that raised
         self._per_query: dict[str, dict] = {}
         self.clock = PhaseClock()
         self._lock = threading.Lock()
@@ -171,6 +196,9 @@ class Loop:
         self.heldout_scorer = heldout_scorer or self._score_heldout_of_trial
         # a runner without a tiers argument (an older simulation) scores every tier, as run() does by default
         self._runner_tiers = "tiers" in inspect.signature(self.trial_runner).parameters
+        self._runner_caps = "max_usd" in inspect.signature(self.trial_runner).parameters
+        self._held: dict[str, float] = {}  # trial or spot id -> the dollar cap it holds of --max-cost while it runs
+        self._held_lock = threading.Lock()
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -256,15 +284,23 @@ class Loop:
             self.close()
 
     def close(self) -> None:
-        """Stop the meta-agent's gateway (if this loop started one), saving its totals beside its log."""
-        if self.meta_gateway is not None:
-            self.meta_gateway.stop()
-            self.meta_gateway = None
+        """Stop the meta-agent's gateway (if this loop started one), saving its totals beside its log; then let
+        another loop have the run folder."""
+        try:
+            if self.meta_gateway is not None:
+                self.meta_gateway.stop()
+                self.meta_gateway = None
+        finally:
+            lock, self._lock_file = getattr(self, "_lock_file", None), None
+            if lock is not None:
+                lock.close()  # closing the file releases its flock
 
     def _run(self) -> int:
         if self.trial_runner == self._run_trial:
             self._prepare()
         self.deadline = time.time() + self.config.hours * 3600  # the loop's budget starts once the machine is ready
+        if self.meta_gateway is not None:  # no meta-agent call goes out, or goes on, past --hours
+            self.meta_gateway.gateway.limits.deadline = self.deadline
         self._write_view()
         self.replay()
         self._intend({"op": "session", "event": "start", "gpus": self.config.gpus, "hours": self.config.hours})
@@ -273,7 +309,10 @@ class Loop:
             while True:
                 stop = self._budget_stop()
                 slots = list(self.slots or (self.pool.slot_labels() if self.pool else (self.config.gpus or [None])))
+                proposed = len(self.candidates())
                 jobs = [] if stop else self.plan(slots)
+                if not jobs and len(self.candidates()) > proposed and self._iterations_left():
+                    continue  # every proposal was decided without a trial (invalid, duplicate): propose again
                 if not jobs:
                     stop = stop or self._budget_stop() or (  # a spent --max-cost can end a proposal half-way
                         "the meta-agent has nothing more to propose" if self._iterations_left()
@@ -308,7 +347,7 @@ class Loop:
             meta = _read_json(trial_dir / "meta.json")
             if meta.get("status") == "scored" and (trial_dir / "score.json").is_file():
                 self.say(f"resume: recording trial {job.trial_id}, which finished before the loop stopped")
-                self.record(job, _LoadedResult(trial_dir, meta, _read_json(trial_dir / "score.json")), wall_s=None)
+                self._record_contained(job, _LoadedResult(trial_dir, meta, _read_json(trial_dir / "score.json")), None)
             else:
                 self.say(f"resume: trial {job.trial_id} was cut off by the stop ({meta.get('status', 'not started')})")
                 self._append_row(job, "crash", reason=f"the loop stopped during this trial ({meta.get('status', 'not started')})",
@@ -320,7 +359,7 @@ class Loop:
         for number, cand in self.candidates().items():
             rows = [r for r in self.ledger.rows() if r.get("candidate") == number]
             if rows and self.candidate_state(number) == "decided":
-                self.meta.observe(self._feedback(cand, rows[-1]))
+                self._tell(cand, rows[-1])
 
     def expected_trial_s(self) -> float:
         """What the next trial will take: its --trial-hours budget, or the mean wall of this run's trials so far
@@ -335,17 +374,73 @@ class Loop:
         if time.time() + expected > self.deadline:
             return (f"less than one trial left of the loop's budget (a trial takes {expected:.0f} s here: "
                     f"{self.config.trial_hours * 3600:.0f} s of --trial-hours, the rest seeding and scoring)")
-        cost = self.total_cost()
-        if self.config.max_cost is not None and cost >= self.config.max_cost:
-            return f"spent ${cost:.2f} of --max-cost ${self.config.max_cost:.2f}"
+        cost, held = self.total_cost(), self.held_usd()
+        if self.config.max_cost is not None and cost + held >= self.config.max_cost:
+            return (f"spent ${cost:.2f} of --max-cost ${self.config.max_cost:.2f}"
+                    + (f", and running trials hold ${held:.2f} of it" if held else ""))
         return None
+
+    @functools.cached_property
+    def _task_usd(self) -> float | None:
+        """The task's own cap on one trial's spend ([budget] usd)."""
+        from autoembed.task.spec import load_spec
+
+        return load_spec(self.config.task).max_usd
+
+    def held_usd(self) -> float:
+        with self._held_lock:
+            return sum(self._held.values())
+
+    def _hold_budget(self, trial_id: str) -> float | None:
+        """The dollar cap of a task-model trial about to start: what --max-cost leaves after the spend so far and
+        what the trials and spot checks running beside it hold, at most the task's own [budget] usd. It is held
+        until the trial ends, and the meta-agent's gateway is capped at what is left, so trials side by side and
+        the meta-agent cannot pass --max-cost together. None: no --max-cost, or a target without a task model."""
+        if self.config.max_cost is None or not self.target.uses_task_model:
+            return None
+        with self._held_lock:
+            left = max(self.config.max_cost - self.total_cost() - sum(self._held.values()), 0.0)
+            cap = left if self._task_usd is None else min(left, self._task_usd)
+            self._held[trial_id] = cap
+        self._cap_meta_gateway()
+        return cap
+
+    def _release_budget(self, trial_id: str) -> None:
+        with self._held_lock:
+            self._held.pop(trial_id, None)
+        self._cap_meta_gateway()
+
+    def _cap_meta_gateway(self) -> None:
+        """The meta-agent's gateway may spend what --max-cost leaves after the trials' spend and holds (its own
+        earlier sessions count against it too)."""
+        if self.meta_gateway is None or self.config.max_cost is None:
+            return
+        left = self.config.max_cost - self.trials_cost() - self.spot_cost() - self.held_usd()
+        self.meta_gateway.gateway.limits.max_usd = max(left - self.meta_gateway.before["cost_usd"], 0.0)
+
+    def _capped_run(self, trial_id: str, start):
+        """start(max_usd kwargs) under a hold of --max-cost; a trial that --max-cost cannot fund is not started."""
+        cap = self._hold_budget(trial_id)
+        try:
+            if cap is not None and cap <= 0.0:
+                return _FailedResult(f"not started: --max-cost ${self.config.max_cost:.2f} is spent or held by the "
+                                     f"trials running beside it")
+            return start({"max_usd": cap} if cap is not None and self._runner_caps else {})
+        finally:
+            self._release_budget(trial_id)
 
     def trials_cost(self) -> float:
         return sum(r.get("trial_cost_usd") or 0.0 for r in self.ledger.rows())
 
+    def spot_cost(self) -> float:
+        """The task model's dollars in the meta-agent's spot checks (short trials, no ledger row), by each one's
+        gateway: read from its folder, so a spot trial cut off by a kill counts what its gateway logged."""
+        return sum(spot_trial_cost(self.run_dir / "spot" / r["id"]) for r in self.intents() if r["op"] == "spot")
+
     def total_cost(self) -> float:
-        """Dollars spent: every trial's task model, and the meta-agent's calls for every candidate it proposed."""
-        trials = self.trials_cost()
+        """Dollars spent: every trial's task model and every spot check's, by their gateways' count, and the
+        meta-agent's calls for every candidate it proposed."""
+        trials = self.trials_cost() + self.spot_cost()
         if getattr(self, "meta_gateway", None) is not None:  # the gateway's count: failed proposals spend too
             return trials + self.meta_gateway.totals()["cost_usd"]
         meta = sum((c.get("meta_usage") or {}).get("cost_usd") or 0.0 for c in self.candidates().values())
@@ -376,13 +471,14 @@ class Loop:
             state = self.candidate_state(number)
             if state == "decided":
                 continue
-            moved = self._on_incumbent(number, cand)
+            moved = self._contained(Job("candidate", cand["commit"], number), "re-parenting it onto the incumbent",
+                                    lambda: self._on_incumbent(number, cand))
             if moved is None:  # its edit does not apply to the new incumbent: recorded; the meta-agent proposes again
                 continue
             if state == "rerun" and self.scored_rows(moved["commit"]):  # its file measured already
                 jobs.append(Job("rerun", moved["commit"], number))
             else:  # a new file (first run, or merged onto a new incumbent) passes the checks first
-                job = self._checked_job(number, moved)
+                job = self._checked(number, moved)
                 if job:
                     fresh.append(job)
         # before new candidates: with prefetch a proposed candidate always waits for the slot, and would starve it
@@ -395,7 +491,7 @@ class Loop:
             number, cand = self._propose()
             if number is None:
                 break
-            job = self._checked_job(number, cand)
+            job = self._checked(number, cand) if cand else None  # None: recorded already (invalid, or a failed proposal)
             if job:
                 jobs.append(job)
         return self._assign(jobs, slots)
@@ -428,29 +524,55 @@ class Loop:
         incumbent = self.repo.read(best)
         before = self._meta_usage()
         ctx = ProposeContext(iteration=number, incumbent_source=incumbent, view_dir=self.view_dir,
-                             spot_check=lambda source: self._spot_check(number, source), device=self.trial_device)
+                             spot_check=lambda source: self._spot_check(number, source), device=self.trial_device,
+                             deadline=self.deadline)
         self._write_view()
+        failure = None
         try:
             with self.clock("propose"):
                 proposal = self.meta.propose(ctx)
-        except Exception as exc:  # retries are the LLM client's; what reaches here (a spent cap, a bad key) ends the loop
-            if self.meta_gateway is not None and self.meta_gateway.gateway.stopped_by == "max_usd":
-                self.repo.checkout_best()  # --max-cost reached mid-proposal: the budget stop, its proposal dropped
-                self.say(f"the meta-agent's gateway refused its call at --max-cost; proposal {number} dropped")
+        except Exception as exc:  # retries are the LLM client's: what reaches here is this proposal's failure
+            if self.meta_gateway is not None and self.meta_gateway.gateway.stopped_by in ("max_usd", "deadline"):
+                self.repo.checkout_best()  # --max-cost or --hours reached mid-proposal: the budget stop, proposal dropped
+                self.say(f"the meta-agent's gateway refused its call at its {self.meta_gateway.gateway.stopped_by}; "
+                         f"proposal {number} dropped")
                 return None, None
-            raise LoopError(f"the meta-agent failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+            failure, proposal = exc, None
         self.repo.checkout_best()  # an LLM meta-agent edits the working file; the candidate lives on its ref
-        if proposal is None:
+        if proposal is None and failure is None:
             return None, None
-        description = " ".join(proposal.description.split())[:200].rstrip() or "(no description)"  # as git keeps it
+        if failure is not None:  # recorded as this candidate's crash (the incumbent's file, unchanged, on its ref)
+            source, problem = incumbent, f"the meta-agent's proposal raised {_exception_text(failure)}"
+            description, handle = f"(the proposal failed: {type(failure).__name__})", {}
+        else:
+            source, problem = _storable(proposal.source)
+            description, handle = _one_line(proposal.description), _plain(proposal.handle)
         with self.clock("commit"):
-            sha = self.repo.add_candidate(number, proposal.source, description, best)
+            try:
+                sha = self.repo.add_candidate(number, source, description, best)
+            except Exception as exc:  # git refused what it was given: the candidate is recorded on the incumbent's file
+                failure = failure or exc
+                source, problem = incumbent, f"committing the proposal raised {_exception_text(exc)}"
+                description = f"(the proposal could not be committed: {type(exc).__name__})"
+                sha = self.repo.add_candidate(number, source, description, best)
         after = self._meta_usage()
         usage = {k: (after.get(k) or 0) - (before.get(k) or 0) for k in after}
         cand = {"op": "candidate", "id": number, "commit": sha, "parent": best, "description": description,
-                "handle": proposal.handle, "file_hash": editable.file_hash(proposal.source), "meta_usage": usage}
+                "handle": handle, "file_hash": editable.file_hash(source), "meta_usage": usage}
+        if failure is not None:
+            cand["failed"] = True  # its file is the incumbent's: no later candidate is a duplicate of it
         self._intend(cand)
         self.say(f"candidate {number}: {description}")
+        if failure is not None:
+            self._append_row(Job("candidate", sha, number), "crash", reason=problem, extra={"error": type(failure).__name__})
+            self._proposal_failures += 1
+            if self._proposal_failures >= PROPOSAL_FAILURES:
+                raise LoopError(f"the meta-agent's last {PROPOSAL_FAILURES} proposals failed; the last one: {problem}")
+            return number, None
+        self._proposal_failures = 0
+        if problem:  # no text a trial could run: decided now, no smoke check
+            self._append_row(Job("candidate", sha, number), "invalid", reason=problem)
+            return number, None
         return number, cand
 
     def _on_incumbent(self, number: int, cand: dict, trial: tuple[Job, dict] | None = None) -> dict | None:
@@ -488,9 +610,25 @@ class Loop:
         """The meta-agent's spend so far: by its gateway's count when the loop runs one, else its client's."""
         return self.meta_gateway.totals() if self.meta_gateway is not None else dict(self.meta.usage)
 
+    def _contained(self, job: Job, what: str, fn, status: str = "invalid"):
+        """fn(); or, when it raises, the candidate's row (status, the exception's type and message), written before
+        anything else, and None. A candidate's file can make the loop's own code raise (a compiler's recursion limit,
+        a merge tool, a parser); it decides that candidate, never the loop, nor every --resume after it."""
+        try:
+            return fn()
+        except Exception as exc:
+            self._append_row(job, status, reason=f"{what} raised {_exception_text(exc)}",
+                             extra={"error": type(exc).__name__})
+            return None
+
+    def _checked(self, number: int, cand: dict) -> Job | None:
+        return self._contained(Job("candidate", cand["commit"], number), "checking this candidate",
+                               lambda: self._checked_job(number, cand))
+
     def _checked_job(self, number: int, cand: dict) -> Job | None:
         """A trial job for a candidate that passes the duplicate and smoke checks, else its row and None."""
-        earlier = [c for n, c in self.candidates().items() if n < number and c["file_hash"] == cand["file_hash"]]
+        earlier = [c for n, c in self.candidates().items()
+                   if n < number and c["file_hash"] == cand["file_hash"] and not c.get("failed")]
         source = self.repo.read(cand["commit"])
         same_as = earlier[0]["commit"] if earlier else None
         if same_as is None and editable.file_hash(self.repo.read(self.baseline_commit())) == cand["file_hash"]:
@@ -515,10 +653,16 @@ class Loop:
         return Job("candidate", cand["commit"], number)
 
     def _smoke(self, number: int, source: str):
+        """The smoke check's result; one that raises is a failed check that names the exception."""
+        from autoembed.smoke import SmokeResult
+
         workdir = self.run_dir / "smoke" / f"{number:04d}-{secrets.token_hex(2)}"
+        started = time.time()
         try:
             with self.clock("smoke"):
                 return self.smoke(self.target.name, source, workdir)
+        except Exception as exc:
+            return SmokeResult(False, f"the smoke check raised {_exception_text(exc)}", time.time() - started)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -529,12 +673,12 @@ class Loop:
                            task=self.config.task)
 
     def _run_trial(self, agent_spec: str, out: Path, gpu: str | None, say, hours: float | None = None,
-                   tiers: tuple[str, ...] = TRIAL_TIERS):
+                   tiers: tuple[str, ...] = TRIAL_TIERS, max_usd: float | None = None):
         from autoembed.run import run
 
         model = self.config.task_model if self.target.name == "harness" else None
         kwargs = dict(task=self.config.task, hours=hours or self.config.trial_hours, sandbox=self.config.sandbox,
-                      model=model, out=out, fast=self.config.fast, tiers=tiers)
+                      model=model, out=out, fast=self.config.fast, tiers=tiers, max_usd=max_usd)
         if self.pool:  # the pool picks the free slot (gpu is only its label) and retries elsewhere if a place fails
             from autoembed.placement import trial_result
 
@@ -549,6 +693,8 @@ class Loop:
     def _spot_check(self, number: int, source: str) -> str:
         """The smoke check, then a short trial (a quarter of a trial's budget) whose dev and validation scores,
         trace and log the meta-agent may read (view/spot/); it is not gated and not a ledger row."""
+        if time.time() >= self.deadline:
+            return "no spot check: the loop's time (--hours) is up"
         result = self._smoke(number, source)
         if not result.ok:
             return f"failed the smoke check: {result.error}"
@@ -561,9 +707,10 @@ class Loop:
         self._intend({"op": "spot", "id": spot_id, "candidate": number})
         started = time.time()
         try:
-            trial = self.trial_runner(self.target.agent_spec(path), self.run_dir / "spot" / spot_id,
-                                      (self.config.gpus or [None])[0], lambda msg: self.say(f"{spot_id}: {msg}"),
-                                      hours=self.config.trial_hours * SPOT_SHARE, **self._tiers_kw(TRIAL_TIERS))
+            trial = self._capped_run(spot_id, lambda caps: self.trial_runner(
+                self.target.agent_spec(path), self.run_dir / "spot" / spot_id, (self.config.gpus or [None])[0],
+                lambda msg: self.say(f"{spot_id}: {msg}"), hours=self.config.trial_hours * SPOT_SHARE,
+                **self._tiers_kw(TRIAL_TIERS), **caps))
         except Exception:
             trial = _FailedResult(traceback.format_exc())
         problem = _trial_problem(trial)
@@ -610,7 +757,7 @@ class Loop:
         interrupted = False
         with self.clock("record"):
             for job, (result, wall) in zip(jobs, results):
-                self.record(job, result, wall)
+                self._record_contained(job, result, wall)
                 interrupted |= result is not None and _interrupted(result.meta)
         return interrupted
 
@@ -637,7 +784,7 @@ class Loop:
             number, cand = self._propose()
             if number is None:
                 break
-            ready += self._checked_job(number, cand) is not None
+            ready += cand is not None and self._checked(number, cand) is not None
         if self.config.prefetch:
             self._presmoke_merges(busy, may_keep)
 
@@ -650,7 +797,10 @@ class Loop:
                 continue
             source, parent = self.repo.read(cand["commit"]), self.repo.read(cand["parent"])
             for job in may_keep:
-                merged = self.meta.rebase(source, parent, self.repo.read(job.commit))
+                try:
+                    merged = self.meta.rebase(source, parent, self.repo.read(job.commit))
+                except Exception:  # plan() re-parents it for real if this one is kept, and records what that raises
+                    continue
                 if merged is None or merged == source or self._smoked_ok(number, editable.file_hash(merged)):
                     continue
                 result = self._smoke(number, merged)
@@ -670,9 +820,9 @@ class Loop:
         where = f"slot {job.gpu}" if self.pool else f"GPU {job.gpu}" if job.gpu else "CPU"  # a pool's slot is a label
         self.say(f"{job.trial_id}: {label} ({job.commit[:10]}) on {where}")
         try:
-            result = self.trial_runner(self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
-                                       lambda msg: self.say(f"{job.trial_id}: {msg}"),
-                                       **self._tiers_kw(self._tiers_for(job)))
+            result = self._capped_run(job.trial_id, lambda caps: self.trial_runner(
+                self.target.agent_spec(path), self.run_dir / "trials" / job.trial_id, job.gpu,
+                lambda msg: self.say(f"{job.trial_id}: {msg}"), **self._tiers_kw(self._tiers_for(job)), **caps))
         except Exception:  # a trial that cannot even start is a crash of this trial, not of the loop
             return _FailedResult(traceback.format_exc()), time.time() - started
         return result, time.time() - started
@@ -688,13 +838,16 @@ class Loop:
 
     # -- recording and gating ---------------------------------------------------------------------
 
+    def _record_contained(self, job: Job, result, wall_s: float | None) -> None:
+        """record(); when gating or recording raises, the trial's row is a crash naming the exception."""
+        self._contained(job, "gating and recording this trial", lambda: self.record(job, result, wall_s), status="crash")
+
     def record(self, job: Job, result, wall_s: float | None) -> None:
         meta = result.meta if result is not None else {}
         score = getattr(result, "score", None)
-        usage = meta.get("usage") or {}
+        cost, tokens = gateway_spend(meta)
         gpu = _gpu_here(job.gpu, meta)
-        common = {"trial_cost_usd": usage.get("cost_usd"),
-                  "tokens": (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0),
+        common = {"trial_cost_usd": cost, "tokens": tokens,
                   "wall_s": round(wall_s, 1) if wall_s is not None else None,
                   "gpu": gpu, "gpu_s": round(wall_s, 1) if wall_s is not None and gpu else 0.0,
                   **_placement_columns(meta)}
@@ -749,11 +902,15 @@ class Loop:
     def _heldout_of(self, trial_id: str, gpu: str | None) -> dict:
         """The held-out entry of a scored trial, scoring its deferred held-out tier now if it has one."""
         trial_dir = self.run_dir / "trials" / trial_id
-        score = _read_json(trial_dir / "score.json")
-        if score.get("deferred"):
-            with self.clock("heldout"):
-                score = self.heldout_scorer(trial_dir, gpu, lambda msg: self.say(f"{trial_id}: {msg}"))
-        return _heldout_entry(score)
+        try:
+            score = _read_json(trial_dir / "score.json")
+            if score.get("deferred"):
+                with self.clock("heldout"):
+                    score = self.heldout_scorer(trial_dir, gpu, lambda msg: self.say(f"{trial_id}: {msg}"))
+            return _heldout_entry(score)
+        except Exception as exc:  # recorded in heldout.jsonl (people read it there), never stops the loop or a resume
+            self.say(f"{trial_id}: held-out scoring raised {_exception_text(exc)}")
+            return {"heldout": None, "base_heldout": None, "error": f"held-out scoring raised {_exception_text(exc)}"}
 
     def fill_heldout(self) -> None:
         """Held-out for every scored run of every commit that is or was the incumbent (the baseline, each kept
@@ -814,8 +971,15 @@ class Loop:
         diff = f" diff {row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" if row.get("diff") is not None else ""
         self.say(f"{row['row_id']}: {job.kind} {status}{shown}{diff}: {reason.splitlines()[0] if reason else ''}")
         if cand is not None and status != "inconclusive" and not row.get("interrupted"):
-            self.meta.observe(self._feedback(cand, row))
+            self._tell(cand, row)
         self._write_view()
+
+    def _tell(self, cand: dict, row: dict) -> None:
+        """The meta-agent hears a decided candidate's outcome; its bookkeeping failing is its own, not the loop's."""
+        try:
+            self.meta.observe(self._feedback(cand, row))
+        except Exception as exc:
+            self.say(f"candidate {cand['id']}: the meta-agent's observe() raised {_exception_text(exc)}")
 
     def _feedback(self, cand: dict, row: dict) -> Feedback:
         rows = self.scored_rows(cand["commit"])
@@ -919,6 +1083,68 @@ def _trial_problem(result) -> str | None:
     return None
 
 
+def _exception_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+
+
+def _storable(source) -> tuple[str, str | None]:
+    """(text to commit, why it cannot be a candidate or None): a proposal that is not UTF-8 text (lone surrogates,
+    what invalid bytes decode to) or is over the size cap is committed as it is, escaped where needed, and
+    recorded invalid at once."""
+    if not isinstance(source, str):
+        return "", f"the proposal is not text ({type(source).__name__}): propose the whole file as text"
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (source.encode("utf-8", "backslashreplace").decode("utf-8"),
+                f"the proposal is not UTF-8 text ({exc.reason} at character {exc.start}): write plain text")
+    try:
+        editable.check_size(source, "the proposal")
+    except editable.EditableError as exc:
+        return source, str(exc)
+    return source, None
+
+
+def _one_line(text) -> str:
+    """A description as git keeps it: one printable line of at most 200 characters."""
+    text = text if isinstance(text, str) else str(text)
+    text = "".join(c if c.isprintable() else " " for c in text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return " ".join(text.split())[:200].rstrip() or "(no description)"
+
+
+def _plain(handle) -> dict:
+    """The meta-agent's bookkeeping as JSON can keep it (it goes into intents.jsonl)."""
+    try:
+        return json.loads(json.dumps(handle if isinstance(handle, dict) else {}, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return {}
+
+
+def gateway_spend(meta: dict) -> tuple[float, int]:
+    """A trial's dollars and tokens by its gateway's own count (meta.json "gateway"); 0 when it ran none. Usage an
+    agent reports of itself (meta "usage" from its trace, when the gateway saw no call) is shown, never summed: a
+    harness with no model calls could report any cost, -1000 included, to stop --max-cost later."""
+    usage = ((meta.get("gateway") or {}) if isinstance(meta.get("gateway"), dict) else {}).get("usage") or {}
+    if not isinstance(usage, dict):
+        return 0.0, 0
+    cost = usage.get("cost_usd")
+    cost = float(cost) if isinstance(cost, (int, float)) and math.isfinite(cost) and cost > 0 else 0.0
+    tokens = sum(v for v in (usage.get("input_tokens"), usage.get("output_tokens")) if isinstance(v, int) and v > 0)
+    return cost, tokens
+
+
+def spot_trial_cost(spot_dir: Path) -> float:
+    """A spot check's dollars by its gateway: its meta.json once the trial ended, else its gateway's log so far."""
+    meta = _read_json(spot_dir / "meta.json")
+    if isinstance(meta.get("gateway"), dict):
+        return gateway_spend(meta)[0]
+    from autoembed.meta.gateway import usage_from_log
+
+    logged = usage_from_log(spot_dir) or {}
+    cost = logged.get("cost_usd")
+    return float(cost) if isinstance(cost, (int, float)) and math.isfinite(cost) and cost > 0 else 0.0
+
+
 def _heldout_entry(score: dict) -> dict | None:
     held = _split_scores(score, "heldout")
     if held is None:
@@ -933,15 +1159,43 @@ def _split_scores(score: dict, split: str) -> dict | None:
     return {"mean": part["mean"]["ndcg@10"], "tasks": {t: row["ndcg@10"] for t, row in part.get("tasks", {}).items()}}
 
 
+VIEW_LOG_BYTES = 2 * 2**20  # of each log a trial's view copies for the meta-agent
+
+
 def _copy_trial_view(src: Path, dest: Path, row: dict) -> None:
     """What a meta-agent may read of a trial: its trace, its log, and a summary with dev and validation only."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("trace.md", "agent.log"):
+    for name in ("trace.md", "agent.log"):  # head and tail only: an agent decides how big its logs are
         if (src / name).is_file():
-            shutil.copyfile(src / name, dest / name)
+            bounded.copy_head_tail(src / name, dest / name, VIEW_LOG_BYTES)
     summary = {k: row.get(k) for k in ("trial_id", "kind", "commit", "status", "reason", "gate_split", "validation", "dev",
                                        "diff", "ci_low", "ci_high", "runs", "description")}
     (dest / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+class RunFolderBusy(ValueError):
+    """Another loop holds this run folder (a user error: exit 2, one line)."""
+
+
+def lock_run_folder(run_dir: Path):
+    """The run folder's lock file, flock'ed exclusively and holding this process's pid, for the loop's life (closing
+    it releases the lock; so does the process's end, however it ends). Two loops in one folder would number
+    candidates twice and run one candidate twice; the second is refused here, before it writes anything."""
+    path = Path(run_dir) / LOCK_NAME
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read(32).strip() or "unknown"
+        fh.close()
+        raise RunFolderBusy(f"another loop (pid {holder}) is running in {run_dir}: one loop per run folder; wait for "
+                            f"it to end, or stop it (kill {holder}) and then --resume {run_dir}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def start_meta_gateway(config: LoopConfig, run_dir: Path, spent: float = 0.0):

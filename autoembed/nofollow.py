@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import platform
+import shutil
 import stat
 from pathlib import Path
 
@@ -140,47 +141,156 @@ def file_sha256(root, rel: str) -> str:
     return digest.hexdigest()
 
 
-def copy_tree(root, rel: str, dest: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
+class TooLarge(OSError):
+    """A folder over a copy's bounds (bytes, entries or depth); nothing of it is left copied. facts says what was
+    measured: apparent and allocated bytes, entries, the limit."""
+
+    def __init__(self, message: str, facts: dict):
+        super().__init__(errno.EFBIG, message)
+        self.facts = facts
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+MAX_ENTRIES = 10_000  # files and folders in a copied tree (a sentence-transformers model has about 15)
+MAX_DEPTH = 32
+
+
+def copy_tree(root, rel: str, dest: str | os.PathLike, max_bytes: int | None = None,
+              max_entries: int = MAX_ENTRIES) -> tuple[dict[str, str], list[str]]:
     """Copy the regular files and folders under root/rel into dest (created; must not exist), never following a
     link. Returns ({path relative to dest: sha256 of what was copied}, [what was left out: links, pipes, ...]).
-    Raises FileNotFoundError when root/rel is missing and LinkRefused when it is itself reached through a link."""
+    Raises FileNotFoundError when root/rel is missing and LinkRefused when it is itself reached through a link.
+
+    Sizes are measured (lstat only) before a byte is copied: when the files' apparent size (st_size) or their
+    allocated size (st_blocks) passes max_bytes, or the tree passes max_entries or MAX_DEPTH, TooLarge is raised
+    and nothing is copied; the copy itself checks the same bounds again. Holes stay holes (SEEK_DATA/SEEK_HOLE):
+    a sparse file costs the host only the blocks that hold data, so `truncate -s 1T` inside costs nothing here."""
     dest = Path(dest)
     top = open_beneath(root, rel, os.O_RDONLY | os.O_DIRECTORY)
-    dest.mkdir(parents=True, exist_ok=False)
-    hashes: dict[str, str] = {}
-    left_out: list[str] = []
     try:
-        _copy_dir(top, "", dest, hashes, left_out)
+        budget = _Budget(max_bytes, max_entries)
+        _walk(top, "", budget, copy=None)
+        dest.mkdir(parents=True, exist_ok=False)
+        hashes: dict[str, str] = {}
+        left_out: list[str] = []
+        copied = _Budget(max_bytes, max_entries)
+        try:
+            _walk(top, "", copied, copy=(dest, hashes, left_out))
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
     finally:
         os.close(top)
     return hashes, left_out
 
 
-def _copy_dir(dir_fd: int, prefix: str, dest: Path, hashes: dict, left_out: list) -> None:
-    for name in sorted(os.listdir(dir_fd)):
+class _Budget:
+    def __init__(self, max_bytes: int | None, max_entries: int):
+        self.max_bytes, self.max_entries = max_bytes, max_entries
+        self.apparent = self.allocated = self.entries = 0
+
+    def add(self, rel: str, st: os.stat_result, depth: int) -> None:
+        self.entries += 1
+        if stat.S_ISREG(st.st_mode):
+            self.apparent += st.st_size
+            self.allocated += st.st_blocks * 512
+        facts = {"apparent_bytes": self.apparent, "allocated_bytes": self.allocated, "entries": self.entries,
+                 "max_bytes": self.max_bytes, "max_entries": self.max_entries, "max_depth": MAX_DEPTH, "at": rel}
+        if depth > MAX_DEPTH:
+            raise TooLarge(f"too_large: {rel} is nested deeper than {MAX_DEPTH} folders", facts)
+        if self.entries > self.max_entries:
+            raise TooLarge(f"too_large: more than {self.max_entries} files and folders", facts)
+        if self.max_bytes is not None and max(self.apparent, self.allocated) > self.max_bytes:
+            raise TooLarge(f"too_large: at least {max(self.apparent, self.allocated)} bytes (apparent "
+                           f"{self.apparent}, allocated {self.allocated}), over the limit of {self.max_bytes}", facts)
+
+
+def _walk(dir_fd: int, prefix: str, budget: _Budget, copy, depth: int = 1) -> None:
+    """Measure (copy=None) or copy (copy=(dest, hashes, left_out)) the entries under dir_fd, depth first."""
+    names: list[str] = []
+    with os.scandir(dir_fd) as entries:  # counted as they are read: a million names are never listed whole
+        for entry in entries:
+            names.append(entry.name)
+            if budget.entries + len(names) > budget.max_entries:
+                raise TooLarge(f"too_large: more than {budget.max_entries} files and folders",
+                               {"entries": budget.entries + len(names), "max_entries": budget.max_entries,
+                                "at": prefix or "."})
+    for name in sorted(names):
         rel = f"{prefix}{name}"
         st = os.lstat(name, dir_fd=dir_fd)
+        budget.add(rel, st, depth)
         if stat.S_ISDIR(st.st_mode):
             child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
-                (dest / rel).mkdir()
-                _copy_dir(child, rel + "/", dest, hashes, left_out)
+                if copy is not None:
+                    (copy[0] / rel).mkdir()
+                _walk(child, rel + "/", budget, copy, depth + 1)
             finally:
                 os.close(child)
+        elif copy is None:
+            continue
         elif stat.S_ISREG(st.st_mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the lstat
+            try:
+                now = os.fstat(fd)
+                if not stat.S_ISREG(now.st_mode) or (now.st_size, now.st_blocks) != (st.st_size, st.st_blocks):
+                    copy[2].append(rel)  # swapped or grown since it was measured
+                    continue
+                copy[1][rel] = _copy_sparse(fd, st.st_size, copy[0] / rel)
+            finally:
                 os.close(fd)
-                left_out.append(rel)
-                continue
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "rb") as src, open(dest / rel, "xb") as out:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    out.write(block)
-            hashes[rel] = digest.hexdigest()
         else:
-            left_out.append(rel)
+            copy[2].append(rel)
+
+
+_ZEROS = bytes(CHUNK)
+
+
+def _copy_sparse(src: int, size: int, dest: Path) -> str:
+    """Copy the data regions of src (at most size bytes) into a new file at the same offsets, leaving its holes
+    as holes; the sha256 of the whole content (holes read as zeros, as any reader sees them)."""
+    digest = hashlib.sha256()
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        offset = 0
+        while offset < size:
+            data_at = _seek(src, offset, os.SEEK_DATA, size)
+            _hash_zeros(digest, data_at - offset)
+            hole_at = min(_seek(src, data_at, os.SEEK_HOLE, size), size)
+            position = data_at
+            while position < hole_at:
+                block = os.pread(src, min(CHUNK, hole_at - position), position)
+                if not block:  # shrank under us: what was read is what was copied
+                    hole_at = size = position
+                    break
+                os.pwrite(out, block, position)
+                digest.update(block)
+                position += len(block)
+            offset = hole_at
+        os.ftruncate(out, size)  # a hole at the end stays a hole
+    finally:
+        os.close(out)
+    return digest.hexdigest()
+
+
+def _seek(fd: int, offset: int, whence: int, size: int) -> int:
+    try:
+        return os.lseek(fd, offset, whence)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data after offset: the rest is a hole
+            return size
+        if exc.errno == errno.EINVAL:  # no SEEK_DATA here: all of it is data
+            return offset if whence == os.SEEK_DATA else size
+        raise
+
+
+def _hash_zeros(digest, count: int) -> None:
+    while count > 0:
+        step = min(count, CHUNK)
+        digest.update(memoryview(_ZEROS)[:step])
+        count -= step
 
 
 def tree_hashes(folder: str | os.PathLike) -> dict[str, str]:

@@ -70,8 +70,9 @@ def preflight(agent: str, *, task: str = "embed", hours: float | None = None, sa
         raise PreflightError(str(exc)) from None
     harness_model = getattr(agent_obj, "model", model) if agent.startswith("harness:") else None
     if harness_model:
-        check_harness_model(harness_model)
+        check_harness_model(harness_model, env)
     kind, notices = resolve_sandbox(sandbox)
+    check_host_settings(kind, env)
     needed = key_needed(agent, harness_model)
     key_check = None
     if needed is not None:
@@ -92,9 +93,11 @@ def check_hours(hours) -> float:
     return value
 
 
-def check_harness_model(model: str) -> None:
-    """A harness's provider:model names a known provider (and, for scripted, a readable script)."""
+def check_harness_model(model: str, env=None) -> None:
+    """A harness's provider:model names a known provider (and, for scripted, a readable script) and a model the
+    gateway can price (it refuses every call to an unpriced one, which would otherwise cost nothing against a cap)."""
     from autoembed.llm.base import LLMError
+    from autoembed.llm.pricing import PRICE_HELP, PriceBook, prices_from_env
     from autoembed.llm.registry import get_llm, parse_model
 
     try:
@@ -105,6 +108,31 @@ def check_harness_model(model: str) -> None:
         try:
             get_llm(model)
         except LLMError as exc:
+            raise PreflightError(str(exc)) from None
+        return
+    try:
+        book = PriceBook(prices_from_env(os.environ if env is None else env))
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    if not book.known(name, "openai" if provider == "openai-responses" else provider):
+        raise PreflightError(f"no known price for {model}: the gateway refuses calls it cannot count against a cap; "
+                             f"{PRICE_HELP}")
+
+
+def check_host_settings(sandbox_kind: str, env) -> None:
+    """The host's own settings a trial reads later (user prices, the sandbox's uid), checked before a run folder
+    exists."""
+    from autoembed.llm.pricing import prices_from_env
+    from autoembed.sandbox.identity import IdentityError, sandbox_ids
+
+    try:
+        prices_from_env(env)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    if sandbox_kind != "none":
+        try:
+            sandbox_ids()
+        except IdentityError as exc:
             raise PreflightError(str(exc)) from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from autoembed import textsafe
 from autoembed.ledger import TSV_COLUMNS, Ledger, to_tsv
 
 SCORED = ("keep", "discard", "inconclusive")
@@ -17,6 +18,7 @@ SCORED = ("keep", "discard", "inconclusive")
 
 def report(run_dir: str | Path, out=print) -> dict:
     run_dir = Path(run_dir)
+    out = _escaped(out)
     if not (run_dir / "ledger.jsonl").is_file():
         raise FileNotFoundError(f"no ledger.jsonl in {run_dir}: give a loop run folder (traces/loops/<run-id>)")
     ledger = Ledger(run_dir)
@@ -25,6 +27,7 @@ def report(run_dir: str | Path, out=print) -> dict:
     out(to_tsv(rows, TSV_COLUMNS).rstrip("\n"))
     summary = summarize(rows, heldout)
     summary["llm"] = llm_usage(run_dir, rows)
+    summary["cost_usd"] += (summary["llm"]["spot_checks"] or {}).get("cost_usd", 0.0)  # no ledger row holds them
     for line in llm_lines(summary["llm"]):
         out(line)
     (run_dir / "summary.md").write_text(markdown(summary, run_dir))
@@ -35,6 +38,12 @@ def report(run_dir: str | Path, out=print) -> dict:
     else:
         out(f"\nwrote {run_dir / 'progress.png'} and {run_dir / 'summary.md'}")
     return summary
+
+
+def _escaped(out):
+    """The ledger's descriptions and reasons are model-written: its control characters print as escapes, its
+    line breaks stay (the TSV block is one text of many lines)."""
+    return lambda text: out(textsafe.escape(text, keep_newlines=True))
 
 
 def summarize(rows: list[dict], heldout: dict[str, dict]) -> dict:
@@ -100,7 +109,20 @@ def llm_usage(run_dir: Path, rows: list[dict]) -> dict:
                 "cost_usd": sum(r.get("meta_cost_usd") or 0.0 for r in rows)}
     trials = {"tokens": sum(r.get("tokens") or 0 for r in rows),
               "cost_usd": sum(r.get("trial_cost_usd") or 0.0 for r in rows)}
-    return {"meta": meta, "trials": trials if trials["tokens"] or trials["cost_usd"] else None}
+    return {"meta": meta, "trials": trials if trials["tokens"] or trials["cost_usd"] else None,
+            "spot_checks": spot_check_usage(Path(run_dir))}
+
+
+def spot_check_usage(run_dir: Path) -> dict | None:
+    """The meta-agent's spot checks (short trials with no ledger row): how many, and their task model's dollars
+    by each one's gateway, which --max-cost counts too."""
+    from autoembed.loop import spot_trial_cost
+    from autoembed.ledger import _read_jsonl
+
+    spots = [r["id"] for r in _read_jsonl(run_dir / "intents.jsonl") if r.get("op") == "spot"]
+    if not spots:
+        return None
+    return {"count": len(spots), "cost_usd": sum(spot_trial_cost(run_dir / "spot" / s) for s in spots)}
 
 
 def llm_lines(llm: dict) -> list[str]:
@@ -118,6 +140,10 @@ def llm_lines(llm: dict) -> list[str]:
                      + (f"; {models}" if models else "") + f"; by {meta['source']}")
     else:
         lines.append(f"meta-agent LLM: {meta['tokens']} tokens, ${meta['cost_usd']:.4f}; by {meta['source']}")
+    spots = llm.get("spot_checks")
+    if spots is not None:
+        lines.append(f"task model in the meta-agent's {spots['count']} spot checks: ${spots['cost_usd']:.4f} "
+                     "by their gateways")
     if trials is not None:
         lines.append(f"task model in the trials: {trials['tokens']} tokens, ${trials['cost_usd']:.4f} "
                      "(the trials' gateways)")

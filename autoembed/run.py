@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from autoembed import __version__, ladder, nofollow, summary, trajectory
+from autoembed import __version__, ladder, nofollow, summary, textsafe, trajectory
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
@@ -33,6 +33,8 @@ from autoembed.preflight import preflight
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
 from autoembed.sandbox.limits import LimitError, WorkdirVolume
+from autoembed.sandbox.identity import forbid_shared_writes
+from autoembed.sandbox.workdir_guard import describe_cleaning, make_inert
 from autoembed.sandbox.limits import Limits as ResourceLimits
 from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
 
@@ -150,9 +152,11 @@ def _run(agent: str, *, task, hours, sandbox, model, gpus, out, fast, progress, 
 
         say = Bar(hours * 3600, f"trial {agent.split(':')[0]}")
         bars.append(say)  # closed by run() when the trial ends, however it ends
+    say = textsafe.escaping(say)  # progress lines carry what the agent wrote (commands, eval values): escaped
     run_id = new_run_id(agent)
     run_dir = Path(out) if out else traces_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    forbid_shared_writes()  # a umask of 0 (some containers) would make traces/ and every file in it world-writable
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=False)  # other users may neither write nor read a trial's folder
     workdir = run_dir / "workdir"
     meta = {"run_id": run_id, "agent": agent, "model": model, "task": spec.name, "hours": hours,
             "main_metric": spec.main_metric, "status": "starting", "started": _now(), "versions": _versions(agent_obj)}
@@ -289,9 +293,12 @@ def _start(plan, task, fast, gpus, workdir: Path, meta: dict, run_dir: Path, say
     from autoembed.task.seed import seed_workdir
 
     spec = plan.spec  # parsed once: every part of the trial gets this object
-    limits = ResourceLimits.from_spec(spec)
+    # fitted to this machine's share for the trials its place runs side by side; meta.json says how
+    side_by_side = int((meta.get("placement") or {}).get("side_by_side") or 1)
+    limits = ResourceLimits.from_spec(spec, concurrent=side_by_side, disk_folder=run_dir)
     config = SandboxConfig(workdir=workdir, deadline=time.time() + plan.hours * 3600, gpus=gpus,
                            readonly_extra=plan.agent.readonly_mounts(), memory_gb=limits.memory_gb,
+                           cpus=limits.cpus, tmpfs_gb=limits.tmpfs_gb,
                            **({"pids_limit": limits.pids} if limits.pids else {}))
     t0 = time.time()
     try:
@@ -410,7 +417,7 @@ def _agent_evals(workdir: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and isinstance(row.get("mean", {}), dict):  # the agent wrote it: any shape at all
             rows.append(row)
     return rows
 
@@ -446,6 +453,14 @@ def _record_limits(meta: dict, box, volumes: list) -> None:
         if usage["full"]:
             hit.append(f"disk: the workdir is full ({usage['used_gb']} of {usage['size_gb']} GiB)")
     meta["limits"]["hit"] = hit
+    try:  # every process of the agent is gone: nothing it left may act on the host (set-uid files, devices, FIFOs)
+        meta["workdir_cleaned"] = make_inert(Path(box.config.workdir))
+    except OSError as exc:
+        meta["workdir_cleaned"] = {"error": f"{type(exc).__name__}: {exc}"}
+    else:
+        if meta["workdir_cleaned"]["stripped"] or meta["workdir_cleaned"]["dropped"]:
+            print(f"[autoembed] workdir: {textsafe.escape(describe_cleaning(meta['workdir_cleaned']))}",  # agent's names
+                  file=sys.stderr, flush=True)
 
 
 def _freeze(workdir: Path, run_dir: Path, meta: dict) -> Path:
@@ -454,14 +469,25 @@ def _freeze(workdir: Path, run_dir: Path, meta: dict) -> Path:
     checks it against them, so nothing the agent left running or linked can change what is scored."""
     frozen = run_dir / "final_model"
     try:
-        hashes, left_out = nofollow.copy_tree(workdir, "final_model", frozen)
+        hashes, left_out = nofollow.copy_tree(workdir, "final_model", frozen, max_bytes=_submission_limit(meta))
     except FileNotFoundError:
         meta["final_model"] = None
+    except nofollow.TooLarge as exc:  # measured before a byte was copied: a sparse terabyte costs the host nothing
+        meta["final_model"] = {"error": f"final_model was not copied: {exc}", "too_large": exc.facts}
     except OSError as exc:  # final_model is a link, a file, or unreadable: recorded; the scorer finds no model
         meta["final_model"] = {"error": f"final_model was not copied: {exc}"}
     else:
         meta["final_model"] = {"path": str(frozen), "files": hashes, "left_out": left_out}
     return frozen
+
+
+def _submission_limit(meta: dict) -> int:
+    """The scorer's size limit for final_model (from the base model's size), which the freeze applies before it
+    copies; the scorer's absolute cap where the base model cannot be measured."""
+    from autoembed.sealed import submission
+
+    base = meta.get("base_model")
+    return submission.size_limit(submission.folder_bytes(Path(base))) if base and Path(base).is_dir() else submission.MAX_BYTES
 
 
 def _gateway_for(agent_obj, run_dir: Path, spec, deadline: float, max_usd, max_tokens) -> Gateway | None:
@@ -478,16 +504,22 @@ def _gateway_for(agent_obj, run_dir: Path, spec, deadline: float, max_usd, max_t
 
 def _record_model_use(meta: dict, gateway: Gateway | None, run_dir: Path, agent_obj, prompt: str) -> None:
     """Usage and cost by the gateway's count (not the agent's own report), the limit that stopped the agent,
-    trajectory.json (ATIF) and the readable trace.md."""
+    trajectory.json (ATIF) and the readable trace.md. Spend is the gateway's count only (meta["spend_usd"], the
+    same as meta["usage"]["cost_usd"]): what an agent reports is kept as meta["reported_usage"], shown, never summed."""
     events = read_trace(run_dir / "trace.jsonl")
     summary = gateway.summary() if gateway is not None else None
     meta["gateway"] = summary
     meta["usage"] = summary["usage"] if summary else vars(Usage(cost_usd=0.0))
     meta["usage_source"] = "gateway" if summary else "none: an agent without a model"
     reported = total_usage(events)
+    meta["reported_usage"] = vars(reported)
     if (not summary or summary["calls"] == 0) and reported.input_tokens + reported.output_tokens > 0:
-        # a model the gateway never saw (the scripted provider, which needs no gateway): the agent's own count
-        meta["usage"], meta["usage_source"] = vars(reported), "agent"
+        # a model the gateway never saw (the scripted provider, which needs no gateway): the agent's own token
+        # count, for people; it spent nothing, since nothing left the sandbox but through a gateway
+        meta["usage"] = {**vars(Usage(cost_usd=0.0)), "input_tokens": max(0, reported.input_tokens),
+                         "output_tokens": max(0, reported.output_tokens)}
+        meta["usage_source"] = "agent: tokens as it reported them; no gateway, so no spend"
+    meta["spend_usd"] = (summary["usage"]["cost_usd"] or 0.0) if summary else 0.0
     meta["limit_reached"] = summary["stopped_by"] if summary else None
     agent_info = {"name": agent_obj.name, "version": __version__, "extra": meta.get("versions", {}).get("agent", {})}
     if meta.get("model"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ RECIPE_TIMEOUT_S = 300.0
 HARNESS_TIMEOUT_S = 120.0
 POOL_ROWS = 64
 OUTPUT_CHARS = 3000
+COMPILE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -29,16 +32,62 @@ class SmokeResult:
 
 def smoke_check(target: str, source: str, adapter_sha256: str, workdir: Path, *, sandbox: str, task: str) -> SmokeResult:
     started = time.time()
-    try:
-        editable.check_adapter(source, adapter_sha256, "the candidate")
-        compile(source, "candidate.py", "exec")
-    except (editable.EditableError, SyntaxError) as exc:
-        return SmokeResult(False, f"{type(exc).__name__}: {exc}", time.time() - started)
+    error = static_check(source, adapter_sha256)
+    if error:
+        return SmokeResult(False, error, time.time() - started)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check = _recipe if target == "recipe" else _harness
     ok, error = check(source, workdir, sandbox, task)
     return SmokeResult(ok, error, time.time() - started)
+
+
+def static_check(source: str, adapter_sha256: str) -> str | None:
+    """What is wrong with the file before anything runs it (None: nothing): over the size cap, not UTF-8 text, NUL
+    bytes, the banner or the fixed adapter changed, or it does not compile. The compile runs in a child process with
+    a time limit: a model's file can overflow the compiler's recursion limit (1+1+...+1, 3,000 terms) or worse,
+    and the loop's own process must survive whatever the compiler does with it."""
+    try:
+        editable.check_size(source, "the candidate")
+        data = source.encode("utf-8")
+    except editable.EditableError as exc:
+        return f"EditableError: {exc}"
+    except UnicodeEncodeError as exc:
+        return f"the candidate is not UTF-8 text ({exc.reason} at character {exc.start}): write plain text"
+    nul = data.find(b"\0")
+    if nul >= 0:
+        return f"the candidate holds NUL bytes (the first at byte {nul}): not Python source"
+    try:
+        editable.check_adapter(source, adapter_sha256, "the candidate")
+    except editable.EditableError as exc:
+        return f"EditableError: {exc}"
+    return _compile_error(data)
+
+
+def _compile_error(data: bytes) -> str | None:
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", COMPILE_CHILD], input=data, capture_output=True,
+                              timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"the candidate did not compile within {COMPILE_TIMEOUT_S:.0f} s"
+    if proc.returncode == 0:
+        return None
+    message = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode < 0 or not message:  # killed by a signal: the compiler itself crashed on this file
+        return f"compiling the candidate crashed the compiler (exit {proc.returncode}): {_tail(proc.stderr.decode('utf-8', 'replace'))}"
+    return _tail(message)
+
+
+# reads the file on stdin, prints "Type: message" for what compile() raised (SyntaxError, RecursionError, ...)
+COMPILE_CHILD = """
+import sys
+try:
+    compile(sys.stdin.buffer.read(), "candidate.py", "exec")
+except Exception as exc:
+    hint = ": nested too deeply to compile; split the expression" if isinstance(exc, RecursionError) else ""
+    print(f"{type(exc).__name__}: {exc}{hint}")
+    sys.exit(1)
+"""
 
 
 def smoke_sandbox_kind(trial_sandbox: str) -> str:
@@ -62,8 +111,8 @@ def _recipe(source: str, workdir: Path, sandbox: str, task: str) -> tuple[bool, 
     config = SandboxConfig(workdir=workdir, deadline=time.time() + RECIPE_TIMEOUT_S + 30)
     with make_sandbox(smoke_sandbox_kind(sandbox), config, task=task, progress=lambda _: None) as box:
         argv = [box.python, *args]
-        result = box.exec(argv, timeout=RECIPE_TIMEOUT_S, env={"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
-    output = (result.stdout + "\n" + result.stderr).strip()
+        result, output = _run_bounded(box, argv, workdir / "agent.log",
+                                      env={"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
     if result.timed_out:
         return False, f"the recipe did not finish 2 CPU steps within {RECIPE_TIMEOUT_S:.0f} s:\n{_tail(output)}"
     if result.returncode != 0:
@@ -110,6 +159,31 @@ def _write_pool_slice(src: Path, dst: Path, rows: int) -> None:
             if i >= rows:
                 break
             out.write(line)
+
+
+def _run_bounded(box, argv: list[str], log_path: Path, env: dict[str, str]):
+    """Run the candidate in the box for at most RECIPE_TIMEOUT_S, its output read through a pipe a chunk at a
+    time into a capped log and a bounded tail (the candidate decides how much it prints, not how much the loop
+    keeps): ((returncode, timed_out), the tail of its output)."""
+    import threading
+    from types import SimpleNamespace
+
+    from autoembed import bounded
+
+    tail = bounded.Tail(4 * OUTPUT_CHARS)
+    with bounded.CappedLog(log_path) as log:
+        proc = box.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        reader = threading.Thread(target=bounded.pump, args=(proc.stdout, log, tail), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=RECIPE_TIMEOUT_S)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            timed_out = True
+        reader.join(timeout=5)
+    return SimpleNamespace(returncode=proc.returncode, timed_out=timed_out), tail.text().strip()
 
 
 def _tail(text: str) -> str:

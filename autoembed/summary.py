@@ -13,6 +13,8 @@ import gzip
 import json
 from pathlib import Path
 
+from autoembed import textsafe
+
 SPLITS = ("dev", "validation", "heldout")
 PER_QUERY_FILE = "per_query.json.gz"
 
@@ -102,10 +104,17 @@ def problems(meta: dict, score: dict | None) -> list[str]:
         out.append("interrupted before the agent finished")
     elif reason not in ("finished", None):
         out.append(f"the agent ended with {reason}: {last_line(meta.get('exit_detail'))}")
+    frozen = meta.get("final_model")
+    if isinstance(frozen, dict) and frozen.get("error"):  # the freeze refused it (too large, a link): say why
+        out.append(last_line(frozen["error"]))
     if meta.get("status") == "score_failed":
         out.append(f"scoring failed: {last_line(meta.get('score_error'))}")
     elif meta.get("status") == "interrupted_while_scoring":
         out.append("interrupted while scoring: no score")
+    gateway = meta.get("gateway") or {}
+    if gateway.get("over_cap"):  # the gateway's count: a call declared more than it reserved
+        spent, cap = (gateway.get("usage") or {}).get("cost_usd") or 0.0, (gateway.get("limits") or {}).get("max_usd")
+        out.append(f"spend passed its cap: ${spent:.4f} of ${cap}, by the gateway's count")
     if score is not None and score.get("status") != "ok":
         out.append(f"scored {score.get('status')} (counted as {score.get('scored_as')}): "
                    + "; ".join(score.get("reasons") or ["no reason given"]))
@@ -138,7 +147,7 @@ def render(run_id: str, run_dir: Path, meta: dict, score: dict | None) -> str:
     lines.append("result: clean" if score is not None and not issues else "result: NOT CLEAN")
     lines += [f"reason: {issue}" for issue in issues]
     lines.append(f"run_dir: {run_dir}")
-    return "\n".join(lines)
+    return "\n".join(textsafe.escape(line) for line in lines)  # reasons quote the agent: no control character prints
 
 
 def normalized_line(normalized: dict) -> str:

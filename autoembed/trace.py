@@ -60,22 +60,37 @@ class Event:
         return cls(**data)
 
 
-class TraceWriter:
-    """Appends events to trace.jsonl as they happen (flushed per line: nothing lost on a crash)."""
+MAX_TRACE_BYTES = 200 * 2**20  # of one trace.jsonl; what an agent's events hold past it is dropped, and said so
 
-    def __init__(self, path: Path, source: str | None = None):
+
+class TraceWriter:
+    """Appends events to trace.jsonl as they happen (flushed per line: nothing lost on a crash), up to max_bytes:
+    then one error event says the rest is dropped, and the events that follow are counted, not written."""
+
+    def __init__(self, path: Path, source: str | None = None, max_bytes: int = MAX_TRACE_BYTES):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.source = source
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self.last_event: Event | None = None
         self.started = time.time()
+        self.dropped = 0
 
     def emit(self, event: Event) -> Event:
         if event.source is None:
             event.source = self.source
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(event.to_json() + "\n")
+        line = (event.to_json() + "\n").encode("utf-8", errors="backslashreplace")  # a lone surrogate from JSON
+        with self._lock, open(self.path, "ab") as fh:
+            written = fh.tell()
+            if self.dropped or written + len(line) > self.max_bytes:
+                if not self.dropped:
+                    cut = Event("error", text=f"trace.jsonl reached its cap of {self.max_bytes} bytes; later events "
+                                              "are dropped", source=self.source)
+                    fh.write((cut.to_json() + "\n").encode())
+                self.dropped += 1
+            else:
+                fh.write(line)
         self.last_event = event
         return event
 

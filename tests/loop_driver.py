@@ -3,7 +3,8 @@ ledger, gate and Optuna search, with trials that write what a scored trial write
 per_query.json.gz) from the knob values of the file they were given, instantly.
 
 Also a script: `python -m tests.loop_driver RUN_DIR [--kill-at STAGE] [--iterations N]` runs such a loop, and
-with --kill-at sends itself SIGKILL at that stage of the loop (the kill -9 tests resume it afterwards).
+with --kill-at sends itself SIGKILL at that stage of the loop (the kill -9 tests resume it afterwards); with --fuzz
+its meta-agent proposes fuzz_files() (hostile candidates, then a good one) instead of the search.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from autoembed import editable
+from autoembed.meta.base import MetaAgent, Proposal
+from autoembed.paths import REPO_ROOT
 from autoembed.smoke import SmokeResult
 
 TASKS = {"validation": ["v1", "v2", "v3"], "dev": ["d1", "d2"], "heldout": ["heldout_secret_alpha", "heldout_secret_beta"]}
@@ -113,7 +116,18 @@ def fake_heldout(trial_dir: Path, gpu, say) -> dict:
 
 
 def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
-    """The smoke check's fast part (adapter unchanged, compiles) without training."""
+    """The smoke check's fast part (size, text, adapter unchanged, compiles: autoembed.smoke.static_check) without
+    training."""
+    from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
+    from autoembed.smoke import static_check
+
+    error = static_check(source, FIXED_ADAPTER_SHA256)
+    return SmokeResult(error is None, error or "", 0.0)
+
+
+def inprocess_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
+    """The smoke check's fast part as it was before issue 18: compile() in the loop's own process, only SyntaxError
+    caught, so 1+1+...+1 (3,000 terms) raises RecursionError out of the check: what the loop must contain."""
     from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
 
     try:
@@ -122,6 +136,54 @@ def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
     except (editable.EditableError, SyntaxError) as exc:
         return SmokeResult(False, f"{type(exc).__name__}: {exc}", 0.0)
     return SmokeResult(True, "", 0.0)
+
+
+POISON_TERMS = 3000
+
+
+def poison(source: str) -> str:
+    """The issue's wedge: `POISON = 1+1+...+1` (3,000 terms) above the banner; the adapter is untouched."""
+    return f"POISON = {'+'.join(['1'] * POISON_TERMS)}\n" + source
+
+
+def fuzz_files() -> list[tuple[str, str]]:
+    """(file, description): candidates built to break the loop's own code, each a decided row, then a good one."""
+    recipe = (REPO_ROOT / "harnesses" / "recipe.py").read_text()
+    banner = editable.BANNER
+    deep = 5000
+    return [
+        (poison(recipe), "poison: 1+1+...+1, 3,000 terms"),
+        (f"X = {'(' * deep}1{')' * deep}\n" + recipe, "5,000 nested parentheses"),
+        (f"X = {'-' * 100_000}1\n" + recipe, "a 100,000-deep unary chain"),
+        (f"X = {'[' * deep}{']' * deep}\n" + recipe, "5,000 nested lists"),
+        ("# " + "x" * 2_000_000 + "\n" + recipe, "2 MB above the banner: over the size cap"),
+        (bytes(range(256)).decode("latin-1") * 16 + recipe, "binary bytes above the banner"),
+        ("\0" * 10_000 + recipe, "NUL-filled"),
+        (b"\xff\xfe\xc3(".decode("utf-8", "surrogateescape") + recipe, "invalid UTF-8 (lone surrogates)"),
+        (recipe.replace(banner, banner[:-3]), "a broken banner"),
+        (recipe.replace(banner, banner + "\n" + banner), "a doubled banner"),
+        (editable.set_knobs(recipe, {"SYMMETRIC_LOSS": True, "LR": 1e-4}), "a good candidate after the fuzz"),
+    ]
+
+
+class FilesMeta(MetaAgent):
+    """Proposes the given files, the n-th at iteration n (so a resumed loop goes on where the killed one stopped),
+    and remembers what it was told."""
+
+    name = "scripted-files"
+
+    def __init__(self, files: list[tuple[str, str]]):
+        self.files = list(files)
+        self.told = []
+
+    def propose(self, ctx):
+        if ctx.iteration > len(self.files):
+            return None
+        source, description = self.files[ctx.iteration - 1]
+        return Proposal(source, description)
+
+    def observe(self, feedback):
+        self.told.append(feedback)
 
 
 def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kill_after: int = 2, meta_agent=None,
@@ -216,9 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-after", type=int, default=2)
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--gpus", default="")
+    p.add_argument("--fuzz", action="store_true", help="propose fuzz_files() instead of the search")
+    p.add_argument("--smoke", choices=("quick", "inprocess"), default="quick")
     args = p.parse_args(argv)
     gpus = [g for g in args.gpus.split(",") if g]
-    return make_loop(Path(args.run_dir), args.iterations, kill_at=args.kill_at, kill_after=args.kill_after, gpus=gpus).run()
+    meta = FilesMeta(fuzz_files()) if args.fuzz else None
+    smoke = inprocess_smoke if args.smoke == "inprocess" else quick_smoke
+    return make_loop(Path(args.run_dir), args.iterations, kill_at=args.kill_at, kill_after=args.kill_after, gpus=gpus,
+                     meta_agent=meta, smoke=smoke).run()
 
 
 if __name__ == "__main__":

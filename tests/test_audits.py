@@ -227,6 +227,98 @@ def test_contamination_scan_is_bounded_and_says_so(workdir, tiny, indexes, monke
     assert report["bounded"]["reason"] == "more than 1000 files"
     assert report["bounded"]["first_unread"].startswith("many" + os.sep)
     assert not report["files_with_hits"]
+    assert report["incomplete"].startswith("the scan stopped at a bound (more than 1000 files)")
+
+
+def _dev_copy(tiny) -> str:
+    """A plain copy of every dev query and document."""
+    return "\n".join(text for task in tiny.dev.values() for text in [*task.queries.values(), *task.corpus.values()])
+
+
+def _filler_then_copy(wd: Path, tiny, fillers: int) -> None:
+    """The issue's attack: tiny filler files that sort before a plain copy of the dev data, so a scan that reads in
+    name order spends its file bound on the filler."""
+    (wd / "aaa").mkdir()
+    for i in range(fillers):
+        (wd / "aaa" / f"{i:06d}.txt").write_text("filler")
+    (wd / "zzz").mkdir()
+    (wd / "zzz" / "copy.txt").write_text(_dev_copy(tiny))
+
+
+def test_filler_before_a_copy_cannot_steer_the_scan(workdir, tiny, indexes, monkeypatch):
+    """MAX_FILES + 1 filler files sorted before the copy (the bound made small here; the real one below): the copy
+    is read (largest first) and flagged, and the scan that could not read all the filler says so."""
+    wd, manifest = workdir
+    monkeypatch.setattr(audit, "MAX_FILES", 500)
+    _filler_then_copy(wd, tiny, 501)
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes, b"k" * 32)
+    assert report["flagged"], report["bounded"]
+    assert all(f"of {name!r}" in " ".join(report["reasons"]) for name in tiny.dev)
+    assert report["files_with_hits"][0]["path"] == os.path.join("zzz", "copy.txt")
+    assert report["bounded"]["reason"] == "500 files read" and report["bounded"]["files_unread"] == 2
+    assert report["incomplete"] and "2 files" in report["incomplete"]
+
+
+def test_the_scan_order_is_keyed_not_chosen_by_names():
+    """Past the largest files, the order is a keyed permutation: the same under one key (a re-score agrees),
+    another under another key, and never the name order an agent could arrange."""
+    files = [(f"{i:05d}.txt", 10) for i in range(2000)]
+    big = [("zzz/copy.txt", 10**6)]
+    first = audit.scan_order(files + big, b"a" * 32)
+    assert first[0] == big[0]
+    assert first == audit.scan_order(list(reversed(files)) + big, b"a" * 32)
+    second = audit.scan_order(files + big, b"b" * 32)
+    assert first[1:] != second[1:] and sorted(first) == sorted(second)
+    rest = [rel for rel, _ in first[1:]]
+    assert rest != sorted(rest)
+    assert 500 < rest.index("00000.txt") + rest.index("01999.txt") + 1  # neither end of the name order leads
+
+
+def test_scan_key_is_a_kept_secret_mixed_with_the_trial(tmp_path):
+    key = audit.scan_key(tmp_path, "trial-1")
+    assert key == audit.scan_key(tmp_path, "trial-1") != audit.scan_key(tmp_path, "trial-2")
+    assert oct((tmp_path / "scan.key").stat().st_mode & 0o777) == "0o600"
+    assert audit.scan_key(tmp_path / "other_home", "trial-1") != key
+
+
+def test_the_scan_reads_no_binary_beyond_its_first_bytes(workdir, tiny, indexes, monkeypatch):
+    """A large binary file (a checkpoint left in the workdir) is known by its head: read first (it is the largest),
+    it costs neither the byte bound nor the clock."""
+    wd, manifest = workdir
+    with open(wd / "checkpoint.bin", "wb") as fh:
+        fh.write(b"\x80\x04" + b"\x00" * 100)
+        fh.truncate(200 * 2**20)  # sparse
+    monkeypatch.setattr(audit, "MAX_TOTAL_BYTES", 2**20)
+    (wd / "notes.txt").write_text("a few notes")
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert report["files_unread"]["by_reason"] == {"binary: pickle": 1}
+    assert report["files_scanned"] == 1 and report["incomplete"] is None
+
+
+def test_a_file_read_in_part_makes_the_scan_incomplete(workdir, tiny, indexes, monkeypatch):
+    """Eval text hidden past the per-file cap of one big file is never read: the report says the scan is
+    incomplete (the scorer flags it) rather than clean."""
+    wd, manifest = workdir
+    monkeypatch.setattr(audit, "MAX_FILE_BYTES", 4096)
+    (wd / "log.txt").write_text("step 1 loss 0.5\n" * 1000 + _dev_copy(tiny))
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert not report["flagged"] and report["files_truncated"] == ["log.txt"]
+    assert "1 files were read only in part (e.g. log.txt)" in report["incomplete"]
+
+
+def test_filler_before_a_copy_at_the_real_bound(workdir, tiny, indexes):
+    """The issue's exact case, at the real bound: 50,001 filler files sorted before a copy of every dev query and
+    document (the old scan stopped at 50,000 files and called the workdir clean)."""
+    import time
+
+    wd, manifest = workdir
+    _filler_then_copy(wd, tiny, audit.MAX_FILES + 1)
+    started = time.thread_time()
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes, b"k" * 32)
+    seconds = time.thread_time() - started
+    assert report["flagged"] and report["files_with_hits"][0]["path"] == os.path.join("zzz", "copy.txt")
+    assert report["incomplete"] and report["bounded"]["reason"] == f"{audit.MAX_FILES} files read"
+    assert seconds < audit.MAX_SECONDS
 
 
 def test_agent_side_check_contamination(workdir, tiny):
@@ -501,3 +593,67 @@ def test_cached_index_built_by_threads_side_by_side_in_one_home(tmp_path, monkey
     assert not errors, errors
     assert len(results) == 6 and path.is_file() and not list(path.parent.glob("*.tmp*"))
     assert np.array_equal(ngrams.cached_index(path, build).hashes, results[0].hashes)
+
+
+def _config_edit(file: str, **changes):
+    def edit(model_dir: Path) -> None:
+        path = model_dir / file
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    edit.__name__ = f"{file}: {changes}"
+    return edit
+
+
+def _drop_normalize(model_dir: Path) -> None:
+    modules = json.loads((model_dir / "modules.json").read_text())
+    (model_dir / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
+
+
+@pytest.mark.parametrize("edit,differs", [
+    (_config_edit("config.json", hidden_act="relu"), "hidden_act is 'relu', the base model's 'gelu'"),
+    (_config_edit("config.json", layer_norm_eps=1e-5), "layer_norm_eps is 1e-05, the base model's 1e-12"),
+    (_config_edit("config.json", position_embedding_type="relative_key"), "position_embedding_type"),
+    (_config_edit("1_Pooling/config.json", pooling_mode_mean_tokens=False, pooling_mode_cls_token=True),
+     "pooling_mode is 'cls', the base model's 'mean'"),
+], ids=["relu", "eps", "position-embeddings", "cls-pooling"])
+def test_lineage_caught_on_base_weights_under_another_architecture(base_model, base_path, tmp_path, edit, differs):
+    """The base weights, tokenizer and module stack under another architecture config: every matrix has cosine 1,
+    yet the model computes another function."""
+    model_dir = copy_model(base_path, tmp_path / "m")
+    edit(model_dir)
+    report = lineage.check_lineage(_load(model_dir), base_model)
+    assert report["min_matrix_cosine"] == pytest.approx(1.0) and not report["tokenizer"]["reasons"]
+    assert report["flagged"] and len(report["reasons"]) == 1, report["reasons"]
+    assert report["reasons"][0].startswith("the architecture differs") and differs in report["reasons"][0]
+
+
+def test_lineage_allows_a_model_without_normalize(base_model, base_path, tmp_path):
+    """Cosine scoring makes Normalize a no-op: re-assembling the model without it is not another lineage."""
+    model_dir = copy_model(base_path, tmp_path / "m")
+    _drop_normalize(model_dir)
+    report = lineage.check_lineage(_load(model_dir), base_model)
+    assert not report["flagged"], report["reasons"]
+
+
+def test_lineage_allows_another_sequence_length(base_model, base_path, tmp_path):
+    """The recipe trains at CPU_MAX_SEQ_LENGTH and saves at the base's length, but an agent may save at its own:
+    the scorer evaluates at the task's max_seq_length whatever the model says."""
+    model = _load(base_path)
+    model.max_seq_length = 64
+    model.save(str(tmp_path / "short"))
+    report = lineage.check_lineage(_load(tmp_path / "short"), base_model)
+    assert _load(tmp_path / "short").max_seq_length == 64
+    assert not report["flagged"], report["reasons"]
+    assert report["architecture"] == []
+
+
+def test_the_time_bound_counts_cpu_time_and_is_flagged(workdir, tiny, indexes, monkeypatch):
+    """The time bound is the scanning thread's CPU time (a busy machine does not make a clean workdir incomplete);
+    past it the scan stops, and that is reported as incomplete."""
+    wd, manifest = workdir
+    _clean_work(wd, tiny)
+    monkeypatch.setattr(audit, "MAX_SECONDS", 0.0)
+    report = audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)
+    assert report["bounded"]["reason"] == "0 s of CPU time spent" and report["incomplete"]
+    monkeypatch.setattr(audit, "MAX_SECONDS", 120.0)
+    monkeypatch.setattr(audit.time, "monotonic", lambda: 1e12)  # a stalled wall clock changes nothing
+    assert audit.ngram_audit(wd, tampering.seeded_unchanged(wd, manifest["files"]), indexes)["incomplete"] is None

@@ -54,10 +54,12 @@ def test_each_provider_sdk_inside_reaches_the_model_through_the_gateway(gated):
 
 
 def test_the_token_cap_is_enforced_for_calls_from_inside(tmp_path):
-    with FakeLLM(lambda body: Turn(text="x", input_tokens=400, output_tokens=200)) as fake:
-        with gated_sandbox("bwrap", tmp_path / "workdir", fake, limits=Limits(max_tokens=1000)) as (box, gateway, env):
+    """3,000 tokens a call under a cap of 8,000: each call reserves its prompt and its output cap (4,096), so two go
+    out (6,000 used) and the third cannot be covered; the cap is never passed."""
+    with FakeLLM(lambda body: Turn(text="x", input_tokens=2_900, output_tokens=100)) as fake:
+        with gated_sandbox("bwrap", tmp_path / "workdir", fake, limits=Limits(max_tokens=8_000)) as (box, gateway, env):
             result = box.exec(["python3", "-c", CALL_EACH, *["openai:gpt-5"] * 3], env=env, timeout=120)
-    assert result.returncode != 0 and "token budget is spent" in result.stderr, result
+    assert result.returncode != 0 and "token budget cannot cover this call" in result.stderr, result
     assert result.stdout.count("-> x") == 2 and len(fake.requests) == 2
     assert gateway.summary()["stopped_by"] == "max_tokens"
 
@@ -140,3 +142,46 @@ def server_in_another_netns():
             server.wait()
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", shlex.quote(ns)], capture_output=True)
+
+
+MISUSE = """
+import json, os, sys, threading, urllib.error, urllib.request
+base, token = os.environ["ANTHROPIC_BASE_URL"], os.environ["ANTHROPIC_API_KEY"]
+def call(method, path, body=None):
+    request = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"x-api-key": token, "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+hello = [{"role": "user", "content": "hi"}]
+out = {"batches": call("POST", "/v1/messages/batches", {"requests": []}), "delete": call("DELETE", "/v1/files/f1"),
+       "keys": call("GET", "/v1/organizations/api_keys"),
+       "unpriced": call("POST", "/v1/messages", {"model": "claude-3-opus-x", "max_tokens": 9, "messages": hello})}
+statuses = []
+body = {"model": "claude-opus-4-1-20250805", "max_tokens": 20000, "messages": hello}
+threads = [threading.Thread(target=lambda: statuses.append(call("POST", "/v1/messages", body))) for _ in range(40)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+out["concurrent"] = sorted(statuses)
+print(json.dumps(out))
+"""
+
+
+def test_misuse_of_the_gateway_from_inside_bwrap_is_refused(tmp_path):
+    """From inside bwrap, with the trial's token: batches, a file delete and the organization's keys are refused (403)
+    and never reach the provider; an unpriced model is refused; of 40 concurrent $1.50 calls under a $2 cap, one
+    goes out."""
+    with FakeLLM(lambda body: Turn(text="x", input_tokens=10, output_tokens=20_000)) as fake:
+        with gated_sandbox("bwrap", tmp_path / "workdir", fake, limits=Limits(max_usd=2.0),
+                           providers=("anthropic",)) as (box, gateway, env):
+            result = box.exec(["python3", "-c", MISUSE], env=env, timeout=180)
+        assert result.returncode == 0, result
+        out = json.loads(result.stdout.splitlines()[-1])
+        assert (out["batches"], out["delete"], out["keys"], out["unpriced"]) == (403, 403, 403, 403), out
+        assert out["concurrent"] == [200] + [403] * 39, out
+        assert [r["path"] for r in fake.requests] == ["/v1/messages"]
+    summary = gateway.summary()
+    assert summary["refused"] == {"forbidden_path": 3, "unpriced_model": 1, "max_usd": 39}, summary
+    assert summary["usage"]["cost_usd"] <= 2.0 and not summary["over_cap"]

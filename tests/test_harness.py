@@ -157,3 +157,16 @@ def test_forged_or_malformed_events_are_recorded_as_such(tmp_path):
     assert outcome.exit_reason == "finished" and outcome.turns == 2  # the print went to the log, not the channel
     errors = [e.text for e in read_trace(tmp_path / "trace.jsonl") if e.kind == "error"]
     assert any("unknown event kind 'root'" in t for t in errors) and any("not json" in t for t in errors)
+
+
+def test_lone_surrogates_on_the_channel_are_logged_not_fatal(tmp_path):
+    """JSON may carry a lone surrogate (\\ud800) that UTF-8 cannot encode: the host logs it escaped and reads on."""
+    path = _harness_with(tmp_path, "def run_task(env, llm, tools):\n"
+                                   "    env._channel.write('{\"raw\": {\"text\": \"\\\\ud800\"}}\\n')\n"
+                                   "    env._channel.write('{\"trace\": {\"kind\": \"assistant\", \"text\": \"\\\\udfff\"}}\\n')\n"
+                                   "    env._channel.flush()\n"
+                                   "    return 1\n")
+    _, outcome = _run(tmp_path, HarnessAgent(path, model=_script(tmp_path, [])))
+    assert outcome.exit_reason == "finished" and outcome.turns == 1
+    assert '{"text": "\\ud800"}' in (tmp_path / "raw.log").read_text()
+    assert [e.text for e in read_trace(tmp_path / "trace.jsonl") if e.kind == "assistant"] == ["\udfff"]

@@ -129,7 +129,9 @@ def test_a_sigkilled_owner_leaves_no_mount_and_loses_no_output(tmp_path):
         os.killpg(owner.pid, signal.SIGKILL)
         owner.wait()
     deadline = time.time() + 60
-    while (os.path.ismount(workdir) or workdir.with_name("workdir.img").exists()) and time.time() < deadline:
+    released = lambda: not (os.path.ismount(workdir) or workdir.with_name("workdir.img").exists()  # noqa: E731
+                            or workdir.with_name("workdir.out").exists())  # the last step: the copy takes its place
+    while not released() and time.time() < deadline:
         time.sleep(0.2)
     assert not os.path.ismount(workdir), "the workdir is still mounted after its owner was killed"
     assert not workdir.with_name("workdir.img").exists() and not workdir.with_name("workdir.out").exists()
@@ -165,3 +167,51 @@ def test_a_dead_guard_does_not_leave_the_workdir_mounted(tmp_path):
     volume.release()
     assert not os.path.ismount(volume.workdir) and not volume.image.exists()
     assert (volume.workdir / "kept.txt").read_text() == "agent output"
+
+
+# -- limits that fit the host ---------------------------------------------------------------------
+def test_a_task_asking_more_memory_than_the_machine_has_is_clamped_and_recorded(tmp_path):
+    """task.toml asks 32 GiB; on a 23.5 GiB machine the trial gets the host's share and meta.json says why."""
+    from autoembed.sandbox import host_fit
+    from autoembed.sandbox.limits import Limits
+
+    fitted = host_fit.fit_memory(32, total_gb=23.5)
+    assert fitted["requested"] == 32 and fitted["used"] == round(23.5 - 2.35, 2)
+    assert fitted["reason"].startswith("clamped: 32 GiB asked, MemTotal 23.5 GiB")
+    halved = host_fit.fit_memory(32, concurrent=2, total_gb=23.5)
+    assert halved["used"] == round((23.5 - 2.35) / 2, 2) and "2 trial(s) side by side" in halved["reason"]
+    # the embed task on this machine, as a trial fits it (the record meta.json gets is vars(limits))
+    limits = Limits.from_spec(load_spec("embed"), disk_folder=tmp_path)
+    total = host_fit.mem_total_gb()
+    assert limits.memory_gb == min(32, round(total - max(2.0, 0.1 * total), 2))
+    assert limits.fit["memory_gb"]["requested"] == 32 and limits.fit["memory_gb"]["used"] == limits.memory_gb
+    assert limits.cpus and limits.cpus < host_fit.host_cpus() and limits.fit["cpus"]["requested"] is None
+    assert sum(limits.tmpfs_gb.values()) < limits.memory_gb
+    assert set(limits.tmpfs_gb) == {"/tmp", "/var/tmp", "/dev/shm", "/run"}
+    assert limits.disk_gb <= limits.fit["disk_gb"]["used"] and limits.fit["disk_gb"]["requested"] == 50
+
+
+def test_a_workdir_larger_than_the_free_disk_is_clamped(tmp_path):
+    from autoembed.sandbox import host_fit
+
+    st = os.statvfs(tmp_path)
+    free_gb = st.f_bavail * st.f_frsize / 2**30
+    fitted = host_fit.fit_disk(free_gb * 10, tmp_path)
+    assert fitted["used"] < free_gb and fitted["reason"].startswith("clamped:")
+    assert host_fit.fit_disk(0.5, tmp_path)["used"] == 0.5  # a small one fits as asked
+
+
+def test_limits_settings_are_checked(tmp_path):
+    import shutil as _shutil
+
+    task = tmp_path / "task"
+    _shutil.copytree(load_spec("embed").root, task, ignore=_shutil.ignore_patterns("data", "environment"))
+    toml = (task / "task.toml").read_text()
+    (task / "task.toml").write_text(toml.replace("pids = 4096", "pids = 4096\ncpus = 3"))
+    assert load_spec(task).cpus == 3.0
+    (task / "task.toml").write_text(toml.replace("pids = 4096", "pids = 4096\ncpu = 3"))
+    with pytest.raises(ValueError, match=r"\[limits\] has no setting cpu; the settings are cpus, disk_gb"):
+        load_spec(task)
+    (task / "task.toml").write_text(toml.replace("pids = 4096", "pids = 4096\ncpus = 0"))
+    with pytest.raises(ValueError, match="cpus must be a positive number"):
+        load_spec(task)

@@ -215,6 +215,12 @@ def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monk
     rows = [{"model": "claude-haiku-4-5", "usage": {"input_tokens": 300_000, "output_tokens": 0, "cost_usd": 0.3}},
             {"model": "claude-haiku-4-5", "status": 502, "error": "upstream gone"}]  # a failed call: no usage
     (log_dir / "gateway.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from autoembed.meta.gateway import usage_from_log
+
+    charged = {"model": "claude-haiku-4-5", "status": 200, "error": "ClientPayloadError: cut",  # a cut reply, charged
+               "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.05}}
+    both = usage_from_log(_with_rows(tmp_path / "charged", rows + [charged]))
+    assert (both["calls"], both["failed_calls"]) == (1, 2) and both["cost_usd"] == pytest.approx(0.35)
     meta_gateway = MetaGateway("anthropic:claude-haiku-4-5", log_dir, max_usd=1.0)
     assert meta_gateway.before["calls"] == 1 and meta_gateway.before["cost_usd"] == pytest.approx(0.3)
     assert meta_gateway.gateway.limits.max_usd == pytest.approx(0.7)  # what is left of the dollar
@@ -222,3 +228,58 @@ def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monk
     meta_gateway.gateway._totals.usage = Usage(cost_usd=0.7)  # this session spends what was left
     limit, message = meta_gateway.gateway._cap_reached()
     assert limit == "max_usd" and message.startswith("the loop's (--max-cost) dollar budget is spent"), message
+
+
+def test_the_meta_gateways_body_log_grows_linearly_and_gives_back_every_request(tmp_path, monkeypatch):
+    """30 turns of an LLM meta-agent (the real anthropic SDK) through the loop's gateway, each reading the 5 KB
+    target file: every request carries the whole conversation, so logging bodies whole grows with the square of
+    the turns (about 15x here). Each logged request holds only what is new, and read_requests() gives back
+    exactly the bodies the provider received."""
+    from autoembed.meta.base import ProposeContext
+    from autoembed.meta.gateway import MetaGateway, read_requests
+    from autoembed.meta.llm_agent import LLMMetaAgent
+
+    harness = (REPO_ROOT / "harnesses" / "baseline.py").read_text()
+    (tmp_path / "view" / "repo").mkdir(parents=True)
+    (tmp_path / "view" / "repo" / "harness.py").write_text(harness)
+    turns = 30
+    script = [Turn(tool_calls=[("read_file", {"path": "repo/harness.py"})])] * (turns - 1) + [
+        Turn(tool_calls=[("finish", {"description": "read it all"})])]
+    for name in ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEY)
+    log_dir = tmp_path / "meta" / "gateway"
+    with FakeLLM(script) as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        gateway = MetaGateway("anthropic:claude-sonnet-4-6", log_dir).start()
+        try:
+            meta = LLMMetaAgent("anthropic:claude-sonnet-4-6", tmp_path / "meta", base_url=gateway.base_url,
+                                token=gateway.token)
+            sizes, complete = [], meta.llm.complete
+
+            def measured(*args, **kwargs):
+                path = log_dir / "gateway_bodies.jsonl"
+                sizes.append(path.stat().st_size if path.exists() else 0)
+                return complete(*args, **kwargs)
+
+            meta.llm.complete = measured
+            proposal = meta.propose(ProposeContext(1, harness, tmp_path / "view"))
+        finally:
+            gateway.stop()
+        received = [r["body"] for r in fake.requests]
+    assert proposal.description == "read it all" and len(received) == turns
+    sizes.append((log_dir / "gateway_bodies.jsonl").stat().st_size)
+    steps = [b - a for a, b in zip(sizes[1:], sizes[2:])]  # what each request from the second on added
+    # each adds the new tool result, the reply, and the previous last message again (the SDK client moves its
+    # prompt-cache mark to the newest message): a constant per turn, not the conversation so far
+    chunk = len(json.dumps(harness))
+    assert all(step < 3 * chunk for step in steps) and max(steps) < 1.2 * min(steps[1:]), steps
+    whole = sum(len(json.dumps(body)) for body in received)
+    assert sizes[-1] < whole / 5, (sizes[-1], whole)
+    assert read_requests(log_dir) == received, "the log does not give back the bodies the provider received"
+
+
+def _with_rows(log_dir: Path, rows: list[dict]) -> Path:
+    log_dir.mkdir(parents=True)
+    (log_dir / "gateway.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return log_dir

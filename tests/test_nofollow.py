@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import subprocess
 import threading
 
 import pytest
@@ -116,3 +117,67 @@ def test_copy_tree_copies_files_and_leaves_links_out(tree, mode, tmp_path):
     (root / "linked_model").symlink_to(model)
     with pytest.raises(nofollow.LinkRefused):
         nofollow.copy_tree(root, "linked_model", tmp_path / "copy2")
+
+
+# ------------------------------------------------------------------------------------------------
+# bounded copies: sizes measured before a byte is copied, holes kept as holes (issue 18)
+# ------------------------------------------------------------------------------------------------
+
+
+def _allocated(folder) -> int:
+    return sum(os.lstat(os.path.join(base, name)).st_blocks * 512
+               for base, dirs, files in os.walk(folder) for name in dirs + files)
+
+
+def test_a_sparse_terabyte_is_refused_before_anything_is_copied(tmp_path):
+    final = tmp_path / "workdir" / "final_model"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    with open(final / "pad", "wb") as fh:
+        fh.truncate(2 ** 40)
+    with pytest.raises(nofollow.TooLarge, match="too_large") as refused:
+        nofollow.copy_tree(tmp_path / "workdir", "final_model", tmp_path / "frozen", max_bytes=2 * 2 ** 30)
+    assert refused.value.facts["apparent_bytes"] == 2 ** 40 + 2 and refused.value.facts["allocated_bytes"] < 2 ** 20
+    assert not (tmp_path / "frozen").exists()
+
+
+def test_blocks_allocated_past_the_end_of_a_small_file_count(tmp_path):
+    final = tmp_path / "workdir" / "final_model"
+    final.mkdir(parents=True)
+    (final / "small").write_bytes(b"")
+    subprocess.run(["fallocate", "--keep-size", "-l", "8M", str(final / "small")], check=True)
+    assert (final / "small").stat().st_size == 0
+    with pytest.raises(nofollow.TooLarge, match="allocated"):
+        nofollow.copy_tree(tmp_path / "workdir", "final_model", tmp_path / "frozen", max_bytes=4 * 2 ** 20)
+
+
+def test_holes_stay_holes_and_the_hash_is_of_the_whole_content(tmp_path):
+    final = tmp_path / "workdir" / "final_model"
+    final.mkdir(parents=True)
+    with open(final / "sparse.bin", "wb") as fh:
+        fh.seek(100 * 2 ** 20)
+        fh.write(b"middle")
+        fh.seek(300 * 2 ** 20)
+        fh.write(b"end")
+        fh.truncate(400 * 2 ** 20)  # and a hole at the end
+    hashes, left_out = nofollow.copy_tree(tmp_path / "workdir", "final_model", tmp_path / "frozen",
+                                          max_bytes=2 * 2 ** 30)
+    copy = tmp_path / "frozen" / "sparse.bin"
+    assert copy.stat().st_size == 400 * 2 ** 20 and _allocated(tmp_path / "frozen") < 2 ** 20
+    assert copy.read_bytes() == (final / "sparse.bin").read_bytes()
+    assert hashes == {"sparse.bin": nofollow.file_sha256(final, "sparse.bin")} == nofollow.tree_hashes(tmp_path / "frozen")
+    assert left_out == []
+
+
+def test_too_many_entries_or_too_deep_a_tree_is_refused(tmp_path):
+    wide = tmp_path / "wide" / "final_model"
+    wide.mkdir(parents=True)
+    for i in range(30):
+        (wide / f"f{i}").write_text("x")
+    with pytest.raises(nofollow.TooLarge, match="more than 20 files"):
+        nofollow.copy_tree(tmp_path / "wide", "final_model", tmp_path / "frozen", max_entries=20)
+    deep = tmp_path / "deep" / "final_model"
+    (deep / "/".join(["d"] * (nofollow.MAX_DEPTH + 2))).mkdir(parents=True)
+    with pytest.raises(nofollow.TooLarge, match="nested deeper"):
+        nofollow.copy_tree(tmp_path / "deep", "final_model", tmp_path / "frozen2")
+    assert not (tmp_path / "frozen").exists() and not (tmp_path / "frozen2").exists()

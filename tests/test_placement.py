@@ -35,7 +35,7 @@ def test_a_trial_whose_engine_does_not_answer_is_retried_here_and_both_attempts_
                                                                                              monkeypatch, tmp_path):
     task = keyless_tiny_task(tmp_path_factory, monkeypatch)
     gone = DockerPlace("gone", f"unix://{tmp_path}/no-engine.sock")
-    here = LocalPlace("here")
+    here = LocalPlace("here", cpu_slots=2)  # two trials may run here at once: each gets half the host's share
     messages: list[str] = []
     pool = Pool([gone, here], say=messages.append)
     [run_dir] = pool.run_all([quick_trial(tmp_path, task, "t1")])
@@ -48,7 +48,13 @@ def test_a_trial_whose_engine_does_not_answer_is_retried_here_and_both_attempts_
     assert failure["place"] == "gone" and failure["kind"] == "docker" and "does not answer" in failure["reason"]
     assert meta["sandbox"]["kind"] == "bwrap" and meta["exit_reason"] == "finished", meta.get("exit_detail")
     assert any("gone takes no more trials" in m for m in messages), messages
-    assert [p.name for p, _ in pool._free] == ["here"], "the dead engine's slot must be gone"
+    assert [p.name for p, _ in pool._free] == ["here", "here"], "the dead engine's slot must be gone"
+    fit = meta["limits"]["fit"]
+    assert placement["side_by_side"] == 2 and fit["concurrent"] == 2
+    from autoembed.sandbox.host_fit import fit_memory
+
+    assert fit["memory_gb"] == fit_memory(fit["memory_gb"]["requested"], 2), fit
+    assert "shared by 2 trial(s) side by side" in fit["memory_gb"]["reason"]
     result = trial_result(run_dir)  # what the loop gets back from a pool
     assert result.run_id == meta["run_id"] and result.score["dev"] and result.meta["placement"] == placement
 
@@ -87,6 +93,8 @@ def test_a_grid_fills_every_slot_of_every_place(tmp_path):
     dirs = run_pool([{"agent": "recipe", "out": tmp_path / f"t{i}"} for i in range(6)], places, say=lambda m: None)
     seen = [(meta_of(d)["placement"]["place"], meta_of(d)["placement"]["gpu"]) for d in dirs]
     assert peak[0] == 3 and set(seen) == {("x", "0"), ("x", "1"), ("y", "7")}
+    side_by_side = {meta_of(d)["placement"]["place"]: meta_of(d)["placement"]["side_by_side"] for d in dirs}
+    assert side_by_side == {"x": 2, "y": 1}, "a trial's limits are its place's share: one per slot there"
     assert seen[:3] == [("x", "0"), ("y", "7"), ("x", "1")], "the first trials go to different places first"
 
 

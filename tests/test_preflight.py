@@ -61,6 +61,10 @@ BAD_INPUT = {
                            "no API key for anthropic: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"),
     "codex without key": (["codex", "--hours", "0.01"], "no API key for openai: set OPENAI_API_KEY or CODEX_API_KEY"),
     "gemini without key": (["gemini", "--hours", "0.01"], "no API key for google: set GEMINI_API_KEY or GOOGLE_API_KEY"),
+    "unpriced harness model": ([f"harness:{BASELINE}", "--model", "anthropic:claude-nosuch-9", "--hours", "0.01"],
+                               "no known price for anthropic:claude-nosuch-9"),
+    "prefix of a priced model": ([f"harness:{BASELINE}", "--model", "openai:gpt-5-nosuch", "--hours", "0.01"],
+                                 "AUTOEMBED_PRICES='<model>=<input>,<output>"),
     "harness without key": ([f"harness:{BASELINE}", "--model", "anthropic:claude-sonnet-4-6", "--hours", "0.01"],
                             "no API key for anthropic: set ANTHROPIC_API_KEY"),
 }
@@ -74,6 +78,39 @@ def test_bad_input_fails_before_anything_runs(case, task_dir, traces, capsys):
     assert message in err, err
     assert err.startswith("autoembed run: error: ") and len(err.strip().splitlines()) == 1, err
     assert no_trial_folder(traces), "bad input must not leave a run folder"
+
+
+HOST_SETTINGS = {
+    "malformed user prices": ({"AUTOEMBED_PRICES": "my-model=3"}, "AUTOEMBED_PRICES: bad entry 'my-model=3'"),
+    "root as the sandbox uid": ({"AUTOEMBED_SANDBOX_UID": "0"}, "AUTOEMBED_SANDBOX_UID='0': give a positive number"),
+    "an account's uid": ({"AUTOEMBED_SANDBOX_UID": str(os.getuid() or 0)}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(HOST_SETTINGS))
+def test_bad_host_settings_fail_before_anything_runs(case, task_dir, traces, monkeypatch, capsys):
+    settings, message = HOST_SETTINGS[case]
+    if message is None:  # uid 0 is root's: as root that is the case above; an account's uid names the account
+        import pwd
+
+        if os.geteuid() != 0:
+            pytest.skip("the sandbox uid is the invoking user's unless the host runs as root")
+        settings = {"AUTOEMBED_SANDBOX_UID": str(pwd.getpwnam("daemon").pw_uid)}
+        message = "belongs to the account 'daemon'"
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = autoembed(["run", "recipe", "--task", str(task_dir), "--sandbox", "bwrap", "--hours", "0.01"],
+                               capsys)
+    assert code == 2, (out, err)
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert no_trial_folder(traces)
+
+
+def test_a_user_price_lets_an_unpriced_harness_model_through(monkeypatch):
+    from autoembed.preflight import check_harness_model
+
+    check_harness_model("openai:gpt-5-nosuch", {"AUTOEMBED_PRICES": "gpt-5-nosuch=1,2"})
+    check_harness_model("openai:gpt-5-pro", {})  # in the table under its own name, not as gpt-5
 
 
 def test_unknown_task_lists_the_task_names(traces, capsys):

@@ -146,6 +146,15 @@ def test_huge_file(seeded, tiny, base_path):
     assert result["audits"]["submission"]["bytes"] > 3 * 2**30
 
 
+def test_a_model_the_freeze_refused_is_broken_as_not_frozen_not_as_missing(seeded, tiny, base_path, tmp_path):
+    """The freeze copies nothing of a final_model over its limits; the scorer, given the frozen path that was never
+    made, says so instead of calling the agent's model missing."""
+    copy_model(base_path, seeded / "final_model")
+    result = _score(seeded, tiny, final_model=tmp_path / "run" / "final_model", final_model_hashes={})
+    assert result["status"] == "broken" and _codes(result) == ["not_frozen"], result["reasons"]
+    assert result["scored_as"] == "base_model"
+
+
 def test_pickle_weights(seeded, tiny, base_path):
     final = copy_model(base_path, seeded / "final_model")
     torch.save({"x": torch.zeros(2)}, final / "pytorch_model.bin")
@@ -311,3 +320,154 @@ def test_heldout_deferred_then_scored_later_matches_a_direct_evaluation(seeded, 
         score_deferred_tiers(out, frozen, hashes, task=tiny.spec, device="cpu", heldout_root=tiny.heldout_root)
     with pytest.raises(ScorerError, match="only held-out can be deferred"):
         _score(seeded, tiny, tiers=("dev", "heldout"))
+
+
+# ------------------------------------------------------------------------------------------------
+# a submission names nothing outside itself (issue 18)
+# ------------------------------------------------------------------------------------------------
+
+
+def _loads_recorded(monkeypatch) -> list[str]:
+    """Every folder sentence-transformers is asked to load from, in this process."""
+    import sentence_transformers
+
+    loaded, real = [], sentence_transformers.SentenceTransformer
+
+    def recording(path, *args, **kwargs):
+        loaded.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", recording)
+    return loaded
+
+
+def test_tokenizer_path_outside_final_model_is_refused_before_loading(seeded, tiny, base_path, tmp_path, monkeypatch):
+    """The issue's attack: sentence_bert_config.json names a host folder holding a valid tokenizer. The loader
+    follows it (checked below), so the scorer must refuse the submission before loading anything of it."""
+    from sentence_transformers import SentenceTransformer
+
+    host = tmp_path / "host_folder"
+    host.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (host / name).write_bytes((base_path / name).read_bytes())
+    final = copy_model(base_path, seeded / "final_model")
+    config = json.loads((final / "sentence_bert_config.json").read_text())
+    (final / "sentence_bert_config.json").write_text(json.dumps({**config, "tokenizer_name_or_path": str(host)}))
+    assert SentenceTransformer(str(final), device="cpu").tokenizer.name_or_path == str(host)  # the attack works
+
+    loaded = _loads_recorded(monkeypatch)
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["outside_reference"], result["reasons"]
+    assert "tokenizer_name_or_path" in result["reasons"][0] and str(host) in result["reasons"][0]
+    assert result["scored_as"] == "base_model" and result["dev"] == result["base"]["dev"]
+    assert str(final) not in loaded and loaded  # the base model was loaded, the submission never
+
+
+@pytest.mark.parametrize("path,why", [("../x", "climbs out with '..'"), ("/abs/x", "is absolute")])
+def test_module_path_outside_final_model_is_refused_by_our_check(seeded, tiny, base_path, monkeypatch, path, why):
+    """modules.json's "path" leaving final_model: refused by the scorer's own check before sentence-transformers
+    (which has a check of its own in some versions) is asked to load anything."""
+    final = copy_model(base_path, seeded / "final_model")
+    target = (final / path) if not path.startswith("/") else Path(path)
+    if not path.startswith("/"):  # a real Pooling module there, so only the path is wrong
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "config.json").write_text((base_path / "1_Pooling" / "config.json").read_text())
+    modules = json.loads((final / "modules.json").read_text())
+    modules[1]["path"] = path
+    (final / "modules.json").write_text(json.dumps(modules))
+
+    loaded = _loads_recorded(monkeypatch)
+    result = _score(seeded, tiny)
+    assert result["status"] == "broken" and _codes(result) == ["outside_reference"], result["reasons"]
+    assert f"has path {path!r}, which {why}" in result["reasons"][0]
+    assert str(final) not in loaded
+
+
+def test_a_scan_that_cannot_read_everything_is_not_clean(seeded, tiny, base_path, monkeypatch):
+    """More files than the scan's bound and no eval text anywhere: nothing proves contamination, yet text went
+    unchecked, so the submission is flagged (scored as the base model), never `ok`."""
+    from autoembed.sealed.audits import contamination
+
+    monkeypatch.setattr(contamination, "MAX_FILES", 50)
+    copy_model(base_path, seeded / "final_model")
+    (seeded / "notes").mkdir()
+    for i in range(60):
+        (seeded / "notes" / f"{i:03d}.txt").write_text(f"step {i} loss {1 / (i + 1):.4f}")
+    result = _score(seeded, tiny)
+    assert result["status"] == "flagged" and _codes(result) == ["contamination_unscanned"], result["reasons"]
+    assert "50 files read" in result["reasons"][0] and "10 files" in result["reasons"][0]
+    assert result["scored_as"] == "base_model"
+    assert result["audits"]["contamination"]["ngrams"]["incomplete"]
+
+
+def _json_edit(file: str, change):
+    def edit(final: Path) -> None:
+        path = final / file
+        body = json.loads(path.read_text()) if path.exists() else {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(change(body)))
+    return edit
+
+
+def _link_module_folder(final: Path) -> None:
+    (final / "1_Pooling").rename(final / "pooling_real")
+    (final / "1_Pooling").symlink_to("pooling_real")
+
+
+def _link_to_the_workdir(final: Path) -> None:
+    (final.parent / "elsewhere.txt").write_text("not the model's")
+    (final / "notes.txt").symlink_to(Path("..") / "elsewhere.txt")
+
+
+@pytest.mark.parametrize("edit,named", [
+    (_json_edit("config.json", lambda c: {**c, "auto_map": {"AutoModel": "evil--modeling.Model"}}), "auto_map"),
+    (_json_edit("sentence_bert_config.json", lambda c: {**c, "model_kwargs": {"trust_remote_code": True}}),
+     "model_kwargs.trust_remote_code"),
+    (_json_edit("sentence_bert_config.json", lambda c: {**c, "config_kwargs": {"cache_dir": "/tmp/host"}}),
+     "config_kwargs.cache_dir"),
+    (_json_edit("sentence_bert_config.json", lambda c: {**c, "model_kwargs": {"offload_folder": "/tmp/w"}}),
+     "model_kwargs.offload_folder"),
+    (_json_edit("sentence_bert_config.json", lambda c: {**c, "tokenizer_name_or_path": "bert-base-uncased"}),
+     "tokenizer_name_or_path"),
+    (_json_edit("tokenizer_config.json", lambda c: {**c, "tokenizer_file": "/root/.cache/tokenizer.json"}),
+     "tokenizer_file"),
+    (_json_edit("adapter_config.json", lambda c: {"base_model_name_or_path": "/srv/models/other", "peft_type": "LORA"}),
+     "base_model_name_or_path"),
+    (_json_edit("model.safetensors.index.json",
+                lambda c: {"weight_map": {"embeddings.word_embeddings.weight": "../../host.safetensors"}}), "weight_map"),
+    (_json_edit("2_Dense/config.json", lambda c: {"in_features": 384, "out_features": 384,
+                                                  "activation_function": "os.system"}), "activation_function"),
+    (_link_module_folder, "passes through the link 1_Pooling"),
+    (_link_to_the_workdir, "notes.txt is a link"),
+], ids=["auto_map", "trust_remote_code", "cache_dir", "offload_folder", "hub_id", "tokenizer_file", "peft_base",
+        "shard_outside", "activation_import", "linked_module", "link_to_workdir"])
+def test_references_outside_final_model_are_found(tmp_path, base_path, edit, named):
+    from autoembed.sealed.references import outside_references
+
+    final = copy_model(base_path, tmp_path / "w" / "final_model")
+    assert outside_references(final) == []
+    edit(final)
+    problems = outside_references(final, base_path)
+    assert len(problems) == 1 and named in problems[0], problems
+
+
+def test_records_and_the_base_models_own_references_are_allowed(tmp_path, base_path):
+    """config.json's _name_or_path and tokenizer_config.json's name_or_path are overwritten by transformers on load
+    (a record of where the files came from, a host path after an older save); what the base model's own files
+    hold the harness already loads."""
+    from autoembed.sealed.references import outside_references
+
+    from sentence_transformers import SentenceTransformer
+
+    other = copy_model(base_path, tmp_path / "other")  # what a followed record would bring in: another activation
+    _json_edit("config.json", lambda c: {**c, "hidden_act": "relu"})(other)
+    final = copy_model(base_path, tmp_path / "final_model")
+    _json_edit("config.json", lambda c: {**c, "_name_or_path": str(other)})(final)
+    _json_edit("tokenizer_config.json", lambda c: {**c, "name_or_path": str(other)})(final)
+    assert outside_references(final) == []
+    loaded = SentenceTransformer(str(final), device="cpu")  # the records are not followed: the model's own config
+    assert loaded[0].auto_model.config.hidden_act == "gelu" and loaded[0].auto_model.config.name_or_path == str(final)
+    base = copy_model(base_path, tmp_path / "base")
+    for folder in (base, final):
+        _json_edit("tokenizer_config.json", lambda c: {**c, "special_tokens_map_file": "/root/.cache/stm.json"})(folder)
+    assert outside_references(final) and outside_references(final, base) == []

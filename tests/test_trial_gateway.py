@@ -15,17 +15,18 @@ from tests.fakellm import FakeLLM, Turn
 from tests.gated import REAL_KEYS
 from tests.tiny_task import shared_tiny_task
 
-pytestmark = [pytest.mark.cli, pytest.mark.bwrap,
-              pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}"),
-              pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code CLI not installed")]
+pytestmark = [pytest.mark.bwrap,
+              pytest.mark.skipif(bwrap_problem() is not None, reason=f"bwrap unusable here: {bwrap_problem()}")]
+NEEDS_CLAUDE = [pytest.mark.cli, pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code CLI not installed")]
 PROVIDER_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL",
                  "OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY",
                  "GOOGLE_GEMINI_BASE_URL")
 
 
 def model(body: dict) -> Turn:
-    """Two tool calls of 200k prompt tokens each (the fake's simulated cache adds a few 10k): the token cap of 300k lets
-    both through and refuses the third call."""
+    """Two tool calls of 200k prompt tokens each (the fake's simulated cache adds a few 10k): the token cap of 400k lets
+    both through (the second reserves its prompt, estimated from the body, and Claude Code's max_tokens on top of the
+    first's 200k+) and refuses the third, the cap being spent."""
     if not body.get("tools"):
         return Turn(text="ok", input_tokens=1, output_tokens=1)
     results = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]
@@ -34,6 +35,8 @@ def model(body: dict) -> Turn:
     return Turn(tool_calls=[("Bash", {"command": command, "description": "step"})], input_tokens=200_000, output_tokens=7)
 
 
+@NEEDS_CLAUDE[0]
+@NEEDS_CLAUDE[1]
 def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factory, tmp_path, monkeypatch):
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
@@ -47,7 +50,7 @@ def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factor
         monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEYS["anthropic"])
         monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
         result = run("claude", task=str(task_dir), hours=0.03, sandbox="bwrap", out=tmp_path / "run",
-                     progress=lambda line: None, max_tokens=300_000)
+                     progress=lambda line: None, max_tokens=400_000)
         tool_calls = [r for r in fake.requests if r["body"].get("tools")]
     meta, run_dir = result.meta, result.run_dir
     gateway = meta["gateway"]
@@ -74,3 +77,43 @@ def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factor
     assert trajectory["final_metrics"]["extra"]["refused_calls"][0]["refused"] == "max_tokens"
     assert trajectory["final_metrics"]["total_prompt_tokens"] == sum(
         s.get("metrics", {}).get("prompt_tokens", 0) for s in trajectory["steps"])
+
+
+@pytest.mark.slow  # a whole trial (minutes under load); the audit row "cheat the gateway: ..." covers it in CI
+def test_a_harness_inside_bwrap_cannot_misuse_the_gateway_or_report_its_own_spend(tmp_path_factory, tmp_path,
+                                                                                   monkeypatch):
+    """The audit's attack harness (autoembed/integrity/gateway_case.py) as a real harness process in bwrap: forbidden
+    provider paths, an unpriced model, 40 concurrent $1.50 calls under a $2 cap, one reply declaring far more than it
+    reserved, and cost_usd -1000 on its event channel. Every request is refused, at most one of the 40 goes out, the
+    trial is not clean with the gateway's spend past its cap, and the harness's report stays out of the spend."""
+    from autoembed.integrity import gateway_case as case
+    from autoembed.run import run
+
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in PROVIDER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    task_dir = shared_tiny_task(base)
+    plan = list(case.UPSTREAM_PLAN)
+
+    def upstream(body: dict) -> Turn:
+        usage = plan.pop(0)["usage"] if plan else {"input_tokens": 10, "output_tokens": 5}
+        return Turn(text="x", **usage)
+
+    with FakeLLM(upstream) as fake:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEYS["anthropic"])
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        result = run(f"harness:{case.attack_harness(tmp_path)}", task=str(task_dir), hours=0.03, sandbox="bwrap",
+                     model=case.HARNESS_MODEL, out=tmp_path / "run", progress=lambda line: None, check_key=False,
+                     max_usd=case.CAP_USD)
+        paths = [r["path"] for r in fake.requests]
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    report = json.loads((result.run_dir / "workdir" / case.REPORT).read_text())
+    verdicts = case.judge(meta, report, paths)
+    assert [v[1] for v in verdicts] == ["blocked", "blocked", "blocked", "detected"], verdicts
+    assert paths == ["/v1/messages", "/v1/messages"], paths  # one of the 40, and the over-declaring call
+    assert "result: NOT CLEAN" in result.summary() and "spend passed its cap" in result.summary()
+    ledger_cost = meta["usage"]["cost_usd"]
+    assert ledger_cost == meta["spend_usd"] == meta["gateway"]["usage"]["cost_usd"] > case.CAP_USD
+    assert meta["reported_usage"]["cost_usd"] == -1000.0

@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import get_args
 
-from autoembed import editable, paths
+from autoembed import bounded, editable, paths
 from autoembed.editable import BANNER, adapter_hash  # noqa: F401 - the names tests and the loop use
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
 from autoembed.agents.harness_runtime import STOPPED_EXIT, TRIAL_VAR, HarnessError
@@ -33,6 +33,7 @@ FIXED_ADAPTER_SHA256 = "f0e4579e4368ae8d26682a37d2a8991b570c1d99472b575e61e08185
 GRACE_S = 5.0  # after the deadline, how long the host waits for the process before it is killed
 OUTPUT_TAIL_CHARS = 6000  # of the process's own output, kept in the outcome of a crash or an overrun
 MAX_TRACE_BYTES = 200 * 2**20  # events past this are dropped (with one error event): the host's disk is not the agent's
+MAX_EVENT_LINE = 4 * 2**20  # one event line; a longer one is read a chunk at a time, thrown away and recorded as cut
 EVENT_FIELDS = {f.name for f in fields(Event)} - {"source", "ts"}
 
 
@@ -119,6 +120,7 @@ class HarnessAgent(Agent):
             proc = ctx.sandbox.spawn([python, "-u", str(harness_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env={**ctx.env, TRIAL_VAR: json.dumps(trial)})
         except Exception as exc:  # noqa: BLE001 - a sandbox that cannot start the process: a crashed trial
+            reader.close()
             return AgentOutcome("crashed", f"the harness process could not start: {type(exc).__name__}: {exc}")
         threads = [threading.Thread(target=reader.read_events, args=(proc.stdout,), daemon=True),
                    threading.Thread(target=reader.read_output, args=(proc.stderr,), daemon=True)]
@@ -135,6 +137,7 @@ class HarnessAgent(Agent):
                 proc.wait()
             for thread in threads:
                 thread.join(timeout=5)
+            reader.close()
         return self._outcome(ctx, proc.returncode, reader, overran)
 
     def _outcome(self, ctx: TrialContext, returncode: int, reader: "_EventReader", overran: bool) -> AgentOutcome:
@@ -155,26 +158,32 @@ class HarnessAgent(Agent):
 
 class _EventReader:
     """Turns the harness process's channel into trace events and agent.log records. Everything on it is
-    untrusted: unknown kinds and malformed lines are recorded as such, and the volume is capped."""
+    untrusted: unknown kinds and malformed lines are recorded as such, and the volume is capped: lines are read
+    a chunk at a time and cut past MAX_EVENT_LINE (one newline-less gigabyte never sits in the host's memory),
+    events stop at MAX_TRACE_BYTES, and agent.log stops at its cap with a last line saying how much was cut."""
 
     def __init__(self, ctx: TrialContext):
         self.ctx = ctx
         self.result: dict | None = None
         self._bytes = 0
         self._capped = False
-        self._tail = ""
-        self._log_lock = threading.Lock()
+        self._tail = bounded.Tail(OUTPUT_TAIL_CHARS)
+        self._log_file = bounded.CappedLog(ctx.raw_log)
 
     def read_events(self, stream) -> None:
-        for raw_line in stream:
-            self._bytes += len(raw_line)
+        for line in bounded.lines(stream, MAX_EVENT_LINE):
+            self._bytes += len(line.data)  # what the host keeps: a cut line's rest was never held
             if self._bytes > MAX_TRACE_BYTES:
                 if not self._capped:
                     self._capped = True
                     self.ctx.trace.emit(Event("error", text=f"the harness sent more than {MAX_TRACE_BYTES} bytes of "
                                                             "events; the rest is dropped"))
                 continue
-            self._handle(raw_line.decode("utf-8", errors="replace"))
+            if line.cut:
+                self.ctx.trace.emit(Event("error", text=f"an event line of {len(line.data) + line.cut} bytes was cut at "
+                                                        f"{MAX_EVENT_LINE} bytes and not read; its start: {line.text()[:200]}"))
+                continue
+            self._handle(line.text())
 
     def _handle(self, line: str) -> None:
         try:
@@ -190,22 +199,25 @@ class _EventReader:
                     self.ctx.progress(f"harness bash: {str(event.args.get('command'))[:120]}")
             else:
                 raise ValueError("no trace, raw or result key")
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             self.ctx.trace.emit(Event("error", text=f"unreadable event from the harness ({exc}): {line[:500]}"))
 
     def read_output(self, stream) -> None:
         """The process's stderr (its prints, tracebacks, stack dumps): kept in agent.log, its tail in the outcome."""
-        for raw_line in stream:
-            text = raw_line.decode("utf-8", errors="replace").rstrip("\n")
-            self._tail = (self._tail + text + "\n")[-OUTPUT_TAIL_CHARS:]
+        for line in bounded.lines(stream):
+            text = line.marked().decode("utf-8", errors="replace").rstrip("\n")
+            self._tail.add(line.marked())
             self._log({"ts": time.time(), "type": "output", "text": text})
 
     def output_tail(self) -> str:
-        return self._tail
+        return self._tail.text()
+
+    def close(self) -> None:
+        self._log_file.close()
 
     def _log(self, record) -> None:
-        with self._log_lock, open(self.ctx.raw_log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+        self._log_file.write(line.encode("utf-8", errors="backslashreplace"))  # a lone surrogate the JSON carried
 
 
 def _event(data: dict) -> Event:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
 
-from autoembed import editable, nofollow
+from autoembed import bounded, editable, nofollow
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
 from autoembed.paths import REPO_ROOT
 from autoembed.trace import Event
@@ -25,6 +26,7 @@ TRAIN_SCRIPT = REPO_ROOT / "harnesses" / "recipe.py"
 # sha256 of everything below the banner in harnesses/recipe.py; change both together, on purpose
 FIXED_ADAPTER_SHA256 = "b6dafa71f5b4f139c53e4abcfda6a464afe7e6d306f6683a8614a99c3f21117b"
 RESULT_CHARS = 6000  # tail of a command's output kept in its tool_result event
+OUTPUT_TAIL_BYTES = 1 << 20  # of train.py's output, kept in memory for its summary block
 PROGRESS_EVERY_S = 60.0
 TERM_GRACE_S = 8.0  # SIGTERM this long before the deadline if the script is still running (it saves on SIGTERM)
 
@@ -143,24 +145,26 @@ class RecipeAgent(Agent):
         return self._tool(ctx, "bash", {"command": _display(argv)}, action)
 
     def _train(self, ctx: TrialContext, argv: list[str]) -> tuple[int, str]:
-        """Run train.py with its output streamed to the raw log; SIGTERM it shortly before the deadline."""
+        """Run train.py with its output read through a pipe into the raw log (capped, lines cut past a bound) and
+        a bounded tail; SIGTERM it shortly before the deadline. The script is editable by a meta-agent: it decides
+        how much it prints, the host decides how much it keeps."""
 
         def action():
-            ctx.raw_log.parent.mkdir(parents=True, exist_ok=True)
-            start = ctx.raw_log.stat().st_size if ctx.raw_log.exists() else 0
-            with open(ctx.raw_log, "ab") as log:
-                proc = ctx.sandbox.spawn(argv, stdout=log, stderr=subprocess.STDOUT,
+            output = _Output()
+            with bounded.CappedLog(ctx.raw_log) as log:
+                proc = ctx.sandbox.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          env={"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-                returncode = self._wait(ctx, proc, start)
-            with open(ctx.raw_log, "rb") as fh:
-                fh.seek(start)
-                output = fh.read().decode("utf-8", errors="replace")
-            return returncode, output
+                reader = threading.Thread(target=bounded.pump, args=(proc.stdout, log, output.tail),
+                                          kwargs={"on_line": output.see}, daemon=True)
+                reader.start()
+                returncode = self._wait(ctx, proc, output)
+                reader.join(timeout=5)
+            return returncode, output.tail.text()
 
         return self._tool(ctx, "bash", {"command": _display(argv)}, action)
 
-    def _wait(self, ctx: TrialContext, proc: subprocess.Popen, log_start: int) -> int:
-        last_progress, offset, termed = time.time(), log_start, False
+    def _wait(self, ctx: TrialContext, proc: subprocess.Popen, output: "_Output") -> int:
+        last_progress, shown, termed = time.time(), None, False
         while proc.poll() is None:
             now = time.time()
             if not termed and now >= ctx.deadline - TERM_GRACE_S:
@@ -171,9 +175,9 @@ class RecipeAgent(Agent):
                 proc.kill()
                 break
             if now - last_progress >= PROGRESS_EVERY_S:
-                offset, line = _last_step_line(ctx.raw_log, offset)
-                if line:
-                    ctx.progress(f"recipe: {line}")
+                if output.step_line and output.step_line != shown:
+                    ctx.progress(f"recipe: {output.step_line}")
+                    shown = output.step_line
                 last_progress = now
             time.sleep(0.5)
         return proc.wait()
@@ -230,14 +234,14 @@ def parse_summary(output: str) -> dict:
     return summary
 
 
-def _last_step_line(path: Path, offset: int) -> tuple[int, str | None]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            raw = fh.read()
-    except OSError:
-        return offset, None
-    steps = [line.split("] ", 1)[-1] for line in raw.decode("utf-8", errors="replace").splitlines() if "] step " in line]
-    return offset + len(raw), (steps[-1] if steps else None)
+class _Output:
+    """What the host keeps of train.py's output: a bounded tail (its summary block, a crash) and its last step line."""
 
+    def __init__(self):
+        self.tail = bounded.Tail(OUTPUT_TAIL_BYTES)
+        self.step_line: str | None = None
 
+    def see(self, line: bounded.Line) -> None:
+        text = line.text()
+        if "] step " in text:
+            self.step_line = text.split("] ", 1)[-1][:300]

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    from autoembed import paths
+    from autoembed import paths, textsafe
     from autoembed.integrity.outcome import table
     from autoembed.integrity.suite import GROUPS, run_suite
 
@@ -41,9 +41,9 @@ def _main(args) -> int:
         raise ValueError(f"{cases} is left from an earlier audit: remove it (rm -r {cases}) or pass another --out")
     root.mkdir(parents=True, exist_ok=True)
     rows, record = run_suite(root, groups=groups, only=args.only, keep=args.keep,
-                             say=lambda line: print(line, file=sys.stderr, flush=True))
+                             say=lambda line: print(textsafe.escape(line), file=sys.stderr, flush=True))
     print(f"autoembed audit, {record['date']}, {record['machine']}, {record['seconds'] / 60:.1f} min")
-    print(table(rows))
+    print(textsafe.escape(table(rows), keep_newlines=True))  # reasons quote what the audited agents wrote
     print(record["tally"])
     print(f"records: {root / 'audit.json'}" + ("" if record["exit_code"] == 0 else f"; failed cases' trials: {cases}"))
     return record["exit_code"]

@@ -38,12 +38,12 @@ def _main(args) -> int:
         return 0
     from pathlib import Path
 
-    from autoembed import summary
+    from autoembed import summary, textsafe
 
     out = Path(args.out) if args.out else Path(args.workdir) / "score.json"
     scores = summary.headline(result, summary.load_per_query(out.parent), bootstrap=args.bootstrap)
     print("\n".join(summary.score_lines(scores)))
     print(f"seconds: {result['seconds']:.0f}")
-    for reason in result["reasons"]:
-        print(f"reason: {reason}")
+    for reason in result["reasons"]:  # findings quote the submission's file names: no control character prints
+        print(f"reason: {textsafe.escape(reason)}")
     return 0 if result["status"] == "ok" else 1

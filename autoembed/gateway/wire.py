@@ -63,9 +63,34 @@ class Wire(abc.ABC):
     def model(self, path: str, body: dict, final: dict) -> str:
         return str(final.get("model") or body.get("model") or "")
 
+    def output_limit_key(self, path: str, body: dict) -> tuple[dict, str]:
+        """(the dict, the key) that holds a generation request's cap on output tokens (the one it uses, if any)."""
+        return body, "max_tokens"
+
+    def max_output(self, path: str, body: dict):
+        """The request's cap on output tokens, as sent (None when it sets none)."""
+        holder, key = self.output_limit_key(path, body)
+        return holder.get(key)
+
+    def set_max_output(self, path: str, body: dict, limit: int) -> None:
+        holder, key = self.output_limit_key(path, body)
+        holder[key] = limit
+
+    def choices(self, path: str, body: dict):
+        """How many replies one request asks for (each up to the output cap), as sent; None for one."""
+        return None
+
+    def runs_after_reply(self, path: str, body: dict) -> bool:
+        """Whether the request asks the provider to go on working after the reply (nothing the gateway could count)."""
+        return False
+
     @abc.abstractmethod
     def usage(self, final: dict) -> Usage:
         ...
+
+    def declares_usage(self, final: dict) -> bool:
+        """Whether the reply states what it used (a stream may not: OpenAI's, without include_usage)."""
+        return isinstance(final.get("usage"), dict)
 
     @abc.abstractmethod
     def reply(self, final: dict) -> Reply:
@@ -175,6 +200,20 @@ class OpenAI(Wire):
 
     name = "openai"
 
+    def output_limit_key(self, path: str, body: dict) -> tuple[dict, str]:
+        if path.rstrip("/").endswith("responses"):
+            return body, "max_output_tokens"
+        # Chat: OpenAI itself reads max_completion_tokens (and refuses max_tokens for its reasoning models); local
+        # servers read max_tokens. A request that sets neither gets max_completion_tokens.
+        return body, "max_tokens" if "max_tokens" in body and "max_completion_tokens" not in body \
+            else "max_completion_tokens"
+
+    def choices(self, path: str, body: dict):
+        return None if path.rstrip("/").endswith("responses") else body.get("n")
+
+    def runs_after_reply(self, path: str, body: dict) -> bool:
+        return bool(body.get("background"))  # Responses in the background: generated and billed after the trial
+
     def auth_headers(self, key: str, kind: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}
 
@@ -270,9 +309,25 @@ class Gemini(Wire):
     def is_stream(self, path: str, body: dict) -> bool:
         return ":streamGenerateContent" in path
 
+    def max_output(self, path: str, body: dict):
+        config = body.get("generationConfig")
+        return config.get("maxOutputTokens") if isinstance(config, dict) else None
+
+    def choices(self, path: str, body: dict):
+        config = body.get("generationConfig")
+        return config.get("candidateCount") if isinstance(config, dict) else None
+
+    def set_max_output(self, path: str, body: dict, limit: int) -> None:
+        if not isinstance(body.get("generationConfig"), dict):
+            body["generationConfig"] = {}
+        body["generationConfig"]["maxOutputTokens"] = limit
+
     def model(self, path: str, body: dict, final: dict) -> str:
         named = path.split("/models/", 1)[1].split(":", 1)[0] if "/models/" in path else ""
         return str(final.get("modelVersion") or named)
+
+    def declares_usage(self, final: dict) -> bool:
+        return isinstance(final.get("usageMetadata"), dict)
 
     def usage(self, final: dict) -> Usage:
         raw = final.get("usageMetadata") or {}

@@ -165,6 +165,7 @@ FAULTS = {"sandbox killed": sandbox_killed, "gpu oom": gpu_oom, "disk full": dis
 
 
 # -- LLM API errors mid-trial: 429, 529, a hung call, a dropped connection ---------------------------------
+CHAOS_PRICE = "claude-audit-chaos=3,15"  # the gateway refuses a model without a price; the chaos model is given one
 KEY_HUNT = """
 import glob, json, os
 seen = [f"{k}={v}" for k, v in os.environ.items()]
@@ -201,7 +202,8 @@ def llm_faults(bench: Bench) -> list[Row]:
     hunt = f"CANARY = {KEY_CANARY[::-1]!r}[::-1]\n" + KEY_HUNT
     plan = [{"fault": "429"}, {"fault": "529"}, {"fault": "hang"}, {"fault": "drop", "text": "lost"},
             *program(hunt, name="hunt.py"), {"text": "Finished."}]
-    with ChaosUpstream(plan, hang_s=30) as upstream, _env(ANTHROPIC_API_KEY=KEY_CANARY, ANTHROPIC_BASE_URL=upstream.base_url), \
+    with ChaosUpstream(plan, hang_s=30) as upstream, \
+            _env(ANTHROPIC_API_KEY=KEY_CANARY, ANTHROPIC_BASE_URL=upstream.base_url, AUTOEMBED_PRICES=CHAOS_PRICE), \
             timed() as clock:
         try:
             result, _ = bench.scripted_trial("fault-llm-api", [], model="anthropic:claude-audit-chaos", hours=0.08)
@@ -265,7 +267,8 @@ def gateway_killed(bench: Bench) -> list[Row]:
 
     plan = [*program(SAVE_BASE, name="save.py"), {"fault": "hang"}]
     with ChaosUpstream(plan, hang_s=120) as upstream, \
-            _env(ANTHROPIC_API_KEY=KEY_CANARY, ANTHROPIC_BASE_URL=upstream.base_url), timed() as clock:
+            _env(ANTHROPIC_API_KEY=KEY_CANARY, ANTHROPIC_BASE_URL=upstream.base_url, AUTOEMBED_PRICES=CHAOS_PRICE), \
+            timed() as clock:
         thread = threading.Thread(target=stop_gateway, args=(upstream,), daemon=True)
         thread.start()
         try:

@@ -15,6 +15,11 @@ One loop, four rows:
 - spending past --max-cost: one reply's usage crosses the cap (counting the killed session's spend); the gateway
   must refuse the next call (403, max_usd), the loop drop that proposal and stop at its budget (exit 0, the reason
   in its intents), and the spend by the gateway's log be within one call of the cap.
+
+A second loop (wedge_loop), four rows of issue 18's "a loop nothing wedges": its meta-agent greps with (a+)+$,
+makes an edit over the target file's size cap and proposes POISON = 1+1+...+1 (3,000 terms); a second loop is
+started on its run folder while it runs; then the poison's row is cut (as a kill before it would) and --resume
+must check the pending poison again and go on.
 """
 
 from __future__ import annotations
@@ -93,19 +98,25 @@ kill -9 -{pgid}
 """
 
 
-def meta_loop(bench: Bench) -> list[Row]:
-    from autoembed.integrity.chaos_upstream import ChaosUpstream
-
-    folder = bench.folder("meta-loop")
-    run_dir = folder / "run"
+def loop_argv(bench: Bench, folder: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`python -m autoembed.loop` on the harness target: the LLM meta-agent through the chaos upstream, a scripted
+    task agent that saves the base model, one A/A baseline run, trials in bwrap on the fast subsets."""
     script = folder / "task_agent.json"
     save = "import shutil, task\nshutil.copytree(task.BASE_MODEL, 'final_model')\n"
     script.write_text(json.dumps([
         {"tool_calls": [{"name": "write_file", "arguments": {"path": "save.py", "content": save}}]},
         {"tool_calls": [{"name": "bash", "arguments": {"command": "python3 save.py"}}]}, {"text": "Done."}]))
-    argv = [sys.executable, "-m", "autoembed.loop", "--task", str(bench.task), "--target", "harness", "--meta", META_MODEL,
+    return [sys.executable, "-m", "autoembed.loop", "--task", str(bench.task), "--target", "harness", "--meta", META_MODEL,
             "--task-model", f"scripted:{script}", "--hours", "0.5", "--trial-hours", str(TRIAL_HOURS), "--sandbox", "bwrap",
-            "--baseline-runs", "1", "--max-iterations", "3", "--max-cost", str(MAX_COST), "--fast", "--out", str(run_dir)]
+            "--baseline-runs", "1", "--fast", "--out", str(run_dir), *extra]
+
+
+def meta_loop(bench: Bench) -> list[Row]:
+    from autoembed.integrity.chaos_upstream import ChaosUpstream
+
+    folder = bench.folder("meta-loop")
+    run_dir = folder / "run"
+    argv = loop_argv(bench, folder, run_dir, "--max-iterations", "3", "--max-cost", str(MAX_COST))
     marker = folder / "killed_mid_commit"
     start = time.perf_counter()
     with ChaosUpstream(plan(), hang_s=HANG_S) as upstream, open(folder / "loop.log", "w") as log:
@@ -303,4 +314,166 @@ def _cost_row(run_dir: Path, seen: list[dict], code: int | None, seconds: float,
     return Row(COST_ROW, ATTACK, "blocked",
                f"spent ${spent:.2f} of --max-cost ${MAX_COST:.2f} by the gateway's log over both sessions; the next call "
                f"got 403 ({refused[0].get('error', '')[:80]}); the loop stopped (exit {code}): {last_stop[:120]}",
+               seconds, evidence)
+
+
+# -- a loop nothing wedges (issue 18) -------------------------------------------------------------------------
+
+POISON_TERMS = 3000
+OVERSIZED_BYTES = 400_000  # over the target file's 256 KB cap (editable.MAX_TARGET_BYTES), under the gateway's body cap
+WEDGE_ROWS = {
+    "poison": "meta-agent proposes POISON = 1+1+...+1 (3,000 terms: RecursionError in compile), then --resume "
+              "with it pending",
+    "regex": "meta-agent's grep with a catastrophic regex ((a+)+$ against 40 a's and a '!')",
+    "oversized": "meta-agent edits the target file to 400 KB (over the 256 KB cap)",
+    "second": "a second loop started on the same run folder",
+}
+
+
+def wedge_plan() -> list[dict]:
+    """One iteration: notes that make (a+)+$ backtrack 2^40 times in Python's re, the grep, an edit over the size
+    cap, the poison edit, finish. The resumed session proposes nothing (its one iteration is the pending poison)."""
+    poison = "MAX_TOKENS = 8192\nPOISON = " + "+".join(["1"] * POISON_TERMS)
+    return [
+        {"tool_calls": [{"name": "write_notes", "arguments": {"text": "a" * 40 + "!\n"}}]},
+        {"tool_calls": [{"name": "grep", "arguments": {"pattern": "(a+)+$", "path": "notes.md"}},
+                        {"name": "edit_target", "arguments": {"old": "MAX_TOKENS = 8192",
+                                                              "new": "MAX_TOKENS = 8192\n# " + "x" * OVERSIZED_BYTES}},
+                        {"name": "edit_target", "arguments": {"old": "MAX_TOKENS = 8192", "new": poison}}]},
+        {"tool_calls": [{"name": "finish", "arguments": {"description": "a long sum"}}]},
+    ]
+
+
+def wedge_loop(bench: Bench) -> list[Row]:
+    """A real loop (LLM meta-agent scripted through its gateway, the baseline's trial in bwrap) whose meta-agent
+    greps with a catastrophic regex, makes an edit over the size cap and proposes the poison candidate; a second
+    loop is started on its folder while it runs. Then the poison's row is cut from the ledger (the state a kill
+    after its intent and before its row leaves) and the loop is resumed with the poison pending."""
+    from autoembed.integrity.chaos_upstream import ChaosUpstream
+
+    folder = bench.folder("meta-loop-wedge")
+    run_dir = folder / "run"
+    argv = loop_argv(bench, folder, run_dir, "--max-iterations", "1")
+    resume = [sys.executable, "-m", "autoembed.loop", "--resume", str(run_dir)]
+    start = time.perf_counter()
+    second = None
+    with ChaosUpstream(wedge_plan(), hang_s=HANG_S) as upstream, open(folder / "loop.log", "w") as log:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": upstream.base_url}
+        first = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if _wait_for(run_dir / "view" / "repo" / ".git" / "HEAD", first):  # the first loop holds the folder now
+            second = subprocess.run(resume, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+            second_alive = first.poll() is None
+        first_code = _wait(first)
+        first_seconds = time.perf_counter() - start
+        cut = _cut_candidate_rows(run_dir, 1)
+        resumed = subprocess.Popen(resume, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        resumed_code = _wait(resumed)
+        seen = list(upstream.seen)
+    seconds = time.perf_counter() - start
+    evidence = {"run_dir": str(run_dir), "log": str(folder / "loop.log"), "exit_codes": [first_code, resumed_code]}
+    if second is None:
+        reason = f"the first loop never made its repository (exit {first_code}); see {folder / 'loop.log'}"
+        return [Row(name, ATTACK, ERROR, reason, seconds, evidence) for name in WEDGE_ROWS.values()]
+    results = _tool_results(seen)
+    uses = next((call["tool_uses"] for call in seen if len(call.get("tool_uses") or []) == 3), [None] * 3)
+    records = consistency_problems(run_dir) + _leaked_mounts(run_dir)
+    return [_poison_row(run_dir, first_code, resumed_code, cut, records, seconds, evidence),
+            _regex_row(results.get(uses[0]), first_code, first_seconds, seconds, evidence),
+            _oversized_row(run_dir, results.get(uses[1]), seconds, evidence),
+            _second_loop_row(run_dir, second, first.pid, second_alive, first_code, seconds, evidence)]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> bool:
+    deadline = time.time() + LOOP_TIMEOUT_S
+    while time.time() < deadline and proc.poll() is None:
+        if path.is_file():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _cut_candidate_rows(run_dir: Path, number: int) -> int:
+    """The fault: drop candidate `number`'s rows from ledger.jsonl, as a kill after its intent and before its row
+    would have left it (pending: the resume checks it again). Returns how many rows were cut."""
+    path = run_dir / "ledger.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("candidate") != number]
+    path.write_text("".join(kept))
+    return len(lines) - len(kept)
+
+
+def _candidate_rows(run_dir: Path, number: int) -> list[dict]:
+    return [r for r in _rows(run_dir) if r.get("candidate") == number]
+
+
+def _poison_row(run_dir: Path, first_code: int, resumed_code: int, cut: int, records: list[str], seconds: float,
+                evidence: dict) -> Row:
+    name = WEDGE_ROWS["poison"]
+    rows = _candidate_rows(run_dir, 1)
+    problems = list(records)
+    if first_code != 0:
+        problems.append(f"the loop exited {first_code} on the poison candidate, not 0")
+    if cut != 1:
+        problems.append(f"the first session left {cut} rows for the poison candidate, not one")
+    if resumed_code != 0:
+        problems.append(f"--resume with the poison pending exited {resumed_code}, not 0")
+    if len(rows) != 1 or rows[0]["status"] != "invalid" or "RecursionError" not in rows[0]["reason"]:
+        problems.append(f"the poison's rows after the resume: {[(r['status'], r['reason'][:100]) for r in rows]}")
+    if problems:
+        return Row(name, ATTACK, "not stopped", "; ".join(problems), seconds, evidence)
+    return Row(name, ATTACK, "blocked",
+               f"the smoke check recorded it invalid ({rows[0]['reason'][:110]}) and the loop ended its iteration "
+               "(exit 0); with that row cut (a kill before it), --resume checked the pending poison again, recorded one "
+               "row and ended (exit 0); ledger, intents and git agree", seconds, evidence)
+
+
+def _regex_row(answer: str | None, first_code: int, first_seconds: float, seconds: float, evidence: dict) -> Row:
+    name = WEDGE_ROWS["regex"]
+    if answer is None:
+        return Row(name, ATTACK, "not stopped", f"the grep's result never reached the model (the loop exited "
+                                                f"{first_code} after {first_seconds:.0f} s)", seconds, evidence)
+    if answer.strip() != "no matches":
+        return Row(name, ATTACK, "not stopped", f"the grep answered {answer[:160]!r}, not 'no matches'", seconds, evidence)
+    return Row(name, ATTACK, "blocked", f"RE2 answered 'no matches' (Python's re backtracks 2^40 times on it); the "
+                                        f"whole first session, a trial included, took {first_seconds:.0f} s",
+               seconds, evidence)
+
+
+def _oversized_row(run_dir: Path, answer: str | None, seconds: float, evidence: dict) -> Row:
+    from autoembed.editable import MAX_TARGET_BYTES
+    from autoembed.meta.repo import TargetRepo
+
+    name = WEDGE_ROWS["oversized"]
+    rows = _candidate_rows(run_dir, 1)
+    try:
+        size = len(TargetRepo.open(run_dir / "view" / "repo", "harness.py").read(rows[0]["commit"]).encode()) \
+            if rows else None
+    except Exception as exc:  # noqa: BLE001 - the audit reports what it could not read
+        return Row(name, ATTACK, ERROR, f"candidate 1's file cannot be read: {exc}", seconds, evidence)
+    if answer is None or "256 KB" not in answer:
+        return Row(name, ATTACK, "not stopped", f"the edit tool answered {str(answer)[:160]!r}", seconds, evidence)
+    if size is None or size > MAX_TARGET_BYTES:
+        return Row(name, ATTACK, "not stopped", f"candidate 1's file is {size} bytes", seconds, evidence)
+    return Row(name, ATTACK, "blocked", f"refused: {answer[:150]!r}; the file stayed as it was, and the candidate "
+                                        f"committed is {size:,} bytes", seconds, evidence)
+
+
+def _second_loop_row(run_dir: Path, second: subprocess.CompletedProcess, pid: int, alive: bool, first_code: int,
+                     seconds: float, evidence: dict) -> Row:
+    name = WEDGE_ROWS["second"]
+    errors = [line for line in second.stderr.splitlines() if "error" in line]
+    problems = []
+    if second.returncode != 2:
+        problems.append(f"the second loop exited {second.returncode}, not 2")
+    if len(errors) != 1 or f"pid {pid}" not in errors[0] or str(run_dir) not in errors[0]:
+        problems.append(f"its error lines do not name pid {pid} and the folder: {errors[:3]}")
+    if not alive or first_code != 0:
+        problems.append(f"the first loop was not running through it, or did not end well (exit {first_code})")
+    if problems:
+        return Row(name, ATTACK, "not stopped" if second.returncode != 2 else ERROR, "; ".join(problems), seconds,
+                   {**evidence, "second_stderr": second.stderr[-2000:]})
+    return Row(name, ATTACK, "blocked", f"refused with exit 2: {errors[0][:200]}; the first loop went on (exit 0)",
                seconds, evidence)

@@ -51,6 +51,9 @@ def trial_verdict(meta: dict, score: dict | None, expected_codes: tuple[str, ...
         return "not detected", f"no score.json (status {meta.get('status')}): {meta.get('score_error') or meta.get('reason')}"
     reasons = score.get("reasons") or []
     hits = [r for r in reasons if r.split(":", 1)[0] in expected_codes]
+    frozen = meta.get("final_model") if isinstance(meta.get("final_model"), dict) else {}
+    if "too_large" in expected_codes and frozen.get("too_large") and "not_frozen" in (r.split(":", 1)[0] for r in reasons):
+        hits.append(frozen.get("error", "too_large"))  # refused by the freeze, before any byte was copied
     if score.get("status") in ("flagged", "broken") and score.get("scored_as") == "base_model" and hits:
         return "detected", f"score.json {score['status']}, scored as the base model: {hits[0]}"
     return "not detected", (f"score.json status {score.get('status')}, scored as {score.get('scored_as')}, "

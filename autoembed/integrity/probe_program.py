@@ -133,6 +133,42 @@ for child in children:
     child.kill()
     child.wait()
 
+# -- the host's root: who the agent is, a root-only host file, what it leaves behind, the scratch mounts --
+def be_root():
+    ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    if 0 in ids or 0 in os.getgroups():
+        return f"uid/euid/gid/egid {ids}, groups {os.getgroups()}"
+    raise PermissionError(f"not root: uid/euid/gid/egid {ids}, groups {os.getgroups()}")
+attempt("uid_inside", be_root)
+report["uid"] = [os.getuid(), os.getgid()]
+attempt("read_root_only", lambda: read(ROOT_ONLY))
+report["read_root_only_neighbour"] = os.path.exists(ROOT_ONLY_NEIGHBOUR) and read(ROOT_ONLY_NEIGHBOUR).decode()
+attempt("read_shadow", lambda: read("/etc/shadow"))
+os.makedirs("left_behind", exist_ok=True)
+LEAVE_BEHIND = ("cd left_behind && cp /bin/bash suid_bash && chmod u+s,g+s suid_bash && mkdir sgid_dir && "
+                "chmod g+s sgid_dir && mkfifo a_fifo && (mknod a_null c 1 3 2>&1; true) && ls -ln")
+report["left_behind"] = subprocess.run(["bash", "-c", LEAVE_BEHIND], capture_output=True, text=True).stdout
+import socket as _socket
+_socket.socket(_socket.AF_UNIX).bind("left_behind/a_socket")
+def scratch_sizes():
+    sizes = {}
+    for mount in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
+        st = os.statvfs(mount)
+        sizes[mount] = st.f_blocks * st.f_frsize
+    return sizes
+report["scratch_bytes"] = scratch_sizes()
+def fill_tmp():  # 64 MiB more than the mount holds, at most: a fill that stops at the size
+    written, block = 0, b"\0" * (1 << 20)
+    with open("/tmp/fill.bin", "wb") as fh:
+        while written < report["scratch_bytes"]["/tmp"] + (64 << 20):
+            fh.write(block)
+            fh.flush()
+            written += len(block)
+    return f"wrote {written >> 20} MiB"
+attempt("fill_tmp_past_its_size", fill_tmp)
+report["tmp_bytes_written"] = os.path.getsize("/tmp/fill.bin") if os.path.exists("/tmp/fill.bin") else 0
+os.remove("/tmp/fill.bin") if os.path.exists("/tmp/fill.bin") else None
+
 # -- positive controls --
 report["control_instructions"] = read("instructions.md").decode()[:40]
 report["control_shell"] = subprocess.run(["bash", "-c", "echo shell-ok"], capture_output=True, text=True).stdout

@@ -39,7 +39,8 @@ def engines() -> tuple[list[str], list[Row]]:
 
 def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[str, Callable[[], list[Row]]]]:
     """(label, thunk) per unit of work, in order; `only` keeps the units whose label holds that text."""
-    from autoembed.integrity import bad_input, cheats, clean, escape, faults, grid_case, loop_case, meta_loop_case
+    from autoembed.integrity import (bad_input, cheats, clean, escape, faults, grid_case, host_bounds, loop_case,
+                                     meta_loop_case)
 
     units: list[tuple[str, Callable[[], list[Row]]]] = []
     if "bad-input" in groups:
@@ -53,6 +54,12 @@ def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[
     if "cheats" in groups:
         for cheat in cheats.CHEATS:
             units.append((f"cheat {cheat.name}", lambda cheat=cheat: cheats.run_cheat(bench, cheat)))
+        from autoembed.integrity import gateway_case
+
+        units.append(("cheat the gateway: forbidden paths, an unpriced model, concurrent calls past the cap",
+                      lambda: gateway_case.gateway_attacks(bench)))
+        units.append(("cheat host bounds: sparse 1 TiB final_model, stderr flood, giant line, terminal control sequences",
+                      lambda: host_bounds.host_bounds(bench)))
     if "faults" in groups:
         for name, fault in faults.FAULTS.items():
             units.append((f"fault {name}", lambda fault=fault: fault(bench)))
@@ -63,6 +70,8 @@ def plan(bench: Bench, groups: tuple[str, ...], only: str | None) -> list[tuple[
         units.append(("loop killed mid-score, resumed; clean loop", lambda: loop_case.loop_killed_mid_score(bench)))
         units.append(("meta-agent loop: API errors, attacks, killed mid-commit, --max-cost",
                       lambda: meta_loop_case.meta_loop(bench)))
+        units.append(("meta-agent loop wedges: a poison candidate pending at --resume, a catastrophic regex, a 400 KB "
+                      "edit, a second loop on the folder", lambda: meta_loop_case.wedge_loop(bench)))
         units.append(("grid: a Docker engine lost mid-grid", lambda: grid_case.engine_lost_mid_grid(bench)))
     return [(label, thunk) for label, thunk in units if not only or only in label]
 

@@ -34,6 +34,7 @@ class ProposeContext:
     view_dir: Path  # the meta-agent's whole world: target repo, notes.md, ledger view, its trials' traces
     spot_check: Callable[[str], str] | None = None  # smoke-check a file's content now; returns a report
     device: str | None = None  # where trials run: "gpu" | "cpu", None when places mix both
+    deadline: float | None = None  # epoch seconds: the loop's --hours ends then; a proposal must not go on past it
 
 
 class MetaAgent(abc.ABC):

@@ -4,15 +4,21 @@ base_url + token). Its tools act only on the view folder: the run's git reposito
 trials' traces (trials/). It may edit only the target file, and only above the fixed-adapter banner.
 
 Each iteration is a fresh conversation: program.md as the system prompt, then what happened to its last
-candidates; notes.md carries what it wants to remember. Every request it sends is logged to requests.jsonl.
+candidates; notes.md carries what it wants to remember. Its conversation is logged to requests.jsonl, each turn's
+new messages once (the log grows with the conversation, not with its square).
+
+Its tools run on the host, so each is bounded: grep's regular expressions go through RE2 (linear time: no pattern
+backtracks catastrophically) over a bounded number of bytes, reads are bounded, the target file and notes.md have
+a size cap, and no turn starts past the loop's deadline (--hours).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
+
+import re2
 
 from autoembed import editable
 from autoembed.llm.base import LLM, Message, ToolSpec
@@ -23,6 +29,9 @@ from autoembed.paths import REPO_ROOT
 MAX_TURNS = 40
 READ_LIMIT = 20_000
 GREP_LIMIT = 200
+GREP_BYTES = 32 * 1024 * 1024  # grep reads at most this much of the view per call, then says it stopped
+GREP_LINE = 4096  # a line is read and searched in pieces of at most this many characters
+NOTES_LIMIT = 64 * 1024
 BRIEF_FEEDBACK = 10  # outcomes of its candidates told in an iteration's first message
 PROGRAM = REPO_ROOT / "program.md"
 
@@ -70,8 +79,11 @@ class LLMMetaAgent(MetaAgent):
         system = PROGRAM.read_text() if PROGRAM.is_file() else "Improve the target file."
         messages = [Message("user", text=self._brief(ctx, view))]
         self.pending = []
+        log = _ConversationLog(self.state_dir / "requests.jsonl", ctx.iteration, system)
         for _ in range(self.max_turns):
-            self._log(ctx.iteration, system, messages)
+            if _past(ctx.deadline):
+                break
+            log.write(messages)
             response = self.llm.complete(messages, system=system, tools=[t.spec for t in tools.values()], max_tokens=8192)
             messages.append(Message("assistant", text=response.text, tool_calls=response.tool_calls,
                                     provider_state=response.provider_state))
@@ -80,14 +92,20 @@ class LLMMetaAgent(MetaAgent):
                 continue
             for call in response.tool_calls:
                 tool = tools.get(call.name)
-                try:
-                    output = tool.run(**call.arguments) if tool else f"error: no tool {call.name!r}; tools: {sorted(tools)}"
-                except (ViewError, editable.EditableError, TypeError, OSError, re.error) as exc:
-                    output = f"error: {exc}"
+                if _past(ctx.deadline):
+                    output = "error: the loop's time (--hours) is up; this iteration ends now"
+                else:
+                    try:
+                        output = tool.run(**call.arguments) if tool else f"error: no tool {call.name!r}; tools: {sorted(tools)}"
+                    except Exception as exc:  # a tool's failure is the model's to read, never the loop's
+                        output = f"error: {type(exc).__name__}: {exc}"
                 messages.append(Message("tool", text=output, tool_call_id=call.id, name=call.name))
             if finished:
                 break
-        source = view.target.read_text()
+        log.write(messages)
+        if _past(ctx.deadline) and not finished:
+            return None  # the loop's budget ended mid-proposal: nothing to try
+        source = view.target.read_text(errors="surrogateescape")
         description = finished[0] if finished else "(the meta-agent ran out of turns without calling finish)"
         return Proposal(source, description)
 
@@ -139,12 +157,31 @@ class LLMMetaAgent(MetaAgent):
         ]
         return {t.name: t for t in tools}, finished
 
-    def _log(self, iteration: int, system: str, messages: list[Message]) -> None:
-        record = {"time": time.time(), "iteration": iteration, "system": system,
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+class _ConversationLog:
+    """requests.jsonl: one record per request, holding only the messages added since the one before (the first
+    also holds the system prompt), so the log of a 40-turn conversation is its length, not 40 copies of it.
+    The request of turn k is the concatenation of the iteration's records up to k."""
+
+    def __init__(self, path: Path, iteration: int, system: str):
+        self.path, self.iteration, self.system, self.logged = path, iteration, system, 0
+
+    def write(self, messages: list[Message]) -> None:
+        if self.logged == len(messages):
+            return
+        record = {"time": time.time(), "iteration": self.iteration, "turn_from": self.logged,
                   "messages": [{"role": m.role, "text": m.text, "tool_calls": [vars(c) for c in m.tool_calls],
-                                "name": m.name} for m in messages]}
-        with open(self.state_dir / "requests.jsonl", "a", encoding="utf-8") as fh:
+                                "name": m.name} for m in messages[self.logged:]]}
+        if self.logged == 0:
+            record["system"] = self.system
+        with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
+        self.logged = len(messages)
 
 
 class _Tool:
@@ -181,22 +218,39 @@ class View:
         target = self.path(path)
         if not target.is_file():
             raise ViewError(f"{path} is not a file")
-        text = target.read_text(errors="replace")
-        chunk = text[offset: offset + READ_LIMIT]
-        more = len(text) - offset - len(chunk)
-        return chunk + (f"\n… [{more} more characters: read again with offset={offset + len(chunk)}]" if more > 0 else "")
+        offset = max(int(offset), 0)
+        with open(target, encoding="utf-8", errors="replace") as fh:  # never more than this chunk in memory
+            if offset:
+                fh.read(offset)  # characters, as the offset counts them; read in one go, but only up to the chunk
+            chunk = fh.read(READ_LIMIT)
+            more = bool(fh.read(1))
+        return chunk + (f"\n… [more: read again with offset={offset + len(chunk)}]" if more else "")
 
     def grep(self, pattern: str, path: str = ".") -> str:
-        regex = re.compile(pattern)
+        """RE2, not Python's re: linear in the text whatever the pattern ((a+)+$ included), over at most GREP_BYTES
+        of the view."""
+        options = re2.Options()
+        options.log_errors = False
+        try:
+            regex = re2.compile(pattern, options)
+        except re2.error as exc:
+            raise ViewError(f"not a pattern RE2 takes ({exc}); RE2 has no backreferences or lookarounds") from None
         base = self.path(path)
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file() and ".git" not in p.parts)
-        hits = []
+        hits, budget = [], GREP_BYTES
         for file in files:
-            for lineno, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
-                if regex.search(line):
-                    hits.append(f"{file.relative_to(self.root)}:{lineno}: {line[:300]}")
-                    if len(hits) >= GREP_LIMIT:
-                        return "\n".join(hits) + "\n… [more matches cut]"
+            with open(file, encoding="utf-8", errors="replace") as fh:
+                lineno = 1
+                while piece := fh.readline(GREP_LINE):  # a line longer than GREP_LINE is searched in pieces
+                    budget -= len(piece)
+                    if budget < 0:
+                        return "\n".join(hits + [f"… [stopped after {GREP_BYTES // 2**20} MB of the view: "
+                                                  "give a path to search less]"])
+                    if regex.search(piece):
+                        hits.append(f"{file.relative_to(self.root)}:{lineno}: {piece.rstrip()[:300]}")
+                        if len(hits) >= GREP_LIMIT:
+                            return "\n".join(hits) + "\n… [more matches cut]"
+                    lineno += piece.endswith("\n")
         return "\n".join(hits) or "no matches"
 
     def edit_target(self, old: str, new: str) -> str:
@@ -206,9 +260,18 @@ class View:
         updated = source.replace(old, new)
         if editable.split(updated)[1] != editable.split(source)[1]:
             raise ViewError("that edit changes the fixed adapter below the banner; only the part above it may change")
-        self.target.write_text(updated)
+        editable.check_size(updated, "the target file after that edit")  # refused: the file stays as it was
+        try:
+            data = updated.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ViewError(f"that edit is not UTF-8 text ({exc.reason}); write plain text") from None
+        self.target.write_bytes(data)
         return f"edited {self.target_rel}"
 
     def write_notes(self, text: str) -> str:
-        (self.root / "notes.md").write_text(text)
+        data = str(text).encode("utf-8", "backslashreplace")
+        if len(data) > NOTES_LIMIT:
+            raise ViewError(f"notes.md would be {len(data):,} bytes, over its cap of {NOTES_LIMIT // 1024} KB: keep "
+                            "what matters")
+        (self.root / "notes.md").write_bytes(data)
         return "notes.md written"

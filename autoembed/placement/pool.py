@@ -104,7 +104,7 @@ class Pool:
             except NoPlaceLeft as exc:
                 return _record_unplaced(out, failed, str(exc))
             placement = {"place": place.name, "kind": place.kind, "gpu": gpu, "attempts": attempt, "failed": list(failed),
-                         **({"url": place.url} if hasattr(place, "url") else {})}
+                         "side_by_side": len(place.slots()), **({"url": place.url} if hasattr(place, "url") else {})}
             where = f"{place.name}" + (f" GPU {gpu}" if gpu is not None else "")
             say(f"{out.name}: attempt {attempt} on {where}")
             try:

@@ -10,13 +10,14 @@ process it started when stopped or when the deadline passes.
 from __future__ import annotations
 
 import abc
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoembed.sandbox import forwarder
+from autoembed.sandbox import forwarder, host_fit, identity
 from autoembed.sandbox.procs import read_until
 
 GATEWAY_DIR_INSIDE = "/gateway"  # where bwrap and docker mount the host folder holding the gateway's socket
@@ -36,6 +37,8 @@ class SandboxConfig:
     readonly_extra: list[Path] = field(default_factory=list)  # host paths bound read-only (e.g. a CLI's install)
     memory_gb: float | None = None
     pids_limit: int | None = 4096
+    cpus: float | None = None  # a CPU quota in cores (cgroup cpu.max / cpu.cfs_quota_us, Docker nano_cpus)
+    tmpfs_gb: dict | None = None  # size of each scratch tmpfs inside ({"/tmp": GiB, ...}); None: the engine's default
     image: str | None = None  # docker only
 
 
@@ -56,7 +59,7 @@ class Sandbox(abc.ABC):
     kind: str = "abstract"
 
     def __init__(self, config: SandboxConfig):
-        self.config = config
+        self.config = host_fit.with_host_defaults(config) if self.kind != "none" else config
 
     @property
     @abc.abstractmethod
@@ -103,6 +106,10 @@ class Sandbox(abc.ABC):
         if not self.config.gateway_socket:
             return
         try:
+            try:  # the agent is not root: the socket is made connectable by its uid, and by no other user
+                identity.grant_socket(self.config.gateway_socket, *self.ids())
+            except (OSError, identity.IdentityError) as exc:
+                raise SandboxError(f"cannot hand the gateway's socket to the sandbox uid: {exc}") from None
             self.start_forwarder()
         except SandboxError:
             self.stop()
@@ -120,6 +127,10 @@ class Sandbox(abc.ABC):
                                f"{line.strip() or 'no output'}")
         self.gateway_port = int(line.split()[1])
 
+    def ids(self) -> tuple[int, int]:
+        """(uid, gid) of every process the agent runs inside (identity.sandbox_ids for the engines)."""
+        return os.getuid(), os.getgid()
+
     def seconds_left(self) -> float:
         return self.config.deadline - time.time()
 
@@ -131,8 +142,9 @@ class Sandbox(abc.ABC):
 
     def describe(self) -> dict:
         """What the trial record says about where the agent ran."""
+        uid, gid = self.ids()
         return {"kind": self.kind, "network": "none; the LLM gateway only" if self.config.gateway_socket else "none",
-                "gateway_url": self.gateway_url, "gpus": self.config.gpus}
+                "gateway_url": self.gateway_url, "gpus": self.config.gpus, "uid": uid, "gid": gid}
 
     def __enter__(self):
         self.start()

@@ -1,13 +1,19 @@
 """bubblewrap: one long-lived sandbox per trial, entered with nsenter for every command.
 
-start() runs `bwrap ... -- python -c REAPER`: a fresh mount, PID, network, IPC, UTS, cgroup and user
-namespace whose root holds only /usr and /etc (read-only), this Python's install and the autoembed
-package (read-only, sealed/ covered by an empty tmpfs), a private /tmp, and the workdir, writable, at
+start() runs `bwrap ... -- setpriv ... python -c REAPER`: a fresh mount, PID, network, IPC, UTS and cgroup
+namespace (and a user namespace when not run by root) whose root holds only /usr and /etc (read-only), this
+Python's install and the autoembed package (read-only, sealed/ covered by an empty tmpfs), a private /tmp, and the
+workdir, writable, at
 /workdir. Its network namespace has loopback only; the LLM gateway's socket folder is bound at /gateway
 and a forwarder inside serves it on 127.0.0.1 (see base.Sandbox.start_forwarder). exec() and spawn() join those namespaces with nsenter and drop every capability with
 setpriv, so background jobs survive between calls exactly as in Docker, and killing the
 namespace's PID 1 at stop() or at the deadline kills everything the agent started, double-forked,
 setsid'd and nohup'd processes included.
+
+Run by root, bwrap makes no user namespace (a namespace made by root maps the agent to host uid 0): root sets up the
+mounts, and PID 1 and every command then become the unprivileged sandbox uid (identity.py) through setpriv, with no
+capabilities. The agent is that uid on the host: root-only files stay closed, and a set-uid file it makes is its own.
+The scratch mounts (/tmp, /var/tmp, /dev/shm, /run) have the sizes in SandboxConfig.tmpfs_gb, the cgroup a CPU quota.
 """
 
 from __future__ import annotations
@@ -25,15 +31,24 @@ import time
 from pathlib import Path
 
 from autoembed import paths
-from autoembed.sandbox import layout
+from autoembed.sandbox import identity, layout, no_userns
 from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
 from autoembed.sandbox.hidden import hidden_paths, is_within
-from autoembed.sandbox.limits import Cgroup, LimitError
+from autoembed.sandbox.limits import GIB, Cgroup, LimitError
 from autoembed.sandbox.procs import REAPER, GroupPopen, communicate_or_kill, kill_pid, read_until, wait_gone
 
 WORKDIR_INSIDE = "/workdir"
 START_TIMEOUT_S = 20.0
-DROP_PRIVILEGES = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"]
+DROP_CAPABILITIES = ["--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+# bwrap run by root (no user namespace) keeps only what setpriv needs to become the sandbox uid, then drops it
+SWITCH_USER_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+UNSHARE_ALL_BUT_USER = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+
+
+def drop_privileges(uid: int, gid: int) -> list[str]:
+    """setpriv argv that makes the caller the sandbox uid (a no-op change when it is already) with no capabilities."""
+    switch = [] if (uid, gid) == (os.getuid(), os.getgid()) else [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    return [shutil.which("setpriv") or "setpriv", *switch, *DROP_CAPABILITIES, "--"]
 
 
 class BwrapSandbox(Sandbox):
@@ -50,10 +65,14 @@ class BwrapSandbox(Sandbox):
         self._stderr = None
         self._cgroup: Cgroup | None = None
         self.limits: dict = {}  # what was enforced and what was hit, for describe()
+        self.uid, self.gid = identity.sandbox_ids()  # never 0 when run as root: the agent's host identity
 
     @property
     def workdir_inside(self) -> str:
         return WORKDIR_INSIDE
+
+    def ids(self) -> tuple[int, int]:
+        return self.uid, self.gid
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -69,11 +88,13 @@ class BwrapSandbox(Sandbox):
         if not workdir.is_dir():
             raise SandboxError(f"workdir {workdir} does not exist: seed it before starting the sandbox")
         layout.prepare_home(workdir)
+        identity.hand_over(workdir, self.uid, self.gid)
         self._make_cgroup()
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         self._stderr = tempfile.TemporaryFile()
         argv = [shutil.which("bwrap"), *self.bwrap_args(workdir), "--info-fd", str(info_w), "--",
+                *drop_privileges(self.uid, self.gid),
                 sys.executable, "-I", "-S", "-c", REAPER, repr(self.config.deadline), str(ready_w)]
         try:
             self._bwrap = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -108,22 +129,25 @@ class BwrapSandbox(Sandbox):
 
     def _make_cgroup(self) -> None:
         """Memory and process limits: a cgroup that the sandbox's PID 1 and every process entering it join."""
-        wanted = {"memory_gb": self.config.memory_gb, "pids": self.config.pids_limit}
-        self.limits = {**wanted, "enforced": False}
+        wanted = {"memory_gb": self.config.memory_gb, "pids": self.config.pids_limit, "cpus": self.config.cpus}
+        self.limits = {**wanted, "tmpfs_gb": self._tmpfs_gb(), "enforced": False}
         if not any(wanted.values()):
             return
-        cgroup = Cgroup(self.config.memory_gb, self.config.pids_limit)
+        cgroup = Cgroup(self.config.memory_gb, self.config.pids_limit, self.config.cpus)
         try:
             cgroup.create()
         except LimitError as exc:
             self.limits["not_enforced_because"] = str(exc)
             return
         self._cgroup = cgroup
-        self.limits.update(enforced=True, cgroup=cgroup.version)
+        self.limits.update(enforced=True, cgroup=cgroup.version, cpu_quota=cgroup.cpu_quota())
 
     def _join_cgroup(self) -> None:
+        """preexec_fn of bwrap and of every nsenter: into the cgroup; run by root, under the no-userns filter."""
         if self._cgroup is not None:
             self._cgroup.join()
+        if os.getuid() == 0:
+            no_userns.install()
 
     def _deadline_reached(self) -> None:
         self.stop()
@@ -168,7 +192,7 @@ class BwrapSandbox(Sandbox):
             raise SandboxError("the bwrap sandbox is not running (not started, stopped, or past its deadline)")
         inside_cwd = self._inside_cwd(cwd)
         launcher = [shutil.which("nsenter"), "--target", str(self._init_pid), "--all", "--root", "--wd",
-                    *DROP_PRIVILEGES, "env", "-C", inside_cwd, *argv]
+                    *drop_privileges(self.uid, self.gid), "env", "-C", inside_cwd, *argv]
         proc = GroupPopen(launcher, env=self._env(env), start_new_session=True, preexec_fn=self._join_cgroup,
                           **popen_kwargs)
         self._procs = [p for p in self._procs if p.poll() is None] + [proc]
@@ -193,10 +217,17 @@ class BwrapSandbox(Sandbox):
 
     # -- the sandbox's filesystem ---------------------------------------------------------------
     def bwrap_args(self, workdir: Path) -> list[str]:
-        args = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", "--as-pid-1"]
-        if _supports("--disable-userns"):
-            # A user namespace of its own, and no further ones: nothing inside can gain capabilities.
-            args += ["--unshare-user", "--disable-userns"]
+        args = ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", "--as-pid-1"]
+        if os.getuid() == 0:
+            # Run by root: no user namespace (one made by root maps the agent to host uid 0; --unshare-all would
+            # try one). Root sets up the mounts (it can read what they come from); PID 1 and every command then
+            # switch to the sandbox uid.
+            args += [*UNSHARE_ALL_BUT_USER, *(arg for cap in SWITCH_USER_CAPS for arg in ("--cap-add", cap))]
+        else:
+            args.insert(0, "--unshare-all")
+            if _supports("--disable-userns"):
+                # A user namespace of its own, and no further ones: nothing inside can gain capabilities.
+                args += ["--unshare-user", "--disable-userns"]
         for root in layout.SYSTEM_ROOTS:
             if os.path.isdir(root):
                 args += ["--ro-bind", root, root]
@@ -207,17 +238,28 @@ class BwrapSandbox(Sandbox):
                 args += ["--ro-bind", name, name]
         # The private /tmp and /run come before the runtime paths: a checkout or Python that lives under /tmp
         # (a fresh CI clone) is then mounted on top of the new tmpfs instead of being covered by it.
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", *self._gpu_args(),
-                 "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp", "--tmpfs", "/run",
-                 "--dir", "/var", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run"]
+        args += ["--proc", "/proc", "--dev", "/dev", *self._scratch("/dev/shm"), *self._gpu_args(),
+                 "--ro-bind", "/sys", "/sys", *self._scratch("/tmp"), *self._scratch("/run"),
+                 "--dir", "/var", *self._scratch("/var/tmp"), "--symlink", "../run", "/var/run"]
         args += self._mount_plan()
         args += ["--bind", str(workdir), WORKDIR_INSIDE]
         if self.config.gateway_socket:  # the gateway's socket: the only thing outside this network namespace it reaches
             args += ["--ro-bind", str(Path(self.config.gateway_socket).parent.resolve()), GATEWAY_DIR_INSIDE]
         for path in self._hiding_tmpfs():  # read-only too, once everything is mounted
             args += ["--remount-ro", str(path)]
-        args += ["--remount-ro", "/", "--chdir", WORKDIR_INSIDE]
+        # PID 1 starts in /: bwrap, root without DAC_OVERRIDE by then, may not enter the sandbox uid's 0700 workdir
+        args += ["--remount-ro", "/", "--chdir", "/"]
         return args
+
+    def _tmpfs_gb(self) -> dict:
+        return self.config.tmpfs_gb or {}
+
+    def _scratch(self, path: str) -> list[str]:
+        """A private tmpfs, of its size limit where one is set; writable by the sandbox uid (sticky, like /tmp),
+        but for /run."""
+        size = self._tmpfs_gb().get(path)
+        sized = ["--size", str(max(1 << 20, int(size * GIB)))] if size else []
+        return ["--perms", "0755" if path == "/run" else "1777", *sized, "--tmpfs", path]
 
     def visible_trees(self) -> list[Path]:
         return [*(Path(r) for r in layout.SYSTEM_ROOTS), *self._runtime_binds()]
@@ -242,15 +284,30 @@ class BwrapSandbox(Sandbox):
         is shown again."""
         plan = [(len(p.parts), 0, "bind", p) for p in self._runtime_binds()]
         plan += [(len(p.parts), 1, "hide", p) for p in self._hidden_in_view()]
+        plan += [(len(p.parts), 2, "dir", p) for p in self._folders_on_the_way()]
         args: list[str] = []
         for _, _, action, path in sorted(plan):
-            if action == "bind":
+            if action == "dir":
+                args += ["--perms", "0755", "--dir", str(path)]
+            elif action == "bind":
                 args += ["--ro-bind", str(path), str(path)]
             elif path.is_dir():
                 args += ["--tmpfs", str(path)]
             else:
                 args += ["--ro-bind", "/dev/null", str(path)]
         return args
+
+    def _folders_on_the_way(self) -> list[Path]:
+        """The folders above each runtime bind that bwrap would otherwise make mode 0700 as root: 0755 instead,
+        so the sandbox uid can reach what is bound below them (the host's own modes there stay the host's)."""
+        trees = [*self.visible_trees()]
+        scratch = {Path(p) for p in ("/", "/tmp", "/run", "/var", "/var/tmp", "/dev", "/dev/shm")}
+        found = []
+        for bind in self._runtime_binds():
+            for parent in bind.parents:
+                if parent not in scratch and not any(is_within(parent, t) for t in trees):
+                    found.append(parent)
+        return list(dict.fromkeys(found))
 
     def _gpu_args(self) -> list[str]:
         """Only the NVIDIA device nodes, never all of /dev: a bound /dev holds the raw disks, which

@@ -2,7 +2,8 @@
 
 The image (image.py) is a minimal Debian with what a trial needs and none of the hidden paths, so
 nothing hidden is there to find; the container adds only the workdir (writable, at /workdir), a read-only root,
-private tmpfs for /tmp and /run, no capabilities, no-new-privileges, memory and pid limits, and no
+private tmpfs for /tmp and /run (sized), no capabilities, no-new-privileges, memory, CPU and pid limits, the
+unprivileged sandbox uid (never root: identity.py), and no
 network: only loopback, where a forwarder serves the LLM gateway's socket (mounted at /gateway).
 PID 1 is the same reaper as in bwrap: it exits at the deadline, so the container dies on time even if the harness itself is gone.
 
@@ -24,17 +25,17 @@ import time
 import uuid
 from pathlib import Path
 
-from autoembed.sandbox import layout
+from autoembed.sandbox import identity, layout
 from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
 from autoembed.sandbox.hidden import default_hidden
 from autoembed.sandbox.image import docker_client
-from autoembed.sandbox.limits import cgroup_dirs_of, cgroup_events
+from autoembed.sandbox.limits import GIB, cgroup_dirs_of, cgroup_events
 from autoembed.sandbox.procs import REAPER
 from autoembed.sandbox.rootfs import IMAGE_PYTHON
 
 WORKDIR_INSIDE = "/workdir"
 SPAWN_MARKER = "AUTOEMBED_SPAWN"
-SHM_SIZE = "2g"  # torch DataLoader workers share tensors through /dev/shm; Docker's default is 64 MB
+SHM_SIZE = "2g"  # without a fitted size: torch DataLoader workers share tensors through /dev/shm (Docker: 64 MB)
 KILL_GRACE_S = 5.0
 
 
@@ -52,6 +53,7 @@ class DockerSandbox(Sandbox):
         self._stopped = False
         self._gpu_mode = "none"
         self._limit_events: dict | None = None
+        self.uid, self.gid = identity.sandbox_ids()
 
     @property
     def workdir_inside(self) -> str:
@@ -63,8 +65,11 @@ class DockerSandbox(Sandbox):
 
     @property
     def user(self) -> str:
-        # The host user's ids, so files the agent leaves in the workdir are the user's to delete.
-        return f"{os.getuid()}:{os.getgid()}"
+        # Never root: the dedicated sandbox uid when run as root, else the host user's own ids (identity.py)
+        return f"{self.uid}:{self.gid}"
+
+    def ids(self) -> tuple[int, int]:
+        return self.uid, self.gid
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,6 +88,7 @@ class DockerSandbox(Sandbox):
         self._client = self._client or docker_client()
         self._stream_client = docker_client(timeout=None)
         layout.prepare_home(workdir, self.python)
+        identity.hand_over(workdir, self.uid, self.gid)
         try:
             self._container = self._client.containers.run(**self.container_kwargs(workdir))
         except docker.errors.DockerException as exc:
@@ -101,8 +107,15 @@ class DockerSandbox(Sandbox):
                 volumes[str(path.resolve())] = {"bind": str(path.resolve()), "mode": "ro"}
         if self.config.gateway_socket:
             volumes[str(Path(self.config.gateway_socket).parent.resolve())] = {"bind": GATEWAY_DIR_INSIDE, "mode": "ro"}
-        tmpfs = {"/tmp": "rw,exec,mode=1777", "/var/tmp": "rw,exec,mode=1777", "/run": "rw,mode=755"}
-        mounts = []
+        sizes = {path: f",size={max(1 << 20, int(gb * GIB))}" for path, gb in (self.config.tmpfs_gb or {}).items()}
+        tmpfs = {"/tmp": "rw,exec,mode=1777" + sizes.get("/tmp", ""),
+                 "/var/tmp": "rw,exec,mode=1777" + sizes.get("/var/tmp", ""),
+                 "/run": "rw,mode=755" + sizes.get("/run", "")}
+        # The image's /root is 0700, and a --tmpfs there takes that mode: folders bound below it (a harness's
+        # staging copy) would be out of the sandbox uid's reach. An empty tmpfs volume of mode 0755 instead.
+        empty_root = docker.types.DriverConfig("local", {"type": "tmpfs", "device": "tmpfs",
+                                                         "o": "mode=0755,size=1m,nosuid,nodev"})
+        mounts = [docker.types.Mount("/root", None, type="volume", no_copy=True, driver_config=empty_root)]
         for path in self._extra_hidden():  # the defaults are not in the image at all
             if path.is_dir():
                 tmpfs[str(path)] = "ro,mode=755"
@@ -122,7 +135,7 @@ class DockerSandbox(Sandbox):
             mounts=mounts,
             read_only=True,
             tmpfs=tmpfs,
-            shm_size=SHM_SIZE,
+            shm_size=self._shm_size(),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             # no interface but loopback, always: the LLM gateway's socket (mounted at /gateway) is the way out
@@ -132,10 +145,16 @@ class DockerSandbox(Sandbox):
         if self.config.memory_gb:
             kwargs["mem_limit"] = f"{int(self.config.memory_gb * 1024)}m"
             kwargs["memswap_limit"] = kwargs["mem_limit"]
+        if self.config.cpus:
+            kwargs["nano_cpus"] = int(self.config.cpus * 1e9)
         gpu = self._gpu_kwargs()
         kwargs["mounts"] = mounts + gpu.pop("mounts", [])
         kwargs.update(gpu)
         return kwargs
+
+    def _shm_size(self) -> str:
+        size = (self.config.tmpfs_gb or {}).get("/dev/shm")
+        return str(max(1 << 20, int(size * GIB))) if size else SHM_SIZE
 
     def stop(self) -> None:
         with self._lock:
@@ -272,8 +291,8 @@ class DockerSandbox(Sandbox):
     def describe(self) -> dict:
         info = {**super().describe(), "workdir_inside": WORKDIR_INSIDE, "image": self.config.image,
                 "user": self.user, "gpu_mode": self._gpu_mode,
-                "limits": {"memory_gb": self.config.memory_gb, "pids": self.config.pids_limit, "enforced": True,
-                           "events": self._limit_events}}
+                "limits": {"memory_gb": self.config.memory_gb, "pids": self.config.pids_limit, "cpus": self.config.cpus,
+                           "tmpfs_gb": self.config.tmpfs_gb, "enforced": True, "events": self._limit_events}}
         try:
             client = self._client or docker_client()
             info["image_id"] = client.images.get(self.config.image).id
@@ -348,7 +367,7 @@ def _remove_container(client, container_id: str) -> None:
     import docker
 
     try:
-        client.api.remove_container(container_id, force=True)
+        client.api.remove_container(container_id, force=True, v=True)  # v: its anonymous /root volume too
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:

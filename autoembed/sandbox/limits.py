@@ -17,24 +17,37 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoembed.sandbox import workdir_guard
+from autoembed.sandbox import host_fit, workdir_guard
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GIB = 1024**3
+CPU_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True)
 class Limits:
     memory_gb: float | None = None
     pids: int | None = None
-    disk_gb: float | None = None
+    disk_gb: float | None = None  # clamped to the free disk when the workdir is made (host_fit.fit_disk)
+    cpus: float | None = None  # a CPU quota, in cores
+    tmpfs_gb: dict | None = None  # the size of each scratch mount inside (/tmp, /var/tmp, /dev/shm, /run)
+    fit: dict = field(default_factory=dict)  # per limit: requested, used, and why
 
     @classmethod
-    def from_spec(cls, spec) -> "Limits":
-        return cls(spec.memory_gb, spec.pids, spec.disk_gb)
+    def from_spec(cls, spec, *, concurrent: int = 1, disk_folder: Path | None = None) -> "Limits":
+        """task.toml's [limits], fitted to this machine for `concurrent` trials side by side (host_fit); the
+        workdir's size against the free disk at disk_folder (where its image will lie), when given."""
+        memory = host_fit.fit_memory(spec.memory_gb, concurrent)
+        cpus = host_fit.fit_cpus(spec.cpus, concurrent)
+        fit = {"memory_gb": memory, "cpus": cpus, "concurrent": concurrent}
+        disk = spec.disk_gb
+        if disk and disk_folder is not None:
+            fit["disk_gb"] = host_fit.fit_disk(disk, disk_folder, concurrent)
+            disk = fit["disk_gb"]["used"]
+        return cls(memory["used"], spec.pids, disk, cpus["used"], host_fit.tmpfs_sizes(memory["used"]), fit)
 
 
 class LimitError(RuntimeError):
@@ -46,8 +59,8 @@ class Cgroup:
     """A cgroup of its own for one sandbox, made where this machine allows: cgroup v2 (the unified hierarchy
     with the memory and pids controllers) or the v1 memory and pids hierarchies."""
 
-    def __init__(self, memory_gb: float | None, pids: int | None):
-        self.memory_gb, self.pids = memory_gb, pids
+    def __init__(self, memory_gb: float | None, pids: int | None, cpus: float | None = None):
+        self.memory_gb, self.pids, self.cpus = memory_gb, pids, cpus
         self.name = f"autoembed-{uuid.uuid4().hex[:12]}"
         self.dirs: list[Path] = []
         self.version: str | None = None
@@ -64,7 +77,7 @@ class Cgroup:
             raise LimitError(f"cannot make a cgroup here ({exc}); run as root, or use --sandbox docker") from None
 
     def _create_v2(self) -> None:
-        wanted = {"memory", "pids"}
+        wanted = {"memory", "pids", "cpu"} if self.cpus else {"memory", "pids"}
         if not wanted <= set((CGROUP_ROOT / "cgroup.controllers").read_text().split()):
             raise OSError(f"the cgroup v2 root lacks the {sorted(wanted)} controllers")
         enabled = set((CGROUP_ROOT / "cgroup.subtree_control").read_text().split())
@@ -79,6 +92,8 @@ class Cgroup:
                 (group / "memory.swap.max").write_text("0")
         if self.pids:
             (group / "pids.max").write_text(str(self.pids))
+        if self.cpus:
+            (group / "cpu.max").write_text(f"{int(self.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
 
     def _create_v1(self) -> None:
         memory, pids = CGROUP_ROOT / "memory" / self.name, CGROUP_ROOT / "pids" / self.name
@@ -92,6 +107,22 @@ class Cgroup:
                 (memory / "memory.memsw.limit_in_bytes").write_text(str(int(self.memory_gb * GIB)))
         if self.pids:
             (pids / "pids.max").write_text(str(self.pids))
+        if self.cpus:
+            cpu = CGROUP_ROOT / "cpu" / self.name
+            cpu.mkdir()
+            self.dirs.append(cpu)
+            (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(str(int(self.cpus * CPU_PERIOD_US)))
+
+    def cpu_quota(self) -> str | None:
+        """The quota as the kernel holds it ("<quota> <period>" in microseconds), read back."""
+        for folder in self.dirs:
+            if (folder / "cpu.max").is_file():
+                return (folder / "cpu.max").read_text().strip()
+            if (folder / "cpu.cfs_quota_us").is_file():
+                quota, period = (folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text()
+                return f"{quota.strip()} {period.strip()}"
+        return None
 
     def join(self) -> None:
         """Move the calling process into the cgroup (a Popen preexec_fn: the child joins before it execs)."""
@@ -123,7 +154,7 @@ def cgroup_events(dirs: list[Path]) -> dict[str, int]:
     """{"oom_kills": n, "pids_refused": n} from a cgroup's event counters (v1 or v2); missing counters read 0."""
     out = {"oom_kills": 0, "pids_refused": 0}
     for folder in dirs:
-        for name, key, field in (("memory.events", "oom_kills", "oom_kill"), ("memory.oom_control", "oom_kills", "oom_kill"),
+        for name, key, counter in (("memory.events", "oom_kills", "oom_kill"), ("memory.oom_control", "oom_kills", "oom_kill"),
                                  ("pids.events", "pids_refused", "max")):
             try:
                 lines = (folder / name).read_text().splitlines()
@@ -131,7 +162,7 @@ def cgroup_events(dirs: list[Path]) -> dict[str, int]:
                 continue
             for line in lines:
                 parts = line.split()
-                if len(parts) == 2 and parts[0] == field:
+                if len(parts) == 2 and parts[0] == counter:
                     out[key] = max(out[key], int(parts[1]))
     return out
 

@@ -1,4 +1,7 @@
-"""No sandbox: runs in place. Integrity is NOT structural here; it says so loudly."""
+"""No sandbox: runs in place. Integrity is NOT structural here; it says so loudly.
+
+For trusted use only: the agent runs as the user who started the trial (root, if that is root), with no limits on
+memory, CPU or scratch space; the workdir is still made inert when the trial records its limits (run.py)."""
 
 from __future__ import annotations
 

@@ -108,7 +108,8 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         _check_frozen(Path(final_model), final_model_hashes or {})
     say("audit: submission")
     with clock("audit_submission"):
-        sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device, final=final_model)
+        sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device, final=final_model,
+                                                        base=base_path)
     findings = list(sub_report["findings"])
 
     say("audit: tampering")
@@ -134,9 +135,13 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     with clock("audit_ngram_scan"):
         expected, _, _ = tampering.seeded_hashes(manifest, spec, str(base_path), workdir)
         skip = tampering.seeded_unchanged(workdir, expected) | contamination.unchanged_model_files(workdir, base_path)
-        overlap = contamination.ngram_audit(workdir, skip, indexes)
+        key = contamination.scan_key(paths.home() / "contamination", json.dumps(manifest, sort_keys=True,
+                                                                               default=str), str(workdir.resolve()))
+        overlap = contamination.ngram_audit(workdir, skip, indexes, key)
     if overlap["flagged"]:
         findings.append({"code": "contamination", "status": "flagged", "message": "; ".join(overlap["reasons"])})
+    if overlap["incomplete"]:
+        findings.append({"code": "contamination_unscanned", "status": "flagged", "message": overlap["incomplete"]})
 
     sized = {tier: _sized(tasks, spec, fast) for tier, tasks in full.items()}
     eval_kw = _eval_kw(spec, device, bootstrap, say)
@@ -217,7 +222,8 @@ def score_deferred_tiers(score_path: str | os.PathLike, final_model: Path, final
     clock = StageClock()
     full = _load_eval_data(spec, heldout_root, clock)
     say(f"evaluate: final_model on the deferred tier(s) {', '.join(deferred)}")
-    model = submission.load_submission(Path(final_model), device)
+    base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)
+    model = submission.load_submission(Path(final_model), device, base=Path(base_path))
     eval_kw = _eval_kw(spec, device, bootstrap, say)
     scored = {tier: evaluator.evaluate_model(model, _sized(full[tier], spec, fast), **eval_kw) for tier in deferred}
     per_query_path = score_path.with_name(PER_QUERY_FILE)
@@ -326,7 +332,7 @@ def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageC
     with clock("harness_data_and_base_model"):
         data_check = _check_harness_data(spec, heldout_root)
         base_path = Path(base_path or resolve_base_model(spec.base_model, spec.base_model_sha256))
-        return data_check, base_path, submission.load_submission(base_path, device)
+        return data_check, base_path, submission.load_submission(base_path, device, base=base_path)
 
 
 def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: StageClock) -> dict[str, dict]:

@@ -3,7 +3,7 @@
 Each problem is a Finding with a code, a status ("broken": the submission does not work as a model;
 "flagged": it breaks a rule) and a message that names the fix. The model is loaded only when the
 static checks pass: no pickle, no symlink leaving the workdir, sentence-transformers modules only,
-a sane size, finite weights.
+nothing named outside final_model (references.py), a sane size, finite weights.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from autoembed.sealed import references
 
 # Pickle-based formats: loading them can run code. Safetensors only.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -68,9 +70,11 @@ def escaping_symlinks(workdir: Path, limit: int = 20) -> list[tuple[str, str]]:
     return out
 
 
-def check_static(workdir: Path, base_bytes: int, final: Path | None = None) -> tuple[list[Finding], dict]:
+def check_static(workdir: Path, base_bytes: int, final: Path | None = None,
+                 base: Path | None = None) -> tuple[list[Finding], dict]:
     """Everything that can be checked without loading: returns (findings, facts). final: the submission's folder
-    (default workdir/final_model; a trial passes the copy it froze)."""
+    (default workdir/final_model; a trial passes the copy it froze). base: the base model's folder, whose own
+    references (references.outside_references) a submission may keep."""
     findings: list[Finding] = []
     facts: dict = {}
     final = Path(final) if final is not None else workdir / "final_model"
@@ -80,6 +84,13 @@ def check_static(workdir: Path, base_bytes: int, final: Path | None = None) -> t
         findings.append(Finding("symlink_outside_workdir", "flagged",
                                 f"symlinks point outside the workdir: {facts['symlinks_outside'][:5]}; "
                                 "keep every file of the submission inside the workdir"))
+    left_behind = workdir / "final_model"
+    if final != left_behind and not final.exists() and left_behind.is_dir() and not left_behind.is_symlink():
+        findings.append(Finding("not_frozen", "broken",
+                                "final_model/ was not copied out of the workdir: the freeze refused it before copying "
+                                "(meta.json final_model.error says why: over the size limit, too many files, too deep, "
+                                "or unreadable); save only the model"))
+        return findings, facts
     if final.is_symlink() or not final.is_dir():
         what = "a symlink" if final.is_symlink() else ("a file" if final.exists() else "missing")
         findings.append(Finding("missing_final_model", "broken",
@@ -116,6 +127,11 @@ def check_static(workdir: Path, base_bytes: int, final: Path | None = None) -> t
                                 f"modules.json names modules outside sentence-transformers: {unsafe}; keep the base model's modules"))
     if isinstance(modules, list) and not modules and (final / "modules.json").exists():
         findings.append(Finding("not_loadable", "broken", "modules.json is not a valid list of modules"))
+    outside = references.outside_references(final, base)
+    if outside:
+        facts["outside_references"] = outside
+        findings.append(Finding("outside_reference", "broken",
+                                f"final_model names what lies outside it, so it is not loaded: {'; '.join(outside[:5])}"))
     weights = sorted(p for p in final.rglob("*.safetensors") if p.is_file() and not p.is_symlink())
     if not weights:
         findings.append(Finding("not_loadable", "broken", "final_model/ holds no .safetensors weights; save with model.save()"))
@@ -158,12 +174,16 @@ def _nonfinite_tensors(weights: list[Path], final: Path) -> list[str] | None:
     return bad
 
 
-def load_submission(final: Path, device: str):
-    """SentenceTransformer(final_model), offline, without remote code. Raises on failure."""
+def load_submission(final: Path, device: str, base: Path | None = None):
+    """SentenceTransformer(final_model), offline, without remote code. Raises on failure, and before reading
+    anything when final names what lies outside it (base: as in check_static; the base model passes itself)."""
     from sentence_transformers import SentenceTransformer
 
     from autoembed.task.base_model import offline_env
 
+    outside = references.outside_references(Path(final), base)
+    if outside:
+        raise ValueError(f"{final} names what lies outside it: {'; '.join(outside[:5])}")
     offline_env()
     return SentenceTransformer(str(final), device=device, trust_remote_code=False, local_files_only=True)
 
@@ -185,15 +205,16 @@ def probe(model, base_dim: int) -> tuple[list[Finding], dict]:
     return findings, facts
 
 
-def check_submission(workdir: Path, base_bytes: int, base_dim: int, device: str = "cpu", final: Path | None = None):
-    """Returns (report, model or None). report: {"ok", "findings": [...], facts...}. final: as in check_static."""
+def check_submission(workdir: Path, base_bytes: int, base_dim: int, device: str = "cpu", final: Path | None = None,
+                     base: Path | None = None):
+    """Returns (report, model or None). report: {"ok", "findings": [...], facts...}. final, base: as in check_static."""
     workdir = Path(workdir)
     final = Path(final) if final is not None else workdir / "final_model"
-    findings, facts = check_static(workdir, base_bytes, final)
+    findings, facts = check_static(workdir, base_bytes, final, base)
     model = None
     if not any(f.status == "broken" for f in findings):
         try:
-            model = load_submission(final, device)
+            model = load_submission(final, device, base)
         except Exception as exc:  # noqa: BLE001 - a submission that does not load is broken, never a crash
             findings.append(Finding("not_loadable", "broken",
                                     f"SentenceTransformer('final_model') failed: {type(exc).__name__}: {str(exc)[:300]}"))

@@ -26,12 +26,16 @@ class TaskSpec:
     fast_queries: int = 200
     fast_docs: int = 1000
     max_seq_length: int = 256
-    memory_gb: float | None = None  # [limits]: the sandbox's memory, process count and workdir size
+    memory_gb: float | None = None  # [limits]: the sandbox's memory, process count and workdir size, fitted to the host
     pids: int | None = None
     disk_gb: float | None = None
+    cpus: float | None = None  # [limits] cpus: a CPU quota in cores (none: all cores but the host's headroom)
     instructions: Path | None = None
     dockerfile: Path | None = None
     extra: dict = field(default_factory=dict)
+
+
+LIMIT_KEYS = {"memory_gb", "pids", "disk_gb", "cpus"}
 
 
 def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
@@ -49,6 +53,10 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         raise ValueError(f"{root / 'task.toml'}: missing section [{exc.args[0]}]") from None
     ev = raw.get("eval", {})
     limits = raw.get("limits", {})
+    unknown = sorted(set(limits) - LIMIT_KEYS)
+    if unknown:
+        raise ValueError(f"{root / 'task.toml'}: [limits] has no setting {', '.join(unknown)}; "
+                         f"the settings are {', '.join(sorted(LIMIT_KEYS))}")
     return TaskSpec(
         name=raw.get("name", root.name),
         root=root,
@@ -68,6 +76,7 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         memory_gb=_positive(limits, "memory_gb", float, root),
         pids=_positive(limits, "pids", int, root),
         disk_gb=_positive(limits, "disk_gb", float, root),
+        cpus=_positive(limits, "cpus", float, root),
         instructions=(root / "instructions.md") if (root / "instructions.md").exists() else None,
         dockerfile=(root / "environment" / "Dockerfile") if (root / "environment" / "Dockerfile").exists() else None,
         extra={k: v for k, v in raw.items() if k not in {"name", "base_model", "dev", "pool", "eval", "budget", "limits"}},

@@ -15,9 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from autoembed import bounded
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
 from autoembed.trace import Event
 
+MAX_LINE = 4 * 2**20  # one line of the CLI's stream-json; a longer one is cut, logged as cut and not parsed
 REPROMPT = ("You have about {minutes} minutes left of your budget. Keep improving the model in final_model/ "
             "(evaluate with task.py, try another idea), and finish every process before your last message.")
 
@@ -57,7 +59,7 @@ class CliAgent(Agent):
             return AgentOutcome("crashed", f"{self.binary!r} is not on PATH: install it (see README, 'Agents')")
         env = {**ctx.env, **self.write_config(ctx, self.config_dir(ctx))}
         prompt, turns = ctx.prompt, 0
-        with open(ctx.raw_log, "ab") as raw:
+        with bounded.CappedLog(ctx.raw_log) as raw:  # what the CLI prints, up to a cap, then a line saying what was cut
             while True:
                 turns += 1
                 ctx.trace.emit(Event("user", text=prompt, source=self.name))
@@ -77,10 +79,13 @@ class CliAgent(Agent):
         timer = threading.Timer(max(0.0, ctx.deadline - time.time()), _kill, args=(ctx, proc))
         timer.start()
         try:
-            for line in iter(proc.stdout.readline, b""):
-                raw.write(line)
-                raw.flush()
-                for event in self.parse_line(line.decode("utf-8", "replace")):
+            for line in bounded.lines(proc.stdout, MAX_LINE):  # read a chunk at a time: no line is held whole
+                raw.write(line.marked())
+                if line.cut:  # a cut JSON line cannot be parsed: say so rather than guess
+                    ctx.trace.emit(Event("error", text=f"a line of {len(line.data) + line.cut} bytes from {self.binary} "
+                                                       f"was cut at {MAX_LINE} bytes and not parsed", source=self.name))
+                    continue
+                for event in self.parse_line(line.data.decode("utf-8", "replace")):
                     ctx.trace.emit(event)
                     if event.kind == "tool_call":
                         ctx.progress(f"{self.name} tool {event.tool}: {str(event.args)[:120]}")

@@ -25,8 +25,10 @@
    training data built from it, hits most items of a task.
    Files it cannot read as text are listed with the reason (binary format by its magic bytes, UTF-16
    without a mark); gzip (nested up to MAX_DECODE_DEPTH), UTF-16 with a byte-order mark and base64 text
-   are decoded and read. The scan is bounded (files, bytes, seconds); when a bound is hit the report says
-   which and lists what was left unread.
+   are decoded and read. The scan is bounded (files, bytes, seconds) and cannot be steered: it reads the
+   largest files first, then the rest in an order keyed by a harness-side secret (scan_order), so filler
+   files cannot decide what is read before a bound. A scan that still does not read everything (a bound, a
+   file read in part) says why in "incomplete", and the scorer flags it: unchecked text is never clean.
 
 The indexes are cached harness-side only (autoembed.paths.home()/contamination/).
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import itertools
 import os
 import re
@@ -58,7 +61,9 @@ MAX_FILE_BYTES = 64 * 2**20  # read at most this much of one file (decompressed)
 MAX_TOTAL_BYTES = 512 * 2**20  # and of all files together
 MAX_FILES = 50_000  # non-empty files read
 MAX_ENTRIES = 2_000_000  # directory entries looked at
-MAX_SECONDS = 120.0  # wall clock of the whole scan
+MAX_SECONDS = 600.0  # CPU time of the scanning thread, a backstop: a bound hit is flagged, so it must not depend on
+# the machine's load (61 MiB of JSONL took 122 s of wall clock at load 8.5 on 2 cores), and the byte bound should
+# bind first (1.3 MiB/s of CPU measured there: 512 MiB is ~390 s)
 BATCH_BYTES = 8 * 2**20  # texts are matched against the indexes in batches (numpy calls per batch, not per file)
 BATCH_FILES = 4096
 MAX_DECODE_DEPTH = 3  # gzip in gzip in base64 ...
@@ -121,6 +126,7 @@ class ScanReport:
     def __init__(self) -> None:
         self.scanned = 0
         self.empty = 0
+        self.listed = 0
         self.bytes_read = 0
         self.unread: Counter = Counter()
         self.unread_examples: list[dict] = []
@@ -133,33 +139,73 @@ class ScanReport:
         if len(self.unread_examples) < LISTED:
             self.unread_examples.append({"path": rel, "reason": reason, "bytes": size})
 
+    def incomplete(self) -> str | None:
+        """Why the scan did not read every text the workdir holds (None when it did): a bound, or a file read
+        only in part. Either way some text went unchecked, so the workdir cannot be called clean."""
+        parts = []
+        if self.bounded:
+            unread = self.bounded["files_unread"]
+            parts.append(f"the scan stopped at a bound ({self.bounded['reason']})" + (
+                f" with {unread} files ({self.bounded['bytes_unread'] / 2**20:.0f} MiB) unread" if unread else ""))
+        if self.truncated:
+            parts.append(f"{len(self.truncated)} files were read only in part (e.g. {self.truncated[0]})")
+        if not parts:
+            return None
+        return ("; ".join(parts) + ": text there was never checked for eval items. Leave less in the workdir (at "
+                f"most {MAX_FILES} non-empty files, {MAX_TOTAL_BYTES // 2**20} MiB of text, "
+                f"{MAX_FILE_BYTES // 2**20} MiB per file): delete copies and intermediate data")
+
     def to_dict(self) -> dict:
-        return {"files_scanned": self.scanned, "files_empty": self.empty, "bytes_read": self.bytes_read,
+        return {"files_scanned": self.scanned, "files_empty": self.empty, "files_listed": self.listed,
+                "bytes_read": self.bytes_read,
                 "files_unread": {"count": sum(self.unread.values()), "by_reason": dict(self.unread),
                                  "examples": self.unread_examples},
                 "files_decoded": self.decoded[:LISTED], "files_truncated": self.truncated[:LISTED],
-                "bounded": self.bounded,
+                "bounded": self.bounded, "incomplete": self.incomplete(), "order": SCAN_ORDER,
                 "bounds": {"max_files": MAX_FILES, "max_entries": MAX_ENTRIES, "max_seconds": MAX_SECONDS,
                            "max_total_bytes": MAX_TOTAL_BYTES, "max_file_bytes": MAX_FILE_BYTES}}
 
 
-def agent_text_files(workdir: Path, skip: set[str], report: ScanReport) -> Iterator[tuple[str, str]]:
-    """(relative path, text) of every file in workdir the scan can read as text, except the skipped (unchanged
-    seeded) ones and final_model weights. Symlinks and special files are never opened. What it cannot read,
-    and where a bound stopped it, goes into report."""
-    workdir = Path(workdir)
-    started = time.monotonic()
-    budget = MAX_TOTAL_BYTES
+SCAN_ORDER = ("largest first (up to half the file and byte bounds), then the rest in an order keyed by a "
+              "harness-side secret")
+
+
+def scan_key(home: Path, *parts: str) -> bytes:
+    """The key that orders a scan: a secret kept in home (created once, readable by its owner only; no sandbox
+    sees the harness's home) mixed with parts naming the trial (its seed manifest), so a re-score reads in the
+    same order and no agent can tell which of its files would be read before a bound."""
+    path = Path(home) / "scan.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_bytes()
+    else:
+        secret = os.urandom(32)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secret)
+    if len(secret) < 32:  # a writer side by side has not finished: wait for its bytes
+        time.sleep(0.1)
+        secret = path.read_bytes()
+    return hmac.new(secret, "\0".join(parts).encode("utf-8", "replace"), hashlib.sha256).digest()
+
+
+def list_files(workdir: Path, skip: set[str], report: ScanReport) -> list[tuple[str, int]]:
+    """(relative path, bytes) of every non-empty regular file the scan should read: all of workdir but the skipped
+    (unchanged seeded) files and final_model weights. Symlinks and special files are never opened. Past
+    MAX_ENTRIES directory entries the listing stops and report.bounded says so."""
+    out = []
     entries = 0
     for root, dirs, files in os.walk(workdir):
         dirs.sort()
         for name in sorted(files):
             entries += 1
             rel = os.path.relpath(os.path.join(root, name), workdir)
-            bound = _bound_hit(entries, report.scanned, budget, started)
-            if bound:
-                _stop(report, bound, rel)
-                return
+            if entries > MAX_ENTRIES:
+                report.bounded = {"reason": f"more than {MAX_ENTRIES} files", "first_unread": rel,
+                                  "note": "the listing stopped here: files after it (in sorted walk order) were not "
+                                          "even listed", "files_unread": None, "bytes_unread": None}
+                return out
             if rel in skip or (rel.startswith("final_model" + os.sep) and name.endswith(".safetensors")):
                 continue
             try:
@@ -172,43 +218,88 @@ def agent_text_files(workdir: Path, skip: set[str], report: ScanReport) -> Itera
             if st.st_size == 0:
                 report.empty += 1
                 continue
-            text, via, reason = _read_text(Path(root) / name, min(MAX_FILE_BYTES, budget))
-            if text is None:
-                report.not_read(rel, reason, st.st_size)
-                continue
-            report.scanned += 1
-            used = len(text.encode("utf-8", errors="replace")) if via else min(st.st_size, MAX_FILE_BYTES, budget)
-            budget -= used
-            report.bytes_read += used
-            if via:
-                report.decoded.append({"path": rel, "via": via})
-            if reason == "truncated":
-                report.truncated.append(rel)
-            yield rel, text
+            out.append((rel, st.st_size))
+    report.listed = len(out)
+    return out
 
 
-def _bound_hit(entries: int, scanned: int, budget: int, started: float) -> str | None:
-    if entries > MAX_ENTRIES:
-        return f"more than {MAX_ENTRIES} files"
+def scan_order(files: list[tuple[str, int]], key: bytes) -> list[tuple[str, int]]:
+    """The order the scan reads files in, chosen so the agent cannot pick what is read before a bound: the largest
+    files first (a copy of eval data is bulk), up to half the file and byte bounds, then all the others in an
+    order set by a keyed hash of their path (a sample across the whole tree the agent cannot predict). Files of
+    one size are ordered by the keyed hash as well, never by name."""
+    def keyed(rel: str) -> bytes:
+        return hmac.new(key, rel.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+
+    by_size = sorted(files, key=lambda f: (-f[1], keyed(f[0])))  # ties by key too, never by name
+    first, used = [], 0
+    for rel, size in by_size:
+        if len(first) >= MAX_FILES // 2 or used + min(size, MAX_FILE_BYTES) > MAX_TOTAL_BYTES // 2:
+            break
+        first.append((rel, size))
+        used += min(size, MAX_FILE_BYTES)
+    rest = by_size[len(first):]
+    rest.sort(key=lambda f: keyed(f[0]))
+    return first + rest
+
+
+def agent_text_files(workdir: Path, skip: set[str], report: ScanReport,
+                     key: bytes | None = None) -> Iterator[tuple[str, str]]:
+    """(relative path, text) of every file in workdir the scan can read as text (list_files), in scan_order under
+    key (default: a fresh random key). What it cannot read, and where a bound stopped it, goes into report."""
+    workdir = Path(workdir)
+    started = time.thread_time()
+    budget = MAX_TOTAL_BYTES
+    order = scan_order(list_files(workdir, skip, report), key or os.urandom(32))
+    for i, (rel, size) in enumerate(order):
+        bound = _bound_hit(report.scanned, budget, started)
+        if bound:
+            _stop(report, bound, order[i:])
+            return
+        text, via, reason = _read_text(workdir / rel, min(MAX_FILE_BYTES, budget))
+        if text is None:
+            report.not_read(rel, reason, size)
+            continue
+        report.scanned += 1
+        used = len(text.encode("utf-8", errors="replace")) if via else min(size, MAX_FILE_BYTES, budget)
+        budget -= used
+        report.bytes_read += used
+        if via:
+            report.decoded.append({"path": rel, "via": via})
+        if reason == "truncated":
+            report.truncated.append(rel)
+        yield rel, text
+
+
+def _bound_hit(scanned: int, budget: int, started: float) -> str | None:
     if scanned >= MAX_FILES:
         return f"{MAX_FILES} files read"
     if budget <= 0:
         return f"{MAX_TOTAL_BYTES} bytes read"
-    if entries % 256 == 0 and time.monotonic() - started > MAX_SECONDS:
-        return f"{MAX_SECONDS:.0f} s spent"
+    if time.thread_time() - started > MAX_SECONDS:
+        return f"{MAX_SECONDS:.0f} s of CPU time spent"
     return None
 
 
-def _stop(report: ScanReport, bound: str, first_unread: str) -> None:
-    report.bounded = {"reason": bound, "first_unread": first_unread,
-                      "note": "files from first_unread on (in sorted walk order) were not scanned"}
+def _stop(report: ScanReport, bound: str, unread: list[tuple[str, int]]) -> None:
+    listing = report.bounded  # the listing may have stopped first: its files were never even listed
+    report.bounded = {"reason": bound if not listing else f"{listing['reason']}; {bound}",
+                      "first_unread": unread[0][0], "files_unread": len(unread) if not listing else None,
+                      "bytes_unread": sum(size for _, size in unread),
+                      "unread_examples": [rel for rel, _ in unread[:LISTED]],
+                      "note": f"files were read in scan order ({SCAN_ORDER}); those listed were not"}
 
 
 def _read_text(path: Path, cap: int) -> tuple[str | None, str, str | None]:
-    """(text or None, how it was decoded ("" for plain text), reason: why unread, or "truncated")."""
+    """(text or None, how it was decoded ("" for plain text), reason: why unread, or "truncated"). A binary file
+    is known by its first 8 KiB and never read further."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read(cap + 1)
+            data = fh.read(min(cap + 1, 8192))
+            if b"\x00" in data and data[:2] not in (b"\x1f\x8b", b"\xff\xfe", b"\xfe\xff"):
+                return None, "", _binary_kind(data)
+            if len(data) <= cap:
+                data += fh.read(cap + 1 - len(data))
     except OSError as exc:
         return None, "", f"unreadable ({type(exc).__name__})"
     truncated = len(data) > cap
@@ -274,9 +365,12 @@ def unchanged_model_files(workdir: Path, base_path: Path) -> set[str]:
     return out
 
 
-def ngram_audit(workdir: Path, skip: set[str], indexes: Mapping[str, ngrams.NgramIndex]) -> dict:
+def ngram_audit(workdir: Path, skip: set[str], indexes: Mapping[str, ngrams.NgramIndex],
+                key: bytes | None = None) -> dict:
     """{"flagged", "reasons", <tier>: {task: {"hit", "checkable", "total"}}, "files_with_hits": [...],
-    and what the file walk read, could not read and where it was bounded (ScanReport.to_dict)}."""
+    and what the file walk read, could not read and where it was bounded (ScanReport.to_dict)}. key: orders the
+    scan (scan_key; default a fresh random one). "incomplete" says why some text went unread (flagged apart
+    by the scorer: not clean, yet no evidence of contamination)."""
     scan = ScanReport()
     hits: dict[str, set[int]] = {tier: set() for tier in indexes}
     per_file: list[dict] = []
@@ -291,7 +385,7 @@ def ngram_audit(workdir: Path, skip: set[str], indexes: Mapping[str, ngrams.Ngra
         batch.clear()
         batch_bytes = 0
 
-    for rel, text in agent_text_files(workdir, skip, scan):
+    for rel, text in agent_text_files(workdir, skip, scan, key):
         batch.append((rel, text))
         batch_bytes += len(text)
         if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:

@@ -1,4 +1,5 @@
-"""Is final_model a fine-tune of the base model? Same module stack, same parameter names and shapes,
+"""Is final_model a fine-tune of the base model? Same module stack, same architecture config (activation, eps,
+layers, widths, pooling mode, normalization: compare_architecture), same parameter names and shapes,
 every weight matrix still points the way the base's does (per-tensor cosine similarity), and the same
 tokenizer: the same vocabulary (token -> id), special tokens and normalization, checked on the loaded
 tokenizers and on probe texts (a re-ordered vocabulary with the base weights reads every text as other
@@ -17,7 +18,15 @@ from __future__ import annotations
 import torch
 
 MIN_MATRIX_COSINE = 0.5
-IGNORED_MODULES = ("Normalize",)  # no parameters; cosine-similarity retrieval does not depend on it
+IGNORED_MODULES = ("Normalize",)  # no parameters: left out of the stack and the weights, its presence compared alone
+MODULE_MAY_DIFFER = ("max_seq_length",)  # the recipe saves at the base's length, an agent may save at its own
+ARCH_MAY_DIFFER = {  # transformers config keys that act only in training, on outputs the encoder does not use, or
+    # record provenance and version (keys starting with "_", e.g. _name_or_path, are left out too)
+    "transformers_version", "dtype", "torch_dtype", "use_cache", "gradient_checkpointing", "architectures",
+    "attention_probs_dropout_prob", "hidden_dropout_prob", "classifier_dropout", "initializer_range",
+    "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id", "problem_type",
+    "tokenizer_class",  # the tokenizer itself is compared by compare_tokenizers
+}
 TOKENIZER_PROBES = (
     "How do I list the files in a directory?",
     "def parse_args(argv=None):\n    return ArgumentParser().parse_args(argv)",
@@ -65,6 +74,9 @@ def check_lineage(model, base) -> dict:
         "worst": sorted(cosines.items(), key=lambda kv: kv[1])[:5],
         "threshold": MIN_MATRIX_COSINE,
     }
+    architecture = compare_architecture(model, base)
+    report["architecture"] = architecture
+    reasons += [f"the architecture differs from the base model's: {line}" for line in architecture]
     tokenizer = compare_tokenizers(getattr(model, "tokenizer", None), getattr(base, "tokenizer", None))
     report["tokenizer"] = tokenizer
     if tokenizer["reasons"]:
@@ -77,6 +89,44 @@ def check_lineage(model, base) -> dict:
     report["flagged"] = bool(reasons)
     report["reasons"] = reasons
     return report
+
+
+def compare_architecture(model, base) -> list[str]:
+    """What differs, one line each, between the two models' architecture configs: the transformer's config as
+    loaded (activation, eps, layers, widths, heads, position embeddings...), each module's own config (pooling
+    mode, a Dense layer's activation...). The base weights under another config compute another function, so this
+    is judged apart from the weights. What may differ by design: the sequence length (the recipe trains and saves
+    at its own max_seq_length), settings that act only in training or record provenance (ARCH_MAY_DIFFER), and a
+    Normalize module (the scorer compares embeddings by cosine, so a model re-assembled without it scores the
+    same: flagging it would only catch honest agents)."""
+    lines = []
+    mods, base_mods = [m for m in model if type(m).__name__ not in IGNORED_MODULES], \
+        [m for m in base if type(m).__name__ not in IGNORED_MODULES]
+    for i, (mod, ref) in enumerate(zip(mods, base_mods)):
+        if type(mod) is not type(ref):
+            continue  # the module stack check names it
+        name = f"module {i} ({type(mod).__name__})"
+        lines += [f"{name}: {line}" for line in _diff(_module_config(mod), _module_config(ref))]
+        config, base_config = (getattr(getattr(m, "auto_model", None), "config", None) for m in (mod, ref))
+        if config is not None or base_config is not None:
+            lines += [f"{name} config: {line}" for line in _diff(_config_dict(config), _config_dict(base_config))]
+    return lines
+
+
+def _module_config(module) -> dict:
+    get = getattr(module, "get_config_dict", None)
+    config = dict(get()) if callable(get) else {}
+    return {k: v for k, v in config.items() if k not in MODULE_MAY_DIFFER}
+
+
+def _config_dict(config) -> dict:
+    body = config.to_dict() if config is not None else {}
+    return {k: v for k, v in body.items() if k not in ARCH_MAY_DIFFER and not k.startswith("_")}
+
+
+def _diff(config: dict, base_config: dict) -> list[str]:
+    return [f"{key} is {config.get(key, '(unset)')!r}, the base model's {base_config.get(key, '(unset)')!r}"
+            for key in sorted(set(config) | set(base_config), key=str) if config.get(key) != base_config.get(key)]
 
 
 def compare_tokenizers(tok, base_tok) -> dict:
