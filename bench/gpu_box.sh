@@ -34,8 +34,26 @@
 #   bash bench/gpu_box.sh cpugain-trial 0.05
 # Both at once, the CPU gain in the background on two cores the loop's trials leave mostly idle:
 #   bash bench/gpu_box.sh cpugain-bg 3,6 && bash bench/gpu_box.sh loop 20 0
+# The recipe's speed against its FLOP bound (bench/bench_recipe_gpu.py speed), the agent's task.evaluate from a new
+# process before and after the warm evaluator (bench/bench_evaluate_startup.py), and reference vs fast at the same
+# steps on validation and held-out; needs only .dev/gpupack/minilm (no wheels, no bwrap); ~8 minutes on an H100:
+#   bash bench/gpu_box.sh recipe-speed [STEPS]
+# Each lever of the recipe alone against the reference at the same wall budget (scripts of MINUTES each, scored
+# on validation and held-out; LEVERS: indices into bench_recipe_gpu.LEVERS; the reference runs in every call).
+# Seven levers do not fit one 10-minute call at 1 minute each: two calls, carrying .dev/gpupack and .whl (bm25s
+# for the BM25 miner: pip download ... -d .whl bm25s==0.3.16, as above):
+#   bash bench/gpu_box.sh recipe-levers 1 1,2,3      then      bash bench/gpu_box.sh recipe-levers 1 4,5,6
 set -x
 export PYTHONUNBUFFERED=1
+setup_light() {  # the repo importable, the base model unpacked, and the carried wheels if any; nothing else
+  SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || exit 1; fi
+  echo "$PWD" > "$SP/autoembed_repo.pth"
+  python3 scripts/packmodel.py unpack .dev/gpupack/minilm "$SP/autoembed_base_minilm" || exit 1
+  export AUTOEMBED_BASE_MODEL_DIR="$SP/autoembed_base_minilm"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c 'import torch, transformers, sentence_transformers as st; print(torch.__version__, transformers.__version__, st.__version__)'
+}
 setup() {
   SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   # into this Python's own site-packages: the host side needs them, and bwrap shows that folder read-only
@@ -122,5 +140,15 @@ cpugain-trial)
   setup || exit 1
   (time CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 taskset -c 0,1 python3 -m autoembed.cli run recipe --hours "${2:-0.05}" --sandbox bwrap) \
     2>&1 | tee "$OUT/cpugain_trial.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS]" >&2; exit 2 ;;
+recipe-speed)
+  setup_light || exit 1
+  python3 bench/bench_recipe_gpu.py speed --variants reference,fused,fused+chunks2,fused+chunks4 --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+  python3 bench/bench_evaluate_startup.py --json "$OUT/startup.json" 2>&1 | tee "$OUT/startup.log"
+  python3 bench/bench_recipe_gpu.py quality --steps "${2:-300}" --json "$OUT/quality.json" 2>&1 | tee "$OUT/quality.log"
+  timeout 150 python3 bench/bench_recipe_gpu.py speed --variants fused+chunks4+compile --json "$OUT/speed_compile.json" 2>&1 \
+    | tee "$OUT/speed_compile.log" ;;
+recipe-levers)
+  setup_light || exit 1
+  python3 bench/bench_recipe_gpu.py levers --minutes "${2:-1}" ${3:+--levers "$3"} --json "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
 esac

@@ -14,7 +14,9 @@ end, on SIGTERM/SIGINT, and when the editable part overruns the budget.
 
 The baseline method: MultipleNegativesRankingLoss (in-batch negatives) with AdamW, linear warmup and
 linear decay, bf16 autocast on a GPU, and no batch holding two pairs of one group (one source package,
-module or synset), since their positives would be false negatives for each other.
+module or synset), since their positives would be false negatives for each other. Speed knobs (fused AdamW with
+pinned batches, length chunks, torch.compile) and levers (mined hard negatives, per-source sampling weights,
+cached-gradient large batches, late-weight averaging, interpolation with the base) are there, each off.
 
 Standalone on purpose (torch, sentence-transformers and the standard library only): the recipe agent
 copies this file into the workdir as train.py and runs it inside the sandbox.
@@ -48,10 +50,44 @@ WEIGHT_DECAY = 0.01  # knob: log 1e-4..0.1
 GRAD_CLIP = 1.0  # knob: log 0.1..10
 SYMMETRIC_LOSS = False  # knob: choice False,True
 LOG_EVERY_S = 10.0
+# GPU speed, each off by default (the loop's baseline stays the reference recipe); none changes the loss.
+# FUSED_ADAMW: the fused AdamW kernel, batches in pinned memory copied without blocking, a foreach grad clip.
+# LENGTH_CHUNKS: each side of a batch (queries, documents) cut into this many chunks of similar length, each padded
+# only to its own longest text (the same embeddings, far less padding where short and long texts mix).
+# COMPILE: torch.compile the transformer (dynamic shapes); it costs a compile at the start.
+FUSED_ADAMW = False  # knob[gpu]: choice False,True
+LENGTH_CHUNKS = 1  # knob[gpu]: choice 1,2,4
+COMPILE = False  # knob[gpu]: choice False,True
+# Levers, each off by default.
+# HARD_NEGATIVES: one mined negative document per pair, from a ranking of the pool's documents for the pair's query
+# (before training; cached in .cache/ per pool and setting): the highest-ranked candidate of another group, with
+# another text, that scores below HARD_NEGATIVE_MARGIN x the positive's score (a candidate scoring near or above
+# the positive is likely a false negative). HARD_NEGATIVE_MINER: who ranks, the base model (cosine; encoding the
+# pool needs a GPU) or BM25 (bm25s, on the CPU's cores; a query whose positive is not in its top candidates gets
+# no negative, since each of them scores above the positive).
+HARD_NEGATIVES = False  # knob[gpu]: choice False,True
+HARD_NEGATIVE_MINER = "model"  # knob[gpu]: choice 'model','bm25'
+HARD_NEGATIVE_MARGIN = 0.95  # knob[gpu]: float 0.8..1.0
+HARD_NEGATIVE_DEPTH = 20  # candidates looked at per query
+# Sampling weight of each pool source (its domain): 2.0 shows its pairs twice per epoch, 0.5 half of them.
+WEIGHT_DEBIAN = 1.0  # knob: log 0.25..4.0
+WEIGHT_PYCODE = 1.0  # knob: log 0.25..4.0
+WEIGHT_WORDNET = 1.0  # knob: log 0.25..4.0
+# Cached gradients (GradCache, as sentence-transformers' CachedMultipleNegativesRankingLoss): an effective batch
+# of CACHED_BATCH_MULTIPLE x the batch size, in-batch negatives across all of it, in the memory of one batch
+# (embeddings without graph first, the loss's gradient on them, then each mini-batch again with its dropout).
+CACHED_BATCH_MULTIPLE = 1  # knob[gpu]: choice 1,2,4,8
+# Weight averaging: AVERAGE_LAST, the mean of the weights over the last share of training (every step);
+# BASE_INTERPOLATION, the saved weights are base + x (trained - base) (1.0: the trained weights, 0.0: the base's).
+AVERAGE_LAST = 0.0  # knob: float 0.0..0.5
+BASE_INTERPOLATION = 1.0  # knob: float 0.0..1.0
+GPU_LEVERS_ON_CPU = False  # the knob[gpu] levers also on a CPU (tests on tiny pools); a CPU run never needs them
 
 
-def load_pairs(path: str, limit: int | None = None) -> tuple[list[str], list[str], list[str]]:
-    """Queries, positives and groups; rows without a group form a group of their own."""
+def load_pairs(path: str, limit: int | None = None,
+               domains: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Queries, positives and groups; rows without a group form a group of their own. Each kept row's
+    domain (source) is appended to `domains` when one is given."""
     opener = gzip.open if path.endswith(".gz") else open
     queries, positives, groups = [], [], []
     with opener(path, "rt", encoding="utf-8") as fh:
@@ -70,6 +106,8 @@ def load_pairs(path: str, limit: int | None = None) -> tuple[list[str], list[str
             positives.append(positive)
             group = row.get("group")
             groups.append(f"{row.get('domain', '')}/{group}" if group is not None else f"#row{lineno}")
+            if domains is not None:
+                domains.append(str(row.get("domain", "")))
     return queries, positives, groups
 
 
@@ -115,11 +153,35 @@ def group_disjoint_batches(groups: list[str], batch_size: int, rng: random.Rando
     return batches
 
 
-def batch_stream(groups: list[str], batch_size: int, seed: int):
-    """Endless batches, epoch after epoch, each epoch shuffled anew."""
+def source_weights() -> dict[str, float]:
+    return {"debian": WEIGHT_DEBIAN, "pycode": WEIGHT_PYCODE, "wordnet": WEIGHT_WORDNET}
+
+
+def weighted_epoch(domains: list[str], weights: dict[str, float], rng: random.Random) -> list[int]:
+    """One epoch's pair indices under per-source weights: each pair of a source of weight w appears floor(w)
+    times, and once more with probability w - floor(w); a source not named keeps weight 1."""
+    chosen = []
+    for index, domain in enumerate(domains):
+        weight = weights.get(domain, 1.0)
+        copies = int(weight) + (rng.random() < weight - int(weight))
+        chosen.extend([index] * copies)
+    return chosen
+
+
+def batch_stream(groups: list[str], batch_size: int, seed: int, domains: list[str] | None = None):
+    """Endless batches, epoch after epoch, each epoch shuffled anew (sampled by source weight when any differs
+    from 1; the reference's order otherwise)."""
+    weights = source_weights()
+    weighted = domains is not None and any(w != 1.0 for w in weights.values())
     epoch = 0
     while True:
-        batches = group_disjoint_batches(groups, batch_size, random.Random(seed * 1_000_003 + epoch))
+        rng = random.Random(seed * 1_000_003 + epoch)
+        if weighted:
+            chosen = weighted_epoch(domains, weights, random.Random(seed * 7_919 + epoch))
+            batches = [[chosen[i] for i in batch]
+                       for batch in group_disjoint_batches([groups[i] for i in chosen], batch_size, rng)]
+        else:
+            batches = group_disjoint_batches(groups, batch_size, rng)
         if not batches:
             raise SystemExit(f"the pool has fewer than {batch_size} distinct groups: lower the batch size")
         yield from ((epoch, b) for b in batches)
@@ -162,16 +224,162 @@ def lr_factor(progress: float) -> float:
     return max(0.0, (1.0 - progress) / (1.0 - WARMUP_FRACTION))
 
 
-def contrastive_loss(torch, q, d):
-    """In-batch negatives: each query's positive against every other positive in the batch."""
+def contrastive_loss(torch, q, d, negatives=None):
+    """In-batch negatives: each query's positive against every other positive in the batch (and every mined
+    negative document, when there are some)."""
     q = torch.nn.functional.normalize(q.float(), dim=-1)
     d = torch.nn.functional.normalize(d.float(), dim=-1)
     scores = q @ d.T * SCALE
     labels = torch.arange(q.shape[0], device=q.device)
-    loss = torch.nn.functional.cross_entropy(scores, labels)
+    if negatives is not None and negatives.shape[0]:
+        n = torch.nn.functional.normalize(negatives.float(), dim=-1)
+        loss = torch.nn.functional.cross_entropy(torch.cat([scores, q @ n.T * SCALE], dim=1), labels)
+    else:
+        loss = torch.nn.functional.cross_entropy(scores, labels)
     if SYMMETRIC_LOSS:
         loss = (loss + torch.nn.functional.cross_entropy(scores.T, labels)) / 2
     return loss
+
+
+def length_chunks(model, texts: list[str], chunks: int, pin: bool) -> list:
+    """A side of a batch as [(positions or None, features)]: one padded batch, or `chunks` pieces of texts of
+    similar length (by characters), each padded to its own longest; positions put the rows back in order."""
+    import torch
+
+    if chunks <= 1 or len(texts) < 2 * chunks:
+        pieces = [(None, tokenize(model, texts))]
+    else:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        size = -(-len(texts) // chunks)
+        pieces = [(torch.tensor(order[s:s + size]), tokenize(model, [texts[i] for i in order[s:s + size]]))
+                  for s in range(0, len(texts), size)]
+    if pin:
+        pieces = [(pos, {k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in feats.items()})
+                  for pos, feats in pieces]
+    return pieces
+
+
+def embed(torch, model, side: list, device: str, autocast) -> "torch.Tensor":
+    """The sentence embeddings of one side of a batch, rows in the batch's order."""
+    outputs, positions = [], []
+    for pos, features in side:
+        features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in features.items()}
+        with autocast():
+            outputs.append(model(features)["sentence_embedding"])
+        positions.append(pos)
+    if len(outputs) == 1 and positions[0] is None:
+        return outputs[0]
+    order = torch.cat(positions).to(device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=device)
+    return torch.cat(outputs)[inverse]
+
+
+def mine_hard_negatives(model, queries: list[str], positives: list[str], groups: list[str], device: str,
+                        log, cache_dir: str = ".cache") -> list[int]:
+    """For each pair, the index of the pair whose positive is its hard negative (-1: none passed): the base
+    model (or BM25) ranks every positive for the query; the first of the top HARD_NEGATIVE_DEPTH from another
+    group, with another text, scoring below HARD_NEGATIVE_MARGIN x the positive's score. Cached in cache_dir."""
+    import hashlib
+    import os
+    import time
+
+    import torch
+
+    digest = hashlib.sha256(json.dumps([HARD_NEGATIVE_MINER, HARD_NEGATIVE_MARGIN, HARD_NEGATIVE_DEPTH,
+                                        model.max_seq_length, len(queries)]).encode())
+    for text in (*queries, *positives, *groups):
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    path = os.path.join(cache_dir, f"recipe-hard-negatives-{digest.hexdigest()[:24]}.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            mined = json.load(fh)
+        if len(mined) == len(queries):
+            log(f"hard negatives: {sum(m >= 0 for m in mined)} of {len(mined)} pairs, from {path}")
+            return mined
+    started = time.time()
+    depth = min(HARD_NEGATIVE_DEPTH + 1, len(positives))
+    if HARD_NEGATIVE_MINER == "bm25":
+        rankings = bm25_rankings(queries, positives, depth)
+    else:
+        rankings = model_rankings(torch, model, queries, positives, device, depth)
+    mined = []
+    for i, (candidates, cand_scores, positive_score) in enumerate(rankings):
+        limit = HARD_NEGATIVE_MARGIN * positive_score if positive_score is not None else float("-inf")
+        mined.append(next((j for j, s in zip(candidates, cand_scores) if j != i and groups[j] != groups[i]
+                           and positives[j] != positives[i] and s < limit), -1))
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(mined, fh)
+    os.replace(tmp, path)
+    log(f"hard negatives: {sum(m >= 0 for m in mined)} of {len(mined)} pairs mined in {time.time() - started:.1f}s")
+    return mined
+
+
+def model_rankings(torch, model, queries: list[str], positives: list[str], device: str, depth: int):
+    """(top positives, their cosines, the pair's own positive's cosine) per query, by the model as it is now."""
+    was_training = model.training
+    model.eval()
+    with torch.autocast(device_type="cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                        enabled=str(device).startswith("cuda")):
+        q = model.encode(queries, batch_size=512, convert_to_tensor=True, normalize_embeddings=True).float()
+        d = model.encode(positives, batch_size=512, convert_to_tensor=True, normalize_embeddings=True).float()
+    model.train(was_training)
+    positive_scores = (q * d).sum(dim=1).tolist()
+    for start in range(0, len(queries), 2048):
+        scores, top = (q[start:start + 2048] @ d.T).topk(depth, dim=1)
+        for row, (cand_scores, candidates) in enumerate(zip(scores.tolist(), top.tolist())):
+            yield candidates, cand_scores, positive_scores[start + row]
+
+
+def bm25_rankings(queries: list[str], positives: list[str], depth: int):
+    """(top positives, their BM25 scores, the pair's own positive's score, or None when it is not among them)."""
+    import os
+
+    try:
+        import bm25s
+    except ImportError:
+        raise SystemExit("HARD_NEGATIVE_MINER = 'bm25' needs the bm25s package, which this environment lacks: "
+                         "use 'model'") from None
+    retriever = bm25s.BM25(method="lucene")
+    retriever.index(bm25s.tokenize(positives, stopwords="en", return_ids=False, show_progress=False),
+                    show_progress=False)
+    top, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False),
+                                     k=depth, show_progress=False, n_threads=os.cpu_count() or 1)
+    for i, (candidates, cand_scores) in enumerate(zip(top.tolist(), scores.tolist())):
+        own = next((s for j, s in zip(candidates, cand_scores) if j == i), None)
+        yield candidates, cand_scores, own
+
+
+class WeightAverage:
+    """The running mean of the parameters over the steps it is given (AVERAGE_LAST)."""
+
+    def __init__(self, torch, params):
+        self.torch, self.params, self.mean, self.count = torch, params, None, 0
+
+    def update(self) -> None:
+        with self.torch.no_grad():
+            if self.mean is None:
+                self.mean = [p.detach().clone() for p in self.params]
+            else:
+                self.torch._foreach_lerp_(self.mean, [p.detach() for p in self.params], 1.0 / (self.count + 1))
+        self.count += 1
+
+    def apply(self) -> None:
+        if self.mean is not None:
+            with self.torch.no_grad():
+                for p, m in zip(self.params, self.mean):
+                    p.copy_(m)
+
+
+def interpolate_with_base(torch, model, base_state: dict, factor: float) -> None:
+    """Set each floating-point weight to base + factor x (trained - base)."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            base = base_state.get(name)
+            if base is not None and tensor.is_floating_point():
+                tensor.copy_(torch.lerp(base.to(tensor.device, tensor.dtype), tensor, factor))
 
 
 def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -195,67 +403,147 @@ def device_settings(on_gpu: bool) -> dict:
 
 def train(run) -> dict:
     """Train run.model in place until run.should_stop(step) gives a reason; return the summary's numbers."""
+    import contextlib
     import math
     import time
 
     import torch
 
     model, device = run.model, run.device
-    queries, positives, groups = load_pairs(run.pool, run.pool_limit)
+    domains: list[str] = []
+    queries, positives, groups = load_pairs(run.pool, run.pool_limit, domains)
     settings = device_settings(run.on_gpu)
     base_lr, max_seq_length = settings["lr"], settings["max_seq_length"]
     batch_size = min(settings["batch_size"], len(set(groups)))
+    gpu_levers = run.on_gpu or GPU_LEVERS_ON_CPU
+    multiple = max(1, min(CACHED_BATCH_MULTIPLE, len(set(groups)) // batch_size)) if gpu_levers else 1
+    fast = gpu_levers and FUSED_ADAMW
+    chunks = LENGTH_CHUNKS if gpu_levers else 1
     run.log(f"pool: {len(queries)} pairs in {len(set(groups))} groups from {run.pool}")
     model.max_seq_length = max_seq_length
+    base_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                  if BASE_INTERPOLATION < 1.0 else None)
+    negatives = (mine_hard_negatives(model, queries, positives, groups, device, run.log)
+                 if HARD_NEGATIVES and gpu_levers else None)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=WEIGHT_DECAY)
-    run.log(f"batch {batch_size}, lr {base_lr}, max {max_seq_length} tokens, autocast {settings['autocast_dtype']}, "
+    optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=WEIGHT_DECAY,
+                                  **({"fused": True} if fast else {}))
+    if COMPILE and run.on_gpu:
+        model[0].auto_model.compile(dynamic=True)
+    average = WeightAverage(torch, [p for p in model.parameters() if p.requires_grad]) if AVERAGE_LAST > 0 else None
+    run.log(f"batch {batch_size}" + (f" x {multiple} (cached gradients)" if multiple > 1 else "")
+            + f", lr {base_lr}, max {max_seq_length} tokens, autocast {settings['autocast_dtype']}, "
             f"{run.seconds_left() / 60:.2f} min to train" + (f", at most {run.max_steps} steps" if run.max_steps else ""))
 
+    def side(texts):
+        return length_chunks(model, texts, chunks, pin=fast and run.on_gpu)
+
     def batches():
-        for epoch, indices in batch_stream(groups, batch_size, run.seed):
-            yield epoch, tokenize(model, [queries[i] for i in indices]), tokenize(model, [positives[i] for i in indices])
+        for epoch, indices in batch_stream(groups, batch_size * multiple, run.seed,
+                                           domains if len(domains) == len(groups) else None):
+            mini = []
+            for s in range(0, len(indices), batch_size):
+                part = indices[s:s + batch_size]
+                negative_texts = ([positives[negatives[i]] for i in part if negatives[i] >= 0]
+                                  if negatives is not None else [])
+                mini.append((side([queries[i] for i in part]), side([positives[i] for i in part]),
+                             side(negative_texts) if negative_texts else None))
+            yield epoch, mini
+
+    def autocast():
+        return torch.autocast(device_type="cuda" if run.on_gpu else "cpu", dtype=torch.bfloat16,
+                              enabled=settings["autocast_dtype"] is not None)
+
+    def forward(q_side, d_side, n_side):
+        return (embed(torch, model, q_side, device, autocast), embed(torch, model, d_side, device, autocast),
+                embed(torch, model, n_side, device, autocast) if n_side is not None else None)
+
+    def rng_state():
+        return torch.get_rng_state(), (torch.cuda.get_rng_state() if run.on_gpu else None)
+
+    @contextlib.contextmanager
+    def replay(state):
+        """Run with the RNG as it was (the same dropout masks as the first pass), then go on from where it was."""
+        now = rng_state()
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1])
+        try:
+            yield
+        finally:
+            torch.set_rng_state(now[0])
+            if now[1] is not None:
+                torch.cuda.set_rng_state(now[1])
+
+    def cached_step(mini):
+        """GradCache: embeddings of every mini-batch without a graph, the loss and its gradient on them, then
+        each mini-batch's forward again (same dropout) and backward from those gradients."""
+        states, parts = [], []
+        with torch.no_grad():
+            for q_side, d_side, n_side in mini:
+                states.append(rng_state())
+                parts.append(forward(q_side, d_side, n_side))
+        leaves = [[t.detach().requires_grad_() if t is not None else None for t in part] for part in parts]
+        q_all = torch.cat([part[0] for part in leaves])
+        d_all = torch.cat([part[1] for part in leaves])
+        n_list = [part[2] for part in leaves if part[2] is not None]
+        loss = contrastive_loss(torch, q_all, d_all, torch.cat(n_list) if n_list else None)
+        loss.backward()
+        for (q_side, d_side, n_side), state, part in zip(mini, states, leaves):
+            with replay(state):
+                outs = forward(q_side, d_side, n_side)
+            pairs = [(o, leaf.grad) for o, leaf in zip(outs, part) if o is not None]
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        return loss.detach(), q_all.shape[0]
 
     stream = prefetch(batches())
     train_start = time.time()
     step, pairs_seen, epoch, last_log, losses = 0, 0, 0, 0.0, []
-    while True:
-        stop_reason = run.should_stop(step)
-        if stop_reason:
-            break
-        progress = max(run.progress(), step / run.max_steps if run.max_steps else 0.0)
-        lr = base_lr * lr_factor(min(progress, 1.0))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        while True:
+            stop_reason = run.should_stop(step)
+            if stop_reason:
+                break
+            progress = max(run.progress(), step / run.max_steps if run.max_steps else 0.0)
+            lr = base_lr * lr_factor(min(progress, 1.0))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        epoch, q_features, d_features = next(stream)
-        q_features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in q_features.items()}
-        d_features = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in d_features.items()}
-        with torch.autocast(device_type="cuda" if run.on_gpu else "cpu", dtype=torch.bfloat16,
-                            enabled=settings["autocast_dtype"] is not None):
-            q = model(q_features)["sentence_embedding"]
-            d = model(d_features)["sentence_embedding"]
-        loss = contrastive_loss(torch, q, d)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
-        step += 1
-        pairs_seen += q.shape[0]
+            epoch, mini = next(stream)
+            optimizer.zero_grad(set_to_none=True)
+            if multiple > 1:
+                loss, pairs = cached_step(mini)
+            else:
+                q, d, n = forward(*mini[0])
+                loss = contrastive_loss(torch, q, d, n)
+                loss.backward()
+                pairs = q.shape[0]
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP, **({"foreach": True} if fast else {}))
+            optimizer.step()
+            step += 1
+            pairs_seen += pairs
+            if average is not None and progress >= 1.0 - AVERAGE_LAST:
+                average.update()
 
-        if step == 1 or time.time() - last_log >= LOG_EVERY_S or step == run.max_steps:
-            loss_value = loss.item()  # the only host sync: keep it to the log lines
-            if not math.isfinite(loss_value):
-                raise SystemExit(f"loss became {loss_value} at step {step}: lower LR")
-            losses.append(loss_value)
-            last_log = time.time()
-            rate = pairs_seen / max(last_log - train_start, 1e-6)
-            rate_text = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
-            run.log(f"step {step} | epoch {epoch} | loss {loss_value:.4f} | lr {lr:.2e} | {rate_text} pairs/s | "
-                    f"{max(0.0, run.seconds_left()) / 60:.1f} min left")
+            if step == 1 or time.time() - last_log >= LOG_EVERY_S or step == run.max_steps:
+                loss_value = loss.item()  # the only host sync: keep it to the log lines
+                if not math.isfinite(loss_value):
+                    raise SystemExit(f"loss became {loss_value} at step {step}: lower LR")
+                losses.append(loss_value)
+                last_log = time.time()
+                rate = pairs_seen / max(last_log - train_start, 1e-6)
+                rate_text = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
+                run.log(f"step {step} | epoch {epoch} | loss {loss_value:.4f} | lr {lr:.2e} | {rate_text} pairs/s | "
+                        f"{max(0.0, run.seconds_left()) / 60:.1f} min left")
+    finally:  # also when the adapter stops an overrunning loop: save the averaged / interpolated weights
+        if average is not None:
+            average.apply()
+        if base_state is not None:
+            interpolate_with_base(torch, model, base_state, BASE_INTERPOLATION)
     model.eval()
     return {"stop_reason": stop_reason, "steps": step, "pairs_seen": pairs_seen,
-            "epochs": f"{pairs_seen / max(len(queries), 1):.3f}", "batch_size": batch_size,
+            "epochs": f"{pairs_seen / max(len(queries), 1):.3f}", "batch_size": batch_size * multiple,
             "last_loss": f"{losses[-1] if losses else float('nan'):.4f}",
             "train_seconds": f"{time.time() - train_start:.1f}"}
 

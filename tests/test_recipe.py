@@ -3,6 +3,7 @@ recipe agent end to end in the `none` sandbox."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import json
@@ -349,3 +350,316 @@ def test_recipe_raises_dev_ndcg_on_cpu(tmp_path):
     print("before", {n: round(r["ndcg@10"], 4) for n, r in before["tasks"].items()}, round(before["mean"]["ndcg@10"], 4))
     print("after ", {n: round(r["ndcg@10"], 4) for n, r in after["tasks"].items()}, round(after["mean"]["ndcg@10"], 4))
     assert after["mean"]["ndcg@10"] > before["mean"]["ndcg@10"] + 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# The levers (each off by default; tiny, on CPU, through GPU_LEVERS_ON_CPU for the GPU-only ones)
+# ---------------------------------------------------------------------------------------------
+
+
+LEVERS_OFF = {"FUSED_ADAMW": False, "LENGTH_CHUNKS": 1, "COMPILE": False, "HARD_NEGATIVES": False,
+              "WEIGHT_DEBIAN": 1.0, "WEIGHT_PYCODE": 1.0, "WEIGHT_WORDNET": 1.0, "CACHED_BATCH_MULTIPLE": 1,
+              "AVERAGE_LAST": 0.0, "BASE_INTERPOLATION": 1.0}
+
+
+def test_every_lever_is_a_knob_and_off_by_default():
+    from autoembed import editable
+
+    knobs = {k.name: k for k in editable.knobs(TRAIN_SCRIPT.read_text())}
+    assert {name: knobs[name].value for name in LEVERS_OFF} == LEVERS_OFF
+    for name in ("FUSED_ADAMW", "LENGTH_CHUNKS", "COMPILE", "HARD_NEGATIVES", "HARD_NEGATIVE_MINER", "HARD_NEGATIVE_MARGIN",
+                 "CACHED_BATCH_MULTIPLE"):
+        assert knobs[name].device == "gpu", name  # a CPU search never turns them
+    assert recipe_train.GPU_LEVERS_ON_CPU is False
+
+
+class FakeRun:
+    """What the adapter hands train(): a model on the CPU, a step budget, no clock."""
+
+    def __init__(self, model, pool: Path, steps: int, seed: int = 0):
+        self.model, self.device, self.on_gpu = model, "cpu", False
+        self.pool, self.pool_limit, self.seed, self.max_steps = str(pool), None, seed, steps
+        self.logs: list[str] = []
+
+    def log(self, msg):
+        self.logs.append(msg)
+
+    def seconds_left(self):
+        return 600.0
+
+    def progress(self):
+        return 0.0
+
+    def should_stop(self, step):
+        return "max_steps" if step >= self.max_steps else None
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(base_model_path()), device="cpu")
+
+
+def _fresh_model(tiny_model, dropout: bool = True):
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_model)
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    return model
+
+
+def _lever_recipe(monkeypatch, **knobs):
+    recipe = fresh_recipe()
+    for name, value in {"GPU_LEVERS_ON_CPU": True, "CPU_BATCH_SIZE": 4, "CPU_MAX_SEQ_LENGTH": 24, **knobs}.items():
+        monkeypatch.setattr(recipe, name, value)
+    return recipe
+
+
+def test_base_interpolation_zero_saves_the_base_weights_and_one_the_trained(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    pool = write_pool(tmp_path / "pool.jsonl.gz", n=40)
+    base = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    trained = {}
+    for factor in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        recipe = _lever_recipe(monkeypatch, BASE_INTERPOLATION=factor)
+        model = _fresh_model(tiny_model)
+        summary = recipe.train(FakeRun(model, pool, steps=2))
+        assert summary["steps"] == 2
+        trained[factor] = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(trained[0.0][k], base[k]) for k in base)  # exactly the base model
+    assert not all(torch.equal(trained[1.0][k], base[k]) for k in base)
+    # the same 2 steps (seeded), so 0.5 sits halfway between the base and the trained weights
+    for k in base:
+        if base[k].is_floating_point():
+            assert torch.allclose(trained[0.5][k], (base[k] + trained[1.0][k]) / 2, atol=1e-6), k
+
+
+def test_weight_average_is_the_mean_of_the_steps_it_saw():
+    import torch
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    average = recipe_train.WeightAverage(torch, [p])
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            p.fill_(value)
+        average.update()
+    average.apply()
+    assert torch.allclose(p.detach(), torch.full((3,), 3.0))
+
+
+def test_average_last_changes_what_is_saved(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    pool = write_pool(tmp_path / "pool.jsonl.gz", n=40)
+    saved = {}
+    for share in (0.0, 0.5):
+        torch.manual_seed(0)
+        recipe = _lever_recipe(monkeypatch, AVERAGE_LAST=share)
+        model = _fresh_model(tiny_model)
+        recipe.train(FakeRun(model, pool, steps=4))
+        saved[share] = model[0].auto_model.encoder.layer[0].attention.self.query.weight.detach().clone()
+    assert not torch.equal(saved[0.0], saved[0.5])
+
+
+def test_source_weights_resample_each_source_and_keep_batches_group_disjoint():
+    domains = ["debian"] * 100 + ["pycode"] * 100 + ["wordnet"] * 100
+    chosen = recipe_train.weighted_epoch(domains, {"debian": 2.0, "pycode": 0.5}, random.Random(0))
+    counts = Counter(domains[i] for i in chosen)
+    assert counts["debian"] == 200 and counts["wordnet"] == 100 and 30 <= counts["pycode"] <= 70
+    assert recipe_train.weighted_epoch(domains, {}, random.Random(0)) == list(range(300))
+
+    recipe = fresh_recipe()
+    recipe.WEIGHT_DEBIAN, recipe.WEIGHT_WORDNET = 3.0, 0.25
+    groups = [f"{d}/g{i % 40}" for i, d in enumerate(domains)]
+    stream = recipe.batch_stream(groups, 8, seed=0, domains=domains)
+    seen = Counter()
+    for _ in range(60):
+        _, batch = next(stream)
+        assert len({groups[i] for i in batch}) == len(batch)
+        seen.update(domains[i] for i in batch)
+    assert seen["debian"] > 4 * seen["wordnet"]
+
+
+def test_length_chunks_give_the_same_embeddings_in_the_batch_order(tiny_model):
+    import torch
+
+    model = _fresh_model(tiny_model).eval()
+    texts = ["short", "a much longer text about apt packages and the kernel " * 3, "mid length text here",
+             "x", "another fairly long sentence about python modules and sockets", "tiny one", "y z", "w"]
+    whole = recipe_train.length_chunks(model, texts, 1, pin=False)
+    parts = recipe_train.length_chunks(model, texts, 4, pin=False)
+    assert len(whole) == 1 and len(parts) == 4
+    assert max(f["input_ids"].shape[1] for _, f in parts[:2]) < whole[0][1]["input_ids"].shape[1]  # less padding
+    with torch.no_grad():
+        a = recipe_train.embed(torch, model, whole, "cpu", contextlib.nullcontext)
+        b = recipe_train.embed(torch, model, parts, "cpu", contextlib.nullcontext)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cached_gradients_equal_the_full_batch_gradient(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    pool = write_pool(tmp_path / "pool.jsonl.gz", n=60)
+    grads = {}
+    for batch, multiple in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        recipe = _lever_recipe(monkeypatch, CPU_BATCH_SIZE=batch, CACHED_BATCH_MULTIPLE=multiple)
+        model = _fresh_model(tiny_model, dropout=False)
+        summary = recipe.train(FakeRun(model, pool, steps=1))
+        assert summary["batch_size"] == 8
+        grads[multiple] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[1].keys() == grads[2].keys() and grads[1]
+    for name in grads[1]:
+        assert torch.allclose(grads[1][name], grads[2][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_hard_negatives_are_other_groups_pass_the_margin_and_are_cached(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    model = _fresh_model(tiny_model)
+    model.max_seq_length = 32
+    pool = write_pool(tmp_path / "pool.jsonl.gz", n=60)
+    queries, positives, groups = recipe_train.load_pairs(str(pool))
+    recipe = _lever_recipe(monkeypatch, HARD_NEGATIVE_MARGIN=0.9)
+    mined = recipe.mine_hard_negatives(model, queries, positives, groups, "cpu", print, cache_dir=str(tmp_path / "c"))
+    assert len(mined) == len(queries) and sum(m >= 0 for m in mined) > len(mined) // 4
+    q = model.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
+    d = model.encode(positives, convert_to_tensor=True, normalize_embeddings=True)
+    for i, j in enumerate(mined):
+        if j >= 0:
+            assert j != i and groups[j] != groups[i] and positives[j] != positives[i]
+            assert float(q[i] @ d[j]) < 0.9 * float(q[i] @ d[i]) + 1e-4  # below the margin
+    monkeypatch.setattr(model, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
+    assert recipe.mine_hard_negatives(model, queries, positives, groups, "cpu", print,
+                                      cache_dir=str(tmp_path / "c")) == mined
+
+    # and training with them: every pair with a negative adds a document column
+    monkeypatch.chdir(tmp_path)
+    recipe = _lever_recipe(monkeypatch, HARD_NEGATIVES=True, HARD_NEGATIVE_MARGIN=0.9)
+    torch.manual_seed(0)
+    run = FakeRun(_fresh_model(tiny_model), pool, steps=2)
+    assert recipe.train(run)["steps"] == 2
+    assert any("hard negatives:" in line for line in run.logs) and list((tmp_path / ".cache").glob("recipe-hard-negatives-*"))
+
+
+def test_contrastive_loss_with_negatives_adds_columns():
+    import torch
+
+    q, d = torch.eye(3), torch.eye(3)
+    plain = recipe_train.contrastive_loss(torch, q, d)
+    harder = recipe_train.contrastive_loss(torch, q, d, torch.eye(3))  # each query's negative = its positive
+    assert harder > plain and torch.equal(recipe_train.contrastive_loss(torch, q, d, torch.empty(0, 3)), plain)
+
+
+RECIPE_FLOOD = r'''
+import os as _os
+def _put(data):
+    view = memoryview(data)
+    while view:
+        view = view[_os.write(1, view):]
+for _ in range(300):  # a 300 MB line with no newline, then 60 MB of short lines and a fake step line
+    _put(b"x" * 2 ** 20)
+_put(b"\n")
+for _ in range(60 * 1024):
+    _put(b"y" * 1023 + b"\n")
+_put(b"[0:01] step 7 | loss \x1b]0;title\x07 0.5\n")
+raise SystemExit(5)
+'''
+
+
+def test_recipe_output_is_read_within_bounds(tmp_path):
+    """A recipe (editable by the loop's meta-agent) prints a 300 MB newline-less line and a 60 MB flood: the host
+    reads its pipe a chunk at a time, agent.log stops at its cap and says how much was cut, and the host process
+    stays flat in memory."""
+    import threading
+
+    from autoembed import bounded
+    from autoembed.agents.base import TrialContext
+    from autoembed.agents.recipe import RecipeAgent
+    from autoembed.sandbox.base import SandboxConfig
+    from autoembed.sandbox.none import NoSandbox
+    from autoembed.task.seed import POOL_FILE
+    from autoembed.trace import TraceWriter
+
+    recipe = tmp_path / "flood_recipe.py"
+    head, future, rest = TRAIN_SCRIPT.read_text().partition("from __future__ import annotations\n")
+    recipe.write_text(head + future + RECIPE_FLOOD + rest)
+    workdir, run_dir = tmp_path / "workdir", tmp_path / "run"
+    (workdir / POOL_FILE).parent.mkdir(parents=True)
+    (workdir / POOL_FILE).write_bytes(b"")
+    deadline = time.time() + 300
+    box = NoSandbox(SandboxConfig(workdir=workdir, deadline=deadline))
+    ctx = TrialContext(workdir=workdir, sandbox=box, deadline=deadline, prompt="", model=None,
+                       trace=TraceWriter(run_dir / "trace.jsonl", source="recipe"), raw_log=run_dir / "agent.log",
+                       run_dir=run_dir, progress=lambda line: None, base_model=str(base_model_path()))
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before, samples, done = rss(), [], threading.Event()
+    sampler = threading.Thread(target=lambda: [samples.append(rss()) for _ in iter(lambda: done.wait(0.02), True)])
+    sampler.start()
+    try:
+        with box:
+            outcome = RecipeAgent(path=recipe).run(ctx)
+    finally:
+        done.set()
+        sampler.join()
+    assert outcome.exit_reason == "crashed" and outcome.extra["returncode"] == 5, outcome.detail
+    log = run_dir / "agent.log"
+    assert bounded.MAX_LOG_BYTES - 2 ** 20 < log.stat().st_size <= bounded.MAX_LOG_BYTES + 4096
+    last = json.loads(log.read_bytes().splitlines()[-1])
+    assert last["type"] == "autoembed_cut" and "more bytes were cut" in last["text"]
+    assert max(samples) - before < 64 * 2 ** 20, f"the host grew by {(max(samples) - before) / 2 ** 20:.0f} MiB"
+
+
+def test_speed_knobs_compute_the_same_step(tmp_path, tiny_model, monkeypatch):
+    """FUSED_ADAMW and LENGTH_CHUNKS change how a step runs, not what it computes (dropout off: the same batch,
+    loss and gradient up to float rounding; the fused optimizer then moves the weights)."""
+    import torch
+
+    pool = write_pool(tmp_path / "pool.jsonl.gz", n=40)
+    grads, losses = {}, {}
+    for name, knobs in {"reference": {}, "fast": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 2}}.items():
+        torch.manual_seed(0)
+        recipe = _lever_recipe(monkeypatch, CPU_BATCH_SIZE=8, **knobs)
+        model = _fresh_model(tiny_model, dropout=False)
+        losses[name] = float(recipe.train(FakeRun(model, pool, steps=1))["last_loss"])
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert not torch.equal(model[0].auto_model.encoder.layer[0].output.dense.weight,
+                               tiny_model[0].auto_model.encoder.layer[0].output.dense.weight), name  # it stepped
+    assert abs(losses["fast"] - losses["reference"]) < 1e-4
+    assert grads["fast"].keys() == grads["reference"].keys() and grads["fast"]
+    for k in grads["reference"]:
+        assert torch.allclose(grads["fast"][k], grads["reference"][k], atol=1e-6, rtol=1e-4), k
+
+
+def test_bm25_hard_negatives_are_other_groups_below_the_margin_of_the_positives_bm25(tmp_path, tiny_model, monkeypatch):
+    import bm25s
+    import numpy as np
+
+    pool = write_pool(tmp_path / "pool.jsonl.gz", n=80)
+    queries, positives, groups = recipe_train.load_pairs(str(pool))
+    recipe = _lever_recipe(monkeypatch, HARD_NEGATIVE_MINER="bm25", HARD_NEGATIVE_MARGIN=0.9)
+    model = _fresh_model(tiny_model)
+    monkeypatch.setattr(model, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ranked")))
+    mined = recipe.mine_hard_negatives(model, queries, positives, groups, "cpu", print, cache_dir=str(tmp_path / "c"))
+    assert len(mined) == len(queries) and any(m >= 0 for m in mined)
+    retriever = bm25s.BM25(method="lucene")  # the positive's and the negative's BM25 scores, recomputed
+    retriever.index(bm25s.tokenize(positives, stopwords="en", return_ids=False, show_progress=False), show_progress=False)
+    vocab = retriever.vocab_dict
+    for i, j in enumerate(mined):
+        if j >= 0:
+            assert j != i and groups[j] != groups[i] and positives[j] != positives[i]
+            ids = [vocab[t] for t in bm25s.tokenize([queries[i]], stopwords="en", return_ids=False,
+                                                     show_progress=False)[0] if t in vocab]
+            scores = retriever.get_scores_from_ids(ids) if ids else np.zeros(len(positives))
+            assert scores[j] < 0.9 * scores[i] + 1e-5
