@@ -42,6 +42,14 @@ def quality(source: str) -> float:
     return 0.05 * bool(knobs.get("SYMMETRIC_LOSS")) + lr_term
 
 
+def write_json(path: Path, data: dict) -> None:
+    """Whole or not at all, as run() writes its records: a kill -9 of the loop's process (the kill tests) must not
+    leave a trial's record half-written, which no real trial does."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 class FakeResult:
     def __init__(self, run_dir: Path, meta: dict, score: dict | None):
         self.run_dir, self.meta, self.score = run_dir, meta, score
@@ -54,10 +62,10 @@ def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = No
     source = Path(agent_spec.split(":", 1)[1]).read_text()
     out.mkdir(parents=True, exist_ok=False)
     meta = {"status": "running", "exit_reason": None}
-    (out / "meta.json").write_text(json.dumps(meta))
+    write_json(out / "meta.json", meta)
     if "CRASH_IN_TRIAL" in source:  # a file that passes the smoke check and dies in its trial
         meta = {"status": "scored", "exit_reason": "crashed", "exit_detail": "Traceback ...\nCUDA out of memory"}
-        (out / "meta.json").write_text(json.dumps(meta))
+        write_json(out / "meta.json", meta)
         return FakeResult(out, meta, None)
     if kill_at == "trial":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -85,10 +93,10 @@ def fake_trial(agent_spec: str, out: Path, gpu, say, *, kill_at: str | None = No
             del submission[split], score[split]
     with gzip.open(out / "per_query.json.gz", "wt") as fh:
         json.dump({"submission": submission, "base": per_query}, fh)
-    (out / "score.json").write_text(json.dumps(score))
+    write_json(out / "score.json", score)
     (out / "trace.md").write_text(f"# simulated trial\nquality {quality(source):.3f}\n")
     meta = {"status": "scored", "exit_reason": "finished", "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}}
-    (out / "meta.json").write_text(json.dumps(meta))
+    write_json(out / "meta.json", meta)
     if kill_at == "scored":
         os.kill(os.getpid(), signal.SIGKILL)
     return FakeResult(out, meta, score)
