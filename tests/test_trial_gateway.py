@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -35,15 +36,20 @@ def model(body: dict) -> Turn:
     return Turn(tool_calls=[("Bash", {"command": command, "description": "step"})], input_tokens=200_000, output_tokens=7)
 
 
-@NEEDS_CLAUDE[0]
-@NEEDS_CLAUDE[1]
-def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factory, tmp_path, monkeypatch):
+def offline_trial_env(tmp_path_factory, monkeypatch) -> Path:
+    """A home of the session's own, no hub, no provider key or URL from the host: the tiny task's folder."""
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in PROVIDER_VARS:
         monkeypatch.delenv(name, raising=False)
-    task_dir = shared_tiny_task(base)
+    return shared_tiny_task(base)
+
+
+@NEEDS_CLAUDE[0]
+@NEEDS_CLAUDE[1]
+def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factory, tmp_path, monkeypatch):
+    task_dir = offline_trial_env(tmp_path_factory, monkeypatch)
     from autoembed.run import run
 
     with FakeLLM(model) as fake:
@@ -89,12 +95,7 @@ def test_a_harness_inside_bwrap_cannot_misuse_the_gateway_or_report_its_own_spen
     from autoembed.integrity import gateway_case as case
     from autoembed.run import run
 
-    base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("AUTOEMBED_HOME", str(base / "autoembed_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in PROVIDER_VARS:
-        monkeypatch.delenv(name, raising=False)
-    task_dir = shared_tiny_task(base)
+    task_dir = offline_trial_env(tmp_path_factory, monkeypatch)
     plan = list(case.UPSTREAM_PLAN)
 
     def upstream(body: dict) -> Turn:
