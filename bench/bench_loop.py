@@ -13,9 +13,9 @@ is kept), in the same run, and prints each one's share of wall time inside trial
 
 - iterations/hour: candidates proposed per hour of loop wall time; trials/hour against the ideal of
   (slots / trial-hours), every slot always inside a trial's agent budget;
-- share of wall time inside trials: the trials' wall time (autoembed.run.run, seeding to score.json)
+- share of wall time inside trials: the trials' wall time (autoembed.trial.run.run, seeding to score.json)
   over the loop's wall time x slots; the rest is the loop's overhead (proposing, smoke checks, gating);
-- best vs baseline: the paired bootstrap and run-to-run noise of autoembed.gate, on the gated split and on
+- best vs baseline: the paired bootstrap and run-to-run noise of autoembed.loop.gate, on the gated split and on
   held-out (the per-query scores of all runs of each commit, averaged);
 - where the time goes: the loop's wall by phase (trials, record, propose, commit, smoke, heldout, other) and
   the trials' own wall by stage (sandbox, seeding, the agent, scoring);
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autoembed import gate
-from autoembed.ledger import Ledger
+from autoembed.loop import gate
+from autoembed.loop.ledger import Ledger
 
 SCORED = ("keep", "discard", "inconclusive")
 
@@ -144,7 +144,7 @@ def simulate(out: Path, *, trial_s: float, iterations: int, baseline_runs: int, 
     import os
     import time
 
-    from autoembed.loop import Loop, LoopConfig
+    from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
     from tests import loop_driver
 
     def trial(agent_spec, run_out, gpu, say, hours=None, tiers=("dev", "validation", "heldout")):
@@ -162,8 +162,9 @@ def simulate(out: Path, *, trial_s: float, iterations: int, baseline_runs: int, 
         config = LoopConfig(target="recipe", meta="search", hours=10.0, trial_hours=trial_s / 3600,
                             max_iterations=iterations, baseline_runs=baseline_runs, sandbox="auto", gpus=["0"],
                             prefetch=prefetch)
-        loop = Loop(run_dir, config, say=lambda msg: None, trial_runner=trial, heldout_scorer=heldout,
-                    smoke=loop_driver.quick_smoke if smoke == "instant" else None)
+        hooks = LoopHooks(trial_runner=trial, heldout_scorer=heldout,
+                          smoke=loop_driver.quick_smoke if smoke == "instant" else None)
+        loop = Loop(run_dir, config, say=lambda msg: None, hooks=hooks)
         assert loop.run() == 0, f"the simulated loop in {run_dir} failed"
         m = measure(run_dir)
         result["prefetch" if prefetch else "prefetch_off"] = {

@@ -86,7 +86,7 @@ def one_trial(task: str, sandbox: str, out: Path, script: Path) -> dict:
 def import_seconds() -> float:
     """What a `python -m autoembed.cli run` process pays before run() starts: importing the runner and scorer."""
     t = time.time()
-    subprocess.run([sys.executable, "-c", "import autoembed.run, autoembed.sealed.scorer"], check=True, cwd=REPO,
+    subprocess.run([sys.executable, "-c", "import autoembed.trial.run, autoembed.sealed.scorer"], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
     return time.time() - t
 
@@ -170,7 +170,7 @@ def main() -> int:
     print(table(results))
     print("\nThe scorer's stages (score.json stage_seconds), seconds:\n")
     print(stage_table(results))
-    print(f"\nCLI process start (import autoembed.run + the scorer, before run() begins): {imports:.2f} s "
+    print(f"\nCLI process start (import autoembed.trial.run + the scorer, before run() begins): {imports:.2f} s "
           f"({100 * imports / TRIAL_S:.2f}% of 10 min)")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "import_s": imports, "task": task,

@@ -10,11 +10,15 @@ from __future__ import annotations
 # ===== EDITABLE: the meta-agent may change anything from here to the banner =====
 
 MODEL = "anthropic:claude-sonnet-4-6"
-MAX_TURNS = 200
+MAX_TURNS = 200  # knob: int 20..400
 MAX_TOKENS = 8192
 COMMAND_TIMEOUT_S = 1800  # per bash call; also capped by the deadline
-OUTPUT_LIMIT = 10_000  # characters of tool output shown to the model; the rest goes to a file
-FINISH_MARGIN_S = 120  # stop starting new turns this close to the deadline
+# characters of a command's output / of a file shown to the model; the rest of an output goes to a file
+OUTPUT_LIMIT = 10_000  # knob: choice 2500,5000,10000,20000,40000
+READ_FILE_LIMIT = 10_000  # knob: choice 2500,5000,10000,20000,40000
+FINISH_MARGIN_S = 120  # stop starting new turns this close to the deadline (the runtime caps it at a tenth)
+FINISH_MARGIN_SHARE = 0.1  # knob: float 0.02..0.1
+TEMPERATURE = None  # knob: choice None,0.0,0.3,0.7,1.0
 
 SYSTEM_PROMPT = """You are an autonomous ML research engineer. You work alone in a sandboxed folder with one GPU
 (maybe none) and a hard wall-clock deadline. Your job is to leave the best possible fine-tuned embedding model
@@ -36,7 +40,7 @@ def create_tools(env):
         return env.bash(command, timeout=min(float(timeout), COMMAND_TIMEOUT_S), limit=OUTPUT_LIMIT)
 
     def read_file(path: str) -> str:
-        return env.read_file(path, limit=OUTPUT_LIMIT)
+        return env.read_file(path, limit=READ_FILE_LIMIT)
 
     def write_file(path: str, content: str) -> str:
         return env.write_file(path, content)
@@ -59,13 +63,25 @@ def create_tools(env):
     ]
 
 
+def with_temperature(llm):
+    """TEMPERATURE (None: the provider's default) for clients that build their request in request() (Anthropic,
+    OpenAI); other clients keep their default."""
+    build = getattr(llm, "request", None)
+    if TEMPERATURE is not None and callable(build):
+        llm.request = lambda *args, **kwargs: {**build(*args, **kwargs), "temperature": TEMPERATURE}
+    return llm
+
+
 def run_task(env, llm, tools) -> int:
     """The orchestration loop. Returns the number of turns taken."""
     from autoembed.llm.base import Message
 
+    llm = with_temperature(llm)
+    # a share of the budget, 5 s at least, and never over FINISH_MARGIN_S as the runtime scaled it
+    finish_margin = min(FINISH_MARGIN_S, max(5.0, FINISH_MARGIN_SHARE * env.seconds_left()))
     messages = [Message("user", text=env.prompt)]
     for turn in range(1, MAX_TURNS + 1):
-        if env.seconds_left() < FINISH_MARGIN_S:
+        if env.seconds_left() < finish_margin:
             return turn - 1
         response = env.complete(llm, messages, system=SYSTEM_PROMPT, tools=tools, max_tokens=MAX_TOKENS)
         messages.append(Message("assistant", text=response.text, tool_calls=response.tool_calls,

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 # ===== EDITABLE: the meta-agent may change anything from here to the banner =====
 
+import contextlib
 import gzip
 import json
 import queue
 import random
 import threading
 from collections import deque
+from types import SimpleNamespace
 
 LR = 5e-5  # knob[gpu]: log 5e-6..3e-4
 BATCH_SIZE = 256  # knob[gpu]: choice 32,64,128,256,512
@@ -401,14 +403,9 @@ def device_settings(on_gpu: bool) -> dict:
             "autocast_dtype": "bfloat16" if bf16 else None}
 
 
-def train(run) -> dict:
-    """Train run.model in place until run.should_stop(step) gives a reason; return the summary's numbers."""
-    import contextlib
-    import math
-    import time
-
-    import torch
-
+def training_setup(run) -> SimpleNamespace:
+    """The pairs, this device's settings and levers, the base weights kept for BASE_INTERPOLATION and the mined
+    hard negatives; the model left in train mode."""
     model, device = run.model, run.device
     domains: list[str] = []
     queries, positives, groups = load_pairs(run.pool, run.pool_limit, domains)
@@ -426,45 +423,54 @@ def train(run) -> dict:
     negatives = (mine_hard_negatives(model, queries, positives, groups, device, run.log)
                  if HARD_NEGATIVES and gpu_levers else None)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=WEIGHT_DECAY,
-                                  **({"fused": True} if fast else {}))
-    if COMPILE and run.on_gpu:
-        model[0].auto_model.compile(dynamic=True)
-    average = WeightAverage(torch, [p for p in model.parameters() if p.requires_grad]) if AVERAGE_LAST > 0 else None
-    run.log(f"batch {batch_size}" + (f" x {multiple} (cached gradients)" if multiple > 1 else "")
-            + f", lr {base_lr}, max {max_seq_length} tokens, autocast {settings['autocast_dtype']}, "
-            f"{run.seconds_left() / 60:.2f} min to train" + (f", at most {run.max_steps} steps" if run.max_steps else ""))
+    return SimpleNamespace(queries=queries, positives=positives, groups=groups, domains=domains, settings=settings,
+                           base_lr=base_lr, max_seq_length=max_seq_length, batch_size=batch_size, multiple=multiple,
+                           fast=fast, chunks=chunks, base_state=base_state, negatives=negatives)
+
+
+def training_batches(run, setup: SimpleNamespace):
+    """(epoch, mini-batches) per step; a mini-batch is its query, positive and hard-negative sides, tokenized."""
+    queries, positives, negatives, batch_size = setup.queries, setup.positives, setup.negatives, setup.batch_size
 
     def side(texts):
-        return length_chunks(model, texts, chunks, pin=fast and run.on_gpu)
+        return length_chunks(run.model, texts, setup.chunks, pin=setup.fast and run.on_gpu)
 
-    def batches():
-        for epoch, indices in batch_stream(groups, batch_size * multiple, run.seed,
-                                           domains if len(domains) == len(groups) else None):
-            mini = []
-            for s in range(0, len(indices), batch_size):
-                part = indices[s:s + batch_size]
-                negative_texts = ([positives[negatives[i]] for i in part if negatives[i] >= 0]
-                                  if negatives is not None else [])
-                mini.append((side([queries[i] for i in part]), side([positives[i] for i in part]),
-                             side(negative_texts) if negative_texts else None))
-            yield epoch, mini
+    for epoch, indices in batch_stream(setup.groups, batch_size * setup.multiple, run.seed,
+                                       setup.domains if len(setup.domains) == len(setup.groups) else None):
+        mini = []
+        for s in range(0, len(indices), batch_size):
+            part = indices[s:s + batch_size]
+            negative_texts = ([positives[negatives[i]] for i in part if negatives[i] >= 0]
+                              if negatives is not None else [])
+            mini.append((side([queries[i] for i in part]), side([positives[i] for i in part]),
+                         side(negative_texts) if negative_texts else None))
+        yield epoch, mini
 
-    def autocast():
-        return torch.autocast(device_type="cuda" if run.on_gpu else "cpu", dtype=torch.bfloat16,
-                              enabled=settings["autocast_dtype"] is not None)
 
-    def forward(q_side, d_side, n_side):
-        return (embed(torch, model, q_side, device, autocast), embed(torch, model, d_side, device, autocast),
-                embed(torch, model, n_side, device, autocast) if n_side is not None else None)
+class Forward:
+    """The model's embeddings of a mini-batch's sides under this device's autocast, and the RNG replay that lets
+    cached_step run a forward again with the same dropout."""
 
-    def rng_state():
-        return torch.get_rng_state(), (torch.cuda.get_rng_state() if run.on_gpu else None)
+    def __init__(self, torch, run, settings: dict):
+        self.torch, self.run, self.settings = torch, run, settings
+
+    def autocast(self):
+        return self.torch.autocast(device_type="cuda" if self.run.on_gpu else "cpu", dtype=self.torch.bfloat16,
+                                   enabled=self.settings["autocast_dtype"] is not None)
+
+    def __call__(self, q_side, d_side, n_side):
+        torch, model, device = self.torch, self.run.model, self.run.device
+        return (embed(torch, model, q_side, device, self.autocast), embed(torch, model, d_side, device, self.autocast),
+                embed(torch, model, n_side, device, self.autocast) if n_side is not None else None)
+
+    def rng_state(self):
+        return self.torch.get_rng_state(), (self.torch.cuda.get_rng_state() if self.run.on_gpu else None)
 
     @contextlib.contextmanager
-    def replay(state):
+    def replay(self, state):
         """Run with the RNG as it was (the same dropout masks as the first pass), then go on from where it was."""
-        now = rng_state()
+        torch = self.torch
+        now = self.rng_state()
         torch.set_rng_state(state[0])
         if state[1] is not None:
             torch.cuda.set_rng_state(state[1])
@@ -475,77 +481,105 @@ def train(run) -> dict:
             if now[1] is not None:
                 torch.cuda.set_rng_state(now[1])
 
-    def cached_step(mini):
-        """GradCache: embeddings of every mini-batch without a graph, the loss and its gradient on them, then
-        each mini-batch's forward again (same dropout) and backward from those gradients."""
-        states, parts = [], []
-        with torch.no_grad():
-            for q_side, d_side, n_side in mini:
-                states.append(rng_state())
-                parts.append(forward(q_side, d_side, n_side))
-        leaves = [[t.detach().requires_grad_() if t is not None else None for t in part] for part in parts]
-        q_all = torch.cat([part[0] for part in leaves])
-        d_all = torch.cat([part[1] for part in leaves])
-        n_list = [part[2] for part in leaves if part[2] is not None]
-        loss = contrastive_loss(torch, q_all, d_all, torch.cat(n_list) if n_list else None)
-        loss.backward()
-        for (q_side, d_side, n_side), state, part in zip(mini, states, leaves):
-            with replay(state):
-                outs = forward(q_side, d_side, n_side)
-            pairs = [(o, leaf.grad) for o, leaf in zip(outs, part) if o is not None]
-            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-        return loss.detach(), q_all.shape[0]
 
-    stream = prefetch(batches())
+def cached_step(torch, forward: Forward, mini):
+    """GradCache: embeddings of every mini-batch without a graph, the loss and its gradient on them, then
+    each mini-batch's forward again (same dropout) and backward from those gradients."""
+    states, parts = [], []
+    with torch.no_grad():
+        for q_side, d_side, n_side in mini:
+            states.append(forward.rng_state())
+            parts.append(forward(q_side, d_side, n_side))
+    leaves = [[t.detach().requires_grad_() if t is not None else None for t in part] for part in parts]
+    q_all = torch.cat([part[0] for part in leaves])
+    d_all = torch.cat([part[1] for part in leaves])
+    n_list = [part[2] for part in leaves if part[2] is not None]
+    loss = contrastive_loss(torch, q_all, d_all, torch.cat(n_list) if n_list else None)
+    loss.backward()
+    for (q_side, d_side, n_side), state, part in zip(mini, states, leaves):
+        with forward.replay(state):
+            outs = forward(q_side, d_side, n_side)
+        pairs = [(o, leaf.grad) for o, leaf in zip(outs, part) if o is not None]
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+    return loss.detach(), q_all.shape[0]
+
+
+def train(run) -> dict:
+    """Train run.model in place until run.should_stop(step) gives a reason; return the summary's numbers."""
+    import time
+
+    import torch
+
+    model = run.model
+    setup = training_setup(run)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setup.base_lr, weight_decay=WEIGHT_DECAY,
+                                  **({"fused": True} if setup.fast else {}))
+    if COMPILE and run.on_gpu:
+        model[0].auto_model.compile(dynamic=True)
+    average = WeightAverage(torch, [p for p in model.parameters() if p.requires_grad]) if AVERAGE_LAST > 0 else None
+    run.log(f"batch {setup.batch_size}" + (f" x {setup.multiple} (cached gradients)" if setup.multiple > 1 else "")
+            + f", lr {setup.base_lr}, max {setup.max_seq_length} tokens, autocast {setup.settings['autocast_dtype']}, "
+            f"{run.seconds_left() / 60:.2f} min to train" + (f", at most {run.max_steps} steps" if run.max_steps else ""))
+    stream = prefetch(training_batches(run, setup))
     train_start = time.time()
-    step, pairs_seen, epoch, last_log, losses = 0, 0, 0, 0.0, []
-    params = [p for p in model.parameters() if p.requires_grad]
     try:
-        while True:
-            stop_reason = run.should_stop(step)
-            if stop_reason:
-                break
-            progress = max(run.progress(), step / run.max_steps if run.max_steps else 0.0)
-            lr = base_lr * lr_factor(min(progress, 1.0))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            epoch, mini = next(stream)
-            optimizer.zero_grad(set_to_none=True)
-            if multiple > 1:
-                loss, pairs = cached_step(mini)
-            else:
-                q, d, n = forward(*mini[0])
-                loss = contrastive_loss(torch, q, d, n)
-                loss.backward()
-                pairs = q.shape[0]
-            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP, **({"foreach": True} if fast else {}))
-            optimizer.step()
-            step += 1
-            pairs_seen += pairs
-            if average is not None and progress >= 1.0 - AVERAGE_LAST:
-                average.update()
-
-            if step == 1 or time.time() - last_log >= LOG_EVERY_S or step == run.max_steps:
-                loss_value = loss.item()  # the only host sync: keep it to the log lines
-                if not math.isfinite(loss_value):
-                    raise SystemExit(f"loss became {loss_value} at step {step}: lower LR")
-                losses.append(loss_value)
-                last_log = time.time()
-                rate = pairs_seen / max(last_log - train_start, 1e-6)
-                rate_text = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
-                run.log(f"step {step} | epoch {epoch} | loss {loss_value:.4f} | lr {lr:.2e} | {rate_text} pairs/s | "
-                        f"{max(0.0, run.seconds_left()) / 60:.1f} min left")
+        stop_reason, step, pairs_seen, losses = training_steps(torch, run, setup, optimizer, average, stream,
+                                                               train_start)
     finally:  # also when the adapter stops an overrunning loop: save the averaged / interpolated weights
         if average is not None:
             average.apply()
-        if base_state is not None:
-            interpolate_with_base(torch, model, base_state, BASE_INTERPOLATION)
+        if setup.base_state is not None:
+            interpolate_with_base(torch, model, setup.base_state, BASE_INTERPOLATION)
     model.eval()
     return {"stop_reason": stop_reason, "steps": step, "pairs_seen": pairs_seen,
-            "epochs": f"{pairs_seen / max(len(queries), 1):.3f}", "batch_size": batch_size * multiple,
+            "epochs": f"{pairs_seen / max(len(setup.queries), 1):.3f}", "batch_size": setup.batch_size * setup.multiple,
             "last_loss": f"{losses[-1] if losses else float('nan'):.4f}",
             "train_seconds": f"{time.time() - train_start:.1f}"}
+
+
+def training_steps(torch, run, setup: SimpleNamespace, optimizer, average, stream, train_start: float) -> tuple:
+    """Steps until run.should_stop gives a reason: (that reason, steps, pairs seen, the losses logged)."""
+    import math
+    import time
+
+    forward = Forward(torch, run, setup.settings)
+    step, pairs_seen, epoch, last_log, losses = 0, 0, 0, 0.0, []
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    while True:
+        stop_reason = run.should_stop(step)
+        if stop_reason:
+            return stop_reason, step, pairs_seen, losses
+        progress = max(run.progress(), step / run.max_steps if run.max_steps else 0.0)
+        lr = setup.base_lr * lr_factor(min(progress, 1.0))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        epoch, mini = next(stream)
+        optimizer.zero_grad(set_to_none=True)
+        if setup.multiple > 1:
+            loss, pairs = cached_step(torch, forward, mini)
+        else:
+            q, d, n = forward(*mini[0])
+            loss = contrastive_loss(torch, q, d, n)
+            loss.backward()
+            pairs = q.shape[0]
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP, **({"foreach": True} if setup.fast else {}))
+        optimizer.step()
+        step += 1
+        pairs_seen += pairs
+        if average is not None and progress >= 1.0 - AVERAGE_LAST:
+            average.update()
+
+        if step == 1 or time.time() - last_log >= LOG_EVERY_S or step == run.max_steps:
+            loss_value = loss.item()  # the only host sync: keep it to the log lines
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"loss became {loss_value} at step {step}: lower LR")
+            losses.append(loss_value)
+            last_log = time.time()
+            rate = pairs_seen / max(last_log - train_start, 1e-6)
+            rate_text = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
+            run.log(f"step {step} | epoch {epoch} | loss {loss_value:.4f} | lr {lr:.2e} | {rate_text} pairs/s | "
+                    f"{max(0.0, run.seconds_left()) / 60:.1f} min left")
 
 
 # ===== FIXED ADAPTER: the meta-agent must not edit below this line =====

@@ -2,14 +2,14 @@
 scored trial writes (meta.json, score.json, per_query.json.gz) in milliseconds, from what it was given.
 
 A recipe trial scores the loop tests' simulated quality of its knobs (tests/loop_driver.py). A trial of an edited harness gains SAME_GAIN when its cell's meta model and task model are of one family
-(autoembed.compare_report.family) and CROSS_GAIN otherwise; the baseline harness gains nothing. Noise is drawn
+(autoembed.models.family) and CROSS_GAIN otherwise; the baseline harness gains nothing. Noise is drawn
 per (cell, trial id), so every run of a test makes the same numbers and the cells differ from each other.
 The scores are on simulated fast subsets (SETS), with a ladder of that key written by register_ladder().
 
 Also a script: `python -m tests.compare_driver OUT [--kill-after-cells N] [--resume] [--places TOML]` runs the
 offline 2x2 comparison (search and a scripted meta-agent x two scripted task models) and, with --kill-after-cells,
 SIGKILLs itself in the middle of the trial after N cells were done (the kill -9 test resumes it). With --places
-the trials go through the real pool and places (cells side by side); only autoembed.run.run is simulated.
+the trials go through the real pool and places (cells side by side); only autoembed.trial.run.run is simulated.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from autoembed import editable
 from autoembed.paths import REPO_ROOT
-from autoembed.smoke import SmokeResult
+from autoembed.loop.smoke import SmokeResult
 from tests import loop_driver
 
 BASELINE = REPO_ROOT / "harnesses" / "baseline.py"
@@ -55,14 +55,15 @@ def register_ladder(home: Path) -> Path:
 
 def simulated_trial(agent_spec: str, out: Path, gpu=None, say=None, hours=None, *, kill: bool = False,
                     model: str | None = None):
-    from autoembed.compare_report import family
+    from autoembed.models import family
 
     out = Path(out)
     agent, _, path = agent_spec.partition(":")
     source = Path(path).read_text() if path else ""
     cell = _read_json(out.parent.parent / "cell.json")
     out.mkdir(parents=True, exist_ok=False)
-    meta = {"agent": agent_spec, "model": model or cell.get("task_model"), "task": "embed", "status": "running"}
+    meta = {"agent": agent_spec, "model": model or cell.get("task_model"), "task": "embed", "main_metric": "ndcg@10",
+            "status": "running"}
     (out / "meta.json").write_text(json.dumps(meta))
     if kill:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -102,7 +103,7 @@ def simulated_trial(agent_spec: str, out: Path, gpu=None, say=None, hours=None, 
 
 
 def placed_run(agent: str, *, out, model: str | None = None, placement: dict | None = None, **_options):
-    """autoembed.run.run's stand-in for a grid run through places (a test monkeypatches it in, so the real pool and
+    """autoembed.trial.run.run's stand-in for a grid run through places (a test monkeypatches it in, so the real pool and
     places call it): the simulated trial, with the placement record that run() keeps in meta.json."""
     result = simulated_trial(agent, out, model=model)
     result.meta["placement"] = placement
@@ -132,7 +133,7 @@ def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
 
 def run_comparison(out: Path, *, kill_after_cells: int | None = None, resume: bool = False, repeats: int = 2,
                    places: Path | None = None):
-    from autoembed.compare import compare
+    from autoembed.experiments.compare import compare
 
     def kill_now() -> bool:
         return kill_after_cells is not None and len(list(Path(out).glob("cells/*/done.json"))) >= kill_after_cells
@@ -143,17 +144,17 @@ def run_comparison(out: Path, *, kill_after_cells: int | None = None, resume: bo
     common = {"progress": False, "trial_runner": trial, "smoke": quick_smoke, "say": lambda msg: None, "cell_reports": False}
     options = {}
     if places:  # the real pool and places; the one call every place makes, run(), is the simulated trial
-        import autoembed.run
-        import autoembed.smoke
+        import autoembed.trial.run
+        import autoembed.loop.smoke
 
         def placed(agent, *, out, model=None, placement=None, **kwargs):
             if kill_now():
                 simulated_trial(agent, out, model=model, kill=True)
             return placed_run(agent, out=out, model=model, placement=placement)
 
-        autoembed.run.run = placed
-        autoembed.run._prepare_scorer_once = lambda *args, **kwargs: None
-        autoembed.smoke.smoke_check = lambda target, source, sha, workdir, **kw: quick_smoke(target, source, workdir)
+        autoembed.trial.run.run = placed
+        autoembed.trial.run._prepare_scorer_once = lambda *args, **kwargs: None
+        autoembed.loop.smoke.smoke_check = lambda target, source, sha, workdir, **kw: quick_smoke(target, source, workdir)
         common["trial_runner"] = common["smoke"] = None
         options["places"] = str(places)
     if resume:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from autoembed import editable
-from autoembed.meta.base import MetaAgent, Proposal
+from autoembed.loop.meta.base import MetaAgent, Proposal
 from autoembed.paths import REPO_ROOT
-from autoembed.smoke import SmokeResult
+from autoembed.loop.smoke import SmokeResult
 
 TASKS = {"validation": ["v1", "v2", "v3"], "dev": ["d1", "d2"], "heldout": ["heldout_secret_alpha", "heldout_secret_beta"]}
 QUERIES = 400
@@ -36,10 +36,12 @@ SCORED_LATER: list[str] = []  # trial ids whose deferred held-out fake_heldout s
 
 
 def quality(source: str) -> float:
-    """How good a simulated recipe is: SYMMETRIC_LOSS and an LR near 1e-4 help, clearly."""
+    """How good a simulated recipe is: SYMMETRIC_LOSS, an LR near 1e-4 and WEIGHT_DEBIAN near 2 (as measured on a GPU,
+    bench/RESULTS.md) help, clearly."""
     knobs = {k.name: k.value for k in editable.knobs(source)}
     lr_term = -0.03 * abs(math.log10(knobs.get("LR", 5e-5) / 1e-4))
-    return 0.05 * bool(knobs.get("SYMMETRIC_LOSS")) + lr_term
+    weight_term = 0.02 * (1 - abs(math.log2(knobs.get("WEIGHT_DEBIAN", 1.0) / 2)))
+    return 0.05 * bool(knobs.get("SYMMETRIC_LOSS")) + lr_term + weight_term
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -124,10 +126,10 @@ def fake_heldout(trial_dir: Path, gpu, say) -> dict:
 
 
 def quick_smoke(target: str, source: str, workdir: Path) -> SmokeResult:
-    """The smoke check's fast part (size, text, adapter unchanged, compiles: autoembed.smoke.static_check) without
+    """The smoke check's fast part (size, text, adapter unchanged, compiles: autoembed.loop.smoke.static_check) without
     training."""
     from autoembed.agents.recipe import FIXED_ADAPTER_SHA256
-    from autoembed.smoke import static_check
+    from autoembed.loop.smoke import static_check
 
     error = static_check(source, FIXED_ADAPTER_SHA256)
     return SmokeResult(error is None, error or "", 0.0)
@@ -195,12 +197,12 @@ class FilesMeta(MetaAgent):
 
 
 def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kill_after: int = 2, meta_agent=None,
-              smoke=quick_smoke, say=None, gpus: list[str] | None = None):
-    from autoembed.loop import Loop, LoopConfig
+              smoke=quick_smoke, say=None, gpus: list[str] | None = None, screen: float = 0.0):
+    from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
 
     config = LoopConfig(target="recipe", meta="search" if meta_agent is None else meta_agent.name, hours=1.0,
                         trial_hours=0.001, max_iterations=iterations, baseline_runs=2, remeasure_every=4, sandbox="none",
-                        gpus=gpus or [])
+                        gpus=gpus or [], screen=screen)
     counter = {"n": 0}
 
     def trial(agent_spec, out, gpu, say_, hours=None, tiers=("dev", "validation", "heldout")):
@@ -208,8 +210,8 @@ def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kil
         due = kill_at in ("trial", "scored") and counter["n"] == kill_after + 2  # after the two baseline runs
         return fake_trial(agent_spec, out, gpu, say_, kill_at=kill_at if due else None, tiers=tiers)
 
-    loop = Loop(run_dir, config, meta_agent, say or (lambda msg: None), trial_runner=trial, smoke=smoke,
-                heldout_scorer=fake_heldout)
+    loop = Loop(run_dir, config, meta_agent, say or (lambda msg: None),
+                LoopHooks(trial_runner=trial, smoke=smoke, heldout_scorer=fake_heldout))
     if kill_at:
         _arm(loop, kill_at, kill_after)
     return loop
@@ -217,7 +219,7 @@ def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kil
 
 def _arm(loop, stage: str, after: int) -> None:
     """SIGKILL this process at the stage's `after`-th occurrence (or first keep for row/best)."""
-    import autoembed.ledger as ledger_module
+    import autoembed.loop.ledger as ledger_module
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -268,7 +270,7 @@ def _arm(loop, stage: str, after: int) -> None:
             return original_scorer(trial_dir, gpu, say)
         loop.heldout_scorer = heldout_scorer
     elif stage == "partial-row":
-        original_append = ledger_module._append_jsonl
+        original_append = ledger_module.append_jsonl
 
         def append(path, record):
             if Path(path).name == "ledger.jsonl" and record.get("kind") == "candidate" and nth():
@@ -276,7 +278,7 @@ def _arm(loop, stage: str, after: int) -> None:
                     fh.write(json.dumps(record)[:40])
                 die()
             original_append(path, record)
-        ledger_module._append_jsonl = append
+        ledger_module.append_jsonl = append
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,12 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", default="")
     p.add_argument("--fuzz", action="store_true", help="propose fuzz_files() instead of the search")
     p.add_argument("--smoke", choices=("quick", "inprocess"), default="quick")
+    p.add_argument("--screen", type=float, default=0.0)
     args = p.parse_args(argv)
     gpus = [g for g in args.gpus.split(",") if g]
     meta = FilesMeta(fuzz_files()) if args.fuzz else None
     smoke = inprocess_smoke if args.smoke == "inprocess" else quick_smoke
     return make_loop(Path(args.run_dir), args.iterations, kill_at=args.kill_at, kill_after=args.kill_after, gpus=gpus,
-                     meta_agent=meta, smoke=smoke).run()
+                     meta_agent=meta, smoke=smoke, screen=args.screen).run()
 
 
 if __name__ == "__main__":

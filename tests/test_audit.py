@@ -94,18 +94,18 @@ def test_a_damaged_ledger_is_named_in_one_line_not_a_decoder_message(tmp_path):
 
     (tmp_path / "ledger.jsonl").write_text('{"row_id": "r1", "status": "keep"}\n{not json\n\n')
     with pytest.raises(ValueError, match=rf"{tmp_path / 'ledger.jsonl'} line 2 is not a JSON record"):
-        from autoembed.ledger import Ledger
+        from autoembed.loop.ledger import Ledger
 
         Ledger(tmp_path).rows()
     assert main(["report", str(tmp_path)]) == 2
     (tmp_path / "ledger.jsonl").write_text(json.dumps([1, 2]) + "\n")
     with pytest.raises(ValueError, match="line 1 is not a JSON object"):
-        from autoembed.ledger import Ledger
+        from autoembed.loop.ledger import Ledger
 
         Ledger(tmp_path).rows()
     Path(tmp_path / "ledger.jsonl").write_bytes(b'{"a": 1}\n\xff\xfe\n')
     with pytest.raises(ValueError, match="is not UTF-8 text"):
-        from autoembed.ledger import Ledger
+        from autoembed.loop.ledger import Ledger
 
         Ledger(tmp_path).rows()
 

@@ -111,7 +111,7 @@ def test_escape_leaves_no_control_character():
 
 
 def test_the_loop_view_copies_a_bounded_part_of_a_trial_log(tmp_path):
-    from autoembed.loop import VIEW_LOG_BYTES, _copy_trial_view
+    from autoembed.loop.recording import VIEW_LOG_BYTES, copy_trial_view as _copy_trial_view
 
     trial, view = tmp_path / "trial", tmp_path / "view"
     trial.mkdir()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from autoembed import editable
-from autoembed.meta.base import ProposeContext
-from autoembed.meta.search import SearchMetaAgent
+from autoembed.loop.meta.base import ProposeContext
+from autoembed.loop.meta.search import SearchMetaAgent
 from autoembed.paths import REPO_ROOT
 
 RECIPE = (REPO_ROOT / "harnesses" / "recipe.py").read_text()
@@ -50,7 +50,7 @@ def test_the_recipe_tags_its_device_knobs():
 
 @pytest.mark.parametrize("device", ["gpu", "cpu", None])
 def test_search_turns_only_the_knobs_that_act_on_the_trials_device(tmp_path, device):
-    agent = SearchMetaAgent(tmp_path, startup_trials=3)
+    agent = SearchMetaAgent(tmp_path, startup_trials=3, warm_start=0)  # TPE alone: tests/test_search_warm_start.py
     base = {k.name: k.value for k in editable.knobs(RECIPE)}
     turned = set()
     for i in range(12):

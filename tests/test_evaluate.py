@@ -15,6 +15,7 @@ from autoembed.task.base_model import offline_env, resolve_base_model
 from autoembed.task.data import RetrievalTask
 from autoembed.task.evaluate import NonFiniteEmbeddings, evaluate_model, load_dev_tasks
 from autoembed.task.spec import load_spec
+from autoembed.task.tokens import cache_key
 from tests.stdlib_fixture import stdlib_task, write_task
 
 
@@ -117,17 +118,17 @@ def test_token_cache_hit_gives_identical_embeddings(model, task, tmp_path):
 
 def test_cache_key_follows_length_texts_and_role(model, task, tmp_path):
     texts = list(task.queries.values())[:10]
-    key = encode.cache_key(model, texts, "query")
-    assert encode.cache_key(model, texts, "query") == key
-    assert encode.cache_key(model, texts[:-1], "query") != key
-    assert encode.cache_key(model, texts, "document") != key
+    key = cache_key(model, texts, "query")
+    assert cache_key(model, texts, "query") == key
+    assert cache_key(model, texts[:-1], "query") != key
+    assert cache_key(model, texts, "document") != key
     old = model.max_seq_length
     try:
         model.max_seq_length = 32
-        assert encode.cache_key(model, texts, "query") != key
+        assert cache_key(model, texts, "query") != key
     finally:
         model.max_seq_length = old
-    assert encode.cache_key(model, texts, "query") == key
+    assert cache_key(model, texts, "query") == key
 
 
 def test_matches_model_encode_and_ignores_batching(model, task, tmp_path):

@@ -1,6 +1,6 @@
 """The notebook API's parts: the normalized score against a ladder of the same sets (and none without one), the
 frames over trial and loop folders checked against the records they were read from, load() and the HTML reprs,
-and loop() taking the command line's options through the command line's parser."""
+and loop() building the typed loop config the command line builds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from autoembed import ladder, summary
+from autoembed import ladder
+from autoembed.trial import summary
 from tests import compare_driver
 
 FULL = ladder.ladders()["embed|full"]
@@ -93,6 +94,7 @@ def test_frames_hold_what_the_records_hold(folders):
     folders_on_disk = [trial_dir] + sorted((lp.run_dir / "trials").iterdir())
     assert sorted(trials["run_dir"]) == sorted(str(p) for p in folders_on_disk)
     assert list(trials.columns[:7]) == ["comparison", "cell", "meta_model", "task_model", "repeat", "loop_id", "trial_id"]
+    assert trials["clean"].tolist() == [True] * len(trials)
     for _, row in trials.iterrows():
         score = json.loads((results.parent / row["run_dir"]).joinpath("score.json").read_text())
         for split in ("dev", "validation", "heldout"):
@@ -124,7 +126,7 @@ def test_frames_hold_what_the_records_hold(folders):
 
 def test_load_reopens_each_kind_with_a_table_and_a_plot(folders, tmp_path):
     import autoembed.run as ae
-    from autoembed.results import LoopView, TrialView
+    from autoembed.experiments.results import LoopView, TrialView
 
     results, trial_dir, lp = folders
     trial, loop = ae.load(trial_dir), ae.load(lp.run_dir)
@@ -133,25 +135,44 @@ def test_load_reopens_each_kind_with_a_table_and_a_plot(folders, tmp_path):
     assert "normalized" in html and "change 95% CI" in html and f"{(trial.table().loc['heldout', 'ndcg@10']):.4f}" in html
     summary_ = loop.summary()
     best = loop.ledger[loop.ledger["status"] == "keep"]
+    scored = loop.ledger[loop.ledger["status"].isin(("keep", "discard", "inconclusive"))]  # a keep's confirming run too
     assert summary_.loc["baseline", "runs"] == 2 and "<b>loop loop</b>" in loop._repr_html_()
-    assert summary_.loc["best", "gated"] == pytest.approx(best[best["commit"] == best["commit"].iloc[-1]]["gate_value"].mean())
+    assert summary_.loc["best", "gated"] == pytest.approx(scored[scored["commit"] == best["commit"].iloc[-1]]["gate_value"].mean())
     assert trial.plot().axes and loop.plot().axes
     with pytest.raises(FileNotFoundError, match="not a trial"):
         ae.load(tmp_path)
 
 
-def test_loop_takes_the_command_lines_options_through_its_parser(tmp_path):
-    import autoembed.notebook as nb
+def test_loop_builds_the_typed_config_the_command_line_builds(tmp_path):
+    import autoembed.experiments.notebook as nb
     import autoembed.run as ae
+    from autoembed.loop.config import field_names, new_loop, resume_loop
 
     assert ae.loop is nb.loop and ae.trials_df is nb.trials_df
-    assert nb.argv_from_options({"trial_hours": 0.1, "fast": False, "gpus": [0, 1], "seed": None, "meta": "search"}) == \
-        ["--trial-hours", "0.1", "--full", "--gpus", "0,1", "--meta", "search"]
-    with pytest.raises(ValueError, match="unrecognized arguments: --no-such-option"):
+    with pytest.raises(ValueError, match="no_such_option") as bad:
         ae.loop(no_such_option=1, out=str(tmp_path / "x"))
+    assert all(name in str(bad.value) for name in field_names()), "the error lists the valid option names"
     with pytest.raises(ValueError, match="more than the loop's --hours"):
         ae.loop(hours=0.1, trial_hours=0.5, out=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+    for gpus in ("0,1", [0, 1]):
+        run_dir, config = new_loop({"gpus": gpus, "fast": False, "seed": None}, tmp_path / "y")
+        assert config.gpus == ["0", "1"] and config.fast is False and config.seed == 0 and run_dir == tmp_path / "y"
+
+    def crash(agent_spec, out, gpu, say, hours=None):
+        out.mkdir(parents=True)
+        meta = {"status": "scored", "exit_reason": "crashed", "exit_detail": "Traceback ...\nMemoryError"}
+        (out / "meta.json").write_text(json.dumps(meta))
+        return compare_driver._Result(out, meta, None)
+
+    common = {"trial_runner": crash, "smoke": compare_driver.quick_smoke, "progress": False}
+    lp = ae.loop(hours=1, trial_hours=0.001, sandbox="none", baseline_runs=1, out=str(tmp_path / "loop"), **common)
+    again = ae.loop(resume=lp.run_dir, max_iterations=3, **common)
+    assert again.run_dir == lp.run_dir and again.exit_code is not None
+    _, config = resume_loop(lp.run_dir, {"max_iterations": 3})
+    assert (config.sandbox, config.trial_hours, config.max_iterations) == ("none", 0.001, 3), "the saved config, overridden"
+    with pytest.raises(ValueError, match="a run keeps its meta"):
+        ae.loop(resume=lp.run_dir, meta="anthropic:claude-opus-4-5", **common)
     with pytest.raises(AttributeError):
         ae.no_such_thing  # noqa: B018
 
@@ -174,3 +195,41 @@ def test_a_loop_whose_every_trial_crashed_still_shows(tmp_path):
     assert set(ledger["status"]) == {"crash"} and ledger["gate_value"].isna().all()
     assert "crash 2" in lp._repr_html_() and lp.summary().loc["baseline", "runs"] == 0
     assert lp.plot().axes
+
+
+def test_clean_says_exit_0_even_where_status_says_scored(tmp_path):
+    import autoembed.run as ae
+
+    for name, change in (("clean", {}), ("interrupted", {"exit_reason": "interrupted"}),
+                         ("cut_while_scoring", {"status": "interrupted_while_scoring"})):
+        compare_driver.simulated_trial(f"recipe:{compare_driver.RECIPE}", tmp_path / name)
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        (tmp_path / name / "meta.json").write_text(json.dumps({**meta, **change}))
+    flagged = tmp_path / "flagged"
+    compare_driver.simulated_trial(f"recipe:{compare_driver.RECIPE}", flagged)
+    score = json.loads((flagged / "score.json").read_text())
+    (flagged / "score.json").write_text(json.dumps({**score, "status": "flagged", "reasons": ["read the labels"]}))
+    trials = ae.trials_df(tmp_path).set_index("trial_id")
+    assert (trials.loc["interrupted", "status"], trials.loc["flagged", "status"]) == ("scored", "scored")
+    assert trials["clean"].to_dict() == {"clean": True, "cut_while_scoring": False, "flagged": False, "interrupted": False}
+
+
+def test_a_trial_plot_shows_each_change_from_the_base_with_its_interval(tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    import autoembed.run as ae
+
+    result = compare_driver.simulated_trial(f"recipe:{compare_driver.RECIPE}", tmp_path / "trial")
+    meta = {**result.meta, "scores": summary.headline(result.score, summary.load_per_query(result.run_dir), bootstrap=200)}
+    (tmp_path / "trial" / "meta.json").write_text(json.dumps(meta))
+    ax = ae.load(tmp_path / "trial").plot().axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 3 and [t.get_text() for t in ax.get_xticklabels()] == ["dev", "validation", "heldout"]
+    for container, split in zip(bars, ("dev", "validation", "heldout")):
+        (x, y), = container.lines[0].get_xydata()
+        assert y == pytest.approx(meta["scores"][split]["change"])
+        low, high = container.lines[2][0].get_segments()[0][:, 1]
+        assert (low, high) == pytest.approx(tuple(meta["scores"][split]["change_ci"]))
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax.get_lines()), "a zero line"
+    bottom, top = ax.get_ylim()
+    assert top - bottom < 0.2, "scaled to the changes, not to 0-1"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoembed import gate
+from autoembed.loop import gate
 
 TASKS, QUERIES = 3, 3000
 RUN_SD = 0.003  # sd of a run's mean score across repeats of one recipe
@@ -56,7 +56,9 @@ def gated_outcome(seed: int, effect: float, config: gate.GateConfig, queries: in
             return verdict.outcome, len(candidate.runs)
 
 
-@pytest.mark.parametrize("effect, low, high", [(0.0, 0.0, 0.05), (0.01, 0.80, 1.0)])
+# +0.01: ~86% kept before the gate allowed for its estimated noise (t quantile, each side's own spread, a confirming
+# run before a keep on one run: tests/test_gate_noise.py); ~68% since, on the first candidate of a loop
+@pytest.mark.parametrize("effect, low, high", [(0.0, 0.0, 0.05), (0.01, 0.60, 1.0)])
 def test_gate_keeps_few_aa_candidates_and_most_real_improvements(effect, low, high):
     config = gate.GateConfig(n_boot=200)
     outcomes = [gated_outcome(seed, effect, config) for seed in range(1000)]
@@ -66,15 +68,16 @@ def test_gate_keeps_few_aa_candidates_and_most_real_improvements(effect, low, hi
     assert low <= keep_rate <= high, f"effect {effect}: kept {keep_rate:.1%} (wanted {low:.0%}..{high:.0%})"
 
 
-def test_gate_on_cpu_fast_subsets_with_one_baseline_run_keeps_few_aa_candidates():
-    """The offline CPU loop's setting: the fast subsets (200 queries per task) and one A/A run (the loop's
-    CPU_BASELINE_RUNS), the run-to-run noise known only from the gate's prior until the incumbent is re-measured."""
-    from autoembed.loop import CPU_BASELINE_RUNS
+def test_gate_on_cpu_fast_subsets_with_the_cpu_baseline_runs_keeps_few_aa_candidates():
+    """The offline CPU loop's setting: the fast subsets (200 queries per task) and the loop's CPU_BASELINE_RUNS A/A
+    runs (2: one run could not show a slow one; tests/test_gate_noise.py), the run-to-run noise mostly the gate's
+    prior until the incumbent is re-measured."""
+    from autoembed.loop.config import CPU_BASELINE_RUNS
 
     config = gate.GateConfig(n_boot=200)
     outcomes = [gated_outcome(seed, 0.0, config, queries=200, baseline_runs=CPU_BASELINE_RUNS) for seed in range(1000)]
     keep_rate = sum(o == "keep" for o, _ in outcomes) / len(outcomes)
-    print(f"CPU fast subsets, {CPU_BASELINE_RUNS} baseline run: A/A kept {keep_rate:.3f}")
+    print(f"CPU fast subsets, {CPU_BASELINE_RUNS} baseline runs: A/A kept {keep_rate:.3f}")
     assert keep_rate <= 0.05, f"kept {keep_rate:.1%} of A/A candidates"
 
 

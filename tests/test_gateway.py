@@ -261,7 +261,7 @@ CALLS = {  # per wire: a reply with one tool call "c1", and the next request car
 
 @pytest.mark.parametrize("provider", sorted(CALLS))
 def test_trajectory_observations_are_what_went_back_to_the_model(provider):
-    from autoembed import trajectory
+    from autoembed.trial import trajectory
     from autoembed.trace import Event
 
     reply, next_request = CALLS[provider]
@@ -642,7 +642,7 @@ def test_bodies_held_at_once_are_bounded_across_connections(tmp_path, fake, monk
 
 
 def test_a_trial_whose_spend_passed_its_cap_is_not_clean():
-    from autoembed import summary
+    from autoembed.trial import summary
 
     meta = {"exit_reason": "finished", "status": "scored",
             "gateway": {"over_cap": ["max_usd"], "usage": {"cost_usd": 16.5}, "limits": {"max_usd": 2.0}}}
@@ -651,3 +651,31 @@ def test_a_trial_whose_spend_passed_its_cap_is_not_clean():
     assert summary.exit_code(meta, score) == 1 and "result: NOT CLEAN" in summary.render("r", "d", meta, score)
     meta["gateway"]["over_cap"] = []
     assert summary.problems(meta, score) == [] and summary.exit_code(meta, score) == 0
+
+
+def test_models_used_counts_every_model_that_answered(tmp_path, fake):
+    """meta.json's "models": calls, tokens and dollars per model from gateway.jsonl; refused calls count nowhere,
+    and a model without a price has usd None (never $0)."""
+    from autoembed.gateway.usage import main_model, models_used
+
+    fake.script = lambda body: Turn(text="x", input_tokens=30, output_tokens=10)
+    with start(tmp_path, fake) as gateway:
+        client = anthropic.Anthropic(api_key=gateway.token, base_url=f"{gateway.tcp_url}/anthropic", max_retries=0)
+        for _ in range(2):
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=[{"role": "user", "content": "x"}])
+        oai = openai.OpenAI(api_key=gateway.token, base_url=f"{gateway.tcp_url}/openai", max_retries=0)
+        oai.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=20)
+        with pytest.raises(openai.PermissionDeniedError):
+            oai.chat.completions.create(model="no-such-model-xyz", messages=[{"role": "user", "content": "hi"}])
+    models = models_used(gateway.log_path)
+    assert set(models) == {"claude-sonnet-4-6", "gpt-5"} and main_model(models) == "claude-sonnet-4-6"
+    claude = models["claude-sonnet-4-6"]
+    assert (claude["calls"], claude["input_tokens"], claude["output_tokens"]) == (2, 60, 20)
+    assert claude["usd"] > 0 and models["gpt-5"]["calls"] == 1
+    assert round(sum(m["usd"] for m in models.values()), 8) == round(gateway.summary()["usage"]["cost_usd"], 8)
+
+    with open(gateway.log_path, "a") as log:  # a call the table could not price (a reply naming another model)
+        log.write(json.dumps({"model": "mystery", "status": 200, "usage": {"input_tokens": 1, "cost_usd": None}}) + "\n")
+        log.write("{cut by a kill\n")
+    assert models_used(gateway.log_path)["mystery"]["usd"] is None
+    assert models_used(tmp_path / "absent.jsonl") == {} and main_model({}) is None

@@ -1,4 +1,4 @@
-"""A full harness trial through each real provider SDK (issue 4): autoembed.run.run() seeds a tiny task, starts
+"""A full harness trial through each real provider SDK (issue 4): autoembed.trial.run.run() seeds a tiny task, starts
 bwrap, runs harnesses/baseline.py as a process inside it with its model pointed (by the providers' base-URL
 environment variables, the only ones it gets) at the fake LLM server on 127.0.0.1, which asks for one bash command;
 the command must run inside the sandbox, the trace and usage must be recorded, and the next request must carry
@@ -52,7 +52,7 @@ def point_at(fake: FakeLLM, provider: str, monkeypatch) -> str:
 
 
 def harness_trial(task: Path, model: str, out: Path):
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     # check_key=False: these tests script the provider's every reply (a 401 among them) for the trial itself; the
     # preflight's own key check is tested in test_preflight.py

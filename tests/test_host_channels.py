@@ -31,7 +31,7 @@ def hostile(request, tmp_path_factory):
     """The trial in each engine (run with the default progress printer), the host process's RSS sampled while the
     agent ran, and everything the trial printed."""
     import autoembed.sealed.scorer  # noqa: F401 - loaded now, so the trial's preload adds nothing to the RSS measured
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     engine = request.param
     problem = bwrap_problem() if engine == "bwrap" else docker_problem()

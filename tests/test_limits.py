@@ -1,6 +1,6 @@
 """Resource limits that hold inside the sandbox: memory (a hog is OOM-killed), processes (a fork bomb is refused)
 and the workdir's size (`fallocate` far past it fails and the host's disk does not move), each recorded as hit.
-Docker's memory and pid limits are tested in test_sandbox_docker.py; here its limit events are read back."""
+Docker's memory and pid limits are tested in test_sandbox.py; here its limit events are read back."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from autoembed.ledger import Ledger
-from autoembed.meta.repo import TargetRepo
+from autoembed.loop.ledger import Ledger
+from autoembed.loop.meta.repo import TargetRepo
 from autoembed.paths import REPO_ROOT
 from tests.fakellm import FakeLLM, Turn
 from tests.loop_driver import PENDING, fake_heldout
@@ -47,7 +47,7 @@ def real_heldout_scorer(task: Path):
     and the sealed scorer evaluates it on the tiny task's held-out subsets (real held-out data). The first call
     scores; the later ones (the same model) reuse its result, as the cheap cached scoring a test can afford."""
     from autoembed import nofollow
-    from autoembed.run import score_deferred
+    from autoembed.trial.run import score_deferred
     from autoembed.task.base_model import resolve_base_model
     from autoembed.task.spec import load_spec
 
@@ -79,8 +79,9 @@ def real_heldout_scorer(task: Path):
 
 def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reaches_them(tmp_path, tmp_path_factory,
                                                                                         monkeypatch):
-    from autoembed.loop import TRIAL_TIERS, Loop, LoopConfig
-    from autoembed.report import report
+    from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
+    from autoembed.loop.jobs import TRIAL_TIERS
+    from autoembed.loop.report import report
     from tests.tiny_task import make_tiny_task
 
     texts = heldout_texts()
@@ -104,8 +105,8 @@ def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reache
         run_dir = tmp_path / "run"
         config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
                             trial_hours=0.001, max_iterations=2, baseline_runs=2, sandbox="none", max_cost=50.0)
-        loop = Loop(run_dir, config, None, lambda msg: None, trial_runner=trial,  # the loop builds its meta-agent
-                    heldout_scorer=real_heldout_scorer(task))
+        loop = Loop(run_dir, config, None, lambda msg: None,  # the loop builds its meta-agent
+                    LoopHooks(trial_runner=trial, heldout_scorer=real_heldout_scorer(task)))
         assert loop.meta.llm.client.api_key == loop.meta_gateway.token != REAL_KEY
         assert loop.meta.llm.client.base_url.host == "127.0.0.1"
         assert loop.run() == 0
@@ -171,7 +172,7 @@ def test_llm_meta_agent_calls_go_through_the_loops_gateway_and_no_heldout_reache
 
 
 def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkeypatch):
-    from autoembed.loop import Loop, LoopConfig, start_meta_gateway
+    from autoembed.loop.engine import Loop, LoopConfig, LoopHooks, start_meta_gateway
 
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -179,7 +180,7 @@ def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkey
     config = LoopConfig(target="harness", meta="anthropic:claude-sonnet-4-6", task_model="scripted:task", hours=1.0,
                         trial_hours=0.001, max_iterations=1, baseline_runs=1, sandbox="none")
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
-        Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial, heldout_scorer=fake_heldout)
+        Loop(run_dir, config, None, lambda msg: None, LoopHooks(trial_runner=harness_trial, heldout_scorer=fake_heldout))
     override = LoopConfig(**{**config.__dict__, "meta_base_url": "http://127.0.0.1:9"})
     assert start_meta_gateway(override, tmp_path / "x") is None  # --meta-base-url: the user's own gateway
 
@@ -192,7 +193,8 @@ def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkey
         with FakeLLM(one_edit(new)) as fake:
             monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
             config.max_iterations = iterations
-            loop = Loop(run_dir, config, None, lambda msg: None, trial_runner=harness_trial, heldout_scorer=fake_heldout)
+            loop = Loop(run_dir, config, None, lambda msg: None,
+                        LoopHooks(trial_runner=harness_trial, heldout_scorer=fake_heldout))
             assert loop.run() == 0
             assert len(fake.requests) == 2
     gw_dir = run_dir / "meta" / "gateway"
@@ -206,7 +208,7 @@ def test_meta_gateway_counts_across_resume_and_needs_a_provider(tmp_path, monkey
 def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monkeypatch):
     """A session killed with SIGKILL never writes summary.json; its calls are in gateway.jsonl, and --max-cost
     must still count them (the audit's mid-commit kill found them forgotten)."""
-    from autoembed.meta.gateway import MetaGateway
+    from autoembed.loop.meta.gateway import MetaGateway
     from autoembed.trace import Usage
 
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
@@ -215,7 +217,7 @@ def test_meta_gateway_counts_a_killed_sessions_calls_from_its_log(tmp_path, monk
     rows = [{"model": "claude-haiku-4-5", "usage": {"input_tokens": 300_000, "output_tokens": 0, "cost_usd": 0.3}},
             {"model": "claude-haiku-4-5", "status": 502, "error": "upstream gone"}]  # a failed call: no usage
     (log_dir / "gateway.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from autoembed.meta.gateway import usage_from_log
+    from autoembed.loop.meta.gateway import usage_from_log
 
     charged = {"model": "claude-haiku-4-5", "status": 200, "error": "ClientPayloadError: cut",  # a cut reply, charged
                "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.05}}
@@ -235,9 +237,9 @@ def test_the_meta_gateways_body_log_grows_linearly_and_gives_back_every_request(
     target file: every request carries the whole conversation, so logging bodies whole grows with the square of
     the turns (about 15x here). Each logged request holds only what is new, and read_requests() gives back
     exactly the bodies the provider received."""
-    from autoembed.meta.base import ProposeContext
-    from autoembed.meta.gateway import MetaGateway, read_requests
-    from autoembed.meta.llm_agent import LLMMetaAgent
+    from autoembed.loop.meta.base import ProposeContext
+    from autoembed.loop.meta.gateway import MetaGateway, read_requests
+    from autoembed.loop.meta.llm_agent import LLMMetaAgent
 
     harness = (REPO_ROOT / "harnesses" / "baseline.py").read_text()
     (tmp_path / "view" / "repo").mkdir(parents=True)

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from autoembed import editable
-from autoembed.ledger import Ledger
+from autoembed.loop.ledger import Ledger
 from autoembed.llm.scripted import ScriptedLLM
-from autoembed.meta.base import MetaAgent, Proposal
-from autoembed.meta.llm_agent import LLMMetaAgent, View
+from autoembed.loop.meta.base import MetaAgent, Proposal
+from autoembed.loop.meta.llm_agent import LLMMetaAgent, View
 from autoembed.paths import REPO_ROOT
 from tests import loop_driver
 from tests.loop_driver import FilesMeta, fuzz_files, inprocess_smoke, poison, quick_smoke
@@ -133,7 +133,7 @@ class RaisingMeta(FilesMeta):
 
 
 def test_a_proposal_that_raises_is_a_crash_row_and_three_in_a_row_stop_the_loop(tmp_path):
-    from autoembed.loop import LoopError
+    from autoembed.loop.jobs import LoopError
 
     scale = [(editable.set_knobs(RECIPE, {"SCALE": float(s)}), f"scale {s}") for s in (15, 25, 35)]
     meta = RaisingMeta([scale[0], (None, None), (GOOD, "good")], raise_at={2})
@@ -218,7 +218,7 @@ loop.run()
 
 
 def test_a_second_loop_object_in_one_process_is_refused_until_the_first_closes(tmp_path):
-    from autoembed.loop import RunFolderBusy
+    from autoembed.loop.engine import RunFolderBusy
 
     first = loop_driver.make_loop(tmp_path / "run", 1)
     with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()}"):
@@ -269,7 +269,7 @@ def test_spot_checks_count_toward_max_cost_and_a_reported_negative_cost_does_not
     assert all((r.get("trial_cost_usd") or 0.0) == 0.0 and (r.get("cost_usd") or 0.0) >= 0 for r in rows)
     stop = [json.loads(line) for line in (tmp_path / "run" / "intents.jsonl").read_text().splitlines()][-1]
     assert "max-cost" in stop["reason"], stop
-    from autoembed.report import report
+    from autoembed.loop.report import report
 
     lines = []
     summary = report(tmp_path / "run", out=lines.append)
@@ -283,7 +283,7 @@ def test_max_cost_binds_across_trials_side_by_side(tmp_path, monkeypatch):
     cannot pass --max-cost together, and the meta-agent's gateway is capped at what is left. Before, a trial's cap
     was the task's alone and --max-cost was checked between batches: 2 baselines and 2 candidates of $0.40 spent
     $1.60 of a $1 --max-cost."""
-    from autoembed.loop import Target
+    from autoembed.loop.config import Target
 
     monkeypatch.setattr(Target, "uses_task_model", property(lambda self: True))
     files = [(editable.set_knobs(RECIPE, {"SCALE": float(s)}), f"scale {s}") for s in (12, 18, 24, 30, 36, 42)]
@@ -312,7 +312,7 @@ def test_max_cost_binds_across_trials_side_by_side(tmp_path, monkeypatch):
 
 
 def test_a_spot_trial_cut_off_counts_what_its_gateway_logged(tmp_path):
-    from autoembed.loop import spot_trial_cost
+    from autoembed.loop.spend import spot_trial_cost
 
     spot = tmp_path / "spot-0001-abcd"
     spot.mkdir()
@@ -379,15 +379,15 @@ class SlowToolLLM(ScriptedLLM):
 def test_hours_are_checked_during_a_proposal(tmp_path):
     """The loop's --hours end mid-proposal: the meta-agent stops at the deadline and the loop ends on time,
     instead of after its 10,000 turns (over 8 minutes)."""
-    from autoembed.loop import Loop, LoopConfig
+    from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
     from tests.test_loop import harness_trial
 
     meta = LLMMetaAgent("scripted:meta-script", tmp_path / "run" / "meta", llm=SlowToolLLM(), max_turns=10_000)
     hours = 0.0015  # 5.4 s
     config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=hours, trial_hours=0.0001,
                         max_iterations=2, baseline_runs=1, sandbox="none")
-    loop = Loop(tmp_path / "run", config, meta, lambda msg: None, trial_runner=harness_trial,
-                heldout_scorer=loop_driver.fake_heldout)
+    loop = Loop(tmp_path / "run", config, meta, lambda msg: None,
+                LoopHooks(trial_runner=harness_trial, heldout_scorer=loop_driver.fake_heldout))
     started = time.time()
     assert loop.run() == 0
     assert time.time() - started < hours * 3600 + 3, "the loop ran past --hours"
@@ -414,7 +414,7 @@ def test_the_meta_agents_request_log_grows_linearly_over_30_turns(tmp_path):
     view = make_view(tmp_path)
     llm = ReadingLLM(tmp_path / "meta" / "requests.jsonl", 30)
     meta = LLMMetaAgent("scripted:meta-script", tmp_path / "meta", llm=llm)
-    from autoembed.meta.base import ProposeContext
+    from autoembed.loop.meta.base import ProposeContext
 
     proposal = meta.propose(ProposeContext(1, view.target.read_text(), view.root))
     assert proposal.description == "read it all"

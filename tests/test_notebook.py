@@ -64,6 +64,7 @@ def test_notebook_runs_a_trial_and_a_loop_with_simulated_trials(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3300)
 def test_notebook_runs_a_real_trial_and_loop_on_the_tiny_task(tmp_path):
     from tests.tiny_task import shared_tiny_task
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from autoembed.paths import REPO_ROOT
-from autoembed.placement import BadTrial, DockerPlace, LocalPlace, Place, Pool, SlurmPlace, run_pool, trial_result
+from autoembed.placement.docker_engine import DockerPlace
+from autoembed.placement.place import BadTrial, LocalPlace, Place
+from autoembed.placement.pool import Pool, run_pool, trial_result
+from autoembed.placement.slurm import SlurmPlace
 from autoembed.placement.config import load_places
 from autoembed.sandbox.bwrap import bwrap_problem
 from tests.tiny_task import keyless_tiny_task
@@ -122,7 +125,7 @@ def test_bad_places_and_specs_are_refused_with_the_fix(tmp_path):
     conf.write_text('[[place]]\nname = "box"\nkind = "docker"\ngpu = ["0"]\nurl = "unix:///x.sock"\n')
     with pytest.raises(ValueError, match=r"places.toml place 1: unknown key\(s\) gpu"):
         load_places(conf)
-    from autoembed.loop import LoopConfig, _validate
+    from autoembed.loop.config import LoopConfig, validate as _validate
 
     with pytest.raises(ValueError, match=r"places.toml place 1: unknown key"):  # the loop refuses it before it starts
         _validate(LoopConfig(places=str(conf)))

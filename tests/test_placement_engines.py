@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from autoembed.integrity.second_engine import SecondEngine, engine_problem
-from autoembed.placement import DockerPlace, Pool, SlurmPlace, run_pool
+from autoembed.placement.docker_engine import DockerPlace
+from autoembed.placement.pool import Pool, run_pool
+from autoembed.placement.slurm import SlurmPlace
 from autoembed.sandbox.bwrap import bwrap_problem
 from autoembed.sandbox.factory import docker_problem
 from autoembed.trace import read_trace
@@ -144,7 +146,7 @@ def test_trials_run_as_slurm_jobs_through_submitit(slurm, tmp_path_factory, monk
         monkeypatch.setenv(key, value)
     # the scorer's caches are prepared once here first, as the loop does: two jobs preparing them at once in a shared
     # AUTOEMBED_HOME race on the same temporary file, and one fails to start (it is then retried, but not on purpose)
-    from autoembed.run import _prepare_scorer_once
+    from autoembed.trial.run import _prepare_scorer_once
     from autoembed.task.spec import load_spec
 
     _prepare_scorer_once(load_spec(task), None, None, lambda msg: None)
@@ -196,8 +198,8 @@ def test_a_trial_whose_slurm_job_dies_is_rerun_elsewhere(stop, slurm, tmp_path_f
     task = keyless_tiny_task(tmp_path_factory, monkeypatch)
     for key, value in slurm.env.items():
         monkeypatch.setenv(key, value)
-    from autoembed.placement import LocalPlace
-    from autoembed.run import _prepare_scorer_once
+    from autoembed.placement.place import LocalPlace
+    from autoembed.trial.run import _prepare_scorer_once
     from autoembed.task.spec import load_spec
 
     _prepare_scorer_once(load_spec(task), None, None, lambda msg: None)
@@ -262,7 +264,7 @@ def test_a_compare_grid_runs_its_trials_as_slurm_jobs(slurm, tmp_path_factory, m
 
     from autoembed.integrity.bench import shell
     from autoembed.paths import REPO_ROOT
-    from autoembed.run import _prepare_scorer_once
+    from autoembed.trial.run import _prepare_scorer_once
     from autoembed.task.spec import load_spec
 
     task = keyless_tiny_task(tmp_path_factory, monkeypatch)

@@ -1,4 +1,4 @@
-"""Whole trials (autoembed.run / `autoembed run`) on a tiny copy of the task, in bwrap: the record a trial leaves
+"""Whole trials (autoembed.trial.run / `autoembed run`) on a tiny copy of the task, in bwrap: the record a trial leaves
 in traces/<run-id>/, a scripted harness that trains a little inside the sandbox, an interrupted trial, a crashed
 agent, and bad arguments.
 
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import atif
 import pytest
 import torch
 
@@ -123,7 +124,10 @@ def test_cli_run_recipe_leaves_a_complete_record(task_dir, tmp_path):
     # no model: no gateway, no way out, nothing spent; the trajectory still lists what the recipe ran
     assert meta["gateway"] is None and meta["usage"]["cost_usd"] == 0.0 and meta["limit_reached"] is None
     trajectory = json.loads((run_dir / "trajectory.json").read_text())
-    assert trajectory["schema_version"] == "ATIF-v1.4" and trajectory["final_metrics"]["extra"]["model_calls"] == 0
+    assert trajectory["schema_version"] == "ATIF-v1.8" and trajectory["final_metrics"]["extra"]["model_calls"] == 0
+    atif.Trajectory.model_validate(trajectory)
+    assert trajectory["agent"]["name"] == "recipe:recipe.py" and trajectory["agent"]["version"].startswith("sha256:")
+    assert meta["models"] == {} and meta["model"] is None and "cost: $0.0000" in done.stdout
     assert any("train.py" in json.dumps(s.get("tool_calls")) for s in trajectory["steps"])
 
     files = meta["final_model"]["files"]
@@ -148,7 +152,7 @@ def test_scripted_harness_trains_in_the_sandbox_then_crashes_and_its_model_is_sc
     """The baseline harness driven by the scripted provider: a tiny real training run inside bwrap, then the model
     asks for a tool the harness does not offer, the provider raises and the harness crashes. The trial must say
     crashed, with the reason, and still score the final_model/ the agent left."""
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     model = script_file(tmp_path, [
         {"text": "Time check.", "tool_calls": [{"name": "bash", "arguments": {"command": "bash timer.sh"}}]},
@@ -225,7 +229,7 @@ def _running(cmdline: str) -> bool:
 
 
 def test_crashed_harness_without_final_model_is_scored_as_the_base_model(task_dir, tmp_path):
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     harness = harness_with(tmp_path, "def run_task(env, llm, tools):\n    raise ValueError('gave up at once')\n")
     result = run(f"harness:{harness}", task=str(task_dir), hours=0.05, sandbox="bwrap",
@@ -241,7 +245,7 @@ def test_crashed_harness_without_final_model_is_scored_as_the_base_model(task_di
 
 
 def test_the_scorer_is_prepared_once_per_machine(task_dir, tmp_path, monkeypatch):
-    from autoembed import run as run_module
+    from autoembed.trial import run as run_module
     from autoembed.task.spec import load_spec
 
     monkeypatch.setenv("AUTOEMBED_HOME", str(tmp_path / "home"))
@@ -253,7 +257,7 @@ def test_the_scorer_is_prepared_once_per_machine(task_dir, tmp_path, monkeypatch
 
 
 def test_prepare_command_leaves_nothing_for_the_first_trial(task_dir, tmp_path, monkeypatch, capsys):
-    from autoembed import run as run_module
+    from autoembed.trial import run as run_module
     from autoembed.cli import main
     from autoembed.task.spec import load_spec
 
@@ -283,7 +287,7 @@ def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir,
 
 
 def test_interrupted_while_preparing_the_scorer_is_recorded(task_dir, tmp_path, monkeypatch):
-    from autoembed.run import run
+    from autoembed.trial.run import run
     from autoembed.sealed import scorer
 
     def interrupted(*args, **kwargs):
@@ -341,7 +345,7 @@ def test_bad_agent_name_is_an_error_line_not_a_traceback(task_dir, capsys):
 def test_scripted_demo_harness_trial_trains_and_finishes(task_dir, tmp_path):
     """The README's keyless demo: the baseline harness on the scripted provider writes and runs a tiny
     training script inside bwrap, saves final_model/, finishes, and the sealed scorer scores that model."""
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     demo = REPO_ROOT / "harnesses" / "demo_script.json"
     result = run(f"harness:{BASELINE}", task=str(task_dir), hours=0.05, sandbox="bwrap", model=f"scripted:{demo}",
@@ -360,7 +364,7 @@ def test_the_freeze_scores_a_copy_taken_after_the_agent_is_gone(task_dir, tmp_pa
     trial copies final_model out after the sandbox is stopped, without the link, records its hashes and scores that
     copy; a copy changed after the freeze is refused by the scorer."""
     from autoembed import nofollow
-    from autoembed.run import run
+    from autoembed.trial.run import run
     from autoembed.sealed.errors import ScorerError
     from autoembed.sealed.scorer import score_workdir
 

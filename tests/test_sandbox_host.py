@@ -114,7 +114,7 @@ def test_a_set_uid_shell_device_or_fifo_made_inside_does_not_reach_the_host(engi
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_plain_workdir_is_made_inert_by_the_trial(engine, tmp_path):
     """Without a fixed-size workdir, the trial's record step cleans the folder in place and says what it removed."""
-    from autoembed.run import _record_limits
+    from autoembed.trial.run import _record_limits
 
     workdir = _private_folder(tmp_path, "workdir")
     box = make(engine, workdir)

@@ -471,3 +471,24 @@ def test_records_and_the_base_models_own_references_are_allowed(tmp_path, base_p
     for folder in (base, final):
         _json_edit("tokenizer_config.json", lambda c: {**c, "special_tokens_map_file": "/root/.cache/stm.json"})(folder)
     assert outside_references(final) and outside_references(final, base) == []
+
+
+def test_progress_lines_name_the_tier_of_each_dataset(seeded, tiny, base_path):
+    """dev, validation and held-out each have a dataset of one name: each line says which tier it scored."""
+    copy_model(base_path, seeded / "final_model")
+    lines: list[str] = []
+    assert _score(seeded, tiny, progress=lines.append)["status"] == "ok"
+    names = {name for tier in ("dev", "validation", "heldout") for name in getattr(tiny, tier)}
+    for tier in ("dev", "validation", "heldout"):
+        for name in getattr(tiny, tier):
+            assert any(line.startswith(f"{tier}/{name}: ndcg@10 ") for line in lines), (tier, name, lines)
+    assert not any(line.split(":", 1)[0] in names for line in lines), "a dataset's line without its tier"
+
+
+def test_the_words_of_the_progress_lines_are_explained_in_the_docs():
+    from autoembed.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "benchmark.md").read_text()
+    section = text.split("### Reading the progress lines", 1)[1].split("\n## ", 1)[0]
+    for words in ("(disk/disk)", "last: tool_call bash", "validation/debian", "min left", "dev eval #"):
+        assert words in section, words

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autoembed import bounded, smoke
+from autoembed import bounded
+from autoembed.loop import smoke
 from autoembed.agents.recipe import FIXED_ADAPTER_SHA256, TRAIN_SCRIPT
 from autoembed.sandbox.bwrap import bwrap_problem
 from tests.test_recipe import RECIPE_FLOOD

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoembed import summary
+from autoembed.trial import summary
 
 
 def score_doc(dev: float, base_dev: float, *, status: str = "ok", mode: str = "fast") -> dict:
@@ -107,3 +107,18 @@ def test_per_query_file_round_trip(tmp_path):
         json.dump(pq, fh)
     assert summary.load_per_query(tmp_path) == pq
     assert summary.load_per_query(Path(tmp_path / "missing")) is None
+
+
+def test_the_block_prints_the_trials_cost_or_says_unpriced(tmp_path):
+    meta = {"agent": "claude", "exit_reason": "finished", "sandbox": {"kind": "bwrap"}, "spend_usd": 0.0123,
+            "models": {"claude-sonnet-4-6": {"calls": 3, "usd": 0.0100}, "claude-haiku-4-5": {"calls": 1, "usd": 0.0023}}}
+    block = summary.render("r1", tmp_path, meta, None)
+    assert "cost: $0.0123 (4 model calls: claude-sonnet-4-6 3, claude-haiku-4-5 1)" in block.splitlines()
+    meta["models"]["local-model"] = {"calls": 2, "usd": None}
+    assert "cost: $0.0123 + unpriced (model local-model)" in summary.render("r1", tmp_path, meta, None)
+    meta["models"] = {"local-model": {"calls": 2, "usd": None}}
+    assert "cost: unpriced (model local-model); 2 model calls: local-model 2" in summary.render("r1", tmp_path, meta, None)
+    assert "cost: $0.0000 (no model call answered)" in summary.render("r1", tmp_path, {**meta, "models": {},
+                                                                                      "spend_usd": 0.0}, None)
+    assert "cost:" not in summary.render("r1", tmp_path, {"agent": "x"}, None)  # no spend recorded yet
+    assert "cost: $0.5000" in summary.render("r1", tmp_path, {"agent": "x", "spend_usd": 0.5}, None).splitlines()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from autoembed import editable
 from autoembed.integrity.host_bounds import RAW_CONTROLS, TERMINAL_ATTACK
 from autoembed.paths import REPO_ROOT
-from autoembed.report import report
+from autoembed.loop.report import report
 from tests import loop_driver
 from tests.loop_driver import FilesMeta
 
@@ -29,7 +29,7 @@ def test_a_meta_agent_description_with_escapes_prints_escaped(tmp_path):
 
 def test_a_ledger_reason_with_escapes_prints_escaped_in_the_report(tmp_path):
     """A row's reason quotes what a trial's agent wrote (a crash's last line): the report prints it escaped."""
-    from autoembed.ledger import Ledger
+    from autoembed.loop.ledger import Ledger
 
     Ledger(tmp_path).append({"row_id": "trial-0001", "iteration": 0, "kind": "baseline", "commit": "abc", "status": "crash",
                              "reason": "the agent crashed: " + TERMINAL_ATTACK, "description": "baseline"})

@@ -1,4 +1,4 @@
-"""A whole trial (autoembed.run) of the real Claude Code CLI in bwrap, its model the fake server behind the trial's
+"""A whole trial (autoembed.trial.run) of the real Claude Code CLI in bwrap, its model the fake server behind the trial's
 gateway: the agent gets only the gateway's URL and token, the token cap stops it with a readable error, and the
 trial record says so (meta.json: gateway summary, usage by the gateway's count, limit_reached; trajectory.json in
 ATIF with the model's tool calls and what they returned)."""
@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import atif
 import pytest
 
 from autoembed.sandbox.bwrap import bwrap_problem
@@ -50,7 +51,7 @@ def offline_trial_env(tmp_path_factory, monkeypatch) -> Path:
 @NEEDS_CLAUDE[1]
 def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factory, tmp_path, monkeypatch):
     task_dir = offline_trial_env(tmp_path_factory, monkeypatch)
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     with FakeLLM(model) as fake:
         monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_KEYS["anthropic"])
@@ -73,8 +74,15 @@ def test_claude_trial_through_the_gateway_stops_at_the_token_cap(tmp_path_factor
     assert not list((run_dir / "workdir").rglob("gateway.sock")), "the gateway lives outside the workdir"
 
     trajectory = json.loads((run_dir / "trajectory.json").read_text())
-    assert trajectory["schema_version"] == "ATIF-v1.4" and trajectory["session_id"] == meta["run_id"]
-    assert trajectory["agent"]["name"] == "claude" and trajectory["steps"][0]["source"] == "user"
+    assert trajectory["schema_version"] == "ATIF-v1.8" and trajectory["session_id"] == meta["run_id"]
+    atif.Trajectory.model_validate(trajectory)
+    # the CLI's own name and version (claude --version), not autoembed's
+    assert trajectory["agent"]["name"] == "claude-code" and trajectory["steps"][0]["source"] == "user"
+    assert trajectory["agent"]["version"] == meta["versions"]["agent"]["claude-code"]
+    # no --model: the model that answered is named, with its calls and cost
+    assert meta["model"] in meta["models"] and meta["models"][meta["model"]]["calls"] == gateway["calls"]
+    assert meta["models"][meta["model"]]["usd"] == pytest.approx(meta["spend_usd"])
+    assert "cost: $" in result.summary()
     acting = [s for s in trajectory["steps"] if s.get("tool_calls")]
     assert [s["tool_calls"][0]["arguments"]["command"] for s in acting] == ["echo first-output", "echo second-output"]
     # the first result is what Claude sent back to the model; the second never went back (refused): from the trace
@@ -93,7 +101,7 @@ def test_a_harness_inside_bwrap_cannot_misuse_the_gateway_or_report_its_own_spen
     reserved, and cost_usd -1000 on its event channel. Every request is refused, at most one of the 40 goes out, the
     trial is not clean with the gateway's spend past its cap, and the harness's report stays out of the spend."""
     from autoembed.integrity import gateway_case as case
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     task_dir = offline_trial_env(tmp_path_factory, monkeypatch)
     plan = list(case.UPSTREAM_PLAN)

@@ -13,6 +13,19 @@ from autoembed.task.spec import TaskSpec
 from autoembed.trace import TraceWriter
 
 
+# the shortest budget (seconds from the seed to the deadline) in which each kind of agent can act at all: a CLI
+# starts and makes a model call or two, a harness calls a real model before its finish margin, the recipe trains
+MIN_BUDGET_S = {"cli": 30.0, "harness": 30.0, "recipe": 30.0}
+
+
+def too_short(what: str, seconds: float, least: float, flag: str = "--hours") -> str | None:
+    """None when `seconds` is enough to act, else one line naming the minimum."""
+    if seconds >= least:
+        return None
+    return (f"{flag} {seconds / 3600:g} gives {what} {seconds:.1f} s, too short to act: it needs at least {least:.0f} s "
+            f"({flag} {-(-least // 3.6) / 1000:.3f} or more)")
+
+
 @dataclass
 class TrialContext:
     workdir: Path  # host path of the seeded workdir
@@ -43,6 +56,7 @@ class AgentOutcome:
 
 class Agent(abc.ABC):
     name: str = "abstract"
+    kind: str = "cli"  # a key of MIN_BUDGET_S
     # which of the LLM gateway's providers this agent's environment names (base URL + token); none: no gateway
     gateway_providers: tuple[str, ...] = ("anthropic", "openai", "gemini")
 
@@ -56,3 +70,12 @@ class Agent(abc.ABC):
 
     def versions(self) -> dict[str, str]:
         return {}
+
+    def min_budget_s(self) -> float:
+        """The shortest budget in which this agent can act (preflight refuses less)."""
+        return MIN_BUDGET_S.get(self.kind, max(MIN_BUDGET_S.values()))
+
+    def identity(self, versions: dict) -> tuple[str, str]:
+        """The agent's own (name, version) for its trajectory, from what versions() reported: a CLI's name and its
+        --version, a file's name and hash; never autoembed's own version."""
+        return self.name, "unknown"

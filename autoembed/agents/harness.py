@@ -61,6 +61,7 @@ def literal_constant(source: str, name: str):
 
 class HarnessAgent(Agent):
     name = "harness"
+    kind = "harness"
 
     def __init__(self, path: Path, model: str | None = None):
         self.path = Path(path)
@@ -86,6 +87,12 @@ class HarnessAgent(Agent):
     def versions(self) -> dict[str, str]:
         return {"harness": str(self.path), "harness_sha256": hashlib.sha256(self.source.encode()).hexdigest(),
                 "model": self.model}
+
+    def min_budget_s(self) -> float:
+        return 0.0 if self.model.startswith("scripted:") else super().min_budget_s()  # a script answers at once
+
+    def identity(self, versions: dict) -> tuple[str, str]:
+        return f"harness:{self.path.name}", f"sha256:{str(versions.get('harness_sha256') or '')[:16] or 'unknown'}"
 
     def readonly_mounts(self) -> list[Path]:
         """A host folder holding a copy of the harness (and of a scripted model's script), shown read-only

@@ -34,6 +34,21 @@ TRIAL_VAR = "AUTOEMBED_HARNESS_TRIAL"  # JSON: prompt, model, deadline, workdir,
 OUTPUT_DIR = ".outputs"  # full tool outputs, readable by the agent, when the shown output is truncated
 STOPPED_EXIT = 3  # the runtime stopped the harness at the deadline
 STACK_DUMP_LEAD_S = 2.0  # dump every thread's stack this long before the deadline (kept for a hung harness)
+FINISH_MARGIN_SHARE, MIN_FINISH_MARGIN_S = 0.1, 5.0  # a harness's FINISH_MARGIN_S: at most this share of its budget
+
+
+def finish_margin_s(declared: float, budget_s: float) -> float:
+    """The finish margin a harness gets: what it declares, at most a tenth of its budget (and not under 5 s unless it
+    declares less): 120 s of an hour's trial, 10.8 s of a 108 s one, where a fixed 120 s would leave no turn."""
+    return min(float(declared), max(MIN_FINISH_MARGIN_S, FINISH_MARGIN_SHARE * max(0.0, budget_s)))
+
+
+def scale_finish_margin(harness_main: Callable, budget_s: float) -> None:
+    """The harness file's FINISH_MARGIN_S (its editable part reads it as a global), scaled to the budget."""
+    names = getattr(harness_main, "__globals__", {})
+    declared = names.get("FINISH_MARGIN_S")
+    if isinstance(declared, (int, float)) and not isinstance(declared, bool):
+        names["FINISH_MARGIN_S"] = finish_margin_s(declared, budget_s)
 
 
 class HarnessError(RuntimeError):
@@ -187,6 +202,7 @@ def main(harness_main: Callable[[HarnessEnv], int]) -> int:
     channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # print() in the editable part lands in the log, not in the host's channel
     env = HarnessEnv(trial, channel)
+    scale_finish_margin(harness_main, env.seconds_left())
     # A harness that hangs past the deadline is killed by the sandbox; this leaves its stacks in the log first.
     stack_dump = threading.Timer(max(0.1, env.seconds_left() - STACK_DUMP_LEAD_S), _dump_stacks)
     stack_dump.daemon = True

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoembed import bounded, editable, nofollow
@@ -48,6 +49,7 @@ print("PROBE " + json.dumps(info))
 
 class RecipeAgent(Agent):
     name = "recipe"
+    kind = "recipe"
     gateway_providers = ()  # no model: no way out of the sandbox at all
 
     def __init__(self, model: str | None = None, *, path: str | Path | None = None, batch_size: int | None = None, max_steps: int | None = None,
@@ -65,6 +67,9 @@ class RecipeAgent(Agent):
 
     def versions(self) -> dict[str, str]:
         return {"recipe": str(self.path), "recipe_sha256": editable.file_hash(self.script)}
+
+    def identity(self, versions: dict) -> tuple[str, str]:
+        return f"recipe:{self.path.name}", f"sha256:{str(versions.get('recipe_sha256') or '')[:16] or 'unknown'}"
 
     def margin_s(self, seconds_left: float) -> float:
         """Time kept back from the deadline: process start, the script's exit and a kill grace."""
@@ -108,7 +113,8 @@ class RecipeAgent(Agent):
         if minutes < 0.25:
             return self._give_up(ctx, f"only {left:.0f} s left: not enough to train and save", reason="deadline")
         argv = train_command(python, "train.py", pool=pool, base=str(base), out="final_model", minutes=minutes,
-                             seed=self.seed, batch_size=self.batch_size, max_steps=self.max_steps, lr=self.lr)
+                             knobs=TrainKnobs(seed=self.seed, batch_size=self.batch_size, max_steps=self.max_steps,
+                                              lr=self.lr))
         ctx.progress(f"recipe: training for {minutes:.1f} min on {'GPU ' + info.get('gpu', '') if info.get('cuda') else 'CPU'}")
         returncode, output = self._train(ctx, argv)
 
@@ -208,14 +214,24 @@ def _parse_probe(output: str) -> dict:
     return {}
 
 
-def train_command(python: str, script: str, *, pool: str, base: str, out: str, minutes: float, seed: int = 0,
-                  batch_size: int | None = None, max_steps: int | None = None, lr: float | None = None,
-                  device: str | None = None) -> list[str]:
+@dataclass(frozen=True)
+class TrainKnobs:
+    """The recipe script's optional flags (None: the script's own default)."""
+    seed: int = 0
+    batch_size: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    device: str | None = None
+
+
+def train_command(python: str, script: str, *, pool: str, base: str, out: str, minutes: float,
+                  knobs: TrainKnobs = TrainKnobs()) -> list[str]:
     """The reference recipe's command line: the one the recipe agent runs inside the sandbox and the reference
     ladder runs on the host."""
     argv = [python, script, "--pool", pool, "--base", base, "--out", out, "--minutes", f"{minutes:.4g}",
-            "--seed", str(seed)]
-    for flag, value in (("--batch-size", batch_size), ("--max-steps", max_steps), ("--lr", lr), ("--device", device)):
+            "--seed", str(knobs.seed)]
+    for flag, value in (("--batch-size", knobs.batch_size), ("--max-steps", knobs.max_steps), ("--lr", knobs.lr),
+                        ("--device", knobs.device)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

@@ -6,6 +6,10 @@ from autoembed.commands.options import add_task_and_mode
 
 import json
 import sys
+from pathlib import Path
+
+# what a model folder saved by SentenceTransformer.save (or transformers' save_pretrained) holds, one at least
+MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json", "config.json")
 
 
 def add_parser(sub) -> None:
@@ -21,7 +25,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_main)
 
 
+def check_model_folder(model: str) -> None:
+    """A folder that holds no model fails here, in milliseconds, before torch is imported (ValueError: exit 2)."""
+    path = Path(model)
+    if not path.exists():
+        raise ValueError(f"{model}: no such folder; give the folder a sentence-transformers model was saved to "
+                         "(e.g. final_model/)")
+    if not path.is_dir():
+        raise ValueError(f"{model} is a file, not a model folder; give the folder it is in")
+    if not any((path / marker).is_file() for marker in MODEL_MARKERS):
+        raise ValueError(f"{model} holds no model (none of {', '.join(MODEL_MARKERS)}); give the folder a "
+                         "sentence-transformers model was saved to (SentenceTransformer.save), e.g. final_model/")
+
+
 def _main(args) -> int:
+    check_model_folder(args.model)
     from autoembed.task.evaluate import evaluate, format_table
 
     only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

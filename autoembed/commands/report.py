@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    from autoembed.report import report
+    from autoembed.loop.report import report
 
     report(args.run)
     return 0

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     result = run(args.agent, task=args.task, hours=args.hours, sandbox=args.sandbox, model=args.model, gpus=gpus,

@@ -38,7 +38,8 @@ def _main(args) -> int:
         return 0
     from pathlib import Path
 
-    from autoembed import summary, textsafe
+    from autoembed.trial import summary
+    from autoembed import textsafe
 
     out = Path(args.out) if args.out else Path(args.workdir) / "score.json"
     scores = summary.headline(result, summary.load_per_query(out.parent), bootstrap=args.bootstrap)

@@ -55,19 +55,12 @@ from autoembed.gateway.reserve import Refusal, Reservation, charge, reserve_for
 from autoembed.gateway.sse import SSEReader
 from autoembed.gateway.wire import WIRES, StreamFold, Wire
 from autoembed.llm.pricing import PriceBook, prices_from_env
+from autoembed.models import WIRE_BASE_URL, WIRE_CLIENT_KEY, WIRE_DEFAULT_BASE, WIRE_KEYS
 from autoembed.trace import Usage
 
 SOCKET_NAME = "gateway.sock"
 MAX_SOCKET_PATH = 100  # a Unix socket path must fit in 108 bytes
-DEFAULT_BASES = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1",
-                 "gemini": "https://generativelanguage.googleapis.com"}
-BASE_URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL", "gemini": "GOOGLE_GEMINI_BASE_URL"}
-KEY_ENV = {  # host variables holding each provider's credential, first found wins, with how it is sent
-    "anthropic": [("ANTHROPIC_API_KEY", "api_key"), ("ANTHROPIC_AUTH_TOKEN", "bearer"), ("CLAUDE_CODE_OAUTH_TOKEN", "oauth")],
-    "openai": [("OPENAI_API_KEY", "api_key"), ("CODEX_API_KEY", "api_key")],
-    "gemini": [("GEMINI_API_KEY", "api_key"), ("GOOGLE_API_KEY", "api_key")],
-}
-AGENT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
+DEFAULT_BASES, BASE_URL_ENV, KEY_ENV, AGENT_KEY_ENV = WIRE_DEFAULT_BASE, WIRE_BASE_URL, WIRE_KEYS, WIRE_CLIENT_KEY
 # never forwarded: the client's credentials, and what belongs to one hop of HTTP
 DROP_REQUEST = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding", "te",
                 "upgrade", "proxy-authorization", "proxy-connection", "x-api-key", "authorization", "x-goog-api-key",

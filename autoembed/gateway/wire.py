@@ -22,7 +22,9 @@ class Reply:
 
     text: str = ""
     reasoning: str = ""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"tool_call_id", "function_name", "arguments"}
+    # {"tool_call_id", "function_name", "arguments"}; tool_call_id "" where the upstream sent none (Gemini): the
+    # trajectory takes the id the CLI gave it from the next request (Wire.call_ids_in)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _int(value) -> int:
@@ -98,8 +100,19 @@ class Wire(abc.ABC):
 
     @abc.abstractmethod
     def tool_results(self, body: dict) -> list[tuple[str, str]]:
-        """(call id, output) of the tool results this request sends back: what the tools answered."""
+        """(call id, output) of the tool results this request sends back: what the tools answered. A request that
+        replays the whole conversation may carry earlier results too: a later pair with the same id is the newer."""
         ...
+
+    def call_ids_in(self, body: dict) -> list[tuple[str, str]]:
+        """(call id, tool name) of the calls the model made in the last model turn this request replays, in order;
+        where the upstream's reply had no ids, the client's own are here."""
+        return []
+
+    def declared_tools(self, body: dict) -> list[str]:
+        """The names of the tools a request offers the model."""
+        return sorted({str(t.get("name") or (t.get("function") or {}).get("name") or t.get("type"))
+                       for t in body.get("tools") or [] if isinstance(t, dict)})
 
     @abc.abstractmethod
     def new_stream(self) -> "StreamFold":
@@ -194,6 +207,9 @@ class _AnthropicFold(StreamFold):
 
 
 # -- OpenAI Chat Completions and Responses -----------------------------------------------------------
+RESPONSES_OUTPUTS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
+
+
 class OpenAI(Wire):
     """Chat Completions (/chat/completions) and Responses (/responses) share a key and an error shape;
     which one a call used is read from its body (Responses sends `input`, Chat `messages`)."""
@@ -237,6 +253,12 @@ class OpenAI(Wire):
                 elif item.get("type") == "function_call":
                     reply.tool_calls.append({"tool_call_id": item.get("call_id", ""), "function_name": item.get("name", ""),
                                              "arguments": _arguments(item.get("arguments"))})
+                elif item.get("type") == "custom_tool_call":  # a freeform tool (Codex's default model): raw text in
+                    reply.tool_calls.append({"tool_call_id": item.get("call_id", ""), "function_name": item.get("name", ""),
+                                             "arguments": {"input": item.get("input", "")}})
+                elif item.get("type") == "local_shell_call":
+                    reply.tool_calls.append({"tool_call_id": item.get("call_id", ""), "function_name": "local_shell",
+                                             "arguments": item.get("action") or {}})
             return reply
         message = ((final.get("choices") or [{}])[0] or {}).get("message") or {}
         reply.text = _text_of(message.get("content"))
@@ -250,13 +272,26 @@ class OpenAI(Wire):
         if "input" in body:
             items = body["input"] if isinstance(body["input"], list) else []
             return [(i.get("call_id", ""), _text_of(i.get("output"))) for i in items
-                    if isinstance(i, dict) and i.get("type") == "function_call_output"]
+                    if isinstance(i, dict) and i.get("type") in RESPONSES_OUTPUTS]
         results = []
         for message in reversed(body.get("messages") or []):  # the tool messages after the last assistant turn
             if message.get("role") != "tool":
                 break
             results.insert(0, (message.get("tool_call_id", ""), _text_of(message.get("content"))))
         return results
+
+    def declared_tools(self, body: dict) -> list[str]:
+        tools = list(body.get("tools") or [])
+        for item in body.get("input") if isinstance(body.get("input"), list) else []:
+            if isinstance(item, dict) and item.get("type") == "additional_tools":  # Codex declares its tools here
+                tools += item.get("tools") or []
+        names = set()
+        for tool in tools:
+            if isinstance(tool, dict) and tool.get("type") == "namespace":
+                names |= {str(t.get("name")) for t in tool.get("tools") or [] if isinstance(t, dict)}
+            elif isinstance(tool, dict):
+                names.add(str(tool.get("name") or (tool.get("function") or {}).get("name") or tool.get("type")))
+        return sorted(names)
 
     def new_stream(self) -> StreamFold:
         return _OpenAIFold()
@@ -339,11 +374,11 @@ class Gemini(Wire):
     def reply(self, final: dict) -> Reply:
         reply = Reply()
         candidate = (final.get("candidates") or [{}])[0] or {}
-        for index, part in enumerate((candidate.get("content") or {}).get("parts") or []):
+        for part in (candidate.get("content") or {}).get("parts") or []:
             if part.get("functionCall"):
                 call = part["functionCall"]
-                reply.tool_calls.append({"tool_call_id": call.get("id") or f"{call.get('name', '')}#{index}",
-                                         "function_name": call.get("name", ""), "arguments": _arguments(call.get("args"))})
+                reply.tool_calls.append({"tool_call_id": call.get("id") or "", "function_name": call.get("name", ""),
+                                         "arguments": _arguments(call.get("args"))})
             elif part.get("thought"):
                 reply.reasoning += part.get("text", "")
             elif "text" in part:
@@ -359,6 +394,16 @@ class Gemini(Wire):
             if response:
                 results.append((response.get("id") or response.get("name", ""), _text_of(response.get("response"))))
         return results
+
+    def call_ids_in(self, body: dict) -> list[tuple[str, str]]:
+        turns = [c for c in body.get("contents") or [] if isinstance(c, dict) and c.get("role") == "model"]
+        parts = (turns[-1].get("parts") or []) if turns else []
+        return [(p["functionCall"].get("id") or "", p["functionCall"].get("name", "")) for p in parts
+                if isinstance(p, dict) and isinstance(p.get("functionCall"), dict)]
+
+    def declared_tools(self, body: dict) -> list[str]:
+        return sorted({str(d.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)
+                       for d in t.get("functionDeclarations") or [] if isinstance(d, dict)})
 
     def new_stream(self) -> StreamFold:
         return _GeminiFold()

@@ -1,5 +1,5 @@
 """What every case of the audit shares: one tiny task, one harness-side home (the scorer prepared once), one traces
-folder, an environment with no key, and the one way to run a trial (autoembed.run.run) with a scripted agent.
+folder, an environment with no key, and the one way to run a trial (autoembed.trial.run.run) with a scripted agent.
 
 A scripted agent is the baseline harness (harnesses/baseline.py, run as a process inside the sandbox) driven by the
 `scripted:` provider: no LLM, a fixed list of tool calls, usually "write this program, run it". So every attack
@@ -69,8 +69,8 @@ class Bench:
 
     def scripted_trial(self, case: str, steps: list[dict], *, sandbox: str = "bwrap", hours: float = TRIAL_HOURS,
                        model: str | None = None, **run_kw):
-        """One real trial (autoembed.run.run) of the baseline harness replaying steps; (TrialResult, case folder)."""
-        from autoembed.run import run
+        """One real trial (autoembed.trial.run.run) of the baseline harness replaying steps; (TrialResult, case folder)."""
+        from autoembed.trial.run import run
 
         folder = self.folder(case)
         script = folder / "script.json"

@@ -10,7 +10,7 @@ RECIPE_HOURS = 0.04  # 144 s: the recipe times its CPU training to the budget an
 
 def clean_recipe(bench: Bench) -> list[Row]:
     """The default recipe agent (harnesses/recipe.py run inside bwrap): it trains honestly on the pool."""
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     name = "clean recipe agent (bwrap)"
     with timed() as clock:

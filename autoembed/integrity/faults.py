@@ -11,6 +11,7 @@ from pathlib import Path
 
 from autoembed.integrity.bench import Bench, load_json, program, read_agent_json, timed
 from autoembed.integrity.outcome import ERROR, FAULT, Row
+from autoembed.sandbox.procs import pids_with_cmdline
 
 SAVE_BASE = "import shutil, task\nshutil.copytree(task.BASE_MODEL, 'final_model')\nprint('saved final_model')\n"
 
@@ -144,21 +145,9 @@ def disk_full(bench: Bench) -> list[Row]:
 
 
 def _pids_with(*needles: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = b" ".join(argv).decode(errors="replace")
-        if needles[0] == "bwrap":
-            if argv and argv[0].decode(errors="replace").endswith("bwrap") and all(n in text for n in needles[1:]):
-                found.append(int(entry.name))
-        elif all(n in text for n in needles):
-            found.append(int(entry.name))
-    return found
+    if needles[0] == "bwrap":
+        return pids_with_cmdline(*needles[1:], program="bwrap")
+    return pids_with_cmdline(*needles)
 
 
 FAULTS = {"sandbox killed": sandbox_killed, "gpu oom": gpu_oom, "disk full": disk_full}
@@ -248,7 +237,7 @@ def gateway_killed(bench: Bench) -> list[Row]:
     gateway (its real server, in the trial's process) under it. The trial must notice, stop the agent rather than
     let it retry into nothing, and end crashed with the reason naming the gateway, its records and the gateway's log
     up to the stop kept, and the trial's exit code non-zero."""
-    from autoembed import summary
+    from autoembed.trial import summary
     from autoembed.integrity.chaos_upstream import ChaosUpstream
     from autoembed.integrity.escape import KEY_CANARY, _env
 

@@ -137,7 +137,7 @@ def gateway_attacks(bench: Bench, sandbox: str = "bwrap") -> list[Row]:
     """One real trial of the attack harness in `sandbox`, its model calls answered by the chaos upstream."""
     from autoembed.integrity.chaos_upstream import ChaosUpstream
     from autoembed.integrity.escape import _env
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     folder = bench.folder(f"gateway-attacks-{sandbox}")
     harness = attack_harness(folder)

@@ -168,7 +168,7 @@ def escape_problems(printed: str) -> list[str]:
 
 def host_bounds(bench: Bench) -> list[Row]:
     """The hostile harness's one trial; its three rows."""
-    from autoembed.run import run
+    from autoembed.trial.run import run
 
     names = ("sparse 1 TiB final_model", "stderr flood and a newline-less giant line", "terminal escapes in tool calls")
     folder = bench.folder("host-bounds")

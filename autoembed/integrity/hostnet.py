@@ -4,26 +4,15 @@ the host processes whose command line holds a marker (to find what outlived a sa
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
-from pathlib import Path
+
+from autoembed.sandbox.procs import pids_with_cmdline
 
 
 def host_pids_with(marker: str) -> list[int]:
     """Host processes whose command line holds marker (zombies excluded: they are already dead)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
+    return pids_with_cmdline(marker, live=True)
 
 
 def host_addresses() -> list[str]:

@@ -110,15 +110,15 @@ def _leaked_mounts(run_dir: Path) -> list[str]:
 
 
 def _ledger_rows(run_dir: Path) -> list[dict]:
-    from autoembed.ledger import Ledger
+    from autoembed.loop.ledger import Ledger
 
     return Ledger(run_dir).rows()
 
 
 def consistency_problems(run_dir: Path) -> list[str]:
     """Where a loop's records disagree: the ledger, the intents it wrote before each step, and its git repository."""
-    from autoembed.ledger import Ledger
-    from autoembed.meta.repo import TargetRepo
+    from autoembed.loop.ledger import Ledger
+    from autoembed.loop.meta.repo import TargetRepo
 
     problems = []
     try:
@@ -134,7 +134,7 @@ def consistency_problems(run_dir: Path) -> list[str]:
     recorded = sorted(r["trial_id"] for r in rows if r.get("trial_id"))
     if begun != recorded:
         problems.append(f"trials begun {begun} != trials with a row {recorded}")
-    from autoembed.loop import TARGETS
+    from autoembed.loop.config import TARGETS
 
     filename = TARGETS[config.get("target", "recipe")].filename
     try:

@@ -169,7 +169,7 @@ def _wait(proc: subprocess.Popen) -> int:
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    from autoembed.ledger import Ledger
+    from autoembed.loop.ledger import Ledger
 
     return Ledger(run_dir).rows()
 
@@ -200,8 +200,8 @@ def _api_row(run_dir: Path, seen: list[dict], records: list[str], seconds: float
 
 def _commit_row(run_dir: Path, seen: list[dict], records: list[str], first_code: int, seconds: float,
                 evidence: dict) -> Row:
-    from autoembed.ledger import Ledger
-    from autoembed.meta.gateway import usage_from_log
+    from autoembed.loop.ledger import Ledger
+    from autoembed.loop.meta.gateway import usage_from_log
 
     rows = _rows(run_dir)
     problems = list(records)
@@ -287,7 +287,7 @@ def _records_intact(run_dir: Path) -> list[str]:
 
 
 def _cost_row(run_dir: Path, seen: list[dict], code: int | None, seconds: float, evidence: dict) -> Row:
-    from autoembed.meta.gateway import usage_from_log
+    from autoembed.loop.meta.gateway import usage_from_log
 
     log = run_dir / "meta" / "gateway" / "gateway.jsonl"
     calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
@@ -444,7 +444,7 @@ def _regex_row(answer: str | None, first_code: int, first_seconds: float, second
 
 def _oversized_row(run_dir: Path, answer: str | None, seconds: float, evidence: dict) -> Row:
     from autoembed.editable import MAX_TARGET_BYTES
-    from autoembed.meta.repo import TargetRepo
+    from autoembed.loop.meta.repo import TargetRepo
 
     name = WEDGE_ROWS["oversized"]
     rows = _candidate_rows(run_dir, 1)

@@ -1,6 +1,6 @@
 """A place where trials run: this machine, a Docker engine, or a Slurm cluster, with its GPU slots.
 
-A place runs one trial from `autoembed.run.run()` keyword arguments and returns the trial's folder. It tells
+A place runs one trial from `autoembed.trial.run.run()` keyword arguments and returns the trial's folder. It tells
 two failures apart: a trial that ran and failed is the trial's result (returned like any other), while a place
 that could not run it (the engine went away, the job died, the sandbox could not start there) raises
 PlaceFailed, and the pool retries the trial elsewhere.
@@ -85,7 +85,7 @@ class Place(ABC):
 
 
 class LocalPlace(Place):
-    """This machine, in this process: the trial runs as autoembed.run.run() does from the command line."""
+    """This machine, in this process: the trial runs as autoembed.trial.run.run() does from the command line."""
 
     kind = "local"
 

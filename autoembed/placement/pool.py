@@ -1,7 +1,9 @@
 """Run trials over places: one trial per slot (a GPU, or a CPU slot where a place has no GPU), every place kept
 busy, and a trial whose place failed tried again on another place.
 
-    from autoembed.placement import DockerPlace, LocalPlace, run_pool
+    from autoembed.placement.docker_engine import DockerPlace
+    from autoembed.placement.place import LocalPlace
+    from autoembed.placement.pool import run_pool
     places = [LocalPlace("here", gpus=["0", "1"]), DockerPlace("box2", "ssh://me@box2", gpus=["0", "1", "2", "3"])]
     run_dirs = run_pool([{"agent": "recipe", "hours": 0.5}] * 12, places)
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from autoembed.paths import traces_dir
 from autoembed.placement.place import Place, PlaceFailed, Say, read_meta
+from autoembed.records import write_text_atomic
 
 DEFAULT_ATTEMPTS = 3
 
@@ -88,12 +91,12 @@ class Pool:
 
     # -- trials -----------------------------------------------------------------------------------
     def run_trial(self, run_kwargs: dict, say: Say | None = None) -> Path:
-        """Run one trial (autoembed.run.run() keyword arguments, `agent` included) on the first free slot; retry it
+        """Run one trial (autoembed.trial.run.run() keyword arguments, `agent` included) on the first free slot; retry it
         elsewhere when its place fails. Returns the run folder, whose meta.json has the placement record."""
-        from autoembed.run import new_run_id
+        from autoembed.trial.run import new_run_id
 
         if "agent" not in run_kwargs:
-            raise ValueError("a trial spec needs 'agent' (and may have any other autoembed.run.run() argument)")
+            raise ValueError("a trial spec needs 'agent' (and may have any other autoembed.trial.run.run() argument)")
         out = Path(run_kwargs.get("out") or traces_dir() / new_run_id(run_kwargs["agent"]))
         task = str(run_kwargs.get("task", "embed"))
         say = say or self.say
@@ -171,9 +174,7 @@ def _record_unplaced(out: Path, failed: list[dict], reason: str) -> Path:
 
 
 def _write_meta(run_dir: Path, meta: dict) -> None:
-    tmp = run_dir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(run_dir / "meta.json")
+    write_text_atomic(run_dir / "meta.json", json.dumps(meta, indent=2))
 
 
 def _zip_longest(rows: list[list]) -> list[list]:
@@ -186,8 +187,8 @@ def _now() -> str:
 
 
 def trial_result(run_dir: Path):
-    """The TrialResult (run_dir, meta, score) of a folder a place returned, as autoembed.run.run() gives it."""
-    from autoembed.run import TrialResult
+    """The TrialResult (run_dir, meta, score) of a folder a place returned, as autoembed.trial.run.run() gives it."""
+    from autoembed.trial.run import TrialResult
 
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoembed.paths import traces_dir
@@ -29,29 +30,42 @@ MARGIN_MIN = 30  # image checks, scorer preparation and scoring around the agent
 POLL_S = 2.0
 
 
+@dataclass
+class SlurmJobs:
+    """SlurmPlace's keyword arguments: how each trial's job is asked for."""
+    gpu_per_job: bool = False
+    partition: str | None = None
+    folder: Path | None = None
+    cluster: str = "slurm"
+    timeout_min: int | None = None
+    cpus_per_job: int | None = None
+    mem_gb: float | None = None
+    extra: dict | None = None
+
+
 class SlurmPlace(Place):
     kind = "slurm"
 
-    def __init__(self, name: str, jobs: int = 1, *, gpu_per_job: bool = False, partition: str | None = None,
-                 folder: Path | None = None, cluster: str = "slurm", timeout_min: int | None = None,
-                 cpus_per_job: int | None = None, mem_gb: float | None = None, extra: dict | None = None):
-        """jobs: trials in flight at once (each a job); gpu_per_job: ask each job for one GPU (--gres=gpu:1);
-        extra: more sbatch options as submitit's slurm_additional_parameters (e.g. {"account": "lab"})."""
+    def __init__(self, name: str, jobs: int = 1, **options):
+        """jobs: trials in flight at once (each a job); keywords (SlurmJobs): gpu_per_job: ask each job for one GPU
+        (--gres=gpu:1); partition, folder, cluster, timeout_min, cpus_per_job, mem_gb; extra: more sbatch options
+        as submitit's slurm_additional_parameters (e.g. {"account": "lab"})."""
+        job = SlurmJobs(**options)  # an unknown keyword is a TypeError, as with a plain signature
         super().__init__(name, (), cpu_slots=jobs)
-        if cluster not in CLUSTERS:
-            raise ValueError(f"place {name}: cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
-        if cluster == "slurm" and shutil.which("sbatch") is None:
+        if job.cluster not in CLUSTERS:
+            raise ValueError(f"place {name}: cluster must be one of {', '.join(CLUSTERS)}, got {job.cluster!r}")
+        if job.cluster == "slurm" and shutil.which("sbatch") is None:
             raise ValueError(f"place {name}: sbatch is not on PATH; install Slurm's client (apt-get install -y "
                              "slurm-client) or use cluster='local' to run the jobs on this machine")
         self.jobs = jobs
-        self.gpu_per_job = gpu_per_job
-        self.partition = partition
-        self.folder = Path(folder) if folder else traces_dir() / "placement" / name
-        self.cluster = cluster
-        self.timeout_min = timeout_min
-        self.cpus_per_job = cpus_per_job
-        self.mem_gb = mem_gb
-        self.extra = dict(extra or {})
+        self.gpu_per_job = job.gpu_per_job
+        self.partition = job.partition
+        self.folder = Path(job.folder) if job.folder else traces_dir() / "placement" / name
+        self.cluster = job.cluster
+        self.timeout_min = job.timeout_min
+        self.cpus_per_job = job.cpus_per_job
+        self.mem_gb = job.mem_gb
+        self.extra = dict(job.extra or {})
 
     def executor(self, hours: float | None):
         import submitit

@@ -17,8 +17,8 @@ from pathlib import Path
 def run_trial_here(run_kwargs: dict, gpu: str | None = None) -> dict:
     """{"run_dir", "clean", "error", "bad_input", "host", "exit_reason"}: error is set when no agent ran (the place
     could not start the trial), bad_input when the arguments were refused before a run folder existed."""
-    from autoembed.preflight import PreflightError
-    from autoembed.run import TrialFailedToStart, run
+    from autoembed.trial.preflight import PreflightError
+    from autoembed.trial.run import TrialFailedToStart, run
 
     kwargs = dict(run_kwargs)
     if gpu is not None:

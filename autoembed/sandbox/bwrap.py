@@ -26,13 +26,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from autoembed import paths
 from autoembed.sandbox import identity, layout, no_userns
 from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
+from autoembed.sandbox.deadline import StopOnce
 from autoembed.sandbox.hidden import hidden_paths, is_within
 from autoembed.sandbox.limits import GIB, Cgroup, LimitError
 from autoembed.sandbox.procs import REAPER, GroupPopen, communicate_or_kill, kill_pid, read_until, wait_gone
@@ -59,9 +59,7 @@ class BwrapSandbox(Sandbox):
         self._bwrap: subprocess.Popen | None = None
         self._init_pid: int | None = None  # host PID of the sandbox's PID 1
         self._procs: list[subprocess.Popen] = []
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
-        self._stopped = False
+        self._once = StopOnce()  # stop() or the deadline, whichever comes first, tears it down once
         self._stderr = None
         self._cgroup: Cgroup | None = None
         self.limits: dict = {}  # what was enforced and what was hit, for describe()
@@ -113,19 +111,12 @@ class BwrapSandbox(Sandbox):
             self._kill_all()
             raise SandboxError(f"bwrap did not start: {self._bwrap_stderr() or 'no message'}")
         self._init_pid = int(info["child-pid"])
-        self._timer = threading.Timer(max(0.0, self.seconds_left()), self._deadline_reached)
-        self._timer.daemon = True
-        self._timer.start()
+        self._once.arm(self.config.deadline, self.stop)
         self.connect_gateway()
 
     def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        if self._timer is not None and self._timer is not threading.current_thread():
-            self._timer.cancel()
-        self._kill_all()
+        if self._once.claim():
+            self._kill_all()
 
     def _make_cgroup(self) -> None:
         """Memory and process limits: a cgroup that the sandbox's PID 1 and every process entering it join."""
@@ -148,9 +139,6 @@ class BwrapSandbox(Sandbox):
             self._cgroup.join()
         if os.getuid() == 0:
             no_userns.install()
-
-    def _deadline_reached(self) -> None:
-        self.stop()
 
     def _kill_all(self) -> None:
         # PID 1 of the namespace first: the kernel then kills every process inside it.
@@ -188,7 +176,7 @@ class BwrapSandbox(Sandbox):
         return self._popen(list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr)
 
     def _popen(self, argv: list[str], *, env, cwd, **popen_kwargs) -> subprocess.Popen:
-        if self._init_pid is None or self._stopped:
+        if self._init_pid is None or self._once.stopped:
             raise SandboxError("the bwrap sandbox is not running (not started, stopped, or past its deadline)")
         inside_cwd = self._inside_cwd(cwd)
         launcher = [shutil.which("nsenter"), "--target", str(self._init_pid), "--all", "--root", "--wd",

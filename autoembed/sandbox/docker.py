@@ -27,10 +27,11 @@ from pathlib import Path
 
 from autoembed.sandbox import identity, layout
 from autoembed.sandbox.base import GATEWAY_DIR_INSIDE, ExecResult, Sandbox, SandboxError
+from autoembed.sandbox.deadline import StopOnce
 from autoembed.sandbox.hidden import default_hidden
 from autoembed.sandbox.image import docker_client
 from autoembed.sandbox.limits import GIB, cgroup_dirs_of, cgroup_events
-from autoembed.sandbox.procs import REAPER
+from autoembed.sandbox.procs import REAPER, pids_where
 from autoembed.sandbox.rootfs import IMAGE_PYTHON
 
 WORKDIR_INSIDE = "/workdir"
@@ -48,9 +49,7 @@ class DockerSandbox(Sandbox):
         self._stream_client = None  # no read timeout: a command may print nothing for an hour
         self._container = None
         self._procs: list[subprocess.Popen] = []
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
-        self._stopped = False
+        self._once = StopOnce()  # stop() or the deadline, whichever comes first, removes it once
         self._gpu_mode = "none"
         self._limit_events: dict | None = None
         self.uid, self.gid = identity.sandbox_ids()
@@ -93,9 +92,7 @@ class DockerSandbox(Sandbox):
             self._container = self._client.containers.run(**self.container_kwargs(workdir))
         except docker.errors.DockerException as exc:
             raise SandboxError(f"docker could not start a container from {self.config.image}: {exc}") from exc
-        self._timer = threading.Timer(max(0.0, self.seconds_left()), self.stop)
-        self._timer.daemon = True
-        self._timer.start()
+        self._once.arm(self.config.deadline, self.stop)
         self.connect_gateway()
 
     def container_kwargs(self, workdir: Path) -> dict:
@@ -157,12 +154,8 @@ class DockerSandbox(Sandbox):
         return str(max(1 << 20, int(size * GIB))) if size else SHM_SIZE
 
     def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        if self._timer is not None and self._timer is not threading.current_thread():
-            self._timer.cancel()
+        if not self._once.claim():
+            return
         if self._container is not None:
             self._limit_events = self._read_limit_events()
             _remove_container(self._client, self._container.id)
@@ -237,7 +230,7 @@ class DockerSandbox(Sandbox):
             return None
 
     def _require_running(self) -> None:
-        if self._container is None or self._stopped:
+        if self._container is None or self._once.stopped:
             raise SandboxError("the docker sandbox is not running (not started, stopped, or past its deadline)")
 
     def _exec_info(self, exec_id: str) -> dict:
@@ -343,17 +336,8 @@ class DockerExecPopen(subprocess.Popen):
 
 
 def pids_with_marker(marker: str) -> list[int]:
-    needle = f"{SPAWN_MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    """Host processes started by this sandbox's `docker exec` (their environment holds the marker)."""
+    return pids_where(lambda proc: proc.environ().get(SPAWN_MARKER) == marker)
 
 
 def _killpg(pid: int) -> None:

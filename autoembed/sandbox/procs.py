@@ -7,7 +7,9 @@ import select
 import signal
 import subprocess
 import time
-from pathlib import Path
+from typing import Callable
+
+import psutil
 
 # PID 1 inside a sandbox: reaps orphans (a double-forked process lands here) and exits at the
 # deadline, which makes the kernel kill everything else in the PID namespace. It survives the
@@ -58,19 +60,38 @@ class GroupPopen(subprocess.Popen):
                 pass
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the processes in process group pgid (from /proc)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+def pids_where(test: Callable[[psutil.Process], bool]) -> list[int]:
+    """Pids of the host's processes (this one excepted) for which test(process) holds; a process that ends or
+    hides its details while it is looked at is skipped."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if test(proc):
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
             continue
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+    return found
+
+
+def pids_with_cmdline(*needles: str, program: str | None = None, live: bool = False) -> list[int]:
+    """Processes whose command line (arguments joined by spaces) holds every needle; program: its first argument
+    ends so (e.g. "bwrap"); live: zombies left out (they are already dead)."""
+    def test(proc: psutil.Process) -> bool:
+        argv = proc.cmdline()
+        if program is not None and not (argv and argv[0].endswith(program)):
+            return False
+        if live and proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        text = " ".join(argv)
+        return all(n in text for n in needles)
+    return pids_where(test)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group pgid."""
+    return pids_where(lambda proc: os.getpgid(proc.pid) == pgid)
 
 
 def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
@@ -96,14 +117,13 @@ def communicate_or_kill(proc: subprocess.Popen, timeout: float) -> tuple[str, st
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once /proc/<pid> no longer exists (or is a zombie nobody will reap)."""
+    """True once process pid no longer exists (or is a zombie nobody will reap)."""
     end = time.time() + timeout
     while time.time() < end:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return True
-        if state in ("Z", "X"):
+            if psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return True
+        except psutil.NoSuchProcess:
             return True
         time.sleep(0.02)
     return False

@@ -38,8 +38,9 @@ MIRROR_VAR = "AUTOEMBED_DEBIAN_MIRROR"
 # python-is-python3: agents type `python` (the audit's escape program did, and found no such command).
 DEBIAN_PACKAGES = ("python3", "python-is-python3", "git", "procps", "ca-certificates", "tzdata", "mount", "ripgrep",
                    "xz-utils", "libstdc++6")
-# What autoembed's in-sandbox code imports: the harness process's LLM clients (autoembed.llm).
-RUNTIME_REQUIREMENTS = ("anthropic", "openai", "google-genai", "tenacity")
+# What autoembed's in-sandbox code imports: the harness process's LLM clients (autoembed.llm) and its process
+# plumbing (psutil, autoembed.sandbox.procs).
+RUNTIME_REQUIREMENTS = ("anthropic", "openai", "google-genai", "tenacity", "psutil")
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
                  "/usr/share/lintian/*")
 SOURCE_DATE_EPOCH = "1700000000"  # mmdebstrap's output is then the same for the same mirror state

@@ -14,14 +14,12 @@ the mode and the device type.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
 import json
 import os
 import time
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -29,6 +27,8 @@ from typing import Callable
 import torch
 
 from autoembed import nofollow, paths
+from autoembed.clock import PhaseClock
+from autoembed.records import write_text_atomic
 from autoembed.sealed import heldout as heldout_data
 from autoembed.sealed import scorer_cache, submission
 from autoembed.sealed.audits import contamination, lineage, tampering
@@ -40,7 +40,7 @@ from autoembed.task.data import load_retrieval_task
 from autoembed.task.seed import load_manifest
 from autoembed.task.spec import TaskSpec, load_spec
 
-EVALUATOR_FILES = ("evaluate.py", "metrics.py", "encode.py", "data.py")
+EVALUATOR_FILES = ("evaluate.py", "metrics.py", "resample.py", "encode.py", "tokens.py", "data.py")
 TIERS = ("dev", "validation", "heldout")
 PER_QUERY_FILE = "per_query.json.gz"
 PER_QUERY_METRICS = ("ndcg@10",)  # what evaluate_model returns per query (the gate and the tier gap pair them)
@@ -55,28 +55,45 @@ def _check_frozen(final_model: Path, hashes: dict[str, str]) -> None:
                           f"(changed: {changed[:10]}); it is not scored")
 
 
-class StageClock:
-    """Seconds per named stage of one scoring, for score.json (where the scorer's time goes)."""
+@dataclasses.dataclass
+class ScoreOptions:
+    """score_workdir()'s keyword arguments (see score_workdir)."""
+    task: str | TaskSpec = "embed"
+    fast: bool | None = None
+    manifest: dict | str | os.PathLike | None = None
+    device: str | None = None
+    out: str | os.PathLike | None = None
+    heldout_root: Path | None = None
+    bootstrap: int = 1000
+    progress: Callable[[str], None] | None = None
+    final_model: Path | None = None
+    final_model_hashes: dict[str, str] | None = None
+    base_path: Path | None = None
+    tiers: tuple[str, ...] = TIERS
 
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
 
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+@dataclasses.dataclass
+class _Scoring:
+    """What one scoring of a workdir carries from stage to stage; findings in the order they were found."""
+    workdir: Path
+    spec: TaskSpec
+    heldout_root: Path
+    device: str
+    fast: bool
+    manifest: dict | None
+    harness: tuple  # (data manifests, base model path, loaded base model), from _load_harness
+    clock: PhaseClock
+    say: Callable[[str], None]
+    findings: list = dataclasses.field(default_factory=list)
+
+    def flag(self, code: str, message: str, status: str = "flagged") -> None:
+        self.findings.append({"code": code, "status": status, "message": message})
 
 
-def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed", fast: bool | None = None,
-                  manifest: dict | str | os.PathLike | None = None, device: str | None = None,
-                  out: str | os.PathLike | None = None, heldout_root: Path | None = None, bootstrap: int = 1000,
-                  progress: Callable[[str], None] | None = None, final_model: Path | None = None,
-                  final_model_hashes: dict[str, str] | None = None, base_path: Path | None = None,
-                  tiers: tuple[str, ...] = TIERS) -> dict:
+def score_workdir(workdir: str | os.PathLike, **options) -> dict:
     """Score and audit workdir; write score.json (default workdir/score.json) and return it.
+    Keywords (ScoreOptions): task, fast, manifest, device, out, heldout_root, bootstrap, progress, final_model,
+    final_model_hashes, base_path, tiers.
 
     task: a task name, folder or TaskSpec (its fast_queries/fast_docs size the fast mode).
     fast: the documented subsets (default without a GPU) or the full sets (default with one).
@@ -89,89 +106,129 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
     tiers: the tiers to evaluate the submission on now (dev and validation always: the audits read them); a tier
     left out is listed under "deferred" in score.json and scored later by score_deferred_tiers (the loop scores
     held-out only for the commits it keeps)."""
+    opts = ScoreOptions(**options)  # an unknown keyword is a TypeError, as with a plain signature
     started = time.perf_counter()
-    deferred = _deferred(tiers)
-    say = progress or (lambda line: None)
-    clock = StageClock()
+    deferred = _deferred(opts.tiers)
+    s = _open_scoring(Path(workdir), opts)
+    model, reports = _audit_submission(s, opts)
+    s.say("audit: contamination (13-gram overlap)")
+    full = _load_eval_data(s.spec, s.heldout_root, s.clock)
+    reports["ngrams"] = _audit_ngrams(s, full)
+
+    sized = {tier: _sized(tasks, s.spec, s.fast) for tier, tasks in full.items()}
+    eval_kw = _eval_kw(s.spec, s.device, opts.bootstrap, s.say)
+    data_check, base_path, base = s.harness
+    s.say("evaluate: base model (cached after the first time)")
+    with s.clock("evaluate_base"):  # cached after the first time
+        base_scores = _base_scores(base, base_path, s.spec, sized, s.fast, data_check, eval_kw)
+    submitted, reports["tier_gap"] = _evaluate_submission(s, model, sized, deferred, base_scores, reports["lineage"],
+                                                          eval_kw)
+    result = _result(s, submitted, base_scores, deferred, reports, started)
+    out_path = Path(opts.out) if opts.out else s.workdir / "score.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_per_query(out_path.with_name(PER_QUERY_FILE), submitted if result["status"] == "ok" else base_scores,
+                    base_scores, s.spec.main_metric, result["scored_as"])
+    _write_score(out_path, result)
+    return result
+
+
+def _open_scoring(workdir: Path, opts: ScoreOptions) -> _Scoring:
+    """The task, the harness's own data and base model (checked), the manifest, and the base model's dimension
+    and size, which the submission audit measures against."""
+    say = opts.progress or (lambda line: None)
+    clock = PhaseClock()
     offline_env()
-    workdir = Path(workdir)
     if not workdir.is_dir():
         raise ScorerError(f"no workdir at {workdir}")
-    spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
-    manifest = _manifest(workdir, manifest)
-    data_check, base_path, base = _load_harness(spec, heldout_root, device, clock, base_path)
-    with clock("harness_data_and_base_model"):
+    spec, heldout_root, device, fast = _resolve(opts.task, opts.heldout_root, opts.device, opts.fast)
+    manifest = _manifest(workdir, opts.manifest)
+    harness = _load_harness(spec, heldout_root, device, clock, opts.base_path)
+    return _Scoring(workdir, spec, heldout_root, device, fast, manifest, harness, clock, say)
+
+
+def _audit_submission(s: _Scoring, opts: ScoreOptions) -> tuple:
+    """The submission, tampering and lineage audits: (the loaded model or None, their reports)."""
+    _, base_path, base = s.harness
+    with s.clock("harness_data_and_base_model"):
         base_dim = int(base.encode(["probe"], convert_to_numpy=True).shape[1])
         base_bytes = submission.folder_bytes(base_path)
 
-    if final_model is not None:
-        _check_frozen(Path(final_model), final_model_hashes or {})
-    say("audit: submission")
-    with clock("audit_submission"):
-        sub_report, model = submission.check_submission(workdir, base_bytes, base_dim, device, final=final_model,
-                                                        base=base_path)
-    findings = list(sub_report["findings"])
+    if opts.final_model is not None:
+        _check_frozen(Path(opts.final_model), opts.final_model_hashes or {})
+    s.say("audit: submission")
+    with s.clock("audit_submission"):
+        sub_report, model = submission.check_submission(s.workdir, base_bytes, base_dim, s.device,
+                                                        final=opts.final_model, base=base_path)
+    s.findings.extend(sub_report["findings"])
 
-    say("audit: tampering")
-    with clock("audit_tampering"):
-        tamper = tampering.check_tampering(workdir, manifest, spec, str(base_path))
+    s.say("audit: tampering")
+    with s.clock("audit_tampering"):
+        tamper = tampering.check_tampering(s.workdir, s.manifest, s.spec, str(base_path))
     if tamper["flagged"]:
-        findings.append({"code": "tampering", "status": "flagged", "message": "; ".join(tamper["reasons"])})
+        s.flag("tampering", "; ".join(tamper["reasons"]))
 
     lineage_report = None
     if model is not None:
-        say("audit: lineage")
+        s.say("audit: lineage")
         try:
-            with clock("audit_lineage"):
+            with s.clock("audit_lineage"):
                 lineage_report = lineage.check_lineage(model, base)
         except Exception as exc:  # noqa: BLE001 - never a crash on a strange submission
             lineage_report = {"flagged": True, "reasons": [f"the lineage check failed: {type(exc).__name__}: {exc}"]}
         if lineage_report["flagged"]:
-            findings.append({"code": "lineage", "status": "flagged", "message": "; ".join(lineage_report["reasons"])})
+            s.flag("lineage", "; ".join(lineage_report["reasons"]))
+    return model, {"submission": sub_report, "tampering": tamper, "lineage": lineage_report}
 
-    say("audit: contamination (13-gram overlap)")
-    full = _load_eval_data(spec, heldout_root, clock)
-    indexes = _ngram_indexes(spec, heldout_root, full, clock)
-    with clock("audit_ngram_scan"):
-        expected, _, _ = tampering.seeded_hashes(manifest, spec, str(base_path), workdir)
-        skip = tampering.seeded_unchanged(workdir, expected) | contamination.unchanged_model_files(workdir, base_path)
-        key = contamination.scan_key(paths.home() / "contamination", json.dumps(manifest, sort_keys=True,
-                                                                               default=str), str(workdir.resolve()))
-        overlap = contamination.ngram_audit(workdir, skip, indexes, key)
+
+def _audit_ngrams(s: _Scoring, full: dict) -> dict:
+    """The 13-gram overlap of the workdir's files with the eval texts (the files seeded unchanged skipped)."""
+    base_path = s.harness[1]
+    indexes = _ngram_indexes(s.spec, s.heldout_root, full, s.clock)
+    with s.clock("audit_ngram_scan"):
+        expected, _, _ = tampering.seeded_hashes(s.manifest, s.spec, str(base_path), s.workdir)
+        skip = tampering.seeded_unchanged(s.workdir, expected) | contamination.unchanged_model_files(s.workdir, base_path)
+        key = contamination.scan_key(paths.home() / "contamination", json.dumps(s.manifest, sort_keys=True,
+                                                                               default=str), str(s.workdir.resolve()))
+        overlap = contamination.ngram_audit(s.workdir, skip, indexes, key)
     if overlap["flagged"]:
-        findings.append({"code": "contamination", "status": "flagged", "message": "; ".join(overlap["reasons"])})
+        s.flag("contamination", "; ".join(overlap["reasons"]))
     if overlap["incomplete"]:
-        findings.append({"code": "contamination_unscanned", "status": "flagged", "message": overlap["incomplete"]})
+        s.flag("contamination_unscanned", overlap["incomplete"])
+    return overlap
 
-    sized = {tier: _sized(tasks, spec, fast) for tier, tasks in full.items()}
-    eval_kw = _eval_kw(spec, device, bootstrap, say)
-    say("evaluate: base model (cached after the first time)")
-    with clock("evaluate_base"):  # cached after the first time
-        base_scores = _base_scores(base, base_path, spec, sized, fast, data_check, eval_kw)
 
-    submitted = None
-    gap = None
-    if model is not None:
-        say("evaluate: final_model")
-        try:
-            with clock("evaluate_final_model"):
-                submitted = {tier: evaluator.evaluate_model(model, tasks, **eval_kw)
-                             for tier, tasks in sized.items() if tier not in deferred}
-        except Exception as exc:  # noqa: BLE001 - a model that cannot be evaluated is broken, never a crash
-            findings.append({"code": "evaluation_failed", "status": "broken",
-                             "message": f"evaluating final_model failed: {type(exc).__name__}: {str(exc)[:300]}"})
-        else:
-            gap = _tier_gap(submitted, base_scores, spec, lineage_report)
-            if gap["flagged"]:
-                findings.append({"code": "contamination_gap", "status": "flagged", "message": "; ".join(gap["reasons"])})
+def _evaluate_submission(s: _Scoring, model, sized: dict, deferred: tuple, base_scores: dict,
+                         lineage_report: dict | None, eval_kw: dict) -> tuple[dict | None, dict | None]:
+    """(the submission's scores on the tiers not deferred, the tier-gap audit), both None without a model or when
+    evaluating it failed (then a broken finding)."""
+    if model is None:
+        return None, None
+    s.say("evaluate: final_model")
+    try:
+        with s.clock("evaluate_final_model"):
+            submitted = {tier: evaluator.evaluate_model(model, tasks, **_tier_kw(eval_kw, tier))
+                         for tier, tasks in sized.items() if tier not in deferred}
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be evaluated is broken, never a crash
+        s.flag("evaluation_failed", f"evaluating final_model failed: {type(exc).__name__}: {str(exc)[:300]}", "broken")
+        return None, None
+    gap = _tier_gap(submitted, base_scores, s.spec, lineage_report)
+    if gap["flagged"]:
+        s.flag("contamination_gap", "; ".join(gap["reasons"]))
+    return submitted, gap
 
-    statuses = {f["status"] for f in findings}
+
+def _result(s: _Scoring, submitted: dict | None, base_scores: dict, deferred: tuple, reports: dict,
+            started: float) -> dict:
+    """score.json: the verdict, what is counted (the base model's scores for a flagged or broken submission), the
+    audits' reports and where the time went."""
+    statuses = {f["status"] for f in s.findings}
     status = "broken" if "broken" in statuses else "flagged" if "flagged" in statuses else "ok"
     counted = submitted if status == "ok" else base_scores
     deferred = deferred if status == "ok" else ()  # a submission counted as the base model has every tier already
-    result = {
+    data_check, base_path, _ = s.harness
+    return {
         "status": status,
-        "reasons": [f"{f['code']}: {f['message']}" for f in findings],
+        "reasons": [f"{f['code']}: {f['message']}" for f in s.findings],
         "scored_as": "final_model" if status == "ok" else "base_model",
         **{tier: _public(counted[tier]) for tier in TIERS if tier in counted},
         "deferred": list(deferred),
@@ -179,25 +236,22 @@ def score_workdir(workdir: str | os.PathLike, *, task: str | TaskSpec = "embed",
         "submitted": None if submitted is None or status == "ok" else
         {tier: _public(scores) for tier, scores in submitted.items()},
         "audits": {
-            "submission": sub_report,
-            "contamination": {"ngrams": overlap, "tier_gap": gap},
-            "lineage": lineage_report,
-            "tampering": tamper,
+            "submission": reports["submission"],
+            "contamination": {"ngrams": reports["ngrams"], "tier_gap": reports["tier_gap"]},
+            "lineage": reports["lineage"],
+            "tampering": reports["tampering"],
         },
-        "mode": "fast" if fast else "full",
-        "sizes": {"fast_queries": spec.fast_queries, "fast_docs": spec.fast_docs} if fast else None,
+        "mode": "fast" if s.fast else "full",
+        "sizes": {"fast_queries": s.spec.fast_queries, "fast_docs": s.spec.fast_docs} if s.fast else None,
         "versions": _versions(base_path, data_check),
-        "workdir": str(workdir.resolve()),
+        "workdir": str(s.workdir.resolve()),
         "seconds": round(time.perf_counter() - started, 2),
-        "stage_seconds": clock.seconds,
+        "stage_seconds": s.clock.rounded(3),
     }
-    out_path = Path(out) if out else workdir / "score.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_per_query(out_path.with_name(PER_QUERY_FILE), counted, base_scores, spec.main_metric, result["scored_as"])
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_json_default, allow_nan=False) + "\n")
-    os.replace(tmp, out_path)
-    return result
+
+
+def _write_score(path: Path, score: dict) -> None:
+    write_text_atomic(path, json.dumps(score, indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
 def score_deferred_tiers(score_path: str | os.PathLike, final_model: Path, final_model_hashes: dict[str, str], *,
@@ -219,13 +273,14 @@ def score_deferred_tiers(score_path: str | os.PathLike, final_model: Path, final
     spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
     _check_harness_data(spec, heldout_root)
     _check_frozen(Path(final_model), final_model_hashes)
-    clock = StageClock()
+    clock = PhaseClock()
     full = _load_eval_data(spec, heldout_root, clock)
     say(f"evaluate: final_model on the deferred tier(s) {', '.join(deferred)}")
     base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)
     model = submission.load_submission(Path(final_model), device, base=Path(base_path))
     eval_kw = _eval_kw(spec, device, bootstrap, say)
-    scored = {tier: evaluator.evaluate_model(model, _sized(full[tier], spec, fast), **eval_kw) for tier in deferred}
+    scored = {tier: evaluator.evaluate_model(model, _sized(full[tier], spec, fast), **_tier_kw(eval_kw, tier))
+              for tier in deferred}
     per_query_path = score_path.with_name(PER_QUERY_FILE)
     body = read_per_query(per_query_path)
     for tier, result in scored.items():
@@ -235,9 +290,7 @@ def score_deferred_tiers(score_path: str | os.PathLike, final_model: Path, final
     _write_per_query_body(per_query_path, body)  # before score.json: a kill between the two repeats the work
     score["deferred"] = []
     score["deferred_scored"] = {"tiers": deferred, "seconds": round(time.perf_counter() - started, 2)}
-    tmp = score_path.with_name(score_path.name + ".tmp")
-    tmp.write_text(json.dumps(score, indent=2, default=_json_default, allow_nan=False) + "\n")
-    os.replace(tmp, score_path)
+    _write_score(score_path, score)
     return score
 
 
@@ -297,7 +350,7 @@ def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, 
     per machine and data version. Returns the seconds per stage. Scoring never relies on it: a missing cache
     entry is computed there."""
     say = progress or (lambda line: None)
-    clock = StageClock()
+    clock = PhaseClock()
     offline_env()
     spec, heldout_root, device, fast = _resolve(task, heldout_root, device, fast)
     data_check, base_path, base = _load_harness(spec, heldout_root, device, clock)
@@ -310,8 +363,8 @@ def prepare_scorer(task: str | TaskSpec = "embed", *, fast: bool | None = None, 
                      data_check, _eval_kw(spec, device, bootstrap, say))
     marker = scorer_cache.marker_path(spec, heldout_root, fast, device.split(":")[0])
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"stage_seconds": clock.seconds, "device": device}) + "\n")
-    return clock.seconds
+    marker.write_text(json.dumps({"stage_seconds": clock.rounded(3), "device": device}) + "\n")
+    return clock.rounded(3)
 
 
 def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, bool]:
@@ -327,7 +380,7 @@ def _resolve(task, heldout_root, device, fast) -> tuple[TaskSpec, Path, str, boo
     return spec, heldout_root, device, fast
 
 
-def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageClock, base_path: Path | None = None):
+def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: PhaseClock, base_path: Path | None = None):
     """(data manifests, base model path, loaded base model): the harness's own, checked before any use."""
     with clock("harness_data_and_base_model"):
         data_check = _check_harness_data(spec, heldout_root)
@@ -335,7 +388,7 @@ def _load_harness(spec: TaskSpec, heldout_root: Path, device: str, clock: StageC
         return data_check, base_path, submission.load_submission(base_path, device, base=base_path)
 
 
-def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: StageClock) -> dict[str, dict]:
+def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: PhaseClock) -> dict[str, dict]:
     """{tier: {task: RetrievalTask}} for dev, validation and held-out (full sets)."""
     validation_root = heldout_data.validation_root_for(heldout_root)
     with clock("load_eval_data"):
@@ -352,7 +405,7 @@ def _load_eval_data(spec: TaskSpec, heldout_root: Path, clock: StageClock) -> di
                 "heldout": heldout_data.load_heldout_tasks(root=heldout_root)}
 
 
-def _ngram_indexes(spec: TaskSpec, heldout_root: Path, full: dict, clock: StageClock) -> dict:
+def _ngram_indexes(spec: TaskSpec, heldout_root: Path, full: dict, clock: PhaseClock) -> dict:
     with clock("ngram_indexes"):  # cached after the first time
         key = contamination.data_key([spec.dev_dir, heldout_root, heldout_data.validation_root_for(heldout_root)],
                                      [spec.pool_path])
@@ -362,6 +415,12 @@ def _ngram_indexes(spec: TaskSpec, heldout_root: Path, full: dict, clock: StageC
 def _eval_kw(spec: TaskSpec, device: str, bootstrap: int, say) -> dict:
     return dict(device=device, bootstrap=bootstrap, max_seq_length=spec.max_seq_length, progress=say,
                 return_per_query=True)  # token features: evaluate's harness-side disk cache (paths.home()/tokens)
+
+
+def _tier_kw(eval_kw: dict, tier: str) -> dict:
+    """Progress lines that name the tier (`validation/debian: ...`): every tier has a dataset of the same name."""
+    say = eval_kw["progress"]
+    return {**eval_kw, "progress": lambda line: say(f"{tier}/{line}")}
 
 
 def _manifest(workdir: Path, manifest) -> dict | None:
@@ -410,11 +469,8 @@ def _base_scores(base, base_path: Path, spec: TaskSpec, tiers: dict[str, dict], 
             return json.loads(path.read_text())
         except ValueError:
             pass
-    scores = {tier: evaluator.evaluate_model(base, tasks, **eval_kw) for tier, tasks in tiers.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # trials side by side share the home
-    tmp.write_text(json.dumps(scores, default=_json_default))
-    os.replace(tmp, path)
+    scores = {tier: evaluator.evaluate_model(base, tasks, **_tier_kw(eval_kw, f"base {tier}")) for tier, tasks in tiers.items()}
+    write_text_atomic(path, json.dumps(scores, default=_json_default))  # a unique temporary: trials share the home
     return scores
 
 

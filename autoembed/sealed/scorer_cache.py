@@ -11,7 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from autoembed import __version__, paths
+from autoembed import paths
+from autoembed.version import __version__
 from autoembed.task.base_model import file_sha256
 from autoembed.task.spec import TaskSpec
 

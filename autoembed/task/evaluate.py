@@ -11,8 +11,10 @@ for the exact conventions); the speed comes from autoembed.task.encode.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,24 +89,27 @@ def load_model(model, device: str | torch.device | None = None):
     return model
 
 
-def evaluate_model(
-    model,
-    tasks: dict[str, RetrievalTask],
-    *,
-    device: str | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    cache_dir: Path | None = None,
-    progress=None,
-    return_per_query: bool = False,
-    max_seq_length: int | None = None,
-    token_budget: int | None = None,
-    amp_dtype: torch.dtype | str | None = "auto",
-) -> dict:
+@dataclass
+class EvalOptions:
+    """evaluate_model()'s keyword arguments (see evaluate_model)."""
+    device: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    cache_dir: Path | None = None
+    progress: Callable[[str], None] | None = None
+    return_per_query: bool = False
+    max_seq_length: int | None = None
+    token_budget: int | None = None
+    amp_dtype: torch.dtype | str | None = "auto"
+
+
+def evaluate_model(model, tasks: dict[str, RetrievalTask], **options) -> dict:
     """Score model (a SentenceTransformer or a path to one) on tasks.
 
+    Keywords (EvalOptions):
     device: where to run (default: the given model's device, else cuda when available).
     bootstrap: replicates for the CIs (0: no resampling, the CI collapses to the point).
+    seed: the bootstrap's seed.
     cache_dir: where token ids are cached (default autoembed.paths.home()/"tokens").
     progress: a callable taking one line of text, told about each step.
     return_per_query: add result["per_query"][task] = {"query_ids": [...], "ndcg@10": [...]}, aligned
@@ -114,20 +119,23 @@ def evaluate_model(
     amp_dtype: autocast dtype; "auto" is fp16 on GPU and, on CPU, encode.cpu_precision() (fp32 unless
       AUTOEMBED_CPU_PRECISION asks for bf16). None: fp32 everywhere.
     """
+    opts = EvalOptions(**options)  # an unknown keyword is a TypeError, as with a plain signature
     started = time.perf_counter()
     if not tasks:
         raise ValueError("no tasks to evaluate")
-    say = progress or (lambda line: None)
-    model = load_model(model, device)
+    say = opts.progress or (lambda line: None)
+    model = load_model(model, opts.device)
     loaded = time.perf_counter()
-    run_device = torch.device(device) if device else _model_device(model)
+    run_device = torch.device(opts.device) if opts.device else _model_device(model)
+    amp_dtype = opts.amp_dtype
     if amp_dtype == "auto":
         amp_dtype = default_amp_dtype(run_device)
     elif isinstance(amp_dtype, str):
         amp_dtype = getattr(torch, amp_dtype)
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    encoding = _Encoding(run_device, default_cache_dir() if opts.cache_dir is None else Path(opts.cache_dir),
+                         opts.token_budget, amp_dtype)
 
-    restore = _prepare(model, run_device, max_seq_length)
+    restore = _prepare(model, run_device, opts.max_seq_length)
     timing = {"load_model": loaded - started, "tokenize_encode": 0.0, "search_metrics": 0.0}
     sources: list[str] = []
     encoders: list[str] = []
@@ -136,48 +144,63 @@ def evaluate_model(
     query_ids: dict[str, list[str]] = {}
     try:
         for name, task in tasks.items():
-            t0 = time.perf_counter()
-            qids = [q for q in task.queries if task.qrels.get(q)]
-            if not qids:
-                raise ValueError(f"task {name!r}: no query has a relevant document in its qrels")
-            doc_ids = list(task.corpus)
-            if not doc_ids:
-                raise ValueError(f"task {name!r}: the corpus is empty")
-            stats: dict = {}
-            q_emb = encode_texts(model, [task.queries[q] for q in qids], "query", run_device, cache_dir, token_budget, amp_dtype, stats)
-            d_emb = encode_texts(model, [task.corpus[d] for d in doc_ids], "document", run_device, cache_dir, token_budget, amp_dtype, stats)
-            _check_finite(name, q_emb, d_emb)
-            t1 = time.perf_counter()
-            _, top = metrics.cosine_top_k(q_emb, d_emb, metrics.SEARCH_DEPTH, metrics.doc_id_ranks(doc_ids))
-            doc_index = {d: i for i, d in enumerate(doc_ids)}
-            qrels = [_indexed_qrels(task.qrels[q], doc_index) for q in qids]
-            per_task[name] = metrics.per_query_metrics(top.cpu().numpy(), qrels)
-            t2 = time.perf_counter()
-            timing["tokenize_encode"] += t1 - t0
-            timing["search_metrics"] += t2 - t1
+            per_task[name], query_ids[name], stats, (encode_s, search_s) = _score_task(model, name, task, encoding)
+            timing["tokenize_encode"] += encode_s
+            timing["search_metrics"] += search_s
             sources += stats.get("source", [])
             encoders += stats.get("encoder", [])
-            shapes[name] = (len(qids), len(doc_ids))
-            query_ids[name] = qids
+            shapes[name] = (len(query_ids[name]), len(task.corpus))
             say(
-                f"{name}: ndcg@10 {per_task[name]['ndcg@10'].mean():.4f}  {len(qids)} queries x {len(doc_ids)} docs, "
-                f"{stats.get('tokens', 0)} tokens ({'/'.join(stats.get('source', []))}), "
-                f"encode {t1 - t0:.2f}s, search {t2 - t1:.2f}s"
+                f"{name}: ndcg@10 {per_task[name]['ndcg@10'].mean():.4f}  {len(query_ids[name])} queries x "
+                f"{len(task.corpus)} docs, {stats.get('tokens', 0)} tokens ({'/'.join(stats.get('source', []))}), "
+                f"encode {encode_s:.2f}s, search {search_s:.2f}s"
             )
     finally:
         restore()
 
-    result = _summarize(per_task, shapes, bootstrap, seed)
+    result = _summarize(per_task, shapes, opts.bootstrap, opts.seed)
     result["seconds"] = time.perf_counter() - started
     result["device"] = str(run_device)
     result["dtype"] = str(amp_dtype or torch.float32).removeprefix("torch.")
     result["encoder"] = "+".join(dict.fromkeys(encoders))  # which forward scored it (encode.encoder_name)
     result["timing"] = {**timing, "token_cache": sources}
-    if return_per_query:
+    if opts.return_per_query:
         result["per_query"] = {
             name: {"query_ids": query_ids[name], "ndcg@10": per_task[name]["ndcg@10"].tolist()} for name in per_task
         }
     return result
+
+
+@dataclass
+class _Encoding:
+    """How evaluate_model encodes: the device, the token cache, the padded tokens per batch and the autocast."""
+    device: torch.device
+    cache_dir: Path
+    token_budget: int | None
+    amp_dtype: torch.dtype | None
+
+
+def _score_task(model, name: str, task: RetrievalTask, encoding: _Encoding):
+    """One task's per-query metrics: (metrics, query ids, the encoder's stats, (encode seconds, search seconds))."""
+    t0 = time.perf_counter()
+    qids = [q for q in task.queries if task.qrels.get(q)]
+    if not qids:
+        raise ValueError(f"task {name!r}: no query has a relevant document in its qrels")
+    doc_ids = list(task.corpus)
+    if not doc_ids:
+        raise ValueError(f"task {name!r}: the corpus is empty")
+    stats: dict = {}
+    how = (encoding.device, encoding.cache_dir, encoding.token_budget, encoding.amp_dtype, stats)
+    q_emb = encode_texts(model, [task.queries[q] for q in qids], "query", *how)
+    d_emb = encode_texts(model, [task.corpus[d] for d in doc_ids], "document", *how)
+    _check_finite(name, q_emb, d_emb)
+    t1 = time.perf_counter()
+    _, top = metrics.cosine_top_k(q_emb, d_emb, metrics.SEARCH_DEPTH, metrics.doc_id_ranks(doc_ids))
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    qrels = [_indexed_qrels(task.qrels[q], doc_index) for q in qids]
+    values = metrics.per_query_metrics(top.cpu().numpy(), qrels)
+    t2 = time.perf_counter()
+    return values, qids, stats, (t1 - t0, t2 - t1)
 
 
 def _model_device(model) -> torch.device:

@@ -26,6 +26,7 @@ REPROMPT = ("You have about {minutes} minutes left of your budget. Keep improvin
 
 class CliAgent(Agent):
     binary: str = ""  # executable name on PATH
+    product: str = ""  # the CLI's own name: the key of its version in versions()
     max_turns: int = 20  # first prompt + re-prompts
 
     def __init__(self, model: str | None = None):
@@ -45,6 +46,11 @@ class CliAgent(Agent):
         """One raw stdout line -> zero or more normalized events (never raises on junk)."""
 
     # -- shared ---------------------------------------------------------------------------------
+    def identity(self, versions: dict) -> tuple[str, str]:
+        words = str(versions.get(self.product) or "").split()  # "0.61.0", or "codex-cli 0.171.0"
+        found = [w for w in words if w[:1].isdigit()]
+        return self.product or self.name, found[0] if found else "unknown"
+
     def config_dir(self, ctx: TrialContext) -> Path:
         path = ctx.workdir / ".agent" / self.name
         path.mkdir(parents=True, exist_ok=True)

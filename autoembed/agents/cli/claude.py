@@ -45,6 +45,7 @@ QUIET_ENV = {
 class ClaudeCodeAgent(CliAgent):
     name = "claude"
     binary = "claude"
+    product = "claude-code"
 
     def __init__(self, model: str | None = None):
         super().__init__(_strip_provider(model))

@@ -38,6 +38,7 @@ USAGE_KEYS = ("input_tokens", "cached_input_tokens", "cache_write_input_tokens",
 class CodexAgent(CliAgent):
     name = "codex"
     binary = "codex"
+    product = "codex"
 
     def __init__(self, model: str | None = None, base_url: str | None = None, web_search: bool = False):
         super().__init__(model.split(":", 1)[1] if model and model.startswith("openai:") else model)

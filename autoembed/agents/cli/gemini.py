@@ -47,6 +47,7 @@ UNTRUSTED_EXIT = 55  # the CLI's exit code when the folder is not trusted
 class GeminiAgent(CliAgent):
     name = "gemini"
     binary = "gemini"
+    product = "gemini-cli"
 
     def __init__(self, model: str | None = None):
         super().__init__(model)

@@ -47,6 +47,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ import numpy as np
 from autoembed.task import contamination as ngrams
 from autoembed.task.base_model import file_sha256
 from autoembed.task.data import RetrievalTask, load_pool
+from autoembed.task.resample import bootstrap_replicates
 
 TIERS = ("dev", "validation", "heldout")
 LIMITS = {"dev": (10, 0.005), "validation": (25, 0.02), "heldout": (25, 0.02)}  # (min items, fraction of checkable)
@@ -433,31 +435,45 @@ def _match_batch(batch: list[tuple[str, str]], indexes: Mapping[str, ngrams.Ngra
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GapTest:
+    """The tier-gap test: bootstrap replicates and seed of its CI, and the gap it flags above."""
+    n_boot: int = GAP_BOOTSTRAP
+    seed: int = 0
+    gap_min: float = GAP_MIN
+
+
 def gap_audit(model_dev: dict, base_dev: dict, model_val: dict, base_val: dict, tasks: tuple[str, ...],
-              metric: str = "ndcg@10", n_boot: int = GAP_BOOTSTRAP, seed: int = 0, gap_min: float = GAP_MIN) -> dict:
+              metric: str = "ndcg@10", test: GapTest = GapTest()) -> dict:
     """Per dev task: dev gain, validation gain (same domain), gap = dev gain - validation gain, its 95% CI.
     Arguments are evaluate_model's "per_query" dicts ({task: {"query_ids", metric}})."""
-    rng = np.random.default_rng(seed)
-    out: dict = {"tasks": {}, "threshold": gap_min, "metric": metric}
-    reasons = []
+    out: dict = {"tasks": {}, "threshold": test.gap_min, "metric": metric}
+    diffs = {}
     for task in tasks:
         if not all(task in d for d in (model_dev, base_dev, model_val, base_val)):
             out["tasks"][task] = {"skipped": "no validation twin"}
             continue
-        dev_diff = _paired(model_dev[task], base_dev[task], metric)
-        val_diff = _paired(model_val[task], base_val[task], metric)
+        out["tasks"][task] = None  # its place in the report's order; filled below
+        diffs[(task, "dev")] = _paired(model_dev[task], base_dev[task], metric)
+        diffs[(task, "validation")] = _paired(model_val[task], base_val[task], metric)
+    # one stream of draws: each task's dev queries, then its validation queries, task after task
+    replicates = bootstrap_replicates(diffs, test.n_boot, test.seed)
+    reasons = []
+    for task in tasks:
+        if (task, "dev") not in diffs:
+            continue
+        dev_diff, val_diff = diffs[(task, "dev")], diffs[(task, "validation")]
         gap = float(dev_diff.mean() - val_diff.mean())
-        reps = (dev_diff[rng.integers(0, len(dev_diff), (n_boot, len(dev_diff)))].mean(axis=1)
-                - val_diff[rng.integers(0, len(val_diff), (n_boot, len(val_diff)))].mean(axis=1))
+        reps = replicates[(task, "dev")] - replicates[(task, "validation")]
         lo, hi = (float(x) for x in np.quantile(reps, [0.025, 0.975]))
-        flagged = gap > gap_min and lo > 0
+        flagged = gap > test.gap_min and lo > 0
         out["tasks"][task] = {"dev_gain": float(dev_diff.mean()), "validation_gain": float(val_diff.mean()),
                               "gap": gap, "gap_ci": [lo, hi], "n_dev": len(dev_diff), "n_validation": len(val_diff),
                               "flagged": flagged}
         if flagged:
             reasons.append(f"{task}: the dev gain ({dev_diff.mean():+.3f}) exceeds the validation gain "
                            f"({val_diff.mean():+.3f}) by {gap:.3f} {metric} (95% CI [{lo:.3f}, {hi:.3f}], "
-                           f"threshold {gap_min}): a sign of training on dev {task} items")
+                           f"threshold {test.gap_min}): a sign of training on dev {task} items")
     out["flagged"] = bool(reasons)
     out["reasons"] = reasons
     return out

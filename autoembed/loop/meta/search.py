@@ -1,0 +1,159 @@
+"""`--meta search`: no LLM. It turns the knobs the target file declares (ALL_CAPS constants with a range beside
+them) with Optuna's TPE through ask/tell. Its state is Optuna's journal file in the run folder, so a resumed
+loop continues the same study. It goes through exactly the loop's commit, smoke check, trial and gate path,
+and is the baseline an LLM meta-agent must beat.
+
+It starts where the value is: its first proposals are the incumbent's neighbours, one knob a small step at a time
+(WARM_FIRST's knobs first, then the rest in file order), each enqueued in the study just before it is asked for, so
+a resumed loop goes on after the last one the journal holds; then TPE takes over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from autoembed import editable
+from autoembed.loop.meta.base import Feedback, MetaAgent, ProposeContext, Proposal
+
+STUDY = "loop"
+# the knobs that moved held-out at the loop's budgets on a GPU (bench/RESULTS.md, "The recipe on a GPU"): the pool's
+# source weights, then learning rate and batch size (each with its CPU twin), then the fused optimizer (faster steps)
+WARM_FIRST = ("WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "CPU_LR", "BATCH_SIZE", "CPU_BATCH_SIZE",
+              "FUSED_ADAMW")
+WARM_START_STEPS = 12  # at most this many warm-start proposals, then TPE
+LOG_FACTOR = 2.0  # a log knob's step: times or divided by this
+LINEAR_SHARE = 0.1  # a float or int knob's step: this share of its declared range
+
+
+class SearchMetaAgent(MetaAgent):
+    name = "search"
+    pipelined = True  # it may propose while trials run: Optuna knows which of its trials are still running
+
+    def __init__(self, state_dir: Path, *, seed: int = 0, startup_trials: int = 5, warm_start: int = WARM_START_STEPS):
+        self.warm_start = warm_start
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        journal = Path(state_dir) / "optuna.journal"
+        # only this loop's process writes the journal, so a lock file at start was left by a kill (kill -9 while a
+        # proposal was being made beside a running trial); Optuna would wait its 30 s grace period for it
+        Path(f"{journal}.lock").unlink(missing_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+        self.study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, direction="maximize",
+                                         load_if_exists=True)
+
+    def propose(self, ctx: ProposeContext) -> Proposal | None:
+        knobs = editable.knobs_for(ctx.incumbent_source, ctx.device)  # a [cpu] knob turned for GPU trials is noise
+        if not knobs:
+            return None
+        self._enqueue_warm_step(knobs)
+        trial = self.study.ask({k.name: distribution(k) for k in knobs})
+        warm = trial.user_attrs.get("warm_start") is not None
+        source = editable.set_knobs(ctx.incumbent_source, trial.params)
+        proposed = {k.name: k.value for k in editable.knobs(source)}
+        changed = [f"{k.name}={editable.format_value(proposed[k.name])}" for k in knobs if proposed[k.name] != k.value]
+        description = f"search ({'warm start' if warm else 'TPE'}): " + (
+            ", ".join(changed) if changed else "the incumbent's knob values again")
+        why = "a step from the incumbent" if warm else "TPE's next point"
+        return Proposal(source, description, {"trial_number": trial.number},
+                        hypothesis="knobs: " + (", ".join(changed) or "the incumbent's values") + f" ({why})")
+
+    def _enqueue_warm_step(self, knobs: list[editable.Knob]) -> None:
+        """Enqueue the next step of warm_start_plan that leads somewhere new, unless one waits already (enqueued
+        by a process killed before it asked). The journal is the only state: a resume never enqueues a step twice."""
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t.user_attrs["warm_start"] for t in trials if t.user_attrs.get("warm_start") is not None]
+        if len(done) >= self.warm_start or any(t.state == TrialState.WAITING for t in trials):
+            return
+        current = {k.name: k.value for k in knobs}
+        seen = [t.params for t in trials]
+        plan = warm_start_plan(knobs)
+        for index in range(max(done, default=-1) + 1, len(plan)):
+            name, value = plan[index]
+            point = {**current, name: value}
+            if value is not None and not any(all(n in p and p[n] == v for n, v in point.items()) for p in seen):
+                self.study.enqueue_trial(point, user_attrs={"warm_start": index})
+                return
+
+    def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
+        """Its proposal is a set of knob values: the same values, set in the new incumbent (only the lines whose
+        value differs are rewritten, so a knob it did not turn keeps its text)."""
+        try:
+            current = {k.name: k.value for k in editable.knobs(new_parent)}
+            return editable.set_knobs(new_parent, {k.name: k.value for k in editable.knobs(source)
+                                                   if k.name not in current or current[k.name] != k.value})
+        except editable.EditableError:
+            return None
+
+    def observe(self, feedback: Feedback) -> None:
+        if "baseline_source" in feedback.handle:
+            self._add_baseline(feedback.handle["baseline_source"], feedback.value)
+            return
+        number = feedback.handle.get("trial_number")
+        if number is None or self._state(number) != TrialState.RUNNING:
+            return  # not ours, or told already (a resumed loop replays its last step)
+        if feedback.value is None:
+            self.study.tell(number, state=TrialState.FAIL)
+        else:
+            self.study.tell(number, feedback.value)
+
+    def _state(self, number: int) -> TrialState | None:
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.number == number:
+                return trial.state
+        return None
+
+    def _add_baseline(self, source: str, value: float | None) -> None:
+        """The baseline's measured score as a finished trial, so TPE starts from what it already knows."""
+        if value is None or any(t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False)):
+            return
+        knobs = editable.knobs(source)
+        self.study.add_trial(optuna.trial.create_trial(
+            params={k.name: k.value for k in knobs}, distributions={k.name: distribution(k) for k in knobs},
+            value=value, user_attrs={"baseline": True}))
+
+
+def warm_start_plan(knobs: list[editable.Knob]) -> list[tuple[str, Any]]:
+    """(knob, value) two per knob, a step up then a step down from its value (None where there is none): WARM_FIRST's
+    knobs first, then the rest in file order. Two per knob whatever the values, so an index means one step."""
+    order = sorted(knobs, key=lambda k: WARM_FIRST.index(k.name) if k.name in WARM_FIRST else len(WARM_FIRST))
+    return [(k.name, value) for k in order for value in neighbours(k)]
+
+
+def neighbours(knob: editable.Knob) -> tuple[Any, Any]:
+    """(up, down): one step from the knob's value each way within its declaration, None where it has none; a
+    choice's neighbours are the choices beside it."""
+    value = knob.value
+    if knob.kind == "choice":
+        i = knob.choices.index(value)
+        steps = [knob.choices[i + 1] if i + 1 < len(knob.choices) else None, knob.choices[i - 1] if i > 0 else None]
+    elif knob.kind == "log":
+        steps = [value * LOG_FACTOR, value / LOG_FACTOR]
+    elif knob.kind == "int":
+        delta = max(1, round(LINEAR_SHARE * (knob.high - knob.low)))
+        steps = [value + delta, value - delta]
+    else:
+        delta = LINEAR_SHARE * (knob.high - knob.low)
+        steps = [value + delta, value - delta]
+    if knob.kind != "choice":
+        steps = [min(knob.high, max(knob.low, _rounded(v))) for v in steps]
+    up, down = (None if v is None or v == value else v for v in steps)
+    return up, down
+
+
+def _rounded(value):
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
+def distribution(knob: editable.Knob):
+    if knob.kind == "choice":
+        return CategoricalDistribution(list(knob.choices))
+    if knob.kind == "int":
+        return IntDistribution(int(knob.low), int(knob.high))
+    return FloatDistribution(float(knob.low), float(knob.high), log=knob.kind == "log")

@@ -1,0 +1,209 @@
+"""The search meta-agent starts where the value is: its first proposals are the incumbent's neighbours, one knob at a
+time, the source weights first (then LR, batch size and the fused optimizer), each enqueued in Optuna's journal
+once, also across a resume; then TPE. And the harness target declares knobs that search turns."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+from optuna.trial import TrialState
+
+from autoembed import editable
+from autoembed.agents.harness import FIXED_ADAPTER_SHA256 as HARNESS_SHA256
+from autoembed.loop.meta.base import Feedback, ProposeContext
+from autoembed.loop.meta.search import WARM_START_STEPS, SearchMetaAgent
+from autoembed.loop.smoke import smoke_check, static_check
+from autoembed.paths import REPO_ROOT
+
+RECIPE = (REPO_ROOT / "harnesses" / "recipe.py").read_text()
+HARNESS = (REPO_ROOT / "harnesses" / "baseline.py").read_text()
+FIRST = {"gpu": ["WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "BATCH_SIZE", "FUSED_ADAMW"],
+         "cpu": ["WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "CPU_LR", "CPU_BATCH_SIZE"]}
+
+
+def expected_steps(source: str, device: str | None, first: list[str]) -> list[dict]:
+    """Each step as {knob: value}, worked out here from the declarations: a log knob doubled then halved, a float or
+    int knob a tenth of its range up then down, a choice the next then the previous one; clipped to the range, and
+    a step that changes nothing left out."""
+    knobs = editable.knobs_for(source, device)
+    order = [k for name in first for k in knobs if k.name == name] + [k for k in knobs if k.name not in first]
+    steps = []
+    for k in order:
+        v = k.value
+        if k.kind == "choice":
+            i = list(k.choices).index(v)
+            candidates = [k.choices[j] for j in (i + 1, i - 1) if 0 <= j < len(k.choices)]
+        else:
+            if k.kind == "log":
+                raw = [v * 2, v / 2]
+            else:
+                delta = (k.high - k.low) / 10
+                raw = [v + max(1, round(delta)), v - max(1, round(delta))] if k.kind == "int" else [v + delta, v - delta]
+            candidates = [min(k.high, max(k.low, float(f"{x:.4g}") if isinstance(x, float) else x)) for x in raw]
+        steps += [{k.name: c} for c in candidates if c != v]
+    return steps
+
+
+def changes(source: str, incumbent: str) -> dict:
+    before = {k.name: k.value for k in editable.knobs(incumbent)}
+    return {k.name: k.value for k in editable.knobs(source) if k.value != before[k.name]}
+
+
+def ctx(source: str, device: str | None, iteration: int = 1) -> ProposeContext:
+    return ProposeContext(iteration=iteration, incumbent_source=source, view_dir=REPO_ROOT, device=device)
+
+
+def warm_indices(agent: SearchMetaAgent) -> list[int]:
+    return [t.user_attrs["warm_start"] for t in agent.study.get_trials() if "warm_start" in t.user_attrs]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_a_fresh_search_first_proposes_the_incumbents_neighbours_in_order_then_tpe(tmp_path, device):
+    agent = SearchMetaAgent(tmp_path / "meta", seed=3)
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))  # the baseline's runs, as the loop says
+    expected = expected_steps(RECIPE, device, FIRST[device])[:WARM_START_STEPS]
+    assert [next(iter(step)) for step in expected[:len(FIRST[device]) * 2 - (device == "gpu")]] == \
+        [name for name in FIRST[device] for _ in range(2 if name != "FUSED_ADAMW" else 1)]
+    assert expected[:2] == [{"WEIGHT_DEBIAN": 2.0}, {"WEIGHT_DEBIAN": 0.5}]
+    proposals = []
+    for i in range(len(expected) + 2):
+        proposal = agent.propose(ctx(RECIPE, device, i + 1))
+        proposals.append(proposal)
+        agent.observe(Feedback(i + 1, "discard", "", 0.5 - 0.01 * (i % 3), proposal.handle))
+    assert [changes(p.source, RECIPE) for p in proposals[:len(expected)]] == expected
+    for proposal, step in zip(proposals, expected):
+        (name, value), = step.items()
+        assert proposal.description == f"search (warm start): {name}={editable.format_value(value)}"
+    assert all(p.description.startswith("search (TPE): ") for p in proposals[len(expected):])
+    assert warm_indices(agent) == sorted(set(warm_indices(agent))) and len(warm_indices(agent)) == len(expected)
+
+    # the same seed, the same proposals (warm start and TPE)
+    again = SearchMetaAgent(tmp_path / "again", seed=3)
+    again.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    for i, proposal in enumerate(proposals):
+        repeat = again.propose(ctx(RECIPE, device, i + 1))
+        assert repeat.source == proposal.source
+        again.observe(Feedback(i + 1, "discard", "", 0.5 - 0.01 * (i % 3), repeat.handle))
+
+
+def test_a_resumed_search_never_enqueues_a_step_twice(tmp_path):
+    state = tmp_path / "meta"
+    first = SearchMetaAgent(state)
+    made = [first.propose(ctx(RECIPE, "gpu", i + 1)) for i in range(3)]
+    first.observe(Feedback(1, "discard", "", 0.4, made[0].handle))
+    first.observe(Feedback(2, "keep", "", 0.6, made[1].handle))  # made[2] is still running when the loop is killed
+    first._enqueue_warm_step(editable.knobs_for(RECIPE, "gpu"))  # killed after enqueuing the next step, before asking
+
+    resumed = SearchMetaAgent(state)  # --resume: the same journal
+    assert sorted(warm_indices(resumed)) == [0, 1, 2, 3]
+    expected = expected_steps(RECIPE, "gpu", FIRST["gpu"])
+    later = [resumed.propose(ctx(RECIPE, "gpu", i + 4)) for i in range(3)]
+    assert [changes(p.source, RECIPE) for p in made + later] == expected[:6]
+    indices = warm_indices(resumed)
+    assert len(indices) == len(set(indices)) == 6, indices
+    states = {t.number: t.state for t in resumed.study.get_trials()}
+    assert states[made[2].handle["trial_number"]] == TrialState.RUNNING and TrialState.WAITING not in states.values()
+
+
+def test_the_steps_go_on_from_a_kept_step(tmp_path):
+    """After WEIGHT_DEBIAN=2 is kept, its step down leads back to the measured baseline, so it is left out; the
+    next step is taken from the new incumbent."""
+    agent = SearchMetaAgent(tmp_path / "meta")
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    up = agent.propose(ctx(RECIPE, "gpu"))
+    assert changes(up.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0}
+    agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
+    following = agent.propose(ctx(up.source, "gpu", 2))
+    assert changes(following.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_a_search_never_turns_a_knob_of_the_other_device(tmp_path, device):
+    other = {k.name: k.value for k in editable.knobs(RECIPE) if k.device not in (None, device)}
+    assert other
+    agent = SearchMetaAgent(tmp_path / "meta", startup_trials=3)
+    for i in range(WARM_START_STEPS + 8):
+        proposal = agent.propose(ctx(RECIPE, device, i + 1))
+        values = {k.name: k.value for k in editable.knobs(proposal.source)}
+        assert {n: values[n] for n in other} == other, proposal.description
+        agent.observe(Feedback(i + 1, "discard", "", math.sin(i), proposal.handle))
+
+
+def test_the_harness_declares_the_knobs_a_search_turns_with_todays_behaviour_as_defaults():
+    knobs = {k.name: k for k in editable.knobs(HARNESS)}
+    assert {n: k.value for n, k in knobs.items()} == {"MAX_TURNS": 200, "OUTPUT_LIMIT": 10_000, "READ_FILE_LIMIT": 10_000,
+                                                      "FINISH_MARGIN_SHARE": 0.1, "TEMPERATURE": None}
+    assert editable.adapter_hash(HARNESS) == HARNESS_SHA256
+
+
+def test_the_search_on_the_harness_proposes_knob_changes_that_pass_the_smoke_check(tmp_path):
+    agent = SearchMetaAgent(tmp_path / "meta")
+    expected = expected_steps(HARNESS, "gpu", [])
+    proposals = []
+    for i in range(len(expected) + 2):
+        proposals.append(agent.propose(ctx(HARNESS, "gpu", i + 1)))
+        agent.observe(Feedback(i + 1, "discard", "", 0.1 * (i % 4), proposals[-1].handle))
+    assert [changes(p.source, HARNESS) for p in proposals[:len(expected)]] == expected
+    assert {"MAX_TURNS", "OUTPUT_LIMIT", "READ_FILE_LIMIT", "FINISH_MARGIN_SHARE", "TEMPERATURE"} == \
+        {n for step in expected for n in step}
+    for proposal in proposals:
+        assert changes(proposal.source, HARNESS) and static_check(proposal.source, HARNESS_SHA256) is None
+    # the full smoke check (one scripted turn in a process) on a step that turns the temperature and the margin
+    turned = editable.set_knobs(HARNESS, {"TEMPERATURE": 0.3, "FINISH_MARGIN_SHARE": 0.05, "OUTPUT_LIMIT": 2500})
+    result = smoke_check("harness", turned, HARNESS_SHA256, tmp_path / "smoke", sandbox="none", task="embed")
+    assert result.ok, result.error
+
+
+def editable_part(**values) -> dict:
+    """The harness's editable part run as the harness process runs it, with some knobs set."""
+    names: dict = {}
+    exec(compile(editable.split(editable.set_knobs(HARNESS, values))[0], "baseline.py", "exec"), names)  # noqa: S102
+    return names
+
+
+class FakeEnv:
+    def __init__(self, seconds: list[float]):
+        self.prompt, self.seconds, self.calls = "task", list(seconds), 0
+
+    def seconds_left(self) -> float:
+        return self.seconds.pop(0) if len(self.seconds) > 1 else self.seconds[0]
+
+    def complete(self, llm, messages, **kwargs):
+        self.calls += 1
+        return SimpleNamespace(text="done", tool_calls=[], provider_state=None)
+
+
+@pytest.mark.parametrize("share, declared, turns", [(0.1, 120, 0), (0.05, 120, 1), (0.1, 3.0, 1), (0.02, 120, 1)])
+def test_the_finish_margin_is_a_share_of_the_budget_under_the_runtimes_cap(share, declared, turns):
+    """100 s left at the start, 8 s at the first turn: a tenth of the budget (10 s) stops it, a twentieth (5 s) does
+    not, nor does a FINISH_MARGIN_S the runtime scaled below 8 s; the margin is 5 s at least."""
+    names = editable_part(FINISH_MARGIN_SHARE=share)
+    names["FINISH_MARGIN_S"] = declared  # as harness_runtime.scale_finish_margin leaves it
+    env = FakeEnv([100.0, 8.0])
+    assert names["run_task"](env, object(), []) == turns and env.calls == turns
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_the_temperature_knob_reaches_the_providers_request(provider, monkeypatch):
+    from autoembed.llm.anthropic_llm import AnthropicLLM
+    from autoembed.llm.base import LLMError, Message
+    from autoembed.llm.openai_llm import OpenAILLM
+
+    def client():
+        return AnthropicLLM("claude-x", api_key="k") if provider == "anthropic" else OpenAILLM("gpt-x", api_key="k")
+
+    sent = []
+
+    def call(*args):
+        sent.append(args[-1])
+        raise LLMError("stop here")
+
+    for temperature in (None, 0.3):
+        llm = editable_part(TEMPERATURE=temperature)["with_temperature"](client())
+        llm._call = call
+        with pytest.raises(LLMError):
+            llm.complete([Message("user", text="hi")], system="s", tools=None, max_tokens=16)
+    assert "temperature" not in sent[0] and sent[1]["temperature"] == 0.3
+    assert editable_part(TEMPERATURE=0.3)["with_temperature"](SimpleNamespace()) is not None  # a client without request()
