@@ -41,8 +41,8 @@
 # Each lever of the recipe alone against the reference at the same wall budget (scripts of MINUTES each, scored
 # on validation and held-out; LEVERS: indices into bench_recipe_gpu.LEVERS; the reference runs in every call).
 # Seven levers do not fit one 10-minute call at 1 minute each: two calls, carrying .dev/gpupack and .whl (bm25s
-# for the BM25 miner: pip download ... -d .whl bm25s==0.3.16, as above):
-#   bash bench/gpu_box.sh recipe-levers 1 1,2,3      then      bash bench/gpu_box.sh recipe-levers 1 4,5,6
+# for the BM25 miner: pip download ... -d .whl bm25s==0.3.16, as above). The 2026-12-06 figures in bench/RESULTS.md:
+#   bash bench/gpu_box.sh recipe-levers 1 1,5,6      then      bash bench/gpu_box.sh recipe-levers 1 2,3,4
 set -x
 export PYTHONUNBUFFERED=1
 setup_light() {  # the repo importable, the base model unpacked, and the carried wheels if any; nothing else
