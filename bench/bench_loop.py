@@ -103,7 +103,26 @@ def measure(run_dir: Path) -> dict:
             entry.update(diff=verdict.diff, ci_95=[verdict.ci_low, verdict.ci_high], se=verdict.se, se_query=verdict.se_query)
         out[name] = entry
     out["best"] = {"commit": best_commit, "description": kept[-1]["description"] if kept else "the baseline"}
+    if "diff" in out.get("heldout", {}):
+        gpu_hours = wall * slots / 3600
+        out["heldout_gain_per_gpu_hour"] = round(out["heldout"]["diff"] / gpu_hours, 4)
+    out["screening"] = screening_wall(rows)
     return out
+
+
+def screening_wall(rows: list[dict]) -> dict | None:
+    """What screening cost and saved in measured wall seconds: the screens' own walls, and the full trials the
+    screened-out candidates did not run, each at the mean wall of this run's full trials (the report's
+    trial-hours figure counts budgets, this one counts what the clock saw)."""
+    screens = [r for r in rows if r["kind"] == "screen" and r.get("trial_id")]
+    if not screens:
+        return None
+    full = [r.get("wall_s") or 0 for r in rows if r.get("trial_id") and r["kind"] != "screen"]
+    full_wall = sum(full) / max(len(full), 1)
+    screen_wall = sum(r.get("wall_s") or 0 for r in screens)
+    out = sum(1 for r in screens if r["status"] == "screened_out")
+    return {"screens": len(screens), "screened_out": out, "screen_wall_s": round(screen_wall, 1),
+            "mean_full_trial_wall_s": round(full_wall, 1), "saved_wall_s": round(out * full_wall - screen_wall, 1)}
 
 
 def loop_phases(sessions: list[dict]) -> dict:

@@ -20,7 +20,7 @@
 #   bash bench/gpu_box.sh tiers
 # The meta-loop (search meta-agent on the recipe target, 2-minute trials, one trial per GPU), over several calls
 # of at most 10 minutes each, each within the warm window of the last:
-#   bash bench/gpu_box.sh loop MINUTES GPUS      (sets up, starts the loop with setsid, follows it ~9.5 min)
+#   bash bench/gpu_box.sh loop MINUTES GPUS [SCREEN]   (SCREEN: --screen's share, default 0; sets up, starts the loop with setsid, follows it ~9.5 min)
 #   bash bench/gpu_box.sh loop-wait              (follows it ~9.5 min more; repeat while it runs)
 #   bash bench/gpu_box.sh loop-collect           (waits for the end, writes bench_loop.json and the ledger to $OUT)
 # The RESULTS.md run (issue 10: about 20 minutes, 2-minute trials, one GPU) is three calls, ~23 device minutes:
@@ -101,9 +101,9 @@ collect)
   tail -c 200000 /tmp/trial/agent.log > "$OUT/agent_tail.log" ;;
 loop)
   setup || exit 1
-  minutes=${2:-20}; gpus=${3:-0}
+  minutes=${2:-20}; gpus=${3:-0}; screen=${4:-0}
   setsid nohup python3 -m autoembed.loop --hours "$(python3 -c "print($minutes / 60)")" --trial-hours 0.0333333 \
-    --gpus "$gpus" --sandbox bwrap --full --out /tmp/loop > /tmp/loop.log 2>&1 < /dev/null &
+    --gpus "$gpus" --screen "$screen" --sandbox bwrap --full --out /tmp/loop > /tmp/loop.log 2>&1 < /dev/null &
   echo $! > /tmp/loop.pid
   set +x
   follow_loop 57 ;;
@@ -150,5 +150,5 @@ recipe-speed)
 recipe-levers)
   setup_light || exit 1
   python3 bench/bench_recipe_gpu.py levers --minutes "${2:-1}" ${3:+--levers "$3"} --json "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
 esac

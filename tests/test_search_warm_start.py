@@ -107,16 +107,41 @@ def test_a_resumed_search_never_enqueues_a_step_twice(tmp_path):
     assert states[made[2].handle["trial_number"]] == TrialState.RUNNING and TrialState.WAITING not in states.values()
 
 
-def test_the_steps_go_on_from_a_kept_step(tmp_path):
-    """After WEIGHT_DEBIAN=2 is kept, its step down leads back to the measured baseline, so it is left out; the
-    next step is taken from the new incumbent."""
+def test_a_kept_step_is_taken_once_more_the_same_way_then_the_steps_go_on(tmp_path):
+    """WEIGHT_DEBIAN=2 is kept, so the next proposal doubles it again (4, the top of its range); that one is
+    discarded, and the step down from 2 leads back to the measured baseline, so it is left out: the next step is
+    WEIGHT_PYCODE's, from the new incumbent."""
     agent = SearchMetaAgent(tmp_path / "meta")
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     up = agent.propose(ctx(RECIPE, "gpu"))
     assert changes(up.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0}
     agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
-    following = agent.propose(ctx(up.source, "gpu", 2))
+    again = agent.propose(ctx(up.source, "gpu", 2))
+    assert changes(again.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0}
+    assert again.description == "search (warm start): WEIGHT_DEBIAN=4.0"
+    agent.observe(Feedback(2, "discard", "", 0.51, again.handle))
+    following = agent.propose(ctx(up.source, "gpu", 3))
     assert changes(following.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
+
+
+def test_a_step_kept_while_later_ones_ran_is_still_taken_again_and_only_once(tmp_path):
+    """Pipelined: the step down was proposed while the step up ran; the step up is kept after that. The next
+    proposal from the new incumbent is the step up again, and a step again is never enqueued twice (the journal
+    is its memory, also across a resume). At the top of a range there is no step again."""
+    state = tmp_path / "meta"
+    agent = SearchMetaAgent(state)
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    up, down = agent.propose(ctx(RECIPE, "gpu", 1)), agent.propose(ctx(RECIPE, "gpu", 2))
+    assert changes(down.source, RECIPE) == {"WEIGHT_DEBIAN": 0.5}
+    agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
+    again = agent.propose(ctx(up.source, "gpu", 3))
+    assert changes(again.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0}
+    resumed = SearchMetaAgent(state)
+    nxt = resumed.propose(ctx(up.source, "gpu", 4))
+    assert changes(nxt.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
+    resumed.observe(Feedback(3, "keep", "", 0.53, again.handle))
+    at_top = resumed.propose(ctx(again.source, "gpu", 5))
+    assert changes(at_top.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0, "WEIGHT_PYCODE": 0.5}
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

@@ -5,10 +5,12 @@ and is the baseline an LLM meta-agent must beat.
 
 It starts where the value is: its first proposals are the incumbent's neighbours, one knob a small step at a time
 (WARM_FIRST's knobs first, then the rest in file order), each enqueued in the study just before it is asked for, so
-a resumed loop goes on after the last one the journal holds; then TPE takes over."""
+a resumed loop goes on after the last one the journal holds; a step the gate kept is taken once more the same way
+from the new incumbent (a line search: a knob that paid off once often pays off twice); then TPE takes over."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ WARM_FIRST = ("WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "CPU_LR"
 WARM_START_STEPS = 12  # at most this many warm-start proposals, then TPE
 LOG_FACTOR = 2.0  # a log knob's step: times or divided by this
 LINEAR_SHARE = 0.1  # a float or int knob's step: this share of its declared range
+STEP_DIRECTIONS = ("up", "down")  # a warm step's direction, as neighbours() returns them and the plan lists them
 
 
 class SearchMetaAgent(MetaAgent):
@@ -73,13 +76,40 @@ class SearchMetaAgent(MetaAgent):
             return
         current = {k.name: k.value for k in knobs}
         seen = [t.params for t in trials]
+
+        def new_point(name, value):
+            point = {**current, name: value}
+            if value is not None and not any(all(n in p and p[n] == v for n, v in point.items()) for p in seen):
+                return point
+            return None
+
+        again = self._step_again(trials, knobs, current)
+        if again is not None and (point := new_point(again[0], again[1])) is not None:
+            self.study.enqueue_trial(point, user_attrs={**again[2]})
+            return
         plan = warm_start_plan(knobs)
         for index in range(max(done, default=-1) + 1, len(plan)):
             name, value = plan[index]
-            point = {**current, name: value}
-            if value is not None and not any(all(n in p and p[n] == v for n, v in point.items()) for p in seen):
-                self.study.enqueue_trial(point, user_attrs={"warm_start": index})
+            if (point := new_point(name, value)) is not None:
+                self.study.enqueue_trial(point, user_attrs={"warm_start": index, "knob": name,
+                                                            "direction": STEP_DIRECTIONS[index % 2]})
                 return
+
+    @staticmethod
+    def _step_again(trials, knobs: list[editable.Knob], current: dict) -> tuple[str, Any, dict] | None:
+        """(knob, value, user attrs) of the kept warm step taken once more the same way from the incumbent it made,
+        or None: no warm step made this incumbent, or its step again was enqueued already."""
+        maker = next((t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("knob")
+                      and _same_point(t.params, current)), None)
+        if maker is None or any(t.user_attrs.get("again_after") == maker.number for t in trials):
+            return None
+        name, direction = maker.user_attrs["knob"], maker.user_attrs["direction"]
+        knob = next((k for k in knobs if k.name == name), None)
+        if knob is None:
+            return None
+        value = neighbours(knob)[STEP_DIRECTIONS.index(direction)]
+        return name, value, {"warm_start": maker.user_attrs["warm_start"], "knob": name, "direction": direction,
+                             "again_after": maker.number}
 
     def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
         """Its proposal is a set of knob values: the same values, set in the new incumbent (only the lines whose
@@ -117,6 +147,13 @@ class SearchMetaAgent(MetaAgent):
         self.study.add_trial(optuna.trial.create_trial(
             params={k.name: k.value for k in knobs}, distributions={k.name: distribution(k) for k in knobs},
             value=value, user_attrs={"baseline": True}))
+
+
+def _same_point(params: dict, current: dict) -> bool:
+    """The trial's knob values are the incumbent's (a float written back to the file may differ in its last digits)."""
+    return all(name in params and (math.isclose(params[name], value, rel_tol=1e-6)
+                                   if isinstance(value, float) and isinstance(params[name], float)
+                                   else params[name] == value) for name, value in current.items())
 
 
 def warm_start_plan(knobs: list[editable.Knob]) -> list[tuple[str, Any]]:
