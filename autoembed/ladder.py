@@ -47,7 +47,7 @@ def ladders() -> dict[str, dict]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("key") and data.get("base") and data.get("reference"):
+        if isinstance(data, dict) and all(data.get(part) for part in ("key", "metric", "base", "reference")):
             found[data["key"]] = data
     return found
 
@@ -75,13 +75,13 @@ def normalized(score: dict | None, task: str) -> dict:
     if ladder is None:
         out["reason"] = missing_message(ladder_key)
         return out
-    reasons = []
+    reasons, metric = [], ladder["metric"]
     for split in SPLITS:
-        raw = _mean(score, split)
+        raw = _mean(score, split, metric)
         base, ref = ladder["base"].get(split), ladder["reference"].get(split)
         if raw is None or base is None or ref is None:
             continue
-        own_base = _mean(score.get("base") or {}, split)
+        own_base = _mean(score.get("base") or {}, split, metric)
         if own_base is not None and abs(own_base - base) > BASE_TOLERANCE:
             reasons.append(f"{split}: this trial's base model scored {own_base:.4f}, the ladder's {base:.4f}: "
                            "the ladder was measured on other data")
@@ -91,8 +91,9 @@ def normalized(score: dict | None, task: str) -> dict:
     return out
 
 
-def _mean(score: dict, split: str) -> float | None:
-    value = ((score.get(split) or {}).get("mean") or {}).get("ndcg@10")
+def _mean(score: dict, split: str, metric: str) -> float | None:
+    """A split's mean of the metric the ladder was measured in (task.toml's main_metric when it was made)."""
+    value = ((score.get(split) or {}).get("mean") or {}).get(metric)
     return value if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
@@ -101,7 +102,7 @@ def save_from_reference(result: dict, folder: Path | None = None) -> Path | None
     rungs = result.get("rungs") or {}
     if "base" not in rungs or "recipe" not in rungs:
         return None
-    metric = result.get("main_metric", "ndcg@10")
+    metric = result["main_metric"]  # `autoembed reference` records the task's main_metric
     score = ({"mode": "fast", "sizes": {"fast_queries": result.get("fast_queries"), "fast_docs": result.get("fast_docs")}}
              if result.get("fast") else {"mode": "full"})
     ladder_key = key(result["task"], score)

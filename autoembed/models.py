@@ -31,13 +31,31 @@ PROVIDERS = {p.name: p for p in (
     Provider("scripted", None, "scripted"),
 )}
 
-# per wire: the host variables that may hold its credential (first found wins) and how each is sent upstream,
-# the variable a client inside the sandbox reads its (per-trial) key from, and the base-URL variable it honours
-WIRE_KEYS = {
-    "anthropic": [("ANTHROPIC_API_KEY", "api_key"), ("ANTHROPIC_AUTH_TOKEN", "bearer"), ("CLAUDE_CODE_OAUTH_TOKEN", "oauth")],
-    "openai": [("OPENAI_API_KEY", "api_key"), ("CODEX_API_KEY", "api_key")],
-    "gemini": [("GEMINI_API_KEY", "api_key"), ("GOOGLE_API_KEY", "api_key")],
+
+@dataclass(frozen=True)
+class KeyVar:
+    name: str                       # the host variable
+    sent_as: str                    # how the gateway sends it upstream: api_key | bearer | oauth
+    harness: bool = True            # False: asked of the provider's own CLI agent only, never of a harness
+
+
+# per wire: the host variables that may hold its credential, in the order a person is told to set them (the
+# provider's own CLI reads every one of them)
+KEYS = {
+    "anthropic": (KeyVar("ANTHROPIC_API_KEY", "api_key"),
+                  # a subscription's token (`claude setup-token`): Claude Code's own, not an SDK client's
+                  KeyVar("CLAUDE_CODE_OAUTH_TOKEN", "oauth", harness=False),
+                  KeyVar("ANTHROPIC_AUTH_TOKEN", "bearer")),
+    # codex's own name for an OpenAI key: the gateway takes it, preflight asks a harness for OPENAI_API_KEY
+    "openai": (KeyVar("OPENAI_API_KEY", "api_key"), KeyVar("CODEX_API_KEY", "api_key", harness=False)),
+    "gemini": (KeyVar("GEMINI_API_KEY", "api_key"), KeyVar("GOOGLE_API_KEY", "api_key")),
 }
+SENT_AS_ORDER = ("api_key", "bearer", "oauth")  # where several are set, the gateway takes a key, a subscription's last
+# the gateway's view, per wire: (variable, how it is sent upstream), first found wins
+WIRE_KEYS = {wire: [(k.name, k.sent_as) for k in sorted(keys, key=lambda k: SENT_AS_ORDER.index(k.sent_as))]
+             for wire, keys in KEYS.items()}
+CLI_AGENTS = {"claude": "anthropic", "codex": "openai", "gemini": "google"}  # each CLI agent's provider
+# the variable a client inside the sandbox reads its (per-trial) key from, and the base-URL variable it honours
 WIRE_CLIENT_KEY = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 WIRE_BASE_URL = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL", "gemini": "GOOGLE_GEMINI_BASE_URL"}
 WIRE_DEFAULT_BASE = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1",
@@ -78,6 +96,11 @@ class ModelRef:
             return "scripted:" + Path(self.model).name.split(".")[0]
         return self.spec.family
 
+    @property
+    def script(self) -> Path | None:
+        """A scripted model's script file (scripted:<path>); None for a provider's model."""
+        return Path(self.model) if self.provider == "scripted" else None
+
     def __str__(self) -> str:
         return f"{self.provider}:{self.model}"
 
@@ -85,3 +108,22 @@ class ModelRef:
 def family(model: str) -> str:
     """The family of a model string; `search` is its own."""
     return SEARCH if model == SEARCH else ModelRef.parse(model).family
+
+
+def key_names(provider: str, *, cli: bool = False) -> tuple[str, ...]:
+    """The host variables that may hold a provider's key, in the order a person is told to set them: all of them
+    for the provider's own CLI agent (cli), those a harness is offered otherwise; none for a provider without a
+    wire (scripted)."""
+    return tuple(k.name for k in KEYS.get(PROVIDERS[provider].wire, ()) if cli or k.harness)
+
+
+def key_from(env, names) -> str | None:
+    """The value of the first of the variables names that env sets (non-empty); None if it sets none."""
+    return next((env[name] for name in names if env.get(name)), None)
+
+
+def model_id(text: str | None, provider: str) -> str | None:
+    """What a provider's own CLI takes for its model: the id of `provider:<id>`; a bare id, another provider's
+    string or None as given."""
+    named, colon, rest = (text or "").partition(":")
+    return rest if colon and named == provider else text

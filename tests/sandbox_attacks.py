@@ -4,6 +4,7 @@ to break out the way an agent could, and asserts that it failed; each also has a
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import shlex
@@ -50,7 +51,14 @@ CONNECT = ("python3 -c 'import socket,sys; s=socket.create_connection((sys.argv[
 
 def heldout_sample(n: int = 20) -> list[str] | None:
     """One distinctive line (<= 80 chars) from each of n held-out documents, spread over the tasks;
-    lines the agent is given anyway (dev data, pool) are dropped. None until the data exists."""
+    lines the agent is given anyway (dev data, pool) are dropped. None until the data exists.
+    Computed once per n and process (about 5 s: it reads the whole pool), since each engine asks for it."""
+    sample = _heldout_sample(n)
+    return list(sample) if sample is not None else None
+
+
+@functools.lru_cache(maxsize=None)
+def _heldout_sample(n: int) -> tuple[str, ...] | None:
     corpora = sorted(paths.SEALED_DIR.glob("data/heldout/*/corpus.jsonl.gz"))
     if not corpora:
         return None
@@ -69,7 +77,7 @@ def heldout_sample(n: int = 20) -> list[str] | None:
             if picked == per_task:
                 break
     given = _agent_given_text()
-    return [line for line in dict.fromkeys(lines) if line not in given][:n]
+    return tuple([line for line in dict.fromkeys(lines) if line not in given][:n])
 
 
 def _agent_given_text() -> str:
@@ -114,8 +122,15 @@ def check_sealed_unreadable(sandbox, canary: Path) -> None:
 def check_home_and_traces_unreadable(sandbox, trace_file: Path) -> None:
     home = Path.home()
     runtime_ancestors = {str(p) for p in _ancestors_of_runtime_paths()}
-    entries = [p for p in home.iterdir() if str(p) not in runtime_ancestors][:30]
-    assert_unreadable(sandbox, [trace_file, *entries])
+    package_ancestors = [a for a in paths.PACKAGE_DIR.parents if a != Path("/")]
+    entries = [p for p in home.iterdir() if str(p) not in runtime_ancestors | {str(a) for a in package_ancestors}]
+    assert_unreadable(sandbox, [trace_file, *entries[:30]])
+    # A clone under home (/root/autoembed) shows on the way to the package bwrap binds (read-only, sealed/ hidden):
+    # each folder on that way holds nothing but the next one, so the clone's traces, .git and the rest stay unseen
+    for folder, child in zip(package_ancestors, [paths.PACKAGE_DIR, *package_ancestors]):
+        if home in folder.parents:
+            shown = sandbox.exec(f"ls -A {shlex.quote(str(folder))} 2>/dev/null", timeout=30).stdout.split()
+            assert shown in ([], [child.name]), f"{folder} shows {shown} inside, not only {child.name}"
     listing = sandbox.exec(f"ls -A {shlex.quote(str(paths.traces_dir()))} 2>/dev/null", timeout=30)
     assert listing.stdout.strip() == "", listing.stdout
 
@@ -278,9 +293,14 @@ def grep_heldout_inside(sandbox, workdir: Path, sample: list[str], time_limit: i
     control.write_text("prefix " + sample[0] + " suffix\n")
     delimiter = f"END_{uuid.uuid4().hex}"
     trees = "/usr /var /etc /opt /root /home /srv /mnt /media /work /workdir"
+    # Python's site-packages is scanned too, named on its own only where the walk of the trees does not reach
+    # it already (bwrap: it lies under /root, with no symlink on the way): scanning its 2 GB twice took a third
+    # of the scan's time and read no file the first pass had not.
+    site = ("import os, sys, sysconfig; s = sysconfig.get_paths()['purelib']; "
+            "print('' if os.path.realpath(s) == s and any(s.startswith(t + '/') for t in sys.argv[1:]) else s)")
     command = (f"cat > /tmp/patterns.txt <<'{delimiter}'\n" + "\n".join(sample) + f"\n{delimiter}\n"
-               "site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
-               f"timeout {time_limit} grep -rIlF -s -f /tmp/patterns.txt {trees} \"$site\"; "
+               f"site=$(python3 -c {shlex.quote(site)} {trees}); "
+               f"timeout {time_limit} grep -rIlF -s -f /tmp/patterns.txt {trees} ${{site:+\"$site\"}}; "
                "echo \"grep-exit=$?\"")
     result = sandbox.exec(command, timeout=time_limit + 30)
     lines = result.stdout.strip().splitlines()

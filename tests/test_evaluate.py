@@ -252,6 +252,11 @@ def _agent_workdir(tmp_path, base_model_path):
 
 
 def _task_py_evaluate(workdir, model_path, warm: bool, **kw):
+    return _finish_task_py_evaluate(_start_task_py_evaluate(workdir, model_path, warm, **kw))
+
+
+def _start_task_py_evaluate(workdir, model_path, warm: bool, **kw):
+    """task.evaluate in a fresh Python process in workdir, started; _finish_task_py_evaluate waits for it."""
     import os
     import subprocess
     import sys
@@ -260,9 +265,23 @@ def _task_py_evaluate(workdir, model_path, warm: bool, **kw):
             "print('RESULT ' + json.dumps({k: r[k] for k in ('tasks', 'mean')}))")
     env = {**os.environ, "AUTOEMBED_WARM_EVAL": "1" if warm else "0", "AUTOEMBED_WARM_EVAL_IDLE_S": "60",
            "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    return proc, json.loads(line[7:]) if line else None
+    return subprocess.Popen([sys.executable, "-c", code], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish_task_py_evaluate(proc):
+    """(the finished process as a CompletedProcess, and its RESULT or None)."""
+    import subprocess
+
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
+    return done, json.loads(line[7:]) if line else None
 
 
 def _assert_same_scores(a: dict, b: dict) -> None:
@@ -283,9 +302,15 @@ def test_warm_evaluator_gives_task_py_the_in_process_numbers(tmp_path, base_mode
 
     workdir = _agent_workdir(tmp_path, base_model_path)
     log = workdir / ".cache" / "evaluator.log"
+    other_cold = None
     try:
+        # the two in-process (cold) references at once: neither depends on the other or on a server, and two
+        # Python processes importing torch overlap on two cores
+        other_cold = _start_task_py_evaluate(workdir, base_model_path, warm=False, fast=False, tasks=["other"])
         cold, reference = _task_py_evaluate(workdir, base_model_path, warm=False, fast=True)
         assert reference is not None, cold.stderr[-3000:]
+        cold_other, one_cold = _finish_task_py_evaluate(other_cold)
+        assert one_cold is not None, cold_other.stderr[-3000:]
         assert not log.exists()  # AUTOEMBED_WARM_EVAL=0: no server
         first, started = _task_py_evaluate(workdir, base_model_path, warm=True, fast=True)  # starts the server
         assert started is not None, first.stderr[-3000:]
@@ -295,13 +320,15 @@ def test_warm_evaluator_gives_task_py_the_in_process_numbers(tmp_path, base_mode
         _assert_same_scores(reference, warm)
         assert log.read_text().count(": ok in") == 2  # both answered by the one server
         _, one = _task_py_evaluate(workdir, base_model_path, warm=True, fast=False, tasks=["other"])
-        _, one_cold = _task_py_evaluate(workdir, base_model_path, warm=False, fast=False, tasks=["other"])
         assert list(one["tasks"]) == ["other"] and one["tasks"]["other"]["n_queries"] == 10
         _assert_same_scores(one_cold, one)
         # an error on the warm path: the caller scores in its own process and raises the real error
         failed, _ = _task_py_evaluate(workdir, tmp_path / "no-such-model", warm=True)
         assert failed.returncode != 0 and "FileNotFoundError: no model at" in failed.stderr
     finally:
+        if other_cold is not None and other_cold.poll() is None:
+            other_cold.kill()
+            other_cold.communicate()
         pids = re.findall(r"\(pid (\d+),", log.read_text()) if log.exists() else []
         for pid in pids:
             try:

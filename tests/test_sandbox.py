@@ -151,6 +151,14 @@ def test_extra_hidden_path_is_empty(sandbox, engine):
     assert attacks.run_ok(sandbox, f"ls -A {EXTRA_HIDDEN}").stdout.strip() == ""
 
 
+
+def test_the_agent_has_a_user_name(sandbox):
+    """The sandbox uid has no passwd entry; what asks for the user's name (getpass, as torch's compile cache does on
+    import) gets one instead of KeyError 'getpwuid(): uid not found', which crashed every GPU trial on a box whose
+    torch asks."""
+    result = attacks.run_ok(sandbox, "python3 -c 'import getpass; print(getpass.getuser())'")
+    assert result.stdout.strip() == "agent", result
+
 def test_cannot_write_outside_the_workdir(sandbox):
     attacks.check_cannot_write_outside(sandbox)
 

@@ -70,6 +70,21 @@ def test_stop_kills_spawned_processes(tmp_path):
     assert attacks.wait_until(lambda: not attacks.host_pids_with(f".{marker}"), 5)
 
 
+
+def test_stop_kills_what_outlived_its_group_leader_and_what_left_the_group(tmp_path):
+    """What left a CLI agent running on a test machine for 50 minutes: its tool's search (ugrep over /var) went
+    on after the agent exited. Here a command exits at once, leaving one child in its group and one in a session
+    of its own (setsid); exec() returns, and stop() must still end both."""
+    marker = attacks.digits()
+    box = make(tmp_path)
+    box.start()
+    quiet = "< /dev/null > /dev/null 2>&1"
+    result = box.exec(f"(sleep 710.{marker} {quiet} &); setsid sleep 711.{marker} {quiet} & exit 0", timeout=20)
+    assert result.returncode == 0
+    assert attacks.wait_until(lambda: len(attacks.host_pids_with(f".{marker}")) >= 2, 5)
+    box.stop()
+    assert attacks.wait_until(lambda: not attacks.host_pids_with(f".{marker}"), 5), attacks.host_pids_with(f".{marker}")
+
 def test_make_sandbox_none_is_an_explicit_choice(tmp_path):
     box = factory.make_sandbox("none", SandboxConfig(workdir=tmp_path, deadline=time.time() + 60))
     assert isinstance(box, NoSandbox) and box.describe()["kind"] == "none"

@@ -26,6 +26,7 @@ from autoembed import bounded, editable, paths
 from autoembed.editable import BANNER, adapter_hash  # noqa: F401 - the names tests and the loop use
 from autoembed.agents.base import Agent, AgentOutcome, TrialContext
 from autoembed.agents.harness_runtime import STOPPED_EXIT, TRIAL_VAR, HarnessError
+from autoembed.models import ModelRef, ModelRefError
 from autoembed.trace import Event, Kind, Usage
 
 # sha256 of everything below the banner in harnesses/baseline.py; change both together, on purpose
@@ -59,6 +60,23 @@ def literal_constant(source: str, name: str):
     return value
 
 
+def harness_model(model: str | None, default, path: Path) -> ModelRef:
+    """The harness's model, parsed: --model, else the file's MODEL literal; a scripted model's script must exist."""
+    if model is not None and ":" not in model:
+        raise HarnessError(f"--model {model!r} needs a provider prefix, e.g. anthropic:{model}")
+    chosen = model or default
+    if not isinstance(chosen, str) or ":" not in chosen:
+        raise HarnessError(f"{path}: MODEL must be a 'provider:model' string literal, or pass --model")
+    try:
+        ref = ModelRef.parse(chosen)
+    except ModelRefError as exc:
+        raise HarnessError(str(exc)) from None
+    if ref.script and not ref.script.is_file():
+        raise HarnessError(f"scripted model: no script file {ref.model} "
+                           "(use scripted:<path to a JSON list of responses>)")
+    return ref
+
+
 class HarnessAgent(Agent):
     name = "harness"
     kind = "harness"
@@ -66,30 +84,21 @@ class HarnessAgent(Agent):
     def __init__(self, path: Path, model: str | None = None):
         self.path = Path(path)
         self.source = check_harness(self.path)
-        default = literal_constant(self.source, "MODEL")
-        self.model = model or default
-        if model is not None and ":" not in model:
-            raise HarnessError(f"--model {model!r} needs a provider prefix, e.g. anthropic:{model}")
-        if not isinstance(self.model, str) or ":" not in self.model:
-            raise HarnessError(f"{path}: MODEL must be a 'provider:model' string literal, or pass --model")
-        if self.model.startswith("scripted:") and not Path(self.model.split(":", 1)[1]).is_file():
-            raise HarnessError(f"scripted model: no script file {self.model.split(':', 1)[1]} "
-                               "(use scripted:<path to a JSON list of responses>)")
+        self.ref = harness_model(model, literal_constant(self.source, "MODEL"), self.path)
+        self.model = str(self.ref)
         self._staging: Path | None = None
 
     @property
     def gateway_providers(self) -> tuple[str, ...]:
         """The gateway provider its model talks to; none for a scripted model (a file), whose sandbox has no way out."""
-        provider = self.model.split(":", 1)[0]
-        return {"anthropic": ("anthropic",), "openai": ("openai",), "openai-responses": ("openai",),
-                "google": ("gemini",)}.get(provider, ())
+        return (self.ref.wire,) if self.ref.wire else ()
 
     def versions(self) -> dict[str, str]:
         return {"harness": str(self.path), "harness_sha256": hashlib.sha256(self.source.encode()).hexdigest(),
                 "model": self.model}
 
     def min_budget_s(self) -> float:
-        return 0.0 if self.model.startswith("scripted:") else super().min_budget_s()  # a script answers at once
+        return 0.0 if self.ref.script else super().min_budget_s()  # a script answers at once
 
     def identity(self, versions: dict) -> tuple[str, str]:
         return f"harness:{self.path.name}", f"sha256:{str(versions.get('harness_sha256') or '')[:16] or 'unknown'}"
@@ -102,13 +111,13 @@ class HarnessAgent(Agent):
             root.mkdir(parents=True, exist_ok=True)
             self._staging = Path(tempfile.mkdtemp(prefix="h-", dir=root))
             (self._staging / "harness.py").write_text(self.source)
-            if self.model.startswith("scripted:"):
-                shutil.copyfile(self.model.split(":", 1)[1], self._staging / "script.json")
+            if self.ref.script:
+                shutil.copyfile(self.ref.script, self._staging / "script.json")
             self._staging.chmod(0o755)
         return [self._staging]
 
     def _model_inside(self) -> str:
-        return f"scripted:{self._staging / 'script.json'}" if self.model.startswith("scripted:") else self.model
+        return f"scripted:{self._staging / 'script.json'}" if self.ref.script else self.model
 
     def run(self, ctx: TrialContext) -> AgentOutcome:
         staging = self.readonly_mounts()[0]

@@ -15,19 +15,31 @@ AGENTS = {
 }
 
 
+def agent_kind(spec: str) -> str:
+    """The kind an agent spec names: 'harness' for harness:<path>, 'claude' for claude."""
+    return spec.partition(":")[0]
+
+
+def spec_file(spec: str, kind: str) -> Path | None:
+    """The file of an agent spec `<kind>:<path>` (harness:harnesses/baseline.py); None for a spec of another kind.
+    An agent spec is not a model string (provider:model): what follows its colon is a path, parsed here."""
+    named, colon, path = spec.partition(":")
+    return Path(path) if colon and named == kind else None
+
+
 def make_agent(spec: str, model: str | None = None) -> Agent:
     """'recipe' | 'recipe:<path to a recipe file>' | 'claude' | 'codex' | 'gemini' | 'harness:<path to harness file>'"""
-    if spec.startswith("harness:"):
+    path = spec_file(spec, "harness")
+    if path is not None:
         from autoembed.agents.harness import HarnessAgent
 
-        path = Path(spec.split(":", 1)[1])
         if not path.is_file():
             raise ValueError(f"harness file {path} does not exist (expected e.g. harness:harnesses/baseline.py)")
         return HarnessAgent(path, model=model)
-    if spec.startswith("recipe:"):
+    path = spec_file(spec, "recipe")
+    if path is not None:
         from autoembed.agents.recipe import RecipeAgent
 
-        path = Path(spec.split(":", 1)[1])
         if not path.is_file():
             raise ValueError(f"recipe file {path} does not exist (expected e.g. recipe:harnesses/recipe.py)")
         return RecipeAgent(model=model, path=path)

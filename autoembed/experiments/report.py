@@ -31,7 +31,7 @@ from autoembed import ladder
 from autoembed.experiments.config import load_config
 from autoembed.experiments.frames import main_metric
 from autoembed.loop.ledger import Ledger
-from autoembed.models import family
+from autoembed.models import ModelRef, ModelRefError, family
 from autoembed.records import write_json_atomic
 
 SCORED = ("keep", "discard", "inconclusive")
@@ -288,9 +288,11 @@ def _ci(lo, hi, signed: bool = True) -> str:
 
 def label(model: str | None) -> str:
     """A model as the tables show it: a scripted file by its name, not its whole path."""
-    if model and model.startswith("scripted:"):
-        return "scripted:" + Path(model.split(":", 1)[1]).name
-    return str(model)
+    try:
+        script = ModelRef.parse(model).script
+    except ModelRefError:  # search, None or a string no provider owns: shown as it is
+        script = None
+    return f"scripted:{script.name}" if script else str(model)
 
 
 def markdown(s: dict, name: str, figures: bool = True) -> str:

@@ -93,7 +93,8 @@ def new_loop(options: dict, out: str | Path | None = None) -> tuple[Path, LoopCo
     if config.target == "harness" and not config.task_model:
         config.task_model = DEFAULT_TASK_MODEL
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    meta = "".join(c if c.isalnum() else "-" for c in config.meta.split(":")[0])
+    meta = config.meta if config.meta == SEARCH else _provider_or_text(config.meta)
+    meta = "".join(c if c.isalnum() else "-" for c in meta)
     run_dir = Path(out) if out else traces_dir() / "loops" / f"{stamp}-{config.target}-{meta}-{secrets.token_hex(3)}"
     validate(config)
     return run_dir, config
@@ -126,6 +127,14 @@ def _given(options: dict) -> dict:
     elif "gpus" in given:
         given["gpus"] = [str(g) for g in given["gpus"]]
     return given
+
+
+def _provider_or_text(meta: str) -> str:
+    """The provider of a meta model for the run folder's name; an unparsable one as it is (validate names it)."""
+    try:
+        return ModelRef.parse(meta).provider
+    except ModelRefError:
+        return meta
 
 
 def validate(config: LoopConfig) -> None:

@@ -49,11 +49,18 @@ def inside_path_var(python: str | None = None) -> str:
     return ":".join(dict.fromkeys([str(Path(python or sys.executable).parent), *STANDARD_PATH, *tools]))
 
 
+SANDBOX_USER = "agent"  # the name the agent's processes go by (no passwd entry holds the sandbox uid)
+
+
 def clean_env(workdir_inside: str, cuda_visible_devices: str, extra: dict[str, str] | None = None,
               python: str | None = None) -> dict[str, str]:
     env = {
         "PATH": inside_path_var(python),
         "HOME": f"{workdir_inside}/{HOME_NAME}",
+        # the sandbox uid has no passwd entry: getpass.getuser() reads these first (torch 2.11's import of its
+        # compile cache asks for the user name and died of KeyError 'getpwuid(): uid not found' without them)
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
         "HF_HUB_OFFLINE": "1",

@@ -6,12 +6,18 @@ memory, CPU or scratch space; the workdir is still made inert when the trial rec
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 
+from autoembed.sandbox import procs
 from autoembed.sandbox.base import ExecResult, Sandbox
+
+# Every process the trial starts carries this variable with the trial's own value: stop() finds by it what left
+# the process groups it knows (a CLI's tool that started its own session, a child whose group leader exited)
+MARK = "AUTOEMBED_NONE_SANDBOX"
 
 WARNING = ("WARNING: sandbox 'none' runs the agent in place with your user's rights: it can read the sealed "
            "held-out data and anything else you can. Scores from such a trial are not structurally protected.")
@@ -23,6 +29,7 @@ class NoSandbox(Sandbox):
     def __init__(self, config):
         super().__init__(config)
         self._procs: list[subprocess.Popen] = []
+        self._mark = secrets.token_hex(8)
 
     @property
     def workdir_inside(self) -> str:
@@ -44,6 +51,7 @@ class NoSandbox(Sandbox):
             merged["CUDA_VISIBLE_DEVICES"] = ",".join(self.config.gpus)
         merged.update(self.config.env)
         merged.update(env or {})
+        merged[MARK] = self._mark
         return merged
 
     def _cwd(self, cwd: str | None) -> str:
@@ -72,15 +80,26 @@ class NoSandbox(Sandbox):
         return proc
 
     def stop(self) -> None:
+        """Kill everything the trial started: each process group (also where its leader has exited) and every
+        process still carrying the trial's mark (a best effort: with no sandbox a process can clear its own
+        environment)."""
         for proc in self._procs:
             _kill_group(proc)
         self._procs.clear()
+        marked = procs.pids_where(lambda p: p.environ().get(MARK) == self._mark)
+        for pid in marked:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in marked:
+            procs.wait_gone(pid, 5.0)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    """SIGKILL to the process's group even where the leader has exited: its children may still be in it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()

@@ -38,12 +38,12 @@ from autoembed.task import evaluate as evaluator
 from autoembed.task.base_model import file_sha256, offline_env, resolve_base_model
 from autoembed.task.data import load_retrieval_task
 from autoembed.task.seed import load_manifest
-from autoembed.task.spec import TaskSpec, load_spec
+from autoembed.task.spec import MAIN_METRIC, TaskSpec, load_spec
 
 EVALUATOR_FILES = ("evaluate.py", "metrics.py", "resample.py", "encode.py", "tokens.py", "data.py")
 TIERS = ("dev", "validation", "heldout")
 PER_QUERY_FILE = "per_query.json.gz"
-PER_QUERY_METRICS = ("ndcg@10",)  # what evaluate_model returns per query (the gate and the tier gap pair them)
+PER_QUERY_METRICS = (MAIN_METRIC,)  # what evaluate_model returns per query (the gate and the tier gap pair them)
 
 
 def _check_frozen(final_model: Path, hashes: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from autoembed.task import metrics
 from autoembed.task.data import RetrievalTask
+from autoembed.task.spec import MAIN_METRIC
 from autoembed.task.evaluate import _indexed_qrels, _summarize  # one result shape for models and BM25
 
 K1, B = 1.5, 0.75
@@ -80,8 +81,8 @@ def evaluate_bm25(tasks: dict[str, RetrievalTask], *, bootstrap: int = 1000, see
     for name, task in tasks.items():
         t0 = time.perf_counter()
         per_task[name] = per_query(task)
-        shapes[name] = (len(per_task[name]["ndcg@10"]), len(task.corpus))
-        say(f"{name}: bm25 ndcg@10 {per_task[name]['ndcg@10'].mean():.4f}  {shapes[name][0]} queries x "
+        shapes[name] = (len(per_task[name][MAIN_METRIC]), len(task.corpus))
+        say(f"{name}: bm25 {MAIN_METRIC} {per_task[name][MAIN_METRIC].mean():.4f}  {shapes[name][0]} queries x "
             f"{shapes[name][1]} docs, {time.perf_counter() - t0:.2f}s")
     result = _summarize(per_task, shapes, bootstrap, seed)
     result.update(seconds=time.perf_counter() - started, device="bm25", dtype="")

@@ -22,7 +22,7 @@ import torch
 from autoembed.task import metrics
 from autoembed.task.data import RetrievalTask, load_retrieval_task
 from autoembed.task.encode import default_amp_dtype, encode_texts
-from autoembed.task.spec import TaskSpec, load_spec
+from autoembed.task.spec import MAIN_METRIC, TaskSpec, load_spec
 
 
 class NonFiniteEmbeddings(ValueError):
@@ -151,7 +151,7 @@ def evaluate_model(model, tasks: dict[str, RetrievalTask], **options) -> dict:
             encoders += stats.get("encoder", [])
             shapes[name] = (len(query_ids[name]), len(task.corpus))
             say(
-                f"{name}: ndcg@10 {per_task[name]['ndcg@10'].mean():.4f}  {len(query_ids[name])} queries x "
+                f"{name}: {MAIN_METRIC} {per_task[name][MAIN_METRIC].mean():.4f}  {len(query_ids[name])} queries x "
                 f"{len(task.corpus)} docs, {stats.get('tokens', 0)} tokens ({'/'.join(stats.get('source', []))}), "
                 f"encode {encode_s:.2f}s, search {search_s:.2f}s"
             )
@@ -166,7 +166,7 @@ def evaluate_model(model, tasks: dict[str, RetrievalTask], **options) -> dict:
     result["timing"] = {**timing, "token_cache": sources}
     if opts.return_per_query:
         result["per_query"] = {
-            name: {"query_ids": query_ids[name], "ndcg@10": per_task[name]["ndcg@10"].tolist()} for name in per_task
+            name: {"query_ids": query_ids[name], MAIN_METRIC: per_task[name][MAIN_METRIC].tolist()} for name in per_task
         }
     return result
 
@@ -252,7 +252,7 @@ def _indexed_qrels(rel: dict[str, int], doc_index: dict[str, int]) -> dict[int, 
 
 
 def _summarize(per_task: dict[str, dict[str, np.ndarray]], shapes: dict, n_boot: int, seed: int) -> dict:
-    main = "ndcg@10"
+    main = MAIN_METRIC
     intervals = metrics.bootstrap({name: values[main] for name, values in per_task.items()}, n_boot, seed)
     tasks = {}
     for name, values in per_task.items():
@@ -269,11 +269,12 @@ def _summarize(per_task: dict[str, dict[str, np.ndarray]], shapes: dict, n_boot:
 
 def format_table(result: dict) -> str:
     """A plain-text table of a result, one row per task and the mean."""
-    lines = [f"{'task':<12} {'ndcg@10':>8} {'95% CI':>17} {'mrr@10':>8} {'R@10':>7} {'R@100':>7} {'queries':>8} {'docs':>7}"]
+    main = MAIN_METRIC
+    lines = [f"{'task':<12} {main:>8} {'95% CI':>17} {'mrr@10':>8} {'R@10':>7} {'R@100':>7} {'queries':>8} {'docs':>7}"]
     for name, row in list(result["tasks"].items()) + [("mean", result["mean"])]:
-        lo, hi = row["ndcg@10_ci"]
+        lo, hi = row[f"{main}_ci"]
         lines.append(
-            f"{name:<12} {row['ndcg@10']:>8.4f} {f'[{lo:.4f}, {hi:.4f}]':>17} {row['mrr@10']:>8.4f} "
+            f"{name:<12} {row[main]:>8.4f} {f'[{lo:.4f}, {hi:.4f}]':>17} {row['mrr@10']:>8.4f} "
             f"{row['recall@10']:>7.4f} {row['recall@100']:>7.4f} {row.get('n_queries', ''):>8} {row.get('n_docs', ''):>7}"
         )
     lines.append(f"({result['seconds']:.2f}s on {result['device']}, {result.get('dtype', '')})")

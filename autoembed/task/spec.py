@@ -8,6 +8,10 @@ from pathlib import Path
 
 from autoembed.paths import task_dir
 
+# [eval] main_metric where task.toml names none, and the one metric the evaluator bootstraps a CI for and returns
+# per query (the scorer refuses a main_metric it has no per-query values of)
+MAIN_METRIC = "ndcg@10"
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -22,7 +26,7 @@ class TaskSpec:
     dev_dir: Path  # BEIR-style folders, one per dev task
     dev_tasks: tuple[str, ...]
     pool_path: Path  # jsonl.gz of {"query", "positive", "domain", "group"}
-    main_metric: str = "ndcg@10"
+    main_metric: str = MAIN_METRIC
     fast_queries: int = 200
     fast_docs: int = 1000
     max_seq_length: int = 256
@@ -69,7 +73,7 @@ def load_spec(name_or_path: str | Path = "embed") -> TaskSpec:
         dev_dir=(root / dev["data"]).resolve(),
         dev_tasks=tuple(dev["tasks"]),
         pool_path=(root / pool["path"]).resolve(),
-        main_metric=ev.get("main_metric", "ndcg@10"),
+        main_metric=ev.get("main_metric", MAIN_METRIC),
         fast_queries=int(ev.get("fast_queries", 200)),
         fast_docs=int(ev.get("fast_docs", 1000)),
         max_seq_length=int(ev.get("max_seq_length", 256)),

@@ -24,24 +24,14 @@ import urllib.request
 from dataclasses import dataclass
 
 from autoembed.agents.base import Agent, too_short
+from autoembed.agents.registry import agent_kind, make_agent, spec_file
+from autoembed.models import (CLI_AGENTS, PROVIDERS, WIRE_BASE_URL, WIRE_DEFAULT_BASE, WIRE_KEYS, ModelRef,
+                              ModelRefError, key_names)
 from autoembed.task.spec import TaskSpec
 
 KEY_CHECK_TIMEOUT_S = 10.0
 GPU_CHECK_TIMEOUT_S = 10.0
 CUDA_TORCH_HINT = "pip install torch --index-url https://download.pytorch.org/whl/cu128"
-
-# agent (or harness provider) -> (provider whose key it needs, the variables that can hold that key)
-CLI_AGENT_KEYS = {
-    "claude": ("anthropic", ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN")),
-    "codex": ("openai", ("OPENAI_API_KEY", "CODEX_API_KEY")),
-    "gemini": ("google", ("GEMINI_API_KEY", "GOOGLE_API_KEY")),
-}
-PROVIDER_KEYS = {
-    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"),
-    "openai": ("OPENAI_API_KEY",),
-    "openai-responses": ("OPENAI_API_KEY",),
-    "google": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-}
 
 
 class PreflightError(ValueError):
@@ -62,7 +52,6 @@ def preflight(agent: str, *, task: str = "embed", hours: float | None = None, sa
               model: str | None = None, live_key_check: bool = True, env: dict | None = None,
               gpus: list[str] | None = None) -> Plan:
     """Check a trial's inputs and environment; raise PreflightError on the first problem."""
-    from autoembed.agents.registry import make_agent
     from autoembed.llm.base import LLMError
     from autoembed.task.spec import load_spec
 
@@ -80,7 +69,7 @@ def preflight(agent: str, *, task: str = "embed", hours: float | None = None, sa
     if short:
         raise PreflightError(short)
     check_gpus(gpus)
-    harness_model = getattr(agent_obj, "model", model) if agent.startswith("harness:") else None
+    harness_model = getattr(agent_obj, "model", model) if spec_file(agent, "harness") is not None else None
     if harness_model:
         check_harness_model(harness_model, env)
     kind, notices = resolve_sandbox(sandbox)
@@ -235,14 +224,16 @@ def resolve_sandbox(kind: str) -> tuple[str, list[str]]:
 
 def key_needed(agent: str, model: str | None) -> tuple[str, tuple[str, ...]] | None:
     """(provider, the variables that may hold its key) for an agent, or None when it needs no key."""
-    kind = agent.split(":", 1)[0]
-    if kind in CLI_AGENT_KEYS:
-        return CLI_AGENT_KEYS[kind]
-    if kind == "harness" and model and ":" in model:
-        provider = model.split(":", 1)[0]
-        if provider in PROVIDER_KEYS:
-            return provider, PROVIDER_KEYS[provider]
-    return None
+    kind = agent_kind(agent)
+    if kind in CLI_AGENTS:
+        return CLI_AGENTS[kind], key_names(CLI_AGENTS[kind], cli=True)
+    if kind != "harness" or not model:
+        return None
+    try:
+        provider = ModelRef.parse(model).provider
+    except ModelRefError:
+        return None
+    return (provider, key_names(provider)) if key_names(provider) else None
 
 
 def check_key(provider: str, names: tuple[str, ...], env, *, live: bool = True) -> str:
@@ -272,19 +263,16 @@ def check_key(provider: str, names: tuple[str, ...], env, *, live: bool = True) 
 
 
 def _model_list_request(provider: str, name: str, key: str, env) -> urllib.request.Request | None:
-    if provider == "anthropic":
-        if name != "ANTHROPIC_API_KEY":  # an OAuth or bearer token: no documented cheap check
-            return None
-        base = (env.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com").rstrip("/")
+    wire = PROVIDERS[provider].wire if provider in PROVIDERS else None
+    if wire is None or dict(WIRE_KEYS[wire]).get(name) != "api_key":  # a bearer or OAuth token: no documented cheap check
+        return None
+    base = (env.get(WIRE_BASE_URL[wire]) or WIRE_DEFAULT_BASE[wire]).rstrip("/")
+    if wire == "anthropic":
         return urllib.request.Request(f"{base}/v1/models?limit=1",
                                       headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
-    if provider.startswith("openai"):
-        base = (env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+    if wire == "openai":
         return urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
-    if provider == "google":
-        base = (env.get("GOOGLE_GEMINI_BASE_URL") or "https://generativelanguage.googleapis.com").rstrip("/")
-        return urllib.request.Request(f"{base}/v1beta/models?pageSize=1", headers={"x-goog-api-key": key})
-    return None
+    return urllib.request.Request(f"{base}/v1beta/models?pageSize=1", headers={"x-goog-api-key": key})
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

@@ -30,6 +30,7 @@ from autoembed import ladder, nofollow, textsafe
 from autoembed.version import __version__
 from autoembed.trial import summary, trajectory
 from autoembed.agents.base import AgentOutcome, TrialContext
+from autoembed.agents.registry import agent_kind
 from autoembed.gateway.server import Gateway, Limits, upstreams_from_env
 from autoembed.paths import REPO_ROOT, traces_dir
 from autoembed.records import write_text_atomic
@@ -78,7 +79,7 @@ class TrialFailedToStart(RuntimeError):
 
 def new_run_id(agent: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() else "-" for c in agent.split(":")[0])
+    safe = "".join(c if c.isalnum() else "-" for c in agent_kind(agent))
     return f"{stamp}-{safe}-{secrets.token_hex(3)}"
 
 

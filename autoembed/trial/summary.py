@@ -14,12 +14,13 @@ import json
 from pathlib import Path
 
 from autoembed import textsafe
+from autoembed.task.spec import MAIN_METRIC
 
 SPLITS = ("dev", "validation", "heldout")
 PER_QUERY_FILE = "per_query.json.gz"
 
 
-def headline(score: dict, per_query: dict | None, main_metric: str = "ndcg@10", bootstrap: int = 1000) -> dict:
+def headline(score: dict, per_query: dict | None, main_metric: str = MAIN_METRIC, bootstrap: int = 1000) -> dict:
     """{"sets", "status", "scored_as", "metric", split: {"score", "base", "change", "change_ci", "n_queries",
     "noise"}} for each split that was scored. change_ci is absent when the per-query scores are."""
     out = {"sets": sets_scored(score), "status": score.get("status"), "scored_as": score.get("scored_as"),

@@ -21,9 +21,11 @@ from pathlib import Path
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.agents.cli.base import CliAgent
 from autoembed.llm.pricing import estimate_cost
+from autoembed.models import CLI_AGENTS, PROVIDERS, key_from, key_names, model_id
 from autoembed.trace import Event, Usage
 
-CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN")
+PROVIDER = CLI_AGENTS["claude"]
+CREDENTIALS = key_names(PROVIDER, cli=True)
 
 # No telemetry, error reports, auto-updates, or side calls (title generation etc.): the agent talks
 # only to its model endpoint, and a trial's traffic is the trial's work.
@@ -54,7 +56,7 @@ class ClaudeCodeAgent(CliAgent):
         self._model_seen: str | None = None
 
     # -- launching ------------------------------------------------------------------------------
-    gateway_providers = ("anthropic",)
+    gateway_providers = (PROVIDERS[PROVIDER].wire,)
 
     def executable(self) -> str:
         """The CLI's real path on the host (a sandbox binds it read-only there), else its bare name."""
@@ -69,7 +71,7 @@ class ClaudeCodeAgent(CliAgent):
         return [real.parent.parent if real.parent.name == "bin" else real.parent]
 
     def run(self, ctx: TrialContext) -> AgentOutcome:
-        if not any(ctx.env.get(name) for name in CREDENTIALS):
+        if not key_from(ctx.env, CREDENTIALS):
             return AgentOutcome("crashed", "Claude Code needs credentials: set ANTHROPIC_API_KEY, or "
                                            "CLAUDE_CODE_OAUTH_TOKEN (from `claude setup-token`) for a subscription")
         self.session_id, self._tool_names = None, {}
@@ -192,9 +194,7 @@ def _result_text(content) -> str:
 
 
 def _strip_provider(model: str | None) -> str | None:
-    if not model:
-        return None
-    return model.split(":", 1)[1] if model.startswith("anthropic:") else model
+    return model_id(model, PROVIDER) or None
 
 
 def _base_model(model: str | None) -> str:

@@ -25,9 +25,11 @@ from typing import Any
 from autoembed.agents.base import AgentOutcome, TrialContext
 from autoembed.agents.cli.base import CliAgent
 from autoembed.llm.pricing import estimate_cost
+from autoembed.models import CLI_AGENTS, PROVIDERS, key_from, key_names, model_id
 from autoembed.trace import Event, Usage
 
-CREDENTIALS = ("OPENAI_API_KEY", "CODEX_API_KEY")
+PROVIDER = CLI_AGENTS["codex"]
+CREDENTIALS = key_names(PROVIDER, cli=True)
 PROVIDER_ID = "autoembed"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_KEY_PLACEHOLDER = "not-needed"  # a local server ignores the key, codex insists on one
@@ -41,7 +43,7 @@ class CodexAgent(CliAgent):
     product = "codex"
 
     def __init__(self, model: str | None = None, base_url: str | None = None, web_search: bool = False):
-        super().__init__(model.split(":", 1)[1] if model and model.startswith("openai:") else model)
+        super().__init__(model_id(model, PROVIDER))
         self.base_url = base_url
         self.web_search = web_search
         self._reset_stream_state()
@@ -53,7 +55,7 @@ class CodexAgent(CliAgent):
         self._process = 0  # codex numbers items from item_0 in every process: call ids get this prefix
 
     # -- launching ------------------------------------------------------------------------------
-    gateway_providers = ("openai",)
+    gateway_providers = (PROVIDERS[PROVIDER].wire,)
 
     def readonly_mounts(self) -> list[Path]:
         found = shutil.which(self.binary)
@@ -66,7 +68,7 @@ class CodexAgent(CliAgent):
         return (self.base_url or ctx.env.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
 
     def run(self, ctx: TrialContext) -> AgentOutcome:
-        if self.endpoint(ctx) == OPENAI_BASE_URL and not any(ctx.env.get(name) for name in CREDENTIALS):
+        if self.endpoint(ctx) == OPENAI_BASE_URL and not key_from(ctx.env, CREDENTIALS):
             return AgentOutcome("crashed", "Codex needs an API key: set OPENAI_API_KEY (or CODEX_API_KEY), or "
                                            "OPENAI_BASE_URL for a local OpenAI-compatible server")
         self._reset_stream_state()
@@ -74,7 +76,7 @@ class CodexAgent(CliAgent):
 
     def write_config(self, ctx: TrialContext, config_dir: Path) -> dict[str, str]:
         (config_dir / "config.toml").write_text(self.config_toml(ctx), encoding="utf-8")
-        key = ctx.env.get("OPENAI_API_KEY") or ctx.env.get("CODEX_API_KEY") or LOCAL_KEY_PLACEHOLDER
+        key = key_from(ctx.env, CREDENTIALS) or LOCAL_KEY_PLACEHOLDER
         return {"CODEX_HOME": self.inside(ctx, config_dir), "OPENAI_API_KEY": key}
 
     def config_toml(self, ctx: TrialContext) -> str:
@@ -90,7 +92,7 @@ class CodexAgent(CliAgent):
             "enabled = false",
             "",
             "[shell_environment_policy]",  # the agent's commands never see the key
-            'exclude = ["OPENAI_API_KEY", "CODEX_API_KEY"]',
+            f"exclude = {json.dumps(list(CREDENTIALS))}",
             "",
             f"[model_providers.{PROVIDER_ID}]",
             f"name = {_toml_str(PROVIDER_ID)}",

@@ -31,6 +31,7 @@ from typing import Any
 from autoembed.agents.base import TrialContext
 from autoembed.agents.cli.base import CliAgent
 from autoembed.llm.pricing import estimate_cost
+from autoembed.models import CLI_AGENTS, PROVIDERS, key_from, key_names, model_id
 from autoembed.trace import Event, Usage
 
 SETTINGS = {
@@ -41,6 +42,8 @@ SETTINGS = {
     "telemetry": {"enabled": False},
     "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
 }
+PROVIDER = CLI_AGENTS["gemini"]
+CREDENTIALS = key_names(PROVIDER, cli=True)
 UNTRUSTED_EXIT = 55  # the CLI's exit code when the folder is not trusted
 
 
@@ -59,7 +62,7 @@ class GeminiAgent(CliAgent):
         self._resume: bool | None = None
         self._env: dict[str, str] = {}
 
-    gateway_providers = ("gemini",)
+    gateway_providers = (PROVIDERS[PROVIDER].wire,)
 
     def readonly_mounts(self) -> list[Path]:
         """The CLI's npm package: bin/gemini is a symlink to <package>/bundle/gemini.js."""
@@ -81,7 +84,7 @@ class GeminiAgent(CliAgent):
         env = {"GEMINI_CLI_HOME": home, "NO_COLOR": "1"}
         if ctx.sandbox.kind == "none":  # bwrap/docker already give a fresh HOME in the workdir (with its .profile)
             env["HOME"] = home  # a few code paths read ~ directly: keep them off the user's real home
-        key = ctx.env.get("GEMINI_API_KEY") or ctx.env.get("GOOGLE_API_KEY")
+        key = key_from(ctx.env, CREDENTIALS)
         if key:
             env["GEMINI_API_KEY"] = key  # auth type gemini-api-key reads only this one
         if ctx.env.get("GOOGLE_GEMINI_BASE_URL"):
@@ -104,10 +107,7 @@ class GeminiAgent(CliAgent):
         return args + ["--prompt=" + escape_at(prompt)]  # "=": a prompt starting with "-" is not an option
 
     def model_name(self, ctx: TrialContext) -> str | None:
-        model = self.model or ctx.model
-        if model and model.startswith("google:"):
-            model = model.split(":", 1)[1]
-        return model or None
+        return model_id(self.model or ctx.model, PROVIDER) or None
 
     def can_resume(self, ctx: TrialContext) -> bool:
         if self._resume is None:

@@ -56,6 +56,7 @@ from autoembed.task import contamination as ngrams
 from autoembed.task.base_model import file_sha256
 from autoembed.task.data import RetrievalTask, load_pool
 from autoembed.task.resample import bootstrap_replicates
+from autoembed.task.spec import MAIN_METRIC
 
 TIERS = ("dev", "validation", "heldout")
 LIMITS = {"dev": (10, 0.005), "validation": (25, 0.02), "heldout": (25, 0.02)}  # (min items, fraction of checkable)
@@ -444,7 +445,7 @@ class GapTest:
 
 
 def gap_audit(model_dev: dict, base_dev: dict, model_val: dict, base_val: dict, tasks: tuple[str, ...],
-              metric: str = "ndcg@10", test: GapTest = GapTest()) -> dict:
+              metric: str = MAIN_METRIC, test: GapTest = GapTest()) -> dict:
     """Per dev task: dev gain, validation gain (same domain), gap = dev gain - validation gain, its 95% CI.
     Arguments are evaluate_model's "per_query" dicts ({task: {"query_ids", metric}})."""
     out: dict = {"tasks": {}, "threshold": test.gap_min, "metric": metric}
