@@ -57,12 +57,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autoembed.agents.harness import HarnessError
     from autoembed.llm.base import LLMError
     from autoembed.sandbox.base import SandboxError
+    from autoembed.sandbox.identity import IdentityError
     from autoembed.sealed.errors import ScorerError
     from autoembed.editable import EditableError
     from autoembed.task.base_model import BaseModelError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, SandboxError, BaseModelError, LLMError, HarnessError,
-            ScorerError, EditableError)
+            ScorerError, EditableError, IdentityError)
 
 
 USER_ERRORS = _user_errors()

@@ -6,7 +6,12 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl bm25s==0.3.16 tenacity==9.1.4 \
 #     optuna==5.0.0 colorlog==6.12.0   (the loop's search meta-agent; its journal storage needs no SQLAlchemy)
-# Each call carries .dev/gpupack and .whl.
+# Each call carries .dev/gpupack and .whl, at most ~30.5 MiB beside the 32.9 MiB tree (the limit is 64 MiB in all):
+#   (cd .dev/gpupack/minilm && tar -cJf files.tar.xz files && rm -r files)   (the script unpacks it again)
+#   the loop needs gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3 beside optuna and colorlog (no tenacity, no bm25s);
+#   optuna's wheel fits once its unused parts are cut: zip -d .whl/optuna-*.whl 'optuna/visualization/*' \
+#   'optuna/storages/_rdb/alembic/*' 'optuna/artifacts/*' 'optuna/cli.py' 'optuna/_gp/*' 'optuna/testing/*' \
+#   'optuna/terminator/*' 'optuna/importance/*'   (TPE, the journal storage and ask/tell need none of them)
 #
 # The 10-minute recipe trial outlasts one 10-minute device call, so it runs in two calls, the second within the
 # machine's 30 s warm window:
@@ -45,6 +50,11 @@
 #   bash bench/gpu_box.sh recipe-levers 1 1,5,6      then      bash bench/gpu_box.sh recipe-levers 1 2,3,4
 set -x
 export PYTHONUNBUFFERED=1
+# the agent runs as the sandbox uid, not root: what this script unpacks must be open to others (the device's shell
+# may start with umask 077; every trial then crashed loading the base model, 2026-12-06)
+umask 022
+# the model's text files travel packed (the tree, 32.9 MiB, and the carry must stay under 64 MiB together)
+[ -d .dev/gpupack/minilm/files ] || tar -xJf .dev/gpupack/minilm/files.tar.xz -C .dev/gpupack/minilm || exit 1
 setup_light() {  # the repo importable, the base model unpacked, and the carried wheels if any; nothing else
   SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || exit 1; fi

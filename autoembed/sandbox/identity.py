@@ -102,3 +102,35 @@ def forbid_shared_writes() -> None:
     run folder, logs, records) is not writable by other users, whatever umask the process started with."""
     previous = os.umask(0o022)
     os.umask(previous | 0o022)
+
+
+def first_unreadable(path: Path) -> tuple[Path, int] | None:
+    """(the first path, its mode) that a user who is neither owner nor group could not use on the way to path or
+    under it: a folder it cannot enter (or list, under path), a file it cannot read. The agent runs as such a user
+    when the host is root; what a root shell with umask 077 unpacked is closed to it. None: all of it is open."""
+    path = Path(os.path.abspath(path))
+    for folder in reversed(path.parents):
+        mode = os.stat(folder).st_mode
+        if not mode & stat.S_IXOTH:
+            return folder, stat.S_IMODE(mode)
+    for folder, dirs, files in os.walk(path):
+        mode = os.stat(folder).st_mode
+        if mode & (stat.S_IROTH | stat.S_IXOTH) != (stat.S_IROTH | stat.S_IXOTH):
+            return Path(folder), stat.S_IMODE(mode)
+        for name in files:
+            mode = os.stat(os.path.join(folder, name)).st_mode
+            if not mode & stat.S_IROTH:
+                return Path(folder, name), stat.S_IMODE(mode)
+    return None
+
+
+def require_open_to(uid: int, path: Path, what: str) -> None:
+    """Raise IdentityError naming the closed path and the chmod that opens it when path is closed to uid, the agent's
+    (another uid than this root process: what a root shell with umask 077 unpacked, the agent could not load)."""
+    if uid == os.getuid():
+        return
+    closed = first_unreadable(path)
+    if closed:
+        raise IdentityError(f"{what} {path} is closed to the agent's uid {uid}: {closed[0]} is mode {closed[1]:o}; "
+                            f"open it with: chmod -R a+rX {path}")
+

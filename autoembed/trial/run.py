@@ -37,10 +37,9 @@ from autoembed.records import write_text_atomic
 from autoembed.trial.preflight import preflight
 from autoembed.sandbox.base import SandboxConfig
 from autoembed.sandbox.factory import make_sandbox
-from autoembed.sandbox.limits import LimitError, WorkdirVolume
-from autoembed.sandbox.identity import forbid_shared_writes
+from autoembed.sandbox.limits import LimitError, WorkdirVolume, Limits as ResourceLimits
+from autoembed.sandbox.identity import forbid_shared_writes, require_open_to
 from autoembed.sandbox.workdir_guard import describe_cleaning, make_inert
-from autoembed.sandbox.limits import Limits as ResourceLimits
 from autoembed.trace import TraceWriter, Usage, read_trace, render_markdown, total_usage
 
 GATEWAY_CHECK_S = 2.0  # how often a trial checks that its LLM gateway still answers
@@ -342,6 +341,7 @@ def _start(plan, opts: TrialOptions, workdir: Path, meta: dict, run_dir: Path, s
         meta["limits"] = {**vars(limits), "workdir": _fixed_size_workdir(workdir, limits, volumes)}
         base_path = resolve_base_model(spec.base_model, spec.base_model_sha256)  # its weights hashed once per trial
         if Path(base_path).is_dir():  # task.py names this path: a task image need not hold the model there
+            require_open_to(box.ids()[0], Path(base_path), "the base model")  # the agent is another uid
             box.config.readonly_extra.append(Path(base_path))
         manifest = seed_workdir(workdir, plan.hours, spec, base_model=str(base_path))
     except Exception as exc:
