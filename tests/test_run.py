@@ -294,8 +294,7 @@ def test_a_scorer_that_cannot_prepare_stops_the_trial_before_the_agent(task_dir,
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the agent is another uid only when the host is root")
-def test_a_base_model_closed_to_the_agents_uid_stops_the_trial_with_the_fix(task_dir, tmp_path, monkeypatch, capsys,
-                                                                          request):
+def test_a_base_model_closed_to_the_agents_uid_stops_the_trial_with_the_fix(task_dir, tmp_path, monkeypatch, capsys):
     """What a root shell with umask 077 unpacks is closed to the sandbox uid: every GPU trial crashed loading it. The
     trial now stops before the agent, naming the closed path and the chmod that opens it."""
     import shutil
@@ -305,12 +304,7 @@ def test_a_base_model_closed_to_the_agents_uid_stops_the_trial_with_the_fix(task
     from autoembed.task.base_model import resolve_base_model
     from autoembed.task.spec import load_spec
 
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="closed-model-", dir="/tmp"))  # tmp_path's own parents are 0700
-    root.chmod(0o755)
-    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
-    model = root / "closed" / "minilm"
+    model = tmp_path / "closed" / "minilm"  # under pytest's own 0700 folders, as a pyenv Python is under /root
     shutil.copytree(resolve_base_model(load_spec(str(task_dir)).base_model), model)
     os.chmod(model / "model.safetensors", 0o600)
     assert first_unreadable(model) == (model / "model.safetensors", 0o600)
@@ -321,10 +315,12 @@ def test_a_base_model_closed_to_the_agents_uid_stops_the_trial_with_the_fix(task
     assert "failed to start (seeding the workdir)" in err and f"chmod -R a+rX {model}" in err, err
     assert f"{model / 'model.safetensors'} is mode 600" in err
     os.chmod(model / "model.safetensors", 0o644)
-    os.chmod(model.parent, 0o700)
-    assert first_unreadable(model) == (model.parent, 0o700)
-    os.chmod(model.parent, 0o755)
+    os.chmod(model / "1_Pooling", 0o700)
+    assert first_unreadable(model) == (model / "1_Pooling", 0o700)
+    os.chmod(model / "1_Pooling", 0o755)
+    os.chmod(model.parent, 0o700)  # the folders above do not count: the sandbox makes them, open, on the way
     assert first_unreadable(model) is None
+
 
 def test_interrupted_while_preparing_the_scorer_is_recorded(task_dir, tmp_path, monkeypatch):
     from autoembed.trial.run import run

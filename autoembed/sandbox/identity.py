@@ -105,14 +105,12 @@ def forbid_shared_writes() -> None:
 
 
 def first_unreadable(path: Path) -> tuple[Path, int] | None:
-    """(the first path, its mode) that a user who is neither owner nor group could not use on the way to path or
-    under it: a folder it cannot enter (or list, under path), a file it cannot read. The agent runs as such a user
-    when the host is root; what a root shell with umask 077 unpacked is closed to it. None: all of it is open."""
+    """(the first path, its mode) under path, path included, that a user who is neither owner nor group could not
+    use: a folder it cannot list and enter, a file it cannot read. The agent runs as such a user when the host is
+    root; what a root shell with umask 077 unpacked is closed to it. None: all of it is open. The folders above path
+    do not count: a sandbox binds path at its own place and makes the folders on the way itself, open (a Python
+    under /root, mode 0700, is how pyenv installs it)."""
     path = Path(os.path.abspath(path))
-    for folder in reversed(path.parents):
-        mode = os.stat(folder).st_mode
-        if not mode & stat.S_IXOTH:
-            return folder, stat.S_IMODE(mode)
     for folder, dirs, files in os.walk(path):
         mode = os.stat(folder).st_mode
         if mode & (stat.S_IROTH | stat.S_IXOTH) != (stat.S_IROTH | stat.S_IXOTH):
