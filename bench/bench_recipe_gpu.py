@@ -36,6 +36,9 @@ SPEED_VARIANTS = {
     "fused+chunks2": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 2},
     "fused+chunks4": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 4},
     "fused+chunks4+compile": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 4, "COMPILE": True},
+    "pretokenized": {"PRETOKENIZE": True},
+    "fused+pretokenized": {"FUSED_ADAMW": True, "PRETOKENIZE": True},
+    "fused+chunks4+pretokenized": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 4, "PRETOKENIZE": True},
 }
 FAST = {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 4}
 LEVERS = {

@@ -57,9 +57,13 @@ LOG_EVERY_S = 10.0
 # LENGTH_CHUNKS: each side of a batch (queries, documents) cut into this many chunks of similar length, each padded
 # only to its own longest text (the same embeddings, far less padding where short and long texts mix).
 # COMPILE: torch.compile the transformer (dynamic shapes); it costs a compile at the start.
+# PRETOKENIZE: every text of the pool tokenized once before training (seconds, on all cores); each step then takes
+# its rows of one padded table, cut to the batch's longest text (the same features the tokenizer would give), so the
+# step waits on no tokenizer (the reference tokenizes each batch in Python: the host bound on a GPU).
 FUSED_ADAMW = False  # knob[gpu]: choice False,True
 LENGTH_CHUNKS = 1  # knob[gpu]: choice 1,2,4
 COMPILE = False  # knob[gpu]: choice False,True
+PRETOKENIZE = False  # knob[gpu]: choice False,True
 # Levers, each off by default.
 # HARD_NEGATIVES: one mined negative document per pair, from a ranking of the pool's documents for the pair's query
 # (before training; cached in .cache/ per pool and setting): the highest-ranked candidate of another group, with
@@ -261,6 +265,46 @@ def length_chunks(model, texts: list[str], chunks: int, pin: bool) -> list:
     return pieces
 
 
+class TokenTable:
+    """Texts tokenized once (PRETOKENIZE): one right-padded table per feature and each text's length; a batch's
+    rows are the table's, cut to their longest, as the tokenizer pads a batch to its longest text."""
+
+    def __init__(self, model, texts: list[str], chunk: int = 8192):
+        import torch
+
+        parts = [tokenize(model, texts[s:s + chunk]) for s in range(0, len(texts), chunk)]
+        width = max(part["input_ids"].shape[1] for part in parts)
+        self.table = {key: torch.cat([torch.nn.functional.pad(part[key], (0, width - part[key].shape[1]))
+                                      for part in parts]) for key in parts[0] if torch.is_tensor(parts[0][key])}
+        self.extra = {key: value for key, value in parts[0].items() if not torch.is_tensor(value)}  # e.g. modality
+        self.lengths = self.table["attention_mask"].sum(dim=1)
+
+    def features(self, rows) -> dict:
+        import torch
+
+        index = torch.as_tensor(rows, dtype=torch.long)
+        width = int(self.lengths[index].max())
+        return {**{key: column[index, :width] for key, column in self.table.items()}, **self.extra}
+
+    def side(self, rows: list[int], chunks: int, pin: bool) -> list:
+        """A side of a batch as length_chunks gives it, from the table: one piece, or `chunks` pieces of rows of
+        similar length, with the positions that put them back in order."""
+        import torch
+
+        if chunks <= 1 or len(rows) < 2 * chunks:
+            pieces = [(None, self.features(rows))]
+        else:
+            lengths = self.lengths[torch.as_tensor(rows, dtype=torch.long)].tolist()
+            order = sorted(range(len(rows)), key=lambda i: lengths[i])
+            size = -(-len(rows) // chunks)
+            pieces = [(torch.tensor(order[s:s + size]), self.features([rows[i] for i in order[s:s + size]]))
+                      for s in range(0, len(rows), size)]
+        if pin:
+            pieces = [(pos, {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in feats.items()})
+                      for pos, feats in pieces]
+        return pieces
+
+
 def embed(torch, model, side: list, device: str, autocast) -> "torch.Tensor":
     """The sentence embeddings of one side of a batch, rows in the batch's order."""
     outputs, positions = [], []
@@ -422,28 +466,38 @@ def training_setup(run) -> SimpleNamespace:
                   if BASE_INTERPOLATION < 1.0 else None)
     negatives = (mine_hard_negatives(model, queries, positives, groups, device, run.log)
                  if HARD_NEGATIVES and gpu_levers else None)
+    tables = None
+    if PRETOKENIZE and gpu_levers:
+        import time
+
+        started = time.time()
+        tables = (TokenTable(model, queries), TokenTable(model, positives))
+        run.log(f"pre-tokenized {len(queries) + len(positives)} texts in {time.time() - started:.1f}s")
     model.train()
     return SimpleNamespace(queries=queries, positives=positives, groups=groups, domains=domains, settings=settings,
                            base_lr=base_lr, max_seq_length=max_seq_length, batch_size=batch_size, multiple=multiple,
-                           fast=fast, chunks=chunks, base_state=base_state, negatives=negatives)
+                           fast=fast, chunks=chunks, base_state=base_state, negatives=negatives, tables=tables)
 
 
 def training_batches(run, setup: SimpleNamespace):
     """(epoch, mini-batches) per step; a mini-batch is its query, positive and hard-negative sides, tokenized."""
     queries, positives, negatives, batch_size = setup.queries, setup.positives, setup.negatives, setup.batch_size
+    pin = setup.fast and run.on_gpu
 
-    def side(texts):
-        return length_chunks(run.model, texts, setup.chunks, pin=setup.fast and run.on_gpu)
+    def side(texts, rows):  # texts: queries or positives; rows: indices into them (and into their token table)
+        if setup.tables is None:
+            return length_chunks(run.model, [texts[i] for i in rows], setup.chunks, pin=pin)
+        table = setup.tables[1] if texts is positives else setup.tables[0]
+        return table.side(rows, setup.chunks, pin)
 
     for epoch, indices in batch_stream(setup.groups, batch_size * setup.multiple, run.seed,
                                        setup.domains if len(setup.domains) == len(setup.groups) else None):
         mini = []
         for s in range(0, len(indices), batch_size):
             part = indices[s:s + batch_size]
-            negative_texts = ([positives[negatives[i]] for i in part if negatives[i] >= 0]
-                              if negatives is not None else [])
-            mini.append((side([queries[i] for i in part]), side([positives[i] for i in part]),
-                         side(negative_texts) if negative_texts else None))
+            negative_rows = [negatives[i] for i in part if negatives[i] >= 0] if negatives is not None else []
+            mini.append((side(queries, part), side(positives, part),
+                         side(positives, negative_rows) if negative_rows else None))
         yield epoch, mini
 
 

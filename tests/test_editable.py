@@ -43,7 +43,7 @@ def test_the_recipe_tags_its_device_knobs():
     devices = {k.name: k.device for k in editable.knobs(RECIPE)}
     assert {n for n, d in devices.items() if d == "cpu"} == {"CPU_LR", "CPU_BATCH_SIZE", "CPU_MAX_SEQ_LENGTH", "CPU_BF16"}
     assert {n for n, d in devices.items() if d == "gpu"} == {"LR", "BATCH_SIZE", "MAX_SEQ_LENGTH", "FUSED_ADAMW",
-                                                            "LENGTH_CHUNKS", "COMPILE", "HARD_NEGATIVES",
+                                                            "LENGTH_CHUNKS", "COMPILE", "PRETOKENIZE", "HARD_NEGATIVES",
                                                             "HARD_NEGATIVE_MINER", "HARD_NEGATIVE_MARGIN",
                                                             "CACHED_BATCH_MULTIPLE"}
 

@@ -360,7 +360,7 @@ def test_recipe_raises_dev_ndcg_on_cpu(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-LEVERS_OFF = {"FUSED_ADAMW": False, "LENGTH_CHUNKS": 1, "COMPILE": False, "HARD_NEGATIVES": False,
+LEVERS_OFF = {"FUSED_ADAMW": False, "LENGTH_CHUNKS": 1, "COMPILE": False, "PRETOKENIZE": False, "HARD_NEGATIVES": False,
               "WEIGHT_DEBIAN": 1.0, "WEIGHT_PYCODE": 1.0, "WEIGHT_WORDNET": 1.0, "CACHED_BATCH_MULTIPLE": 1,
               "AVERAGE_LAST": 0.0, "BASE_INTERPOLATION": 1.0}
 
@@ -370,8 +370,8 @@ def test_every_lever_is_a_knob_and_off_by_default():
 
     knobs = {k.name: k for k in editable.knobs(TRAIN_SCRIPT.read_text())}
     assert {name: knobs[name].value for name in LEVERS_OFF} == LEVERS_OFF
-    for name in ("FUSED_ADAMW", "LENGTH_CHUNKS", "COMPILE", "HARD_NEGATIVES", "HARD_NEGATIVE_MINER", "HARD_NEGATIVE_MARGIN",
-                 "CACHED_BATCH_MULTIPLE"):
+    for name in ("FUSED_ADAMW", "LENGTH_CHUNKS", "COMPILE", "PRETOKENIZE", "HARD_NEGATIVES", "HARD_NEGATIVE_MINER",
+                 "HARD_NEGATIVE_MARGIN", "CACHED_BATCH_MULTIPLE"):
         assert knobs[name].device == "gpu", name  # a CPU search never turns them
     assert recipe_train.GPU_LEVERS_ON_CPU is False
 
@@ -625,13 +625,15 @@ def test_recipe_output_is_read_within_bounds(tmp_path):
 
 
 def test_speed_knobs_compute_the_same_step(tmp_path, tiny_model, monkeypatch):
-    """FUSED_ADAMW and LENGTH_CHUNKS change how a step runs, not what it computes (dropout off: the same batch,
-    loss and gradient up to float rounding; the fused optimizer then moves the weights)."""
+    """FUSED_ADAMW, LENGTH_CHUNKS and PRETOKENIZE change how a step runs, not what it computes (dropout off: the same
+    batch, loss and gradient up to float rounding; the fused optimizer then moves the weights)."""
     import torch
 
     pool = write_pool(tmp_path / "pool.jsonl.gz", n=40)
     grads, losses = {}, {}
-    for name, knobs in {"reference": {}, "fast": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 2}}.items():
+    variants = {"reference": {}, "fast": {"FUSED_ADAMW": True, "LENGTH_CHUNKS": 2}, "pretokenized": {"PRETOKENIZE": True},
+                "pretokenized+chunks": {"PRETOKENIZE": True, "LENGTH_CHUNKS": 2}}
+    for name, knobs in variants.items():
         torch.manual_seed(0)
         recipe = _lever_recipe(monkeypatch, CPU_BATCH_SIZE=8, **knobs)
         model = _fresh_model(tiny_model, dropout=False)
@@ -639,10 +641,11 @@ def test_speed_knobs_compute_the_same_step(tmp_path, tiny_model, monkeypatch):
         grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         assert not torch.equal(model[0].auto_model.encoder.layer[0].output.dense.weight,
                                tiny_model[0].auto_model.encoder.layer[0].output.dense.weight), name  # it stepped
-    assert abs(losses["fast"] - losses["reference"]) < 1e-4
-    assert grads["fast"].keys() == grads["reference"].keys() and grads["fast"]
-    for k in grads["reference"]:
-        assert torch.allclose(grads["fast"][k], grads["reference"][k], atol=1e-6, rtol=1e-4), k
+    for name in variants:
+        assert abs(losses[name] - losses["reference"]) < 1e-4, name
+        assert grads[name].keys() == grads["reference"].keys() and grads[name]
+        for k in grads["reference"]:
+            assert torch.allclose(grads[name][k], grads["reference"][k], atol=1e-6, rtol=1e-4), (name, k)
 
 
 def test_bm25_hard_negatives_are_other_groups_below_the_margin_of_the_positives_bm25(tmp_path, tiny_model, monkeypatch):
