@@ -25,7 +25,7 @@ from autoembed import ladder
 from autoembed.trial import summary
 
 SPLITS = ladder.SPLITS
-DEFAULT_METRIC = summary.MAIN_METRIC  # task.toml's default [eval] main_metric, for trials whose meta.json predates naming it
+DEFAULT_METRIC = summary.MAIN_METRIC  # task.toml's default main_metric, for a meta.json older than naming it
 LEDGER_COLUMNS = ("trial_id", "iteration", "candidate", "kind", "commit", "status", "reason", "description", "hypothesis",
                   "steps", "pairs_per_s", "gate_split",
                   "gate_value", "dev", "validation", "heldout", "diff", "ci_low", "ci_high", "cost_usd", "run_dir",

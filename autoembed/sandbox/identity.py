@@ -132,4 +132,3 @@ def require_open_to(uid: int, path: Path, what: str) -> None:
         inside = os.path.relpath(closed[0], path)  # short: the error is one line of at most 300 characters
         raise IdentityError(f"{what} {path} is closed to the agent's uid {uid} ({inside}: mode {closed[1]:o}): "
                             f"chmod -R a+rX {path}")
-
