@@ -345,16 +345,22 @@ def harness_trial(agent_spec, out, gpu, say, hours=None, tiers=("dev", "validati
     return loop_driver.fake_trial(f"recipe:{recipe_file}", out, gpu, say, tiers=tiers)
 
 
-def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldout(tmp_path):
+def scripted_llm_loop(run_dir: Path, llm, trial_hours: float, **hooks):
+    """A two-candidate loop on the harness target, its meta-agent the scripted llm, its trials harness_trial and
+    fake held-out scores; hooks (e.g. smoke=) replace the real ones."""
     from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
 
+    meta = LLMMetaAgent("scripted:meta-script", run_dir / "meta", llm=llm)
+    config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=1.0,
+                        trial_hours=trial_hours, max_iterations=2, baseline_runs=2, sandbox="none")
+    return Loop(run_dir, config, meta, lambda msg: None,
+                LoopHooks(trial_runner=harness_trial, heldout_scorer=loop_driver.fake_heldout, **hooks))
+
+
+def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldout(tmp_path):
     llm = RecordingLLM(scripted_meta_script())
     run_dir = tmp_path / "run"
-    meta = LLMMetaAgent("scripted:meta-script", run_dir / "meta", llm=llm)
-    config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=1.0, trial_hours=0.001,
-                        max_iterations=2, baseline_runs=2, sandbox="none")
-    loop = Loop(run_dir, config, meta, lambda msg: None,  # the real smoke check
-                LoopHooks(trial_runner=harness_trial, heldout_scorer=loop_driver.fake_heldout))
+    loop = scripted_llm_loop(run_dir, llm, trial_hours=0.001)  # the real smoke check
     assert loop.run() == 0
 
     rows = Ledger(run_dir).rows()

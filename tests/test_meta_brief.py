@@ -14,7 +14,7 @@ from autoembed.loop.meta.llm_agent import LLMMetaAgent
 from autoembed.loop.recording import api_doc
 from autoembed.loop.smoke import SmokeResult
 from tests import loop_driver
-from tests.test_loop import RecordingLLM, harness_trial
+from tests.test_loop import RecordingLLM, scripted_llm_loop
 
 HYPOTHESIS = "fewer turns leave time to save final_model/ before the deadline"
 LONG = "line one\nline two\t" + "x" * 10_000
@@ -33,16 +33,9 @@ def script() -> list[dict]:
 
 
 def test_the_hypothesis_reaches_the_ledger_the_view_and_the_next_brief(tmp_path):
-    from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
-
     llm = RecordingLLM(script())
     run_dir = tmp_path / "run"
-    meta = LLMMetaAgent("scripted:meta-script", run_dir / "meta", llm=llm)
-    config = LoopConfig(target="harness", meta=meta.name, task_model="scripted:task", hours=1.0, trial_hours=0.01,
-                        max_iterations=2, baseline_runs=2, sandbox="none")
-    loop = Loop(run_dir, config, meta, lambda msg: None,
-                LoopHooks(trial_runner=harness_trial, heldout_scorer=loop_driver.fake_heldout,
-                          smoke=lambda target, source, workdir: SmokeResult(True, "", 0.0)))
+    loop = scripted_llm_loop(run_dir, llm, trial_hours=0.01, smoke=lambda target, source, workdir: SmokeResult(True, "", 0.0))
     assert loop.run() == 0
 
     rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
