@@ -43,6 +43,8 @@
 # process before and after the warm evaluator (bench/bench_evaluate_startup.py), and reference vs fast at the same
 # steps on validation and held-out; needs only .dev/gpupack/minilm (no wheels, no bwrap); ~8 minutes on an H100:
 #   bash bench/gpu_box.sh recipe-speed [STEPS]
+# The speed table alone (~2 minutes on a warm box), e.g. the pretokenized variants after a loop:
+#   bash bench/gpu_box.sh recipe-speed-only reference,fused,pretokenized,fused+pretokenized
 # Each lever of the recipe alone against the reference at the same wall budget (scripts of MINUTES each, scored
 # on validation and held-out; LEVERS: indices into bench_recipe_gpu.LEVERS; the reference runs in every call).
 # Seven levers do not fit one 10-minute call at 1 minute each: two calls, carrying .dev/gpupack and .whl (bm25s
@@ -82,7 +84,16 @@ from autoembed.sandbox.bwrap import BwrapSandbox
 with BwrapSandbox(SandboxConfig(workdir=tempfile.mkdtemp(), deadline=time.time() + 120, gpus=["0"])) as box:
     r = box.exec("python3 -c 'import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))'")
     print("inside bwrap:", r.returncode, r.stdout, r.stderr[-2000:])
-    raise SystemExit(r.returncode)
+    if r.returncode:
+        raise SystemExit(r.returncode)
+# and the loop's own smoke check of the reference recipe, as the agent's uid: the base model loads and trains there
+from pathlib import Path
+from autoembed import editable
+from autoembed.loop.smoke import smoke_check
+source = Path("harnesses/recipe.py").read_text()
+check = smoke_check("recipe", source, editable.adapter_hash(source), Path(tempfile.mkdtemp()), sandbox="bwrap", task="embed")
+print(f"smoke check of the recipe in bwrap: ok={check.ok} in {check.seconds:.1f} s {check.error[-3000:]}")
+raise SystemExit(0 if check.ok else 1)
 PY
 }
 
@@ -157,8 +168,12 @@ recipe-speed)
   python3 bench/bench_recipe_gpu.py quality --steps "${2:-300}" --json "$OUT/quality.json" 2>&1 | tee "$OUT/quality.log"
   timeout 150 python3 bench/bench_recipe_gpu.py speed --variants fused+chunks4+compile --json "$OUT/speed_compile.json" 2>&1 \
     | tee "$OUT/speed_compile.log" ;;
+recipe-speed-only)  # the speed table alone, for the variants named (default: the pretokenized ones and their references)
+  setup_light || exit 1
+  python3 bench/bench_recipe_gpu.py speed --variants "${2:-reference,fused,pretokenized,fused+pretokenized}" \
+    --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log" ;;
 recipe-levers)
   setup_light || exit 1
   python3 bench/bench_recipe_gpu.py levers --minutes "${2:-1}" ${3:+--levers "$3"} --json "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-speed-only [VARIANTS] | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
 esac

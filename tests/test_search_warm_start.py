@@ -1,6 +1,7 @@
 """The search meta-agent starts where the value is: its first proposals are the incumbent's neighbours, one knob at a
-time, the source weights first (then LR, batch size and the fused optimizer), each enqueued in Optuna's journal
-once, also across a resume; then TPE. And the harness target declares knobs that search turns."""
+time, the source weights first (then LR, batch size and the fused optimizer), each the way it paid before and then
+the other way, each enqueued in Optuna's journal once, also across a resume; then TPE. And the harness target
+declares knobs that search turns."""
 
 from __future__ import annotations
 
@@ -21,29 +22,35 @@ RECIPE = (REPO_ROOT / "harnesses" / "recipe.py").read_text()
 HARNESS = (REPO_ROOT / "harnesses" / "baseline.py").read_text()
 FIRST = {"gpu": ["WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "BATCH_SIZE", "FUSED_ADAMW"],
          "cpu": ["WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "CPU_LR", "CPU_BATCH_SIZE"]}
+DOWN_FIRST = {"WEIGHT_WORDNET", "BATCH_SIZE"}  # where validation rose when they went down (bench/RESULTS.md)
+
+
+def up_and_down(k: editable.Knob) -> list:
+    """A log knob doubled and halved, a float or int knob a tenth of its range up and down, a choice the next and
+    the previous one; clipped to the range; None where a step changes nothing."""
+    v = k.value
+    if k.kind == "choice":
+        i = list(k.choices).index(v)
+        return [k.choices[j] if 0 <= j < len(k.choices) else None for j in (i + 1, i - 1)]
+    if k.kind == "log":
+        raw = [v * 2, v / 2]
+    else:
+        delta = (k.high - k.low) / 10
+        raw = [v + max(1, round(delta)), v - max(1, round(delta))] if k.kind == "int" else [v + delta, v - delta]
+    clipped = [min(k.high, max(k.low, float(f"{x:.4g}") if isinstance(x, float) else x)) for x in raw]
+    return [None if c == v else c for c in clipped]
 
 
 def expected_steps(source: str, device: str | None, first: list[str]) -> list[dict]:
-    """Each step as {knob: value}, worked out here from the declarations: a log knob doubled then halved, a float or
-    int knob a tenth of its range up then down, a choice the next then the previous one; clipped to the range, and
+    """Each step as {knob: value}, worked out here from the declarations: each of the first knobs the way it paid
+    (DOWN_FIRST: down, else up), then each of them the other way, then the other knobs in file order, up then down;
     a step that changes nothing left out."""
     knobs = editable.knobs_for(source, device)
-    order = [k for name in first for k in knobs if k.name == name] + [k for k in knobs if k.name not in first]
-    steps = []
-    for k in order:
-        v = k.value
-        if k.kind == "choice":
-            i = list(k.choices).index(v)
-            candidates = [k.choices[j] for j in (i + 1, i - 1) if 0 <= j < len(k.choices)]
-        else:
-            if k.kind == "log":
-                raw = [v * 2, v / 2]
-            else:
-                delta = (k.high - k.low) / 10
-                raw = [v + max(1, round(delta)), v - max(1, round(delta))] if k.kind == "int" else [v + delta, v - delta]
-            candidates = [min(k.high, max(k.low, float(f"{x:.4g}") if isinstance(x, float) else x)) for x in raw]
-        steps += [{k.name: c} for c in candidates if c != v]
-    return steps
+    firsts = [k for name in first for k in knobs if k.name == name]
+    ways = {k.name: up_and_down(k)[::-1] if k.name in DOWN_FIRST else up_and_down(k) for k in firsts}
+    steps = [(k.name, ways[k.name][0]) for k in firsts] + [(k.name, ways[k.name][1]) for k in firsts]
+    steps += [(k.name, c) for k in knobs if k.name not in first for c in up_and_down(k)]
+    return [{name: c} for name, c in steps if c is not None]
 
 
 def changes(source: str, incumbent: str) -> dict:
@@ -65,8 +72,9 @@ def test_a_fresh_search_first_proposes_the_incumbents_neighbours_in_order_then_t
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))  # the baseline's runs, as the loop says
     expected = expected_steps(RECIPE, device, FIRST[device])[:WARM_START_STEPS]
     assert [next(iter(step)) for step in expected[:len(FIRST[device]) * 2 - (device == "gpu")]] == \
-        [name for name in FIRST[device] for _ in range(2 if name != "FUSED_ADAMW" else 1)]
-    assert expected[:2] == [{"WEIGHT_DEBIAN": 2.0}, {"WEIGHT_DEBIAN": 0.5}]
+        FIRST[device] + [name for name in FIRST[device] if name != "FUSED_ADAMW"]  # FUSED_ADAMW=True has no step up
+    assert expected[:3] == [{"WEIGHT_DEBIAN": 2.0}, {"WEIGHT_PYCODE": 2.0}, {"WEIGHT_WORDNET": 0.5}]
+    assert expected[len(FIRST[device])] == {"WEIGHT_DEBIAN": 0.5}
     proposals = []
     for i in range(len(expected) + 2):
         proposal = agent.propose(ctx(RECIPE, device, i + 1))
@@ -109,8 +117,7 @@ def test_a_resumed_search_never_enqueues_a_step_twice(tmp_path):
 
 def test_a_kept_step_is_taken_once_more_the_same_way_then_the_steps_go_on(tmp_path):
     """WEIGHT_DEBIAN=2 is kept, so the next proposal doubles it again (4, the top of its range); that one is
-    discarded, and the step down from 2 leads back to the measured baseline, so it is left out: the next step is
-    WEIGHT_PYCODE's, from the new incumbent."""
+    discarded: the next step is WEIGHT_PYCODE's, from the new incumbent."""
     agent = SearchMetaAgent(tmp_path / "meta")
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     up = agent.propose(ctx(RECIPE, "gpu"))
@@ -125,23 +132,27 @@ def test_a_kept_step_is_taken_once_more_the_same_way_then_the_steps_go_on(tmp_pa
 
 
 def test_a_step_kept_while_later_ones_ran_is_still_taken_again_and_only_once(tmp_path):
-    """Pipelined: the step down was proposed while the step up ran; the step up is kept after that. The next
-    proposal from the new incumbent is the step up again, and a step again is never enqueued twice (the journal
-    is its memory, also across a resume). At the top of a range there is no step again."""
+    """Pipelined: the next step (WEIGHT_PYCODE's) was proposed while the step up ran; the step up is kept after
+    that. The next proposal from the new incumbent is the step up again, and a step again is never enqueued twice
+    (the journal is its memory, also across a resume). At the top of a range there is no step again; the way back
+    down comes after each first knob's first way."""
     state = tmp_path / "meta"
     agent = SearchMetaAgent(state)
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
-    up, down = agent.propose(ctx(RECIPE, "gpu", 1)), agent.propose(ctx(RECIPE, "gpu", 2))
-    assert changes(down.source, RECIPE) == {"WEIGHT_DEBIAN": 0.5}
+    up, beside = agent.propose(ctx(RECIPE, "gpu", 1)), agent.propose(ctx(RECIPE, "gpu", 2))
+    assert changes(beside.source, RECIPE) == {"WEIGHT_PYCODE": 2.0}
     agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
     again = agent.propose(ctx(up.source, "gpu", 3))
     assert changes(again.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0}
     resumed = SearchMetaAgent(state)
     nxt = resumed.propose(ctx(up.source, "gpu", 4))
-    assert changes(nxt.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
+    assert changes(nxt.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_WORDNET": 0.5}
     resumed.observe(Feedback(3, "keep", "", 0.53, again.handle))
     at_top = resumed.propose(ctx(again.source, "gpu", 5))
-    assert changes(at_top.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0, "WEIGHT_PYCODE": 0.5}
+    assert changes(at_top.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0, "LR": 1e-4}
+    rest = [changes(resumed.propose(ctx(again.source, "gpu", 6 + i)).source, again.source) for i in range(3)]
+    # WEIGHT_DEBIAN's way down from 4 is 2, a point measured already: left out
+    assert rest == [{"BATCH_SIZE": 128}, {"FUSED_ADAMW": True}, {"WEIGHT_PYCODE": 0.5}]
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

@@ -4,7 +4,8 @@ loop continues the same study. It goes through exactly the loop's commit, smoke 
 and is the baseline an LLM meta-agent must beat.
 
 It starts where the value is: its first proposals are the incumbent's neighbours, one knob a small step at a time
-(WARM_FIRST's knobs first, then the rest in file order), each enqueued in the study just before it is asked for, so
+(WARM_FIRST's knobs first, each the way it paid before, then their other way, then the rest of the knobs in file
+order, up then down), each enqueued in the study just before it is asked for, so
 a resumed loop goes on after the last one the journal holds; a step the gate kept is taken once more the same way
 from the new incumbent (a line search: a knob that paid off once often pays off twice); then TPE takes over."""
 
@@ -24,10 +25,13 @@ from autoembed import editable
 from autoembed.loop.meta.base import Feedback, MetaAgent, ProposeContext, Proposal
 
 STUDY = "loop"
-# the knobs that moved held-out at the loop's budgets on a GPU (bench/RESULTS.md, "The recipe on a GPU"): the pool's
+# the knobs that moved the score at the loop's budgets on a GPU (bench/RESULTS.md, "The recipe on a GPU"): the pool's
 # source weights, then learning rate and batch size (each with its CPU twin), then the fused optimizer (faster steps)
 WARM_FIRST = ("WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "CPU_LR", "BATCH_SIZE", "CPU_BATCH_SIZE",
               "FUSED_ADAMW")
+# the way each of them went where validation rose (the source-weight lever: debian x2, pycode x1.5, wordnet x0.5; the
+# two-GPU loop's kept candidate: LR x3, batch 128); a knob not named here is stepped up first
+FIRST_DIRECTION = {"WEIGHT_WORDNET": "down", "BATCH_SIZE": "down"}
 WARM_START_STEPS = 12  # at most this many warm-start proposals, then TPE
 LOG_FACTOR = 2.0  # a log knob's step: times or divided by this
 LINEAR_SHARE = 0.1  # a float or int knob's step: this share of its declared range
@@ -89,10 +93,9 @@ class SearchMetaAgent(MetaAgent):
             return
         plan = warm_start_plan(knobs)
         for index in range(max(done, default=-1) + 1, len(plan)):
-            name, value = plan[index]
+            name, value, direction = plan[index]
             if (point := new_point(name, value)) is not None:
-                self.study.enqueue_trial(point, user_attrs={"warm_start": index, "knob": name,
-                                                            "direction": STEP_DIRECTIONS[index % 2]})
+                self.study.enqueue_trial(point, user_attrs={"warm_start": index, "knob": name, "direction": direction})
                 return
 
     @staticmethod
@@ -156,11 +159,21 @@ def _same_point(params: dict, current: dict) -> bool:
                                    else params[name] == value) for name, value in current.items())
 
 
-def warm_start_plan(knobs: list[editable.Knob]) -> list[tuple[str, Any]]:
-    """(knob, value) two per knob, a step up then a step down from its value (None where there is none): WARM_FIRST's
-    knobs first, then the rest in file order. Two per knob whatever the values, so an index means one step."""
-    order = sorted(knobs, key=lambda k: WARM_FIRST.index(k.name) if k.name in WARM_FIRST else len(WARM_FIRST))
-    return [(k.name, value) for k in order for value in neighbours(k)]
+def warm_start_plan(knobs: list[editable.Knob]) -> list[tuple[str, Any, str]]:
+    """(knob, value, direction), two steps per knob from its value (value None where there is none): each of
+    WARM_FIRST's knobs its FIRST_DIRECTION way, then each of them the other way, then the other knobs in file order,
+    up then down. Two per knob whatever the values, so an index means one step."""
+    first = sorted((k for k in knobs if k.name in WARM_FIRST), key=lambda k: WARM_FIRST.index(k.name))
+    rest = [k for k in knobs if k.name not in WARM_FIRST]
+
+    def step(knob: editable.Knob, preferred: bool) -> tuple[str, Any, str]:
+        way = FIRST_DIRECTION.get(knob.name, "up")
+        if not preferred:
+            way = STEP_DIRECTIONS[1 - STEP_DIRECTIONS.index(way)]
+        return knob.name, neighbours(knob)[STEP_DIRECTIONS.index(way)], way
+
+    return ([step(k, True) for k in first] + [step(k, False) for k in first]
+            + [(k.name, value, way) for k in rest for value, way in zip(neighbours(k), STEP_DIRECTIONS)])
 
 
 def neighbours(knob: editable.Knob) -> tuple[Any, Any]:
