@@ -47,6 +47,8 @@ def unpack(dest: Path, out: Path) -> None:
         t = raw.view(dtype).reshape(h["shape"])
         sd[h["name"]] = t.float() if h["kind"] == "bf16" else t
     save_file(sd, out / "model.safetensors", metadata={"format": "pt"})
+    # safetensors writes its file 0600 whatever the umask; the agent's uid must read it (bwrap, 2026-12-06)
+    (out / "model.safetensors").chmod(0o644)
     print(f"unpacked {len(sd)} tensors to {out}")
 
 
