@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", default=None, help="default: the embed task's pool")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--variants", default=",".join(SPEED_VARIANTS), help="speed: which variants, comma-separated")
+    p.add_argument("--fast", default=None, choices=list(SPEED_VARIANTS),
+                   help="quality: the speed variant set against the reference (default: FUSED_ADAMW, LENGTH_CHUNKS=4)")
     p.add_argument("--steps", type=int, default=100, help="speed: timed steps; quality: training steps")
     p.add_argument("--warm-steps", type=int, default=20, help="speed: untimed steps first (x4 with COMPILE)")
     p.add_argument("--minutes", type=float, default=1.0, help="levers: the script's wall budget for each")
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tiers = load_tiers(args.tiers.split(","), tuple(int(x) for x in args.eval_size.split(",")) if args.eval_size else None)
         if args.what == "quality":
-            variants = {"reference": {}, "fast (" + ", ".join(f"{k}={v}" for k, v in FAST.items()) + ")": FAST}
+            fast = SPEED_VARIANTS[args.fast] if args.fast else FAST
+            variants = {"reference": {}, "fast (" + ", ".join(f"{k}={v}" for k, v in fast.items()) + ")": fast}
             tail = ["--minutes", "600", "--max-steps", str(args.steps), "--batch-size", str(args.batch_size)]
         else:
             names = list(LEVERS)

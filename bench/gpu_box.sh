@@ -52,8 +52,8 @@
 #   bash bench/gpu_box.sh recipe-levers 1 1,5,6      then      bash bench/gpu_box.sh recipe-levers 1 2,3,4
 set -x
 export PYTHONUNBUFFERED=1
-# the agent runs as the sandbox uid, not root: what this script unpacks must be open to others (the device's shell
-# may start with umask 077; every trial then crashed loading the base model, 2026-12-06)
+# the agent runs as the sandbox uid, not root: what this script unpacks must be open to others (packmodel.py makes
+# the weights 0644 itself: safetensors writes 0600, and every trial crashed loading the base model, 2026-12-06)
 umask 022
 # the model's text files travel packed (the tree, 32.9 MiB, and the carry must stay under 64 MiB together)
 [ -d .dev/gpupack/minilm/files ] || tar -xJf .dev/gpupack/minilm/files.tar.xz -C .dev/gpupack/minilm || exit 1

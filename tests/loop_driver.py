@@ -36,12 +36,12 @@ SCORED_LATER: list[str] = []  # trial ids whose deferred held-out fake_heldout s
 
 
 def quality(source: str) -> float:
-    """How good a simulated recipe is: SYMMETRIC_LOSS, an LR near 1e-4 and WEIGHT_DEBIAN near 2 (as measured on a GPU,
-    bench/RESULTS.md) help, clearly."""
+    """How good a simulated recipe is: SYMMETRIC_LOSS, an LR near 1e-4, WEIGHT_DEBIAN near 2 and PRETOKENIZE (more
+    steps in the same budget; as measured on a GPU, bench/RESULTS.md) help, clearly."""
     knobs = {k.name: k.value for k in editable.knobs(source)}
     lr_term = -0.03 * abs(math.log10(knobs.get("LR", 5e-5) / 1e-4))
     weight_term = 0.02 * (1 - abs(math.log2(knobs.get("WEIGHT_DEBIAN", 1.0) / 2)))
-    return 0.05 * bool(knobs.get("SYMMETRIC_LOSS")) + lr_term + weight_term
+    return 0.05 * bool(knobs.get("SYMMETRIC_LOSS")) + lr_term + weight_term + 0.02 * bool(knobs.get("PRETOKENIZE"))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -114,6 +114,16 @@ def test_search_loop_keeps_and_reverts_real_commits(tmp_path, gpus):
             assert row["heldout"].startswith("scored"), row
 
 
+def knob_values(source: str) -> dict:
+    return {k.name: k.value for k in editable.knobs(source)}
+
+
+def step_of(repo, sha: str) -> dict:
+    """The knobs a commit turned from its git parent's file."""
+    before = knob_values(repo.read(repo.repo.commit(sha).parents[0].hexsha))
+    return {name: value for name, value in knob_values(repo.read(sha)).items() if before[name] != value}
+
+
 def phase_counts(run_dir: Path) -> dict:
     stop = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines()][-1]
     assert stop["phases"]["wall"] >= stop["phases"]["trials"] + stop["phases"]["record"]
@@ -126,7 +136,7 @@ def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, pre
     candidate's trial runs (re-parented if that one is kept); with prefetch off, only while the incumbent cannot
     change, so candidates after the A/A runs pay their proposal and smoke check between trials."""
     loop = loop_driver.make_loop(tmp_path / "run", 8, gpus=["0"])
-    loop.config.prefetch = prefetch
+    loop.config.prefetch, loop.config.remeasure_every = prefetch, 3  # at least one re-measurement in 8 candidates
     assert loop.run() == 0
     rows = check_consistent(tmp_path / "run", 8)
     counts = phase_counts(tmp_path / "run")
@@ -134,19 +144,27 @@ def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, pre
         assert counts.get("propose", 0) == 0 and counts.get("smoke", 0) == 0, counts
         assert counts["propose (during trials)"] >= 8 and counts["smoke (during trials)"] >= 8, counts
         moved = [c for c in loop.candidates().values() if c.get("reparented_from")]
-        assert moved and all(c["same_file"] for c in moved), "a keep re-parented the waiting search candidate"
+        assert moved, "a keep re-parented the waiting search candidate"
+        for cand in moved:  # its own step, set in the kept file: what the kept candidate turned stays turned
+            assert step_of(loop.repo, cand["commit"]) == step_of(loop.repo, cand["reparented_from"]), cand
+        # and the study heard the value of the point measured, not of the one first proposed
+        files = {c["handle"]["trial_number"]: knob_values(loop.repo.read(c["commit"])) for c in moved}
+        heard = [t for t in loop.meta.study.get_trials() if "measured_for" in t.user_attrs]
+        assert heard and all(t.params == {n: files[t.user_attrs["measured_for"]][n] for n in t.params} for t in heard)
         assert any(r["kind"] in ("candidate", "rerun") and r["status"] == "keep" for r in rows)
-    else:  # proposed during A/A and re-measurement trials only (how many the seeded search's keeps ask for varies)
-        idle_incumbent = sum(1 for r in rows if r["kind"] in ("baseline", "remeasure"))
+    else:  # proposed during A/A, re-measurement and re-run trials only (a re-run's candidate is not waiting; how
+        # many the seeded search's keeps ask for varies)
+        idle_incumbent = sum(1 for r in rows if r["kind"] in ("baseline", "remeasure", "rerun"))
         assert counts.get("propose (during trials)", 0) <= idle_incumbent, counts
         assert counts["propose"] >= 8 - idle_incumbent and counts["smoke"] >= 8 - idle_incumbent, counts
-    # the candidate that waits ready for the GPU does not starve the incumbent's periodic re-measurement
+    # the candidate that waits ready for the GPU does not starve the incumbent's periodic re-measurement: once it is
+    # due, no new candidate starts before it (a candidate's re-runs, which finish its gate decision, may)
     best, since = None, 0
     for row in (r for r in rows if r["trial_id"]):
+        assert row["kind"] != "candidate" or since < loop.config.remeasure_every, [(r["kind"], r["status"]) for r in rows]
         if row["kind"] == "baseline" and best is None or row["status"] == "keep" and row["kind"] in ("candidate", "rerun"):
             best = row["commit"]
         since = 0 if row["commit"] == best else since + 1
-        assert since <= loop.config.remeasure_every, [(r["kind"], r["status"]) for r in rows]
     assert any(r["kind"] == "remeasure" for r in rows)
 
 
@@ -175,7 +193,8 @@ def test_kill_9_at_each_stage_then_resume_leaves_consistent_records(tmp_path, st
     if stage in ("trial",):
         assert any(r["status"] == "crash" and r.get("interrupted") for r in rows), "the cut-off trial was not recorded"
     for row in rows:  # a trial that had finished is recorded from its folder, never as cut off
-        if row["trial_id"]:
+        moved = (row.get("reason") or "").startswith("the incumbent changed while this trial ran")  # measured a stale file
+        if row["trial_id"] and not moved:
             path = run_dir / "trials" / row["trial_id"] / "meta.json"
             meta = json.loads(path.read_text()) if path.is_file() else {}
             assert (meta.get("status") == "scored") == (row["status"] != "crash"), (row, meta)
@@ -448,6 +467,16 @@ def test_report_writes_the_plot_and_a_summary_from_the_ledger(tmp_path):
     assert summary["incumbent_runs"]["baseline"] == {"scored": 2} and "baseline A/A scored 2" in text
     assert not summary["interruptions"] and not summary["never_scored"] and "Interruptions" not in text
     assert lines[0].startswith("row_id\t") and len(lines[0].splitlines()) == len(rows) + 1
+    # the plot's held-out points are the table's: each step's mean over all its commit's scored runs
+    from autoembed.loop.report import heldout_line
+
+    heldout = {h["row_id"]: h for h in Ledger(tmp_path / "run").heldout()}
+    scored = [r for r in rows if r.get("gate_value") is not None]
+    kept = [r for r in scored if r["status"] == "keep" and r["kind"] in ("candidate", "rerun")]
+    points = dict(heldout_line(scored, kept, heldout))
+    assert points[0] == pytest.approx(summary["baseline"]["heldout"])
+    if kept:
+        assert points[kept[-1]["iteration"]] == pytest.approx(summary["best"]["heldout"])
 
 
 @pytest.mark.slow

@@ -98,11 +98,22 @@ def test_the_search_hears_every_screened_out_candidate(tmp_path, gpus):
         assert (r.get("diff") is not None) <= (r["kind"] in ("candidate", "rerun"))
 
 
-def test_screen_is_validated():
+def test_screen_is_validated(capsys):
     with pytest.raises(ValueError, match="--screen"):
         new_loop({"screen": 1.0})
     with pytest.raises(ValueError, match="--screen"):
         new_loop({"screen": -0.1})
+    # 30% of a 2-minute trial: 36 s, where the recipe gave up with no model (H100, 2026-12-06); half of it is enough
+    with pytest.raises(ValueError, match=r"gives each screen 36 s: .* use --screen 0\.5 or more"):
+        new_loop({"screen": 0.3, "trial_hours": 1 / 30})
+    assert new_loop({"screen": 0.5, "trial_hours": 1 / 30})[1].screen == 0.5
+    with pytest.raises(ValueError, match="screen only trials of more than a minute"):
+        new_loop({"screen": 0.9, "trial_hours": 1 / 60})
+    from autoembed.cli import main
+
+    assert main(["loop", "--hours", "0.34", "--trial-hours", "0.0333333", "--screen", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "--screen 0.3 of --trial-hours 0.0333333 gives each screen 36 s" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_kill_during_a_screen_then_resume_records_each_screen_once(tmp_path):

@@ -20,9 +20,10 @@ from autoembed.paths import REPO_ROOT
 
 RECIPE = (REPO_ROOT / "harnesses" / "recipe.py").read_text()
 HARNESS = (REPO_ROOT / "harnesses" / "baseline.py").read_text()
-FIRST = {"gpu": ["WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "BATCH_SIZE", "FUSED_ADAMW"],
-         "cpu": ["WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "CPU_LR", "CPU_BATCH_SIZE"]}
+FIRST = {"gpu": ["PRETOKENIZE", "WEIGHT_DEBIAN", "WEIGHT_WORDNET", "WEIGHT_PYCODE", "LR", "BATCH_SIZE", "FUSED_ADAMW"],
+         "cpu": ["WEIGHT_DEBIAN", "WEIGHT_WORDNET", "WEIGHT_PYCODE", "CPU_LR", "CPU_BATCH_SIZE"]}
 DOWN_FIRST = {"WEIGHT_WORDNET", "BATCH_SIZE"}  # where validation rose when they went down (bench/RESULTS.md)
+ONE_WAY = {"PRETOKENIZE", "FUSED_ADAMW"}  # off by default: turning on is their only step
 
 
 def up_and_down(k: editable.Knob) -> list:
@@ -71,9 +72,10 @@ def test_a_fresh_search_first_proposes_the_incumbents_neighbours_in_order_then_t
     agent = SearchMetaAgent(tmp_path / "meta", seed=3)
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))  # the baseline's runs, as the loop says
     expected = expected_steps(RECIPE, device, FIRST[device])[:WARM_START_STEPS]
-    assert [next(iter(step)) for step in expected[:len(FIRST[device]) * 2 - (device == "gpu")]] == \
-        FIRST[device] + [name for name in FIRST[device] if name != "FUSED_ADAMW"]  # FUSED_ADAMW=True has no step up
-    assert expected[:3] == [{"WEIGHT_DEBIAN": 2.0}, {"WEIGHT_PYCODE": 2.0}, {"WEIGHT_WORDNET": 0.5}]
+    back = [name for name in FIRST[device] if name not in ONE_WAY]
+    assert [next(iter(step)) for step in expected[:len(FIRST[device]) + len(back)]] == FIRST[device] + back
+    weights = [{"WEIGHT_DEBIAN": 2.0}, {"WEIGHT_WORDNET": 0.5}, {"WEIGHT_PYCODE": 2.0}]
+    assert expected[:4] == ([{"PRETOKENIZE": True}] + weights if device == "gpu" else weights + [{"CPU_LR": 2e-4}])
     assert expected[len(FIRST[device])] == {"WEIGHT_DEBIAN": 0.5}
     proposals = []
     for i in range(len(expected) + 2):
@@ -117,42 +119,76 @@ def test_a_resumed_search_never_enqueues_a_step_twice(tmp_path):
 
 def test_a_kept_step_is_taken_once_more_the_same_way_then_the_steps_go_on(tmp_path):
     """WEIGHT_DEBIAN=2 is kept, so the next proposal doubles it again (4, the top of its range); that one is
-    discarded: the next step is WEIGHT_PYCODE's, from the new incumbent."""
+    discarded: the next step is WEIGHT_WORDNET's, from the new incumbent. (On a CPU: a GPU's first step is
+    PRETOKENIZE, which has no step again.)"""
     agent = SearchMetaAgent(tmp_path / "meta")
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
-    up = agent.propose(ctx(RECIPE, "gpu"))
+    up = agent.propose(ctx(RECIPE, "cpu"))
     assert changes(up.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0}
     agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
-    again = agent.propose(ctx(up.source, "gpu", 2))
+    again = agent.propose(ctx(up.source, "cpu", 2))
     assert changes(again.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0}
     assert again.description == "search (warm start): WEIGHT_DEBIAN=4.0"
     agent.observe(Feedback(2, "discard", "", 0.51, again.handle))
-    following = agent.propose(ctx(up.source, "gpu", 3))
-    assert changes(following.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
+    following = agent.propose(ctx(up.source, "cpu", 3))
+    assert changes(following.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_WORDNET": 0.5}
+
+
+def test_a_kept_one_way_step_is_not_taken_again(tmp_path):
+    """PRETOKENIZE=True (a GPU's first step) is kept; a choice at its end has no step again: the weights come next."""
+    agent = SearchMetaAgent(tmp_path / "meta")
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    on = agent.propose(ctx(RECIPE, "gpu"))
+    assert changes(on.source, RECIPE) == {"PRETOKENIZE": True}
+    agent.observe(Feedback(1, "keep", "", 0.52, on.handle))
+    assert changes(agent.propose(ctx(on.source, "gpu", 2)).source, on.source) == {"WEIGHT_DEBIAN": 2.0}
 
 
 def test_a_step_kept_while_later_ones_ran_is_still_taken_again_and_only_once(tmp_path):
-    """Pipelined: the next step (WEIGHT_PYCODE's) was proposed while the step up ran; the step up is kept after
+    """Pipelined: the next step (WEIGHT_WORDNET's) was proposed while the step up ran; the step up is kept after
     that. The next proposal from the new incumbent is the step up again, and a step again is never enqueued twice
     (the journal is its memory, also across a resume). At the top of a range there is no step again; the way back
     down comes after each first knob's first way."""
     state = tmp_path / "meta"
     agent = SearchMetaAgent(state)
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
-    up, beside = agent.propose(ctx(RECIPE, "gpu", 1)), agent.propose(ctx(RECIPE, "gpu", 2))
-    assert changes(beside.source, RECIPE) == {"WEIGHT_PYCODE": 2.0}
+    up, beside = agent.propose(ctx(RECIPE, "cpu", 1)), agent.propose(ctx(RECIPE, "cpu", 2))
+    assert changes(beside.source, RECIPE) == {"WEIGHT_WORDNET": 0.5}
     agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
-    again = agent.propose(ctx(up.source, "gpu", 3))
+    again = agent.propose(ctx(up.source, "cpu", 3))
     assert changes(again.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0}
     resumed = SearchMetaAgent(state)
-    nxt = resumed.propose(ctx(up.source, "gpu", 4))
-    assert changes(nxt.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_WORDNET": 0.5}
+    nxt = resumed.propose(ctx(up.source, "cpu", 4))
+    assert changes(nxt.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
     resumed.observe(Feedback(3, "keep", "", 0.53, again.handle))
-    at_top = resumed.propose(ctx(again.source, "gpu", 5))
-    assert changes(at_top.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0, "LR": 1e-4}
-    rest = [changes(resumed.propose(ctx(again.source, "gpu", 6 + i)).source, again.source) for i in range(3)]
+    at_top = resumed.propose(ctx(again.source, "cpu", 5))
+    assert changes(at_top.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0, "CPU_LR": 2e-4}
+    rest = [changes(resumed.propose(ctx(again.source, "cpu", 6 + i)).source, again.source) for i in range(3)]
     # WEIGHT_DEBIAN's way down from 4 is 2, a point measured already: left out
-    assert rest == [{"BATCH_SIZE": 128}, {"FUSED_ADAMW": True}, {"WEIGHT_PYCODE": 0.5}]
+    assert rest == [{"CPU_BATCH_SIZE": 64}, {"WEIGHT_WORDNET": 2.0}, {"WEIGHT_PYCODE": 0.5}]
+
+
+def test_a_step_proposed_before_a_keep_is_rebased_as_a_step_and_the_study_hears_the_point_measured(tmp_path):
+    """PRETOKENIZE=True is kept while WEIGHT_DEBIAN=2 waits (proposed on the baseline). Re-parented, the waiting step
+    keeps the kept knob turned (it does not undo it), the study hears its value for the point measured, and that
+    step, kept, is taken again from the incumbent it made."""
+    agent = SearchMetaAgent(tmp_path / "meta")
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    first, waiting = agent.propose(ctx(RECIPE, "gpu", 1)), agent.propose(ctx(RECIPE, "gpu", 2))
+    assert changes(waiting.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0}
+    agent.observe(Feedback(1, "keep", "", 0.52, first.handle))
+    assert changes(agent.rebase(waiting.source, RECIPE, RECIPE), RECIPE) == {"WEIGHT_DEBIAN": 2.0}
+    moved = agent.rebase(waiting.source, RECIPE, first.source)
+    assert changes(moved, RECIPE) == {"PRETOKENIZE": True, "WEIGHT_DEBIAN": 2.0}
+    agent.reparented(waiting.handle, moved)
+    agent.observe(Feedback(2, "keep", "", 0.54, waiting.handle))
+    trials = {t.number: t for t in agent.study.get_trials()}
+    assert trials[waiting.handle["trial_number"]].state == TrialState.FAIL  # its asked point was never measured
+    heard = [t for t in trials.values() if t.user_attrs.get("measured_for") == waiting.handle["trial_number"]]
+    assert len(heard) == 1 and heard[0].state == TrialState.COMPLETE and heard[0].value == 0.54
+    assert heard[0].params["PRETOKENIZE"] is True and heard[0].params["WEIGHT_DEBIAN"] == 2.0
+    again = agent.propose(ctx(moved, "gpu", 3))
+    assert changes(again.source, moved) == {"WEIGHT_DEBIAN": 4.0}
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

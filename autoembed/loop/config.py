@@ -4,6 +4,7 @@ argparse lives only in autoembed/commands/loop.py."""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import sys
@@ -20,6 +21,9 @@ DEFAULT_TASK_MODEL = "anthropic:claude-sonnet-4-6"
 # no spread: the gate kept 13-51% of no-better candidates when it ran low by 0.01-0.02, 2.6-3.3% with two
 # (tests/test_gate_noise.py); the incumbent's periodic re-measurement adds repeats as the loop goes.
 CPU_BASELINE_RUNS = 2
+# a screen shorter than this trains for almost nothing: a trial spends ~5-20 s starting (sandbox, torch, the model)
+# and the recipe keeps 15 s back to save; at 36 s one screen in five gave up with no model (H100, 2026-12-06)
+MIN_SCREEN_S = 60.0
 META_TOKEN_ENV = "AUTOEMBED_META_TOKEN"  # the gateway's token for the meta-agent (never written to config.json)
 PROVIDER_KEYS = tuple(var for keys in WIRE_KEYS.values() for var, how in keys if how == "api_key")
 
@@ -152,6 +156,13 @@ def validate(config: LoopConfig) -> None:
             raise ValueError(short)
     if not 0 <= config.screen < 1:
         raise ValueError(f"--screen {config.screen:g}: give a share of --trial-hours from 0 (off) to below 1, e.g. 0.25")
+    screen_s = config.screen * config.trial_hours * 3600
+    if 0 < screen_s < MIN_SCREEN_S:
+        least = math.ceil(100 * MIN_SCREEN_S / (config.trial_hours * 3600)) / 100
+        fix = f"use --screen {least:g} or more" if least < 1 else "screen only trials of more than a minute"
+        raise ValueError(f"--screen {config.screen:g} of --trial-hours {config.trial_hours:g} gives each screen "
+                         f"{screen_s:.0f} s: a screen needs at least {MIN_SCREEN_S:.0f} s to train between the trial's "
+                         f"start and the recipe's save; {fix}, or a longer --trial-hours")
     if config.baseline_runs < 1:
         raise ValueError("--baseline-runs must be at least 1")
     if config.meta != SEARCH:

@@ -165,8 +165,9 @@ class Planning:
 
     def _on_incumbent(self, number: int, cand: dict, trial: tuple[Job, dict] | None = None) -> dict | None:
         """The candidate built on the incumbent it will be measured against: itself if it is, else re-parented onto
-        it (a new commit on its ref, its intent re-written; the meta-agent's rebase: the search sets its knob values
-        in the new file, an LLM's edit is merged in three ways). None when the edit does not apply there: an
+        it (a new commit on its ref, its intent re-written; the meta-agent's rebase: the search sets the knobs it
+        turned in the new file, an LLM's edit is merged in three ways; then the meta-agent hears the file that will
+        be measured). None when the edit does not apply there: an
         `invalid` row says so (it spent no trial; a `crash` row for the `trial` that measured it before the
         incumbent moved) and the meta-agent is told."""
         best = self.best_commit()
@@ -187,6 +188,7 @@ class Planning:
             return None
         with self.clock("commit"):
             sha = self.repo.commit(moved, cand["description"], best)
+        self.meta.reparented(cand.get("handle") or {}, moved)
         new = {**cand, "commit": sha, "parent": best, "file_hash": editable.file_hash(moved),
                "reparented_from": cand["commit"], "same_file": moved == source}
         self._intend(new)
@@ -284,8 +286,8 @@ class Planning:
 
     def _presmoke_merges(self, busy: set[int], may_keep: list[Job]) -> None:
         """Smoke-check now what a waiting candidate becomes if a running one is kept, when that changes its file
-        (an LLM's edit merged onto the kept one; the search's knob values give the same file), so a keep costs
-        the next trial no smoke check."""
+        (an LLM's edit merged onto the kept one, the search's knob step set in it), so a keep costs the next trial
+        no smoke check."""
         for number, cand in self.candidates().items():
             if number in busy or self.candidate_state(number) != "pending":
                 continue

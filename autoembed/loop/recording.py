@@ -235,7 +235,7 @@ class Recording:
     def _measured_on_incumbent(self, job: Job, common: dict) -> bool:
         """Whether the candidate's trial measured a file built on the incumbent it is now gated against. Side by
         side on several GPUs another candidate may be kept first: this one is re-parented onto it, and if its file
-        is unchanged (the search's knob values) the trial counts, with job.commit moved to the new commit; if the
+        is unchanged (the kept edit was in it already) the trial counts, with job.commit moved to the new commit; if the
         merge changed the file, the trial measured no candidate of the new incumbent, so its row says so and the
         merged file is tried again (or, when the edit does not merge, the row says that). False: the row is written."""
         cand = self.candidates()[job.candidate]

@@ -292,6 +292,19 @@ def main_metric(run_dir: Path) -> str:
         return "score"
 
 
+def heldout_line(scored: list[dict], kept: list[dict], heldout: dict[str, dict]) -> list[tuple[int, float]]:
+    """(iteration, held-out) of the baseline and of each kept step: the mean over all its commit's scored runs,
+    as the summary's table gives it, not the one run that was kept."""
+    steps = [r for r in scored if r["kind"] == "baseline"][:1] + kept
+    points = []
+    for step in steps:
+        values = [heldout[r["row_id"]]["heldout"]["mean"] for r in scored
+                  if r["commit"] == step["commit"] and (heldout.get(r["row_id"]) or {}).get("heldout")]
+        if values:
+            points.append((step["iteration"], sum(values) / len(values)))
+    return points
+
+
 def plot(rows: list[dict], heldout: dict[str, dict], path: Path, metric: str = "score") -> None:
     from matplotlib.figure import Figure  # not pyplot: switching the backend to Agg would end a notebook's inline plots
 
@@ -315,9 +328,7 @@ def plot(rows: list[dict], heldout: dict[str, dict], path: Path, metric: str = "
                 best_x.append(r["iteration"])
                 best_y.append(sum(incumbent_values[current]) / len(incumbent_values[current]))
         ax.step(best_x, best_y, where="post", color="tab:blue", label=f"running best ({split})")
-        steps = [r for r in scored if r["kind"] == "baseline"][:1] + kept
-        held = [(r["iteration"], heldout[r["row_id"]]["heldout"]["mean"]) for r in steps
-                if (heldout.get(r["row_id"]) or {}).get("heldout")]
+        held = heldout_line(scored, kept, heldout)
         if held:
             ax.plot(*zip(*held), marker="o", color="tab:orange", label="held-out of kept steps")
     else:

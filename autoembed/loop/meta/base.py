@@ -55,6 +55,10 @@ class MetaAgent(abc.ABC):
 
         return three_way_merge(source, old_parent, new_parent)
 
+    def reparented(self, handle: dict[str, Any], source: str) -> None:
+        """Told that its candidate (handle) was re-parented and will be measured as `source` (rebase's answer, now
+        committed; rebase itself is also asked speculatively). Default: nothing to note."""
+
     def observe(self, feedback: Feedback) -> None:
         """Told the outcome of one of its candidates (it must tolerate hearing about one twice after a resume)."""
 

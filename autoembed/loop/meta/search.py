@@ -25,12 +25,14 @@ from autoembed import editable
 from autoembed.loop.meta.base import Feedback, MetaAgent, ProposeContext, Proposal
 
 STUDY = "loop"
-# the knobs that moved the score at the loop's budgets on a GPU (bench/RESULTS.md, "The recipe on a GPU"): the pool's
-# source weights, then learning rate and batch size (each with its CPU twin), then the fused optimizer (faster steps)
-WARM_FIRST = ("WEIGHT_DEBIAN", "WEIGHT_PYCODE", "WEIGHT_WORDNET", "LR", "CPU_LR", "BATCH_SIZE", "CPU_BATCH_SIZE",
-              "FUSED_ADAMW")
+# the knobs that moved the score at the loop's budgets on a GPU (bench/RESULTS.md, "The recipe on a GPU" and the
+# loop runs): the pool tokenized once (2.9x the pairs a second on an H100, the same steps), the pool's source weights
+# (debian's alone +0.003 on validation, pycode's alone -0.001), learning rate and batch size (each with its CPU twin),
+# then the fused optimizer (1.4x the pairs a second)
+WARM_FIRST = ("PRETOKENIZE", "WEIGHT_DEBIAN", "WEIGHT_WORDNET", "WEIGHT_PYCODE", "LR", "CPU_LR", "BATCH_SIZE",
+              "CPU_BATCH_SIZE", "FUSED_ADAMW")
 # the way each of them went where validation rose (the source-weight lever: debian x2, pycode x1.5, wordnet x0.5; the
-# two-GPU loop's kept candidate: LR x3, batch 128); a knob not named here is stepped up first
+# loops' kept candidates: LR x2 and x3, batch 128); a knob not named here is stepped up first
 FIRST_DIRECTION = {"WEIGHT_WORDNET": "down", "BATCH_SIZE": "down"}
 WARM_START_STEPS = 12  # at most this many warm-start proposals, then TPE
 LOG_FACTOR = 2.0  # a log knob's step: times or divided by this
@@ -75,7 +77,8 @@ class SearchMetaAgent(MetaAgent):
         """Enqueue the next step of warm_start_plan that leads somewhere new, unless one waits already (enqueued
         by a process killed before it asked). The journal is the only state: a resume never enqueues a step twice."""
         trials = self.study.get_trials(deepcopy=False)
-        done = [t.user_attrs["warm_start"] for t in trials if t.user_attrs.get("warm_start") is not None]
+        # a re-parented step's measured point is a trial of its own with the same index: one step, counted once
+        done = {t.user_attrs["warm_start"] for t in trials if t.user_attrs.get("warm_start") is not None}
         if len(done) >= self.warm_start or any(t.state == TrialState.WAITING for t in trials):
             return
         current = {k.name: k.value for k in knobs}
@@ -115,32 +118,46 @@ class SearchMetaAgent(MetaAgent):
                              "again_after": maker.number}
 
     def rebase(self, source: str, old_parent: str, new_parent: str) -> str | None:
-        """Its proposal is a set of knob values: the same values, set in the new incumbent (only the lines whose
-        value differs are rewritten, so a knob it did not turn keeps its text)."""
+        """Its proposal is a step from the incumbent it was made on: the knobs it turned there, set in the new
+        incumbent, so what the kept candidate turned stays turned (only the lines whose value differs are
+        rewritten, so a knob it did not turn keeps its text)."""
         try:
-            current = {k.name: k.value for k in editable.knobs(new_parent)}
+            before = {k.name: k.value for k in editable.knobs(old_parent)}
             return editable.set_knobs(new_parent, {k.name: k.value for k in editable.knobs(source)
-                                                   if k.name not in current or current[k.name] != k.value})
+                                                   if k.name not in before or before[k.name] != k.value})
         except editable.EditableError:
             return None
+
+    def reparented(self, handle: dict, source: str) -> None:
+        """The point its trial will measure, on the Optuna trial, so observe() tells the study that point."""
+        trial = self._trial(handle.get("trial_number"))
+        if trial is None or trial.state != TrialState.RUNNING:
+            return
+        values = {k.name: k.value for k in editable.knobs(source)}
+        measured = {name: values.get(name, value) for name, value in trial.params.items()}
+        self.study._storage.set_trial_user_attr(trial._trial_id, "measured", measured)
 
     def observe(self, feedback: Feedback) -> None:
         if "baseline_source" in feedback.handle:
             self._add_baseline(feedback.handle["baseline_source"], feedback.value)
             return
-        number = feedback.handle.get("trial_number")
-        if number is None or self._state(number) != TrialState.RUNNING:
+        trial = self._trial(feedback.handle.get("trial_number"))
+        if trial is None or trial.state != TrialState.RUNNING:
             return  # not ours, or told already (a resumed loop replays its last step)
+        measured = trial.user_attrs.get("measured")
         if feedback.value is None:
-            self.study.tell(number, state=TrialState.FAIL)
-        else:
-            self.study.tell(number, feedback.value)
+            self.study.tell(trial.number, state=TrialState.FAIL)
+        elif measured is None or _same_point(measured, trial.params):
+            self.study.tell(trial.number, feedback.value)
+        else:  # re-parented: the value belongs to the point measured, which the study hears as a trial of its own
+            self.study.tell(trial.number, state=TrialState.FAIL)
+            attrs = {k: v for k, v in trial.user_attrs.items() if k != "measured"}
+            self.study.add_trial(optuna.trial.create_trial(
+                params=measured, distributions=trial.distributions, value=feedback.value,
+                user_attrs={**attrs, "measured_for": trial.number}))
 
-    def _state(self, number: int) -> TrialState | None:
-        for trial in self.study.get_trials(deepcopy=False):
-            if trial.number == number:
-                return trial.state
-        return None
+    def _trial(self, number: int | None):
+        return next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
 
     def _add_baseline(self, source: str, value: float | None) -> None:
         """The baseline's measured score as a finished trial, so TPE starts from what it already knows."""
