@@ -5,6 +5,7 @@ variant, its knobs set, and its own train() / main() run.
     python bench/bench_recipe_gpu.py speed --json speed.json                      # pairs/s of each speed variant
     python bench/bench_recipe_gpu.py quality --steps 300 --json quality.json      # same steps: reference vs fast
     python bench/bench_recipe_gpu.py levers --minutes 1 --json levers.json        # same wall budget: each lever alone
+    python bench/bench_recipe_gpu.py tokenize --json tokenize.json                 # PRETOKENIZE's table: backend vs own call
 
 speed: batch 256, 128 tokens at most (queries are shorter), the real pool; pairs/s over the timed steps (after
 the warm-up steps, CUDA synchronized at both ends) against the FLOP bound: the model's matmul FLOPs (fwd x3 for
@@ -183,6 +184,35 @@ def speed(args, base: str, pool: str) -> dict:
     return out
 
 
+def tokenize_table(base: str, pool: str) -> dict:
+    """PRETOKENIZE's set-up on the whole pool (CPU work): the recipe's TokenTable (the tokenizer's Rust backend in
+    one call) against the tokenizer's own call in 8,192-text chunks, the same padded table required of both."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    recipe = load_recipe({})
+    model = SentenceTransformer(base, device="cpu")
+    model.max_seq_length = 128
+    queries, positives, _ = recipe.load_pairs(pool)
+    out = {"cpus": torch.get_num_threads(), "sides": []}
+    for name, texts in (("queries", queries), ("positives", positives)):
+        started = time.perf_counter()
+        table = recipe.TokenTable(model, texts).table
+        backend_s = time.perf_counter() - started
+        started = time.perf_counter()
+        parts = [recipe.tokenize(model, texts[i:i + 8192]) for i in range(0, len(texts), 8192)]
+        width = max(part["input_ids"].shape[1] for part in parts)
+        own = {k: torch.cat([torch.nn.functional.pad(part[k], (0, width - part[k].shape[1])) for part in parts])
+               for k in table}
+        own_s = time.perf_counter() - started
+        identical = all(torch.equal(table[k], own[k]) for k in own)
+        out["sides"].append({"side": name, "texts": len(texts), "backend_s": backend_s, "own_call_s": own_s,
+                             "ratio": own_s / backend_s, "identical": identical})
+        print(f"  {name}: {len(texts)} texts, table {backend_s:.1f}s, own call {own_s:.1f}s "
+              f"({own_s / backend_s:.2f}x), identical: {identical}", flush=True)
+    return out
+
+
 def gpu_name(torch) -> str:
     return torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run)"
 
@@ -247,7 +277,7 @@ def train_and_score(variants: dict, argv_tail: list[str], args, base: str, pool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "quality", "levers"])
+    p.add_argument("what", choices=["speed", "quality", "levers", "tokenize"])
     p.add_argument("--pool", default=None, help="default: the embed task's pool")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--variants", default=",".join(SPEED_VARIANTS), help="speed: which variants, comma-separated")
@@ -284,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.what == "speed":
         result = speed(args, base, pool)
+    elif args.what == "tokenize":
+        result = tokenize_table(base, pool)
     else:
         tiers = load_tiers(args.tiers.split(","), tuple(int(x) for x in args.eval_size.split(",")) if args.eval_size else None)
         if args.what == "quality":

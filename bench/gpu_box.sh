@@ -45,6 +45,9 @@
 #   bash bench/gpu_box.sh recipe-speed [STEPS]
 # The speed table alone (~2 minutes on a warm box), e.g. the pretokenized variants after a loop:
 #   bash bench/gpu_box.sh recipe-speed-only reference,fused,pretokenized,fused+pretokenized
+# PRETOKENIZE's set-up alone (~1-2 minutes, CPU work): the recipe's table from the tokenizer backend against the
+# tokenizer's own call on the whole pool, and that both give the same table:
+#   bash bench/gpu_box.sh recipe-tokenize
 # Each lever of the recipe alone against the reference at the same wall budget (scripts of MINUTES each, scored
 # on validation and held-out; LEVERS: indices into bench_recipe_gpu.LEVERS; the reference runs in every call).
 # Seven levers do not fit one 10-minute call at 1 minute each: two calls, carrying .dev/gpupack and .whl (bm25s
@@ -172,8 +175,11 @@ recipe-speed-only)  # the speed table alone, for the variants named (default: th
   setup_light || exit 1
   python3 bench/bench_recipe_gpu.py speed --variants "${2:-reference,fused,pretokenized,fused+pretokenized}" \
     --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log" ;;
+recipe-tokenize)  # PRETOKENIZE's set-up on the box's CPUs: the backend table against the tokenizer's own call
+  setup_light || exit 1
+  python3 bench/bench_recipe_gpu.py tokenize --json "$OUT/tokenize.json" 2>&1 | tee "$OUT/tokenize.log" ;;
 recipe-levers)
   setup_light || exit 1
   python3 bench/bench_recipe_gpu.py levers --minutes "${2:-1}" ${3:+--levers "$3"} --json "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-speed-only [VARIANTS] | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-speed-only [VARIANTS] | recipe-tokenize | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
 esac

@@ -648,6 +648,37 @@ def test_speed_knobs_compute_the_same_step(tmp_path, tiny_model, monkeypatch):
             assert torch.allclose(grads[name][k], grads["reference"][k], atol=1e-6, rtol=1e-4), (name, k)
 
 
+def slow_table(recipe, model, texts: list[str]) -> dict:
+    """The table as the tokenizer's own call gives it (chunks padded to the longest, joined)."""
+    import torch
+
+    parts = [recipe.tokenize(model, texts[s:s + 700]) for s in range(0, len(texts), 700)]
+    width = max(part["input_ids"].shape[1] for part in parts)
+    return {k: torch.cat([torch.nn.functional.pad(part[k], (0, width - part[k].shape[1])) for part in parts])
+            for k in parts[0] if torch.is_tensor(parts[0][k])}
+
+
+def test_the_pretokenized_table_from_the_tokenizer_backend_is_the_tokenizers_own(tmp_path, tiny_model, monkeypatch):
+    """PRETOKENIZE's table comes from the Rust backend in one call; it must hold exactly what the model's own
+    tokenize() gives, texts of every length and with edge whitespace included, and fall back to that call where the
+    backend cannot match it (left padding)."""
+    import torch
+
+    queries, positives, _ = recipe_train.load_pairs(str(write_pool(tmp_path / "pool.jsonl.gz", n=1500)))
+    texts = positives + queries + ["  spaced out  ", "tabs\tand\nnewlines ", "é ü ß 中文 🙂", "x" * 3000, ""]
+    model = _fresh_model(tiny_model)
+    model.max_seq_length = 48
+    recipe = fresh_recipe()
+    rows = recipe.check_rows(texts)
+    assert recipe.backend_table(model, texts, rows, recipe.tokenize(model, [texts[i] for i in rows])) is not None
+    table, expected = recipe.TokenTable(model, texts).table, slow_table(recipe, model, texts)
+    assert table.keys() == expected.keys() and table["input_ids"].shape == expected["input_ids"].shape
+    assert all(torch.equal(table[k], expected[k]) for k in expected)
+    model.tokenizer.padding_side = "left"
+    rows = recipe.check_rows(texts)
+    assert recipe.backend_table(model, texts, rows, recipe.tokenize(model, [texts[i] for i in rows])) is None
+
+
 def test_bm25_hard_negatives_are_other_groups_below_the_margin_of_the_positives_bm25(tmp_path, tiny_model, monkeypatch):
     import bm25s
     import numpy as np
