@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 
@@ -9,6 +10,23 @@ import pytest
 
 from autoembed import paths
 from tests import sandbox_attacks as attacks
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (pyproject's addopts), each worker's torch takes its share of the cores, not all of them:
+    two workers each spinning as many threads as the machine has cores run torch several times slower than one.
+    Set in this worker and in the environment of the Python subprocesses its tests start."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores_between_workers()
 
 
 def pytest_runtest_setup(item):

@@ -72,6 +72,32 @@ def test_an_unreachable_mirror_is_one_clear_error(monkeypatch):
         image.check_build_tools("http://127.0.0.1:9/debian", "bookworm")
 
 
+def test_builds_of_one_image_on_one_engine_take_turns(monkeypatch):
+    """Two callers at once (the parallel test workers, trials started together) never build side by side."""
+    import threading
+    import time
+    import types
+    import uuid
+
+    inside, most = [], []
+
+    def build(task, client, force, progress):
+        inside.append(task)
+        most.append(len(inside))
+        time.sleep(0.2)
+        inside.remove(task)
+        return f"{task}:tag"
+
+    monkeypatch.setattr(image, "_ensure_task_image", build)
+    client = types.SimpleNamespace(api=types.SimpleNamespace(base_url=f"unix://test-{uuid.uuid4().hex}"))
+    callers = [threading.Thread(target=image.ensure_task_image, args=(paths.DEFAULT_TASK, client)) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert most == [1, 1]
+
+
 # -- the built image (a Docker engine) ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def built():

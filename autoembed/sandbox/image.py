@@ -13,6 +13,8 @@ change rebuilds only the thin top layer; a new build prunes the old tag.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -164,9 +166,33 @@ def context_hash(context: Path, build_args: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _one_build_at_a_time(client, repository: str):
+    """Processes of this machine that ensure one repository on one engine take turns (the parallel test workers,
+    trials started together): a second one waits for the first's build, then finds its tag, instead of building
+    the same image beside it and leaving one of the two untagged."""
+    engine = getattr(getattr(client, "api", None), "base_url", "")
+    key = hashlib.sha256(f"{engine}|{repository}".encode()).hexdigest()[:16]
+    try:
+        fd = os.open(Path(tempfile.gettempdir()) / f"autoembed-image-{key}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:  # another user's lock file (a sticky /tmp refuses it): build unserialized, as before
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # let go when the file closes, or when its process dies
+        yield
+    finally:
+        os.close(fd)
+
+
 def ensure_task_image(task: str = paths.DEFAULT_TASK, client=None, *, force: bool = False, progress=print) -> str:
     """The tag of the task's image, building the rootfs and/or the top layer if missing."""
     client = client or docker_client(BUILD_TIMEOUT_S)
+    with _one_build_at_a_time(client, task_repository(task)):
+        return _ensure_task_image(task, client, force, progress)
+
+
+def _ensure_task_image(task: str, client, force: bool, progress) -> str:
     base = ensure_rootfs(client, task, force=force, progress=progress)
     repository = task_repository(task)
     with tempfile.TemporaryDirectory(prefix="autoembed-image-") as tmp:
