@@ -114,6 +114,9 @@ def test_screen_is_validated(capsys):
     assert main(["loop", "--hours", "0.34", "--trial-hours", "0.0333333", "--screen", "0.3"]) == 2
     err = capsys.readouterr().err
     assert "--screen 0.3 of --trial-hours 0.0333333 gives each screen 36 s" in err and len(err.strip().splitlines()) == 1
+    assert "use --screen 0.5 or more" in err
+    # what bench/gpu_box.sh runs: 0.0333333 h is two minutes, and half of it a minute
+    assert new_loop({"screen": 0.5, "trial_hours": 0.0333333})[1].screen == 0.5
 
 
 def test_a_kill_during_a_screen_then_resume_records_each_screen_once(tmp_path):

@@ -157,8 +157,8 @@ def validate(config: LoopConfig) -> None:
     if not 0 <= config.screen < 1:
         raise ValueError(f"--screen {config.screen:g}: give a share of --trial-hours from 0 (off) to below 1, e.g. 0.25")
     screen_s = config.screen * config.trial_hours * 3600
-    if 0 < screen_s < MIN_SCREEN_S:
-        least = math.ceil(100 * MIN_SCREEN_S / (config.trial_hours * 3600)) / 100
+    if 0 < round(screen_s, 1) < MIN_SCREEN_S:  # rounded: --trial-hours 0.0333333 is two minutes, and half of it one
+        least = math.ceil(round(100 * MIN_SCREEN_S / (config.trial_hours * 3600), 3)) / 100
         fix = f"use --screen {least:g} or more" if least < 1 else "screen only trials of more than a minute"
         raise ValueError(f"--screen {config.screen:g} of --trial-hours {config.trial_hours:g} gives each screen "
                          f"{screen_s:.0f} s: a screen needs at least {MIN_SCREEN_S:.0f} s to train between the trial's "
