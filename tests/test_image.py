@@ -72,12 +72,11 @@ def test_an_unreachable_mirror_is_one_clear_error(monkeypatch):
         image.check_build_tools("http://127.0.0.1:9/debian", "bookworm")
 
 
-def test_builds_of_one_image_on_one_engine_take_turns(monkeypatch):
+def test_builds_of_one_image_on_one_engine_take_turns(monkeypatch, tmp_path):
     """Two callers at once (the parallel test workers, trials started together) never build side by side."""
     import threading
     import time
     import types
-    import uuid
 
     inside, most = [], []
 
@@ -89,13 +88,14 @@ def test_builds_of_one_image_on_one_engine_take_turns(monkeypatch):
         return f"{task}:tag"
 
     monkeypatch.setattr(image, "_ensure_task_image", build)
-    client = types.SimpleNamespace(api=types.SimpleNamespace(base_url=f"unix://test-{uuid.uuid4().hex}"))
+    monkeypatch.setattr(image.tempfile, "gettempdir", lambda: str(tmp_path))  # the lock file goes there
+    client = types.SimpleNamespace(api=types.SimpleNamespace(base_url="unix://test"))
     callers = [threading.Thread(target=image.ensure_task_image, args=(paths.DEFAULT_TASK, client)) for _ in range(2)]
     for caller in callers:
         caller.start()
     for caller in callers:
         caller.join()
-    assert most == [1, 1]
+    assert most == [1, 1] and len(list(tmp_path.glob("autoembed-image-*.lock"))) == 1
 
 
 # -- the built image (a Docker engine) ------------------------------------------------------------------
