@@ -96,7 +96,16 @@ from autoembed.loop.smoke import smoke_check
 source = Path("harnesses/recipe.py").read_text()
 check = smoke_check("recipe", source, editable.adapter_hash(source), Path(tempfile.mkdtemp()), sandbox="bwrap", task="embed")
 print(f"smoke check of the recipe in bwrap: ok={check.ok} in {check.seconds:.1f} s {check.error[-3000:]}")
-raise SystemExit(0 if check.ok else 1)
+if not check.ok:
+    raise SystemExit(1)
+# the search's first proposal (its prior point) turns GPU levers the reference leaves off: their code paths too
+from autoembed.loop.meta.search import PRIOR_POINTS
+for point in PRIOR_POINTS:
+    levers = editable.set_knobs(source, point).replace("GPU_LEVERS_ON_CPU = False", "GPU_LEVERS_ON_CPU = True", 1)
+    check = smoke_check("recipe", levers, editable.adapter_hash(source), Path(tempfile.mkdtemp()), sandbox="bwrap", task="embed")
+    print(f"smoke check of {point} (GPU levers on) in bwrap: ok={check.ok} in {check.seconds:.1f} s {check.error[-3000:]}")
+    if not check.ok:
+        raise SystemExit(1)
 PY
 }
 

@@ -197,8 +197,14 @@ class FilesMeta(MetaAgent):
 
 
 def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kill_after: int = 2, meta_agent=None,
-              smoke=quick_smoke, say=None, gpus: list[str] | None = None, screen: float = 0.0):
+              smoke=quick_smoke, say=None, gpus: list[str] | None = None, screen: float = 0.0, prior: bool = True):
+    """prior=False: the search without its prior point (the kill tests' 6 iterations then reach a re-parenting
+    keep: a waiting single step that the kept prior point already holds has nothing left to re-parent)."""
     from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
+    from autoembed.loop.meta.search import SearchMetaAgent
+
+    if meta_agent is None and not prior:
+        meta_agent = SearchMetaAgent(Path(run_dir) / "meta", prior=())
 
     config = LoopConfig(target="recipe", meta="search" if meta_agent is None else meta_agent.name, hours=1.0,
                         trial_hours=0.001, max_iterations=iterations, baseline_runs=2, remeasure_every=4, sandbox="none",
@@ -291,12 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuzz", action="store_true", help="propose fuzz_files() instead of the search")
     p.add_argument("--smoke", choices=("quick", "inprocess"), default="quick")
     p.add_argument("--screen", type=float, default=0.0)
+    p.add_argument("--no-prior", action="store_true", help="the search without its prior point")
     args = p.parse_args(argv)
     gpus = [g for g in args.gpus.split(",") if g]
     meta = FilesMeta(fuzz_files()) if args.fuzz else None
     smoke = inprocess_smoke if args.smoke == "inprocess" else quick_smoke
     return make_loop(Path(args.run_dir), args.iterations, kill_at=args.kill_at, kill_after=args.kill_after, gpus=gpus,
-                     meta_agent=meta, smoke=smoke, screen=args.screen).run()
+                     meta_agent=meta, smoke=smoke, screen=args.screen, prior=not args.no_prior).run()
 
 
 if __name__ == "__main__":

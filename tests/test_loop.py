@@ -141,8 +141,14 @@ def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, pre
     rows = check_consistent(tmp_path / "run", 8)
     counts = phase_counts(tmp_path / "run")
     if prefetch:
-        assert counts.get("propose", 0) == 0 and counts.get("smoke", 0) == 0, counts
-        assert counts["propose (during trials)"] >= 8 and counts["smoke (during trials)"] >= 8, counts
+        # between trials only after a keep that left the waiting candidate nothing to measure (the search's prior
+        # point turns PRETOKENIZE on; its single step that turns it on waited beside it)
+        emptied = sum(1 for r in rows if "nothing left to measure" in (r.get("reason") or ""))
+        first = next(r for r in rows if r["kind"] == "candidate")
+        assert first["description"].startswith("search (prior point): ") and first["status"] in ("keep", "inconclusive")
+        assert emptied == 1 and all(r["trial_id"] is None for r in rows if "nothing left" in (r.get("reason") or ""))
+        assert counts.get("propose", 0) <= emptied and counts.get("smoke", 0) <= emptied, (counts, emptied)
+        assert counts["propose (during trials)"] >= 8 - emptied and counts["smoke (during trials)"] >= 8 - emptied, counts
         moved = [c for c in loop.candidates().values() if c.get("reparented_from")]
         assert moved, "a keep re-parented the waiting search candidate"
         for cand in moved:  # its own step, set in the kept file: what the kept candidate turned stays turned
@@ -182,12 +188,12 @@ def test_kill_9_at_each_stage_then_resume_leaves_consistent_records(tmp_path, st
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.loop_driver", str(run_dir), "--kill-at", stage,
-                           "--iterations", "6", "--gpus", gpus], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "--iterations", "6", "--gpus", gpus, "--no-prior"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == -9, f"the loop was not killed at {stage}: rc {proc.returncode}\n{proc.stderr[-2000:]}"
     if stage == "partial-row":
         assert not (run_dir / "ledger.jsonl").read_bytes().endswith(b"\n"), "the kill left no partial line"
-    loop = loop_driver.make_loop(run_dir, 6, gpus=[g for g in gpus.split(",") if g])
+    loop = loop_driver.make_loop(run_dir, 6, gpus=[g for g in gpus.split(",") if g], prior=False)
     assert loop.run() == 0
     rows = check_consistent(run_dir, 6)
     if stage in ("trial",):

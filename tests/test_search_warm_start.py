@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from autoembed import editable
 from autoembed.agents.harness import FIXED_ADAPTER_SHA256 as HARNESS_SHA256
 from autoembed.loop.meta.base import Feedback, ProposeContext
-from autoembed.loop.meta.search import WARM_START_STEPS, SearchMetaAgent
+from autoembed.loop.meta.search import PRIOR_POINTS, WARM_START_STEPS, SearchMetaAgent
 from autoembed.loop.smoke import smoke_check, static_check
 from autoembed.paths import REPO_ROOT
 
@@ -69,7 +69,7 @@ def warm_indices(agent: SearchMetaAgent) -> list[int]:
 
 @pytest.mark.parametrize("device", ["gpu", "cpu"])
 def test_a_fresh_search_first_proposes_the_incumbents_neighbours_in_order_then_tpe(tmp_path, device):
-    agent = SearchMetaAgent(tmp_path / "meta", seed=3)
+    agent = SearchMetaAgent(tmp_path / "meta", seed=3, prior=())
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))  # the baseline's runs, as the loop says
     expected = expected_steps(RECIPE, device, FIRST[device])[:WARM_START_STEPS]
     back = [name for name in FIRST[device] if name not in ONE_WAY]
@@ -90,7 +90,7 @@ def test_a_fresh_search_first_proposes_the_incumbents_neighbours_in_order_then_t
     assert warm_indices(agent) == sorted(set(warm_indices(agent))) and len(warm_indices(agent)) == len(expected)
 
     # the same seed, the same proposals (warm start and TPE)
-    again = SearchMetaAgent(tmp_path / "again", seed=3)
+    again = SearchMetaAgent(tmp_path / "again", seed=3, prior=())
     again.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     for i, proposal in enumerate(proposals):
         repeat = again.propose(ctx(RECIPE, device, i + 1))
@@ -100,13 +100,13 @@ def test_a_fresh_search_first_proposes_the_incumbents_neighbours_in_order_then_t
 
 def test_a_resumed_search_never_enqueues_a_step_twice(tmp_path):
     state = tmp_path / "meta"
-    first = SearchMetaAgent(state)
+    first = SearchMetaAgent(state, prior=())
     made = [first.propose(ctx(RECIPE, "gpu", i + 1)) for i in range(3)]
     first.observe(Feedback(1, "discard", "", 0.4, made[0].handle))
     first.observe(Feedback(2, "keep", "", 0.6, made[1].handle))  # made[2] is still running when the loop is killed
     first._enqueue_warm_step(editable.knobs_for(RECIPE, "gpu"))  # killed after enqueuing the next step, before asking
 
-    resumed = SearchMetaAgent(state)  # --resume: the same journal
+    resumed = SearchMetaAgent(state, prior=())  # --resume: the same journal
     assert sorted(warm_indices(resumed)) == [0, 1, 2, 3]
     expected = expected_steps(RECIPE, "gpu", FIRST["gpu"])
     later = [resumed.propose(ctx(RECIPE, "gpu", i + 4)) for i in range(3)]
@@ -121,7 +121,7 @@ def test_a_kept_step_is_taken_once_more_the_same_way_then_the_steps_go_on(tmp_pa
     """WEIGHT_DEBIAN=2 is kept, so the next proposal doubles it again (4, the top of its range); that one is
     discarded: the next step is WEIGHT_WORDNET's, from the new incumbent. (On a CPU: a GPU's first step is
     PRETOKENIZE, which has no step again.)"""
-    agent = SearchMetaAgent(tmp_path / "meta")
+    agent = SearchMetaAgent(tmp_path / "meta", prior=())
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     up = agent.propose(ctx(RECIPE, "cpu"))
     assert changes(up.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0}
@@ -136,7 +136,7 @@ def test_a_kept_step_is_taken_once_more_the_same_way_then_the_steps_go_on(tmp_pa
 
 def test_a_kept_one_way_step_is_not_taken_again(tmp_path):
     """PRETOKENIZE=True (a GPU's first step) is kept; a choice at its end has no step again: the weights come next."""
-    agent = SearchMetaAgent(tmp_path / "meta")
+    agent = SearchMetaAgent(tmp_path / "meta", prior=())
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     on = agent.propose(ctx(RECIPE, "gpu"))
     assert changes(on.source, RECIPE) == {"PRETOKENIZE": True}
@@ -150,14 +150,14 @@ def test_a_step_kept_while_later_ones_ran_is_still_taken_again_and_only_once(tmp
     (the journal is its memory, also across a resume). At the top of a range there is no step again; the way back
     down comes after each first knob's first way."""
     state = tmp_path / "meta"
-    agent = SearchMetaAgent(state)
+    agent = SearchMetaAgent(state, prior=())
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     up, beside = agent.propose(ctx(RECIPE, "cpu", 1)), agent.propose(ctx(RECIPE, "cpu", 2))
     assert changes(beside.source, RECIPE) == {"WEIGHT_WORDNET": 0.5}
     agent.observe(Feedback(1, "keep", "", 0.52, up.handle))
     again = agent.propose(ctx(up.source, "cpu", 3))
     assert changes(again.source, RECIPE) == {"WEIGHT_DEBIAN": 4.0}
-    resumed = SearchMetaAgent(state)
+    resumed = SearchMetaAgent(state, prior=())
     nxt = resumed.propose(ctx(up.source, "cpu", 4))
     assert changes(nxt.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 2.0}
     resumed.observe(Feedback(3, "keep", "", 0.53, again.handle))
@@ -172,7 +172,7 @@ def test_a_step_proposed_before_a_keep_is_rebased_as_a_step_and_the_study_hears_
     """PRETOKENIZE=True is kept while WEIGHT_DEBIAN=2 waits (proposed on the baseline). Re-parented, the waiting step
     keeps the kept knob turned (it does not undo it), the study hears its value for the point measured, and that
     step, kept, is taken again from the incumbent it made."""
-    agent = SearchMetaAgent(tmp_path / "meta")
+    agent = SearchMetaAgent(tmp_path / "meta", prior=())
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     first, waiting = agent.propose(ctx(RECIPE, "gpu", 1)), agent.propose(ctx(RECIPE, "gpu", 2))
     assert changes(waiting.source, RECIPE) == {"WEIGHT_DEBIAN": 2.0}
@@ -189,6 +189,49 @@ def test_a_step_proposed_before_a_keep_is_rebased_as_a_step_and_the_study_hears_
     assert heard[0].params["PRETOKENIZE"] is True and heard[0].params["WEIGHT_DEBIAN"] == 2.0
     again = agent.propose(ctx(moved, "gpu", 3))
     assert changes(again.source, moved) == {"WEIGHT_DEBIAN": 4.0}
+
+
+PRIOR = {"gpu": {"PRETOKENIZE": True, "FUSED_ADAMW": True, "WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5,
+                 "WEIGHT_WORDNET": 0.5},
+         "cpu": {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5, "WEIGHT_WORDNET": 0.5}}  # a CPU file's knobs only
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_the_prior_point_comes_first_once_then_the_single_steps_from_the_baseline(tmp_path, device):
+    """The point measured good before the loop is the first proposal (its knobs that this device's trials read);
+    discarded, the single steps follow from the baseline as without it; a resumed search never proposes it again."""
+    assert PRIOR_POINTS == (PRIOR["gpu"],)
+    state = tmp_path / "meta"
+    agent = SearchMetaAgent(state)
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    first = agent.propose(ctx(RECIPE, device))
+    assert changes(first.source, RECIPE) == PRIOR[device]
+    assert first.description.startswith("search (prior point): ") and "point measured good" in first.hypothesis
+    agent.observe(Feedback(1, "discard", "", 0.49, first.handle))
+    expected = expected_steps(RECIPE, device, FIRST[device])
+    resumed = SearchMetaAgent(state)
+    steps = [resumed.propose(ctx(RECIPE, device, 2 + i)) for i in range(4)]
+    assert [changes(p.source, RECIPE) for p in steps] == expected[:4]
+    assert all(p.description.startswith("search (warm start): ") for p in steps)
+
+
+def test_a_kept_prior_point_is_searched_around(tmp_path):
+    """Kept, the prior point is the new incumbent: the speed switches it turned on have no step left, and the single
+    steps go on from it (debian doubled again, wordnet halved again, pycode doubled)."""
+    agent = SearchMetaAgent(tmp_path / "meta")
+    agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
+    prior = agent.propose(ctx(RECIPE, "gpu"))
+    agent.observe(Feedback(1, "keep", "", 0.52, prior.handle))
+    steps = [changes(agent.propose(ctx(prior.source, "gpu", 2 + i)).source, prior.source) for i in range(3)]
+    assert steps == [{"WEIGHT_DEBIAN": 4.0}, {"WEIGHT_WORDNET": 0.25}, {"WEIGHT_PYCODE": 3.0}]
+
+
+def test_a_prior_value_outside_the_files_declaration_is_left_out(tmp_path):
+    narrow = RECIPE.replace("WEIGHT_WORDNET = 1.0  # knob: log 0.25..4.0", "WEIGHT_WORDNET = 1.0  # knob: log 0.75..4.0")
+    assert narrow != RECIPE
+    agent = SearchMetaAgent(tmp_path / "meta")
+    first = agent.propose(ctx(narrow, "cpu"))
+    assert changes(first.source, narrow) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5}
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

@@ -175,13 +175,17 @@ class Planning:
             return cand
         kept = next((c for c in self.candidates().values() if c["commit"] == best), None)
         label = f"candidate {kept['id']}" if kept else best[:10]
-        source = self.repo.read(cand["commit"])
+        source, best_source = self.repo.read(cand["commit"]), self.repo.read(best)
         with self.clock("reparent"):
-            moved = self.meta.rebase(source, self.repo.read(cand["parent"]), self.repo.read(best))
-        if moved is None:
-            self.say(f"candidate {number}: built on {cand['parent'][:10]}, does not merge onto {label}; not run")
-            reason = (f"built on the incumbent before {label}, which was kept while this candidate waited or ran; its edit "
-                      f"does not merge onto {label} (conflict): propose again on the new incumbent")
+            moved = self.meta.rebase(source, self.repo.read(cand["parent"]), best_source)
+        if moved is None or moved == best_source:
+            why = "does not merge onto" if moved is None else "is in"
+            self.say(f"candidate {number}: built on {cand['parent'][:10]}, {why} {label}; not run")
+            edit = (f"its edit does not merge onto {label} (conflict)" if moved is None
+                    else f"its edit is in {label} already: nothing left to measure")
+            reason = (f"the incumbent changed while this trial ran (built on the one before {label}); {edit}" if trial
+                      else f"built on the incumbent before {label}, which was kept while this candidate waited; {edit}"
+                      ) + ": propose again on the new incumbent"
             job, common = trial or (Job("candidate", cand["commit"], number), {})
             self._append_row(job, "crash" if trial else "invalid", reason=reason,
                              extra={**common, "reparent_conflict": best})
