@@ -5,6 +5,7 @@ variant, its knobs set, and its own train() / main() run.
     python bench/bench_recipe_gpu.py speed --json speed.json                      # pairs/s of each speed variant
     python bench/bench_recipe_gpu.py quality --steps 300 --json quality.json      # same steps: reference vs fast
     python bench/bench_recipe_gpu.py levers --minutes 1 --json levers.json        # same wall budget: each lever alone
+    python bench/bench_recipe_gpu.py levers --minutes 1.3 --on prior --levers 7,8  # levers on top of the search's prior point
     python bench/bench_recipe_gpu.py tokenize --json tokenize.json                 # PRETOKENIZE's table: backend vs own call
 
 speed: batch 256, 128 tokens at most (queries are shorter), the real pool; pairs/s over the timed steps (after
@@ -50,7 +51,32 @@ LEVERS = {
     "cached gradients, batch 256 x 4": {"CACHED_BATCH_MULTIPLE": 4},
     "base interpolation 0.5": {"BASE_INTERPOLATION": 0.5},
     "average of the last 30%": {"AVERAGE_LAST": 0.3},
+    "batch 512": {"BATCH_SIZE": 512},
+    "symmetric loss": {"SYMMETRIC_LOSS": True},
+    "at most 256 tokens": {"MAX_SEQ_LENGTH": 256},
+    "base interpolation 0.8": {"BASE_INTERPOLATION": 0.8},
+    "lr 1e-4": {"LR": 1e-4},
 }
+
+
+def base_point(on: str | None) -> dict:
+    """--on: knob values every lever's run starts from, the reference's included: `prior` (the loop search's
+    first prior point) or NAME=VALUE pairs, comma-separated, each value a Python literal."""
+    import ast
+
+    if not on:
+        return {}
+    if on == "prior":
+        from autoembed.loop.meta.search import PRIOR_POINTS
+
+        return dict(PRIOR_POINTS[0])
+    point = {}
+    for pair in on.split(","):
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--on {on!r}: expected `prior` or NAME=VALUE pairs, e.g. --on PRETOKENIZE=True,LR=1e-4")
+        point[name.strip()] = ast.literal_eval(value.strip())
+    return point
 
 
 def load_recipe(knobs: dict):
@@ -287,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-steps", type=int, default=20, help="speed: untimed steps first (x4 with COMPILE)")
     p.add_argument("--minutes", type=float, default=1.0, help="levers: the script's wall budget for each")
     p.add_argument("--levers", default=None, help="levers: which, comma-separated indices into LEVERS (default all)")
+    p.add_argument("--on", default=None, help="levers: every run (the reference's too) starts from these knob values: "
+                                              "`prior` (the search's prior point) or NAME=VALUE,...")
     p.add_argument("--tiers", default="validation,heldout")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda", help="cpu: a dry run on tiny sizes (with --pool-limit, --eval-size)")
@@ -326,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             names = list(LEVERS)
             if args.levers:
                 names = [names[0]] + [names[int(i)] for i in args.levers.split(",") if int(i) != 0]
-            variants = {name: LEVERS[name] for name in names}
+            on = base_point(args.on)
+            label = " + ".join(f"{k}={v}" for k, v in on.items())
+            variants = {(f"{name} on {label}" if on else name): {**on, **LEVERS[name]} for name in names}
             tail = ["--minutes", str(args.minutes)]
         result = train_and_score(variants, tail, args, base, pool, tiers)
     result["seconds"] = time.time() - started

@@ -53,6 +53,9 @@
 # Seven levers do not fit one 10-minute call at 1 minute each: two calls, carrying .dev/gpupack and .whl (bm25s
 # for the BM25 miner: pip download ... -d .whl bm25s==0.3.16, as above). The 2026-12-06 figures in bench/RESULTS.md:
 #   bash bench/gpu_box.sh recipe-levers 1 1,5,6      then      bash bench/gpu_box.sh recipe-levers 1 2,3,4
+# Levers on top of the search's prior point (ON: `prior` or NAME=VALUE,...; every run starts there, the reference too;
+# `prior` reads it from the search, which imports optuna: carry .whl too):
+#   bash bench/gpu_box.sh recipe-levers 1.3 7,8 prior
 set -x
 export PYTHONUNBUFFERED=1
 # the agent runs as the sandbox uid, not root: what this script unpacks must be open to others (packmodel.py makes
@@ -189,6 +192,7 @@ recipe-tokenize)  # PRETOKENIZE's set-up on the box's CPUs: the backend table ag
   python3 bench/bench_recipe_gpu.py tokenize --json "$OUT/tokenize.json" 2>&1 | tee "$OUT/tokenize.log" ;;
 recipe-levers)
   setup_light || exit 1
-  python3 bench/bench_recipe_gpu.py levers --minutes "${2:-1}" ${3:+--levers "$3"} --json "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
-*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-speed-only [VARIANTS] | recipe-tokenize | recipe-levers [MINUTES] [LEVERS]" >&2; exit 2 ;;
+  python3 bench/bench_recipe_gpu.py levers --minutes "${2:-1}" ${3:+--levers "$3"} ${4:+--on "$4"} --json "$OUT/levers.json" \
+    2>&1 | tee "$OUT/levers.log" ;;
+*) echo "usage: $0 start [HOURS] | collect | overhead [REPS] | tiers | loop MINUTES GPUS [SCREEN] | loop-wait | loop-collect | cpugain MINUTES | cpugain-trial [HOURS] | recipe-speed [STEPS] | recipe-speed-only [VARIANTS] | recipe-tokenize | recipe-levers [MINUTES] [LEVERS] [ON]" >&2; exit 2 ;;
 esac
