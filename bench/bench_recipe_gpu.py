@@ -73,9 +73,16 @@ def base_point(on: str | None) -> dict:
     point = {}
     for pair in on.split(","):
         name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--on {on!r}: expected `prior` or NAME=VALUE pairs, e.g. --on PRETOKENIZE=True,LR=1e-4")
-        point[name.strip()] = ast.literal_eval(value.strip())
+        try:
+            if not sep:
+                raise ValueError(f"{pair!r} has no =VALUE")
+            if f"\n{name.strip()} = " not in RECIPE.read_text():
+                raise ValueError(f"no constant {name.strip()!r} in {RECIPE.name}")
+            point[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError) as exc:
+            print(f"--on {on!r}: {exc}; expected `prior` or NAME=VALUE pairs of the recipe's constants, e.g. "
+                  "--on PRETOKENIZE=True,LR=1e-4", file=sys.stderr)
+            raise SystemExit(2) from None
     return point
 
 
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    on = base_point(args.on)  # bad input stops here, before anything loads
     global DEVICE
     DEVICE = args.device
     from autoembed.task.base_model import offline_env, resolve_base_model
@@ -354,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
             names = list(LEVERS)
             if args.levers:
                 names = [names[0]] + [names[int(i)] for i in args.levers.split(",") if int(i) != 0]
-            on = base_point(args.on)
             label = " + ".join(f"{k}={v}" for k, v in on.items())
             variants = {(f"{name} on {label}" if on else name): {**on, **LEVERS[name]} for name in names}
             tail = ["--minutes", str(args.minutes)]
