@@ -142,7 +142,7 @@ loop)
     --gpus "$gpus" --screen "$screen" --sandbox bwrap --full --out /tmp/loop > /tmp/loop.log 2>&1 < /dev/null &
   echo $! > /tmp/loop.pid
   set +x
-  follow_loop 57 ;;
+  follow_loop 45 ;;  # setup and preflight take 1-2 minutes: the call must end inside its 600 s (2026-12-06: 57 did not)
 loop-wait)
   set +x
   follow_loop 57 ;;
