@@ -127,7 +127,7 @@ class SearchMetaAgent(MetaAgent):
         for index, point in enumerate(self.prior):
             if index in proposed:
                 continue
-            changes = {n: v for n, v in point.items() if n in declared and _allowed(declared[n], v)}
+            changes = {n: v for n, v in point.items() if n in declared and declared[n].contains(v)}
             if changes and (full := new_point(changes)) is not None:
                 return index, full
         return None
@@ -198,13 +198,6 @@ class SearchMetaAgent(MetaAgent):
         self.study.add_trial(optuna.trial.create_trial(
             params={k.name: k.value for k in knobs}, distributions={k.name: distribution(k) for k in knobs},
             value=value, user_attrs={"baseline": True}))
-
-
-def _allowed(knob: editable.Knob, value) -> bool:
-    """The value lies in the knob's declaration (a file may declare a narrower range than the prior assumed)."""
-    if knob.kind == "choice":
-        return value in knob.choices
-    return knob.low <= value <= knob.high
 
 
 def _same_point(params: dict, current: dict) -> bool:
