@@ -179,11 +179,18 @@ def batch_stream(groups: list[str], batch_size: int, seed: int, domains: list[st
     from 1; the reference's order otherwise)."""
     weights = source_weights()
     weighted = domains is not None and any(w != 1.0 for w in weights.values())
+    if weighted and len({g for g, d in zip(groups, domains) if weights.get(d, 1.0) > 0}) < batch_size:
+        raise SystemExit(f"the pool's sources of weight above 0 hold fewer than {batch_size} distinct groups: "
+                         "lower the batch size or raise a source's weight")
     epoch = 0
     while True:
         rng = random.Random(seed * 1_000_003 + epoch)
         if weighted:
             chosen = weighted_epoch(domains, weights, random.Random(seed * 7_919 + epoch))
+            draw = 0
+            while len({groups[i] for i in chosen}) < batch_size:  # a small pool whose weights sampled under a batch
+                draw += 1
+                chosen += weighted_epoch(domains, weights, random.Random((seed * 7_919 + epoch) * 131 + draw))
             batches = [[chosen[i] for i in batch]
                        for batch in group_disjoint_batches([groups[i] for i in chosen], batch_size, rng)]
         else:

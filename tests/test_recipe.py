@@ -491,6 +491,27 @@ def test_source_weights_resample_each_source_and_keep_batches_group_disjoint():
     assert seen["debian"] > 4 * seen["wordnet"]
 
 
+def test_source_weights_on_a_pool_barely_above_a_batch_still_give_full_batches():
+    # the audit's tiny pool: 63 wordnet pairs and 1 pycode; wordnet at 0.5 samples about 32 groups an epoch, under
+    # a batch of 32 in about half the epochs (the recipe stopped there: "fewer than 32 distinct groups")
+    domains = ["wordnet"] * 63 + ["pycode"]
+    groups = [f"{d}/g{i}" for i, d in enumerate(domains)]
+    recipe = fresh_recipe()
+    recipe.WEIGHT_DEBIAN, recipe.WEIGHT_PYCODE, recipe.WEIGHT_WORDNET = 2.0, 1.5, 0.5
+    short_epochs = sum(len({groups[i] for i in recipe_train.weighted_epoch(
+        domains, recipe.source_weights(), random.Random(seed * 7_919))}) < 32 for seed in range(20))
+    assert short_epochs > 0  # the case this test is about happens for these seeds
+    for seed in range(20):
+        stream = recipe.batch_stream(groups, 32, seed=seed, domains=domains)
+        for _ in range(3):
+            _, batch = next(stream)
+            assert len(batch) == 32 and len({groups[i] for i in batch}) == 32
+
+    recipe.WEIGHT_WORDNET = 0.0  # only one group left to sample: no batch can ever be filled
+    with pytest.raises(SystemExit, match="sources of weight above 0 hold fewer than 32 distinct groups"):
+        next(recipe.batch_stream(groups, 32, seed=0, domains=domains))
+
+
 def test_length_chunks_give_the_same_embeddings_in_the_batch_order(tiny_model):
     import torch
 
