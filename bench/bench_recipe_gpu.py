@@ -56,6 +56,7 @@ LEVERS = {
     "at most 256 tokens": {"MAX_SEQ_LENGTH": 256},
     "base interpolation 0.8": {"BASE_INTERPOLATION": 0.8},
     "lr 1e-4": {"LR": 1e-4},
+    "source weights debian 3, pycode 2, wordnet 0.25": {"WEIGHT_DEBIAN": 3.0, "WEIGHT_PYCODE": 2.0, "WEIGHT_WORDNET": 0.25},
 }
 
 
