@@ -190,6 +190,9 @@ def batch_stream(groups: list[str], batch_size: int, seed: int, domains: list[st
             draw = 0
             while len({groups[i] for i in chosen}) < batch_size:  # a small pool whose weights sampled under a batch
                 draw += 1
+                if draw > 1_000:
+                    raise SystemExit(f"the source weights sampled fewer than {batch_size} distinct groups in 1,000 "
+                                     "draws: raise the smallest weights or lower the batch size")
                 chosen += weighted_epoch(domains, weights, random.Random((seed * 7_919 + epoch) * 131 + draw))
             batches = [[chosen[i] for i in batch]
                        for batch in group_disjoint_batches([groups[i] for i in chosen], batch_size, rng)]

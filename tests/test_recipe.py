@@ -507,6 +507,9 @@ def test_source_weights_on_a_pool_barely_above_a_batch_still_give_full_batches()
             _, batch = next(stream)
             assert len(batch) == 32 and len({groups[i] for i in batch}) == 32
 
+    recipe.WEIGHT_WORDNET = 1e-9  # a batch could be filled, but not in any time a trial has
+    with pytest.raises(SystemExit, match="fewer than 32 distinct groups in 1,000 draws"):
+        next(recipe.batch_stream(groups, 32, seed=0, domains=domains))
     recipe.WEIGHT_WORDNET = 0.0  # only one group left to sample: no batch can ever be filled
     with pytest.raises(SystemExit, match="sources of weight above 0 hold fewer than 32 distinct groups"):
         next(recipe.batch_stream(groups, 32, seed=0, domains=domains))
