@@ -191,39 +191,49 @@ def test_a_step_proposed_before_a_keep_is_rebased_as_a_step_and_the_study_hears_
     assert changes(again.source, moved) == {"WEIGHT_DEBIAN": 4.0}
 
 
-PRIOR = {"gpu": {"PRETOKENIZE": True, "FUSED_ADAMW": True, "WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5,
-                 "WEIGHT_WORDNET": 0.5},
-         "cpu": {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5, "WEIGHT_WORDNET": 0.5}}  # a CPU file's knobs only
+PRIOR = {"gpu": [{"PRETOKENIZE": True, "FUSED_ADAMW": True, "WEIGHT_DEBIAN": 3.0, "WEIGHT_PYCODE": 2.0,
+                  "WEIGHT_WORDNET": 0.25},
+                 {"PRETOKENIZE": True, "FUSED_ADAMW": True, "WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5,
+                  "WEIGHT_WORDNET": 0.5}],
+         "cpu": [{"WEIGHT_DEBIAN": 3.0, "WEIGHT_PYCODE": 2.0, "WEIGHT_WORDNET": 0.25},  # a CPU file's knobs only
+                 {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5, "WEIGHT_WORDNET": 0.5}]}
 
 
 @pytest.mark.parametrize("device", ["gpu", "cpu"])
-def test_the_prior_point_comes_first_once_then_the_single_steps_from_the_baseline(tmp_path, device):
-    """The point measured good before the loop is the first proposal (its knobs that this device's trials read);
-    discarded, the single steps follow from the baseline as without it; a resumed search never proposes it again."""
-    assert PRIOR_POINTS == (PRIOR["gpu"],)
+def test_the_prior_points_come_first_once_each_then_the_single_steps_from_the_baseline(tmp_path, device):
+    """The points chosen before the loop are the first proposals, in order (their knobs that this device's trials
+    read); each discarded, the single steps follow from the baseline as without them; a resumed search never
+    proposes them again."""
+    assert PRIOR_POINTS == tuple(PRIOR["gpu"])
     state = tmp_path / "meta"
     agent = SearchMetaAgent(state)
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
-    first = agent.propose(ctx(RECIPE, device))
-    assert changes(first.source, RECIPE) == PRIOR[device]
-    assert first.description.startswith("search (prior point): ") and "point measured good" in first.hypothesis
-    agent.observe(Feedback(1, "discard", "", 0.49, first.handle))
+    for i, point in enumerate(PRIOR[device]):
+        prior = agent.propose(ctx(RECIPE, device, 1 + i))
+        assert changes(prior.source, RECIPE) == point
+        assert prior.description.startswith("search (prior point): ") and "chosen before the loop" in prior.hypothesis
+        agent.observe(Feedback(1 + i, "discard", "", 0.49, prior.handle))
     expected = expected_steps(RECIPE, device, FIRST[device])
     resumed = SearchMetaAgent(state)
-    steps = [resumed.propose(ctx(RECIPE, device, 2 + i)) for i in range(4)]
+    steps = [resumed.propose(ctx(RECIPE, device, 3 + i)) for i in range(4)]
     assert [changes(p.source, RECIPE) for p in steps] == expected[:4]
     assert all(p.description.startswith("search (warm start): ") for p in steps)
 
 
 def test_a_kept_prior_point_is_searched_around(tmp_path):
-    """Kept, the prior point is the new incumbent: the speed switches it turned on have no step left, and the single
-    steps go on from it (debian doubled again, wordnet halved again, pycode doubled)."""
+    """Kept, the first prior point is the new incumbent: the second comes next, as a step back from it (the
+    weights it turned); discarded, the single steps go on from the first (the speed switches it turned on have no
+    step left; debian doubled again to the top of its range, wordnet, at the bottom of its range, has no step down,
+    pycode doubled, then the learning rate)."""
     agent = SearchMetaAgent(tmp_path / "meta")
     agent.observe(Feedback(0, "keep", "", 0.5, {"baseline_source": RECIPE}))
     prior = agent.propose(ctx(RECIPE, "gpu"))
     agent.observe(Feedback(1, "keep", "", 0.52, prior.handle))
-    steps = [changes(agent.propose(ctx(prior.source, "gpu", 2 + i)).source, prior.source) for i in range(3)]
-    assert steps == [{"WEIGHT_DEBIAN": 4.0}, {"WEIGHT_WORDNET": 0.25}, {"WEIGHT_PYCODE": 3.0}]
+    back = agent.propose(ctx(prior.source, "gpu", 2))
+    assert changes(back.source, prior.source) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5, "WEIGHT_WORDNET": 0.5}
+    agent.observe(Feedback(2, "discard", "", 0.51, back.handle))
+    steps = [changes(agent.propose(ctx(prior.source, "gpu", 3 + i)).source, prior.source) for i in range(3)]
+    assert steps == [{"WEIGHT_DEBIAN": 4.0}, {"WEIGHT_PYCODE": 4.0}, {"LR": 1e-4}]
 
 
 def test_a_prior_value_outside_the_files_declaration_is_left_out(tmp_path):
@@ -231,7 +241,7 @@ def test_a_prior_value_outside_the_files_declaration_is_left_out(tmp_path):
     assert narrow != RECIPE
     agent = SearchMetaAgent(tmp_path / "meta")
     first = agent.propose(ctx(narrow, "cpu"))
-    assert changes(first.source, narrow) == {"WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5}
+    assert changes(first.source, narrow) == {"WEIGHT_DEBIAN": 3.0, "WEIGHT_PYCODE": 2.0}
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
