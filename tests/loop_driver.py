@@ -197,14 +197,16 @@ class FilesMeta(MetaAgent):
 
 
 def make_loop(run_dir: Path, iterations: int, *, kill_at: str | None = None, kill_after: int = 2, meta_agent=None,
-              smoke=quick_smoke, say=None, gpus: list[str] | None = None, screen: float = 0.0, prior: bool = True):
-    """prior=False: the search without its prior point (the kill tests' 6 iterations then reach a re-parenting
-    keep: a waiting single step that the kept prior point already holds has nothing left to re-parent)."""
+              smoke=quick_smoke, say=None, gpus: list[str] | None = None, screen: float = 0.0,
+              prior: bool | tuple = True):
+    """prior=False: the search without its prior points (the kill tests' 6 iterations then reach a re-parenting
+    keep: a waiting single step that a kept prior point already holds has nothing left to re-parent); a tuple: the
+    search with these prior points instead of PRIOR_POINTS."""
     from autoembed.loop.engine import Loop, LoopConfig, LoopHooks
     from autoembed.loop.meta.search import SearchMetaAgent
 
-    if meta_agent is None and not prior:
-        meta_agent = SearchMetaAgent(Path(run_dir) / "meta", prior=())
+    if meta_agent is None and prior is not True:
+        meta_agent = SearchMetaAgent(Path(run_dir) / "meta", prior=prior or ())
 
     config = LoopConfig(target="recipe", meta="search" if meta_agent is None else meta_agent.name, hours=1.0,
                         trial_hours=0.001, max_iterations=iterations, baseline_runs=2, remeasure_every=4, sandbox="none",

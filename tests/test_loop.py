@@ -130,29 +130,37 @@ def phase_counts(run_dir: Path) -> dict:
     return stop["phases"]["counts"]
 
 
-@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "prefetch-off"])
-def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, prefetch):
+@pytest.mark.parametrize("prefetch,priors", [(True, 2), (True, 1), (False, 2)],
+                         ids=["prefetch", "prefetch-one-prior-point", "prefetch-off"])
+def test_on_one_gpu_the_next_candidate_is_ready_when_the_gpu_frees(tmp_path, prefetch, priors):
     """The 1-GPU loop's overhead: every candidate is proposed and smoke-checked while a trial runs, also while a
     candidate's trial runs (re-parented if that one is kept); with prefetch off, only while the incumbent cannot
     change, so candidates after the A/A runs pay their proposal and smoke check between trials."""
-    loop = loop_driver.make_loop(tmp_path / "run", 8, gpus=["0"])
+    from autoembed.loop.meta.search import PRIOR_POINTS
+
+    assert len(PRIOR_POINTS) == 2
+    loop = loop_driver.make_loop(tmp_path / "run", 8, gpus=["0"], prior=PRIOR_POINTS[:priors])
     loop.config.prefetch, loop.config.remeasure_every = prefetch, 3  # at least one re-measurement in 8 candidates
     assert loop.run() == 0
     rows = check_consistent(tmp_path / "run", 8)
     counts = phase_counts(tmp_path / "run")
     if prefetch:
-        # between trials only after a keep that left the waiting candidate nothing to measure (the search's prior
-        # point turns PRETOKENIZE on; its single step that turns it on waited beside it)
+        # between trials only after a keep that left the waiting candidate nothing to measure: with one prior point,
+        # which turns PRETOKENIZE on, the single step that turns it on waited beside it; with two, the second
+        # point waited beside the first and is re-parented onto it, a step back in the source weights
         emptied = sum(1 for r in rows if "nothing left to measure" in (r.get("reason") or ""))
         first = next(r for r in rows if r["kind"] == "candidate")
         assert first["description"].startswith("search (prior point): ") and first["status"] in ("keep", "inconclusive")
-        assert emptied == 1 and all(r["trial_id"] is None for r in rows if "nothing left" in (r.get("reason") or ""))
+        assert emptied == 2 - priors
+        assert all(r["trial_id"] is None for r in rows if "nothing left" in (r.get("reason") or ""))
         assert counts.get("propose", 0) <= emptied and counts.get("smoke", 0) <= emptied, (counts, emptied)
         assert counts["propose (during trials)"] >= 8 - emptied and counts["smoke (during trials)"] >= 8 - emptied, counts
         moved = [c for c in loop.candidates().values() if c.get("reparented_from")]
         assert moved, "a keep re-parented the waiting search candidate"
         for cand in moved:  # its own step, set in the kept file: what the kept candidate turned stays turned
-            assert step_of(loop.repo, cand["commit"]) == step_of(loop.repo, cand["reparented_from"]), cand
+            parent = knob_values(loop.repo.read(loop.repo.repo.commit(cand["commit"]).parents[0].hexsha))
+            expected = {**parent, **step_of(loop.repo, cand["reparented_from"])}
+            assert knob_values(loop.repo.read(cand["commit"])) == expected, cand
         # and the study heard the value of the point measured, not of the one first proposed
         files = {c["handle"]["trial_number"]: knob_values(loop.repo.read(c["commit"])) for c in moved}
         heard = [t for t in loop.meta.study.get_trials() if "measured_for" in t.user_attrs]
