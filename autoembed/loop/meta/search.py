@@ -38,13 +38,14 @@ WARM_FIRST = ("PRETOKENIZE", "WEIGHT_DEBIAN", "WEIGHT_WORDNET", "WEIGHT_PYCODE",
 # the way each of them went where validation rose (the source-weight lever: debian x2, pycode x1.5, wordnet x0.5; the
 # loops' kept candidates: LR x2 and x3, batch 128); a knob not named here is stepped up first
 FIRST_DIRECTION = {"WEIGHT_WORDNET": "down", "BATCH_SIZE": "down"}
-# points known good outside the loop, proposed once each, in this order, before the single steps (bench/RESULTS.md,
-# "The recipe on a GPU" and the loop runs): the source weights debian x2, pycode x1.5, wordnet x0.5 gained on
-# validation and held-out in three lever runs, each CI above 0 (+0.008 to +0.018 held-out at 1-2 minutes), and the
-# pool tokenized once with the fused optimizer trains 3.3x the pairs a second at the same quality per step. First
-# comes the same further along (debian x3, pycode x2, wordnet x0.25): from the second point, the 20-minute loop's
-# single steps that way each raised debian and pycode on validation and lowered only wordnet, a domain held-out
-# does not have. Discarded, the second point follows from the baseline; kept, the second is a step back from it.
+# points chosen from runs outside the loop, proposed once each, in this order, before the single steps
+# (bench/RESULTS.md, "The recipe on a GPU" and the loop runs): the source weights debian x2, pycode x1.5, wordnet x0.5
+# gained on validation and held-out in three lever runs, each CI above 0 (+0.008 to +0.018 held-out at 1-2 minutes),
+# and the pool tokenized once with the fused optimizer trains 3.3x the pairs a second at the same quality per step.
+# First comes the same further along (debian x3, pycode x2, wordnet x0.25): from the second point, the 20-minute
+# loop's single steps that way each raised debian and pycode on validation and lowered only wordnet, a domain
+# held-out does not have (the next 20-minute loop kept it: +0.017 held-out). Discarded, the second point follows
+# from the baseline; kept, the second is a step back from it.
 PRIOR_POINTS = ({"PRETOKENIZE": True, "FUSED_ADAMW": True, "WEIGHT_DEBIAN": 3.0, "WEIGHT_PYCODE": 2.0,
                  "WEIGHT_WORDNET": 0.25},
                 {"PRETOKENIZE": True, "FUSED_ADAMW": True, "WEIGHT_DEBIAN": 2.0, "WEIGHT_PYCODE": 1.5,
