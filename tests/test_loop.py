@@ -390,6 +390,43 @@ def scripted_llm_loop(run_dir: Path, llm, trial_hours: float, **hooks):
                 LoopHooks(trial_runner=harness_trial, heldout_scorer=loop_driver.fake_heldout, **hooks))
 
 
+def test_the_search_meta_agent_is_told_validation_and_never_heldout(tmp_path):
+    """Everything the search meta-agent receives (each proposal's context, each decision's feedback) and its own
+    state (Optuna's journal) hold gated scores only: the held-out scores of the baseline and of its kept prior point,
+    scored in the same run, appear nowhere in them."""
+    from autoembed.loop.meta.search import SearchMetaAgent
+
+    class Recording(SearchMetaAgent):
+        def __init__(self, state_dir):
+            super().__init__(state_dir)
+            self.inputs: list[str] = []
+            self.values: list[float] = []
+
+        def propose(self, ctx):
+            self.inputs.append(repr(ctx) + ctx.incumbent_source)
+            return super().propose(ctx)
+
+        def observe(self, feedback):
+            self.inputs.append(repr(feedback))
+            self.values += [feedback.value] if feedback.value is not None else []
+            super().observe(feedback)
+
+    run_dir = tmp_path / "run"
+    meta = Recording(run_dir / "meta")
+    assert loop_driver.make_loop(run_dir, 5, meta_agent=meta).run() == 0
+    rows = Ledger(run_dir).rows()
+    assert any(r["status"] == "keep" and r["kind"] in ("candidate", "rerun") for r in rows), "no held-out beyond the baseline's"
+    heldout = Ledger(run_dir).heldout()
+    assert len({h["commit"] for h in heldout}) >= 2 and all(h["heldout"]["mean"] < 0.4 for h in heldout)
+    gated = [r["validation"]["mean"] for r in rows if r.get("validation")]
+    assert gated and all(v > 0.45 for v in gated)  # apart from held-out's band (HELDOUT_MARK, ~0.31): no collisions
+    secrets_ = {f"{h['heldout']['mean']:.4f}" for h in heldout} | {repr(h["heldout"]["mean"]) for h in heldout}
+    assert len(meta.inputs) >= 5 and len(meta.values) >= 3 and all(v > 0.45 for v in meta.values), meta.values
+    journal = (run_dir / "meta" / "optuna.journal").read_text()
+    for text in [*meta.inputs, journal]:
+        assert not any(secret in text for secret in secrets_), [s for s in secrets_ if s in text]
+
+
 def test_llm_meta_agent_edits_the_harness_through_its_tools_and_never_sees_heldout(tmp_path):
     llm = RecordingLLM(scripted_meta_script())
     run_dir = tmp_path / "run"
