@@ -286,19 +286,21 @@ def train_and_score(variants: dict, argv_tail: list[str], args, base: str, pool:
     import torch
 
     rows, scores = [], {}
+
+    def train(knobs: dict, out: str, tail: list[str]) -> None:
+        load_recipe(knobs).main(["--pool", pool, "--base", base, "--out", out, "--device", DEVICE,
+                                 "--seed", str(args.seed), *tail])
+
     with tempfile.TemporaryDirectory(prefix="recipe-bench-") as tmp:
         # the first run in a process pays its imports and the GPU's start-up inside its wall budget (the reference,
         # always first, trained 806 steps where the next variant trained 1,161 at the same 1.3 minutes, 2026-12-06):
         # a throwaway run of a few steps, of the first variant's knobs (the same code paths), pays them beforehand
-        load_recipe(next(iter(variants.values()))).main([
-            "--pool", pool, "--base", base, "--out", str(Path(tmp) / "warm-up"), "--device", DEVICE,
-            "--seed", str(args.seed), "--minutes", "600", "--max-steps", str(WARM_UP_STEPS)])
+        train(next(iter(variants.values())), str(Path(tmp) / "warm-up"),
+              ["--minutes", "600", "--max-steps", str(WARM_UP_STEPS)])
         for name, knobs in variants.items():
             out = str(Path(tmp) / f"m{len(rows)}")
-            recipe = load_recipe(knobs)
             started = time.perf_counter()
-            recipe.main(["--pool", pool, "--base", base, "--out", out, "--device", DEVICE, "--seed", str(args.seed),
-                         *argv_tail])
+            train(knobs, out, argv_tail)
             seconds = time.perf_counter() - started
             scores[name] = score(out, tiers)
             row = {"variant": name, "knobs": knobs, "script_seconds": seconds,

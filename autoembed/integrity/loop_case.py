@@ -18,7 +18,7 @@ from autoembed.integrity.outcome import CLEAN, ERROR, FAULT, Row
 from autoembed.paths import REPO_ROOT
 
 TRIAL_HOURS = 0.045  # the recipe's own time check leaves it ~40 s of CPU training
-LOOP_TIMEOUT_S = 1800  # the resumed loop runs the baseline and the search's prior point up to 3 times: ~11 min here
+LOOP_TIMEOUT_S = 1800  # the resumed loop runs the baseline and the search's prior points, each up to 3 times
 FAULT_ROW = "the loop process killed (SIGKILL) mid-score, then --resume"
 CLEAN_ROW = "clean loop (search meta-agent, recipe trials in bwrap)"
 
